@@ -114,10 +114,11 @@ def _slug(s: str) -> str:
 
 
 class Recorder:
-    """Collects rows during a benchmark session and writes them out at the end."""
+    """Collects rows during a benchmark session; the files are rewritten after every row."""
 
     def __init__(self) -> None:
         self.rows: List[Row] = []
+        self._info: Optional[Dict[str, object]] = None
 
     def time(
         self,
@@ -167,6 +168,8 @@ class Recorder:
             extra=dict(extra),
         )
         self.rows.append(row)
+        # Write after every row: a run cut off by a time limit keeps what it measured.
+        self.write()
         return row
 
     def write(self, out_dir: Optional[Path] = None) -> List[Path]:
@@ -174,7 +177,9 @@ class Recorder:
             return []
         out_dir = Path(out_dir or os.environ.get("SAMKERN_RESULTS_DIR") or RESULTS_DIR)
         out_dir.mkdir(parents=True, exist_ok=True)
-        info = machine_info()
+        if self._info is None:
+            self._info = machine_info()
+        info = self._info
         gpu = _slug(str(info.get("gpu", "cpu")).replace("NVIDIA", ""))
         written = []
         for op in sorted({r.op for r in self.rows}):

@@ -1,30 +1,44 @@
 #!/usr/bin/env bash
 # The GPU test suite and the benchmarks in one device call (the GPU machine has no package registry).
 #
-#   device run, carry [".gpu-kit"]  (a copy of ../shared/device, git-ignored):
-#     bash scripts/gpu_suite.sh all          # build _C, GPU tests, benchmarks
-#     bash scripts/gpu_suite.sh tests [-k ssd]
-#     bash scripts/gpu_suite.sh bench [-k lora]
+#   device run, carry [".gpu-kit", ".gpu-cache"]  (.gpu-kit: a copy of ../shared/device;
+#   .gpu-cache/cache.tgz: Triton's kernel and autotune cache from the last call; both git-ignored):
+#     bash scripts/gpu_suite.sh all                          # build _C, GPU tests, benchmarks
+#     bash scripts/gpu_suite.sh tests [pytest args / paths]  # default paths: tests/
+#     bash scripts/gpu_suite.sh bench [pytest args / paths]  # default paths: benchmarks/
 #
 # Logs and benchmark results go to $OUT (they come back to the caller); copy
-# $OUT/results/* into benchmarks/results/ and commit them.
+# $OUT/results/* into benchmarks/results/ and commit them. $OUT/gpu-cache.tgz is the Triton cache:
+# copy it to .gpu-cache/cache.tgz and carry it, so the next call compiles and autotunes less.
+# SAMKERN_TESTS_LIMIT / SAMKERN_BENCH_LIMIT (seconds) cut a phase short so the other still runs.
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-/tmp/samkern-out}; mkdir -p "$OUT/results"
 source .gpu-kit/peers.sh || { echo "peers kit missing: cp -r ../shared/device .gpu-kit"; exit 1; }
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 SAMKERN_RESULTS_DIR="$OUT/results"
+export SAMKERN_INSTAFAIL=1 TRITON_CACHE_DIR=/tmp/samkern-triton-cache
+mkdir -p "$TRITON_CACHE_DIR"
+[ -f .gpu-cache/cache.tgz ] && [ ! -f "$TRITON_CACHE_DIR/.unpacked" ] && tar xzf .gpu-cache/cache.tgz -C "$TRITON_CACHE_DIR" && touch "$TRITON_CACHE_DIR/.unpacked"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-if [ "${SAMKERN_BUILD_EXT:-1}" != 0 ]; then
+if [ "${SAMKERN_BUILD_EXT:-1}" != 0 ] && ! ls samkern/_C.cpython-3*-x86_64-linux-gnu.so 2>/dev/null | grep -q "$(python3 -c 'import sys;print(f"3{sys.version_info[1]}")')"; then
   # in-place build of samkern._C (CMake through setup.py); a failure is reported, not fatal
   python3 setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 && echo "built samkern._C" || { echo "extension build failed:"; tail -20 "$OUT/build.log"; }
 fi
 python3 -m samkern env
+# paths given on the command line replace the default test/benchmark folder
+has_path=0; for a in "$@"; do case $a in tests*|benchmarks*) has_path=1;; esac; done
 rc=0
 if [ "$what" = all ] || [ "$what" = tests ]; then
-  python3 -m pytest tests/ -m gpu -q -rfEs "$@" 2>&1 | tee "$OUT/gpu-tests.log"; rc=$((rc | ${PIPESTATUS[0]}))
+  [ $has_path = 1 ] && set_paths=() || set_paths=(tests/)
+  timeout "${SAMKERN_TESTS_LIMIT:-3000}" python3 -m pytest "${set_paths[@]}" -m gpu -q -rfEs --durations=25 "$@" 2>&1 | tee "$OUT/gpu-tests.log"
+  rc=$((rc | ${PIPESTATUS[0]}))
 fi
 if [ "$what" = all ] || [ "$what" = bench ]; then
-  python3 -m pytest benchmarks/ --benchmark -q -rfEs --benchmark-disable-gc "$@" 2>&1 | tee "$OUT/bench.log"; rc=$((rc | ${PIPESTATUS[0]}))
+  [ $has_path = 1 ] && set_paths=() || set_paths=(benchmarks/)
+  # mamba-ssm autotunes for the benchmarks (its fastest config); keep the timings in the cache
+  TRITON_CACHE_AUTOTUNING=1 timeout "${SAMKERN_BENCH_LIMIT:-3000}" python3 -m pytest "${set_paths[@]}" --benchmark -q -rfEs --benchmark-disable-gc "$@" 2>&1 | tee "$OUT/bench.log"
+  rc=$((rc | ${PIPESTATUS[0]}))
   cat "$OUT"/results/*.md 2>/dev/null
 fi
+tar czf "$OUT/gpu-cache.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$OUT/gpu-cache.tgz"
 exit $rc

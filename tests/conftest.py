@@ -19,6 +19,10 @@ import pytest
 import torch
 
 HAS_CUDA = torch.cuda.is_available()
+# mamba-ssm (the GPU peer) autotunes every Triton kernel for every new shape, minutes per test
+# file; its deterministic mode runs one config. Correctness tests do not need its fastest config
+# (benchmarks/ has its own conftest and keeps autotuning).
+os.environ.setdefault("MAMBA_DETERMINISTIC", "1")
 if not HAS_CUDA:
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
@@ -28,6 +32,13 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: needs a CUDA GPU (skipped otherwise)")
     config.addinivalue_line("markers", "slow: long-running CPU test")
+
+
+def pytest_runtest_logreport(report):
+    """With SAMKERN_INSTAFAIL=1, print a failure's report at once: a device run cut off by its
+    time limit still shows why the tests that already ran failed."""
+    if report.failed and os.environ.get("SAMKERN_INSTAFAIL") == "1":
+        print(f"\n--- FAILED {report.nodeid} ({report.when})\n{report.longreprtext[-4000:]}\n", flush=True)
 
 
 def pytest_collection_modifyitems(config, items):
