@@ -42,7 +42,8 @@ import torch.nn.functional as F
 
 from samkern.checks import check_cu_seqlens, check_tensor
 from samkern.layers.lora_linear import LoRALinear
-from samkern.ops.conv1d.ref import causal_conv1d_ref, causal_conv1d_update_ref, causal_conv1d_varlen_states_ref
+from samkern.ops.conv1d.function import causal_conv1d
+from samkern.ops.conv1d.ref import causal_conv1d_update_ref, causal_conv1d_varlen_states_ref
 from samkern.ops.gated_rmsnorm.ref import RMSNormGated
 
 __all__ = ["Mamba2Block", "InferenceParams"]
@@ -87,7 +88,8 @@ class Mamba2Block(nn.Module):
     sequence_parallel (ignored), device, dtype.
 
     Attribute ``scan_backend`` (default None = automatic) forces the backend of
-    :func:`samkern.ops.ssd_chunk_scan` (``"ref"`` or ``"triton"``).
+    :func:`samkern.ops.ssd_chunk_scan`, :func:`samkern.ops.causal_conv1d` and the gated RMSNorm
+    (``"ref"`` or ``"triton"``).
 
     LoRA: ``lora_r`` (0 = none), ``lora_alpha`` (None → 2 * r), ``lora_dropout``, ``lora_on``
     (subset of ``("in_proj", "out_proj")``). Adapted projections are :class:`LoRALinear` with
@@ -326,8 +328,9 @@ class Mamba2Block(nn.Module):
                                      else xBC_t[:, :, seqlen - self.d_conv:])
                 else:
                     conv_state.copy_(causal_conv1d_varlen_states_ref(xBC[0], cu_seqlens, self.d_conv))
-        xBC = causal_conv1d_ref(xBC_t, self._conv_weight(), self.conv1d.bias, seq_idx=seq_idx,
-                                activation=self.activation).transpose(1, 2)  # (B, L, conv_dim)
+        # Triton kernel on CUDA (reads the channel-last xBC in place), the reference elsewhere
+        xBC = causal_conv1d(xBC_t, self._conv_weight(), self.conv1d.bias, seq_idx=seq_idx,
+                            activation=self.activation, backend=self.scan_backend).transpose(1, 2)  # (B, L, conv_dim)
         x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
 
         from samkern.ops import ssd_chunk_scan  # resolved lazily: keeps `import samkern` light
@@ -358,7 +361,7 @@ class Mamba2Block(nn.Module):
                 ssm_state.copy_(rest[0] if want_varlen else last_state)
         y = y.reshape(batch, seqlen, self.d_ssm)
         if self.rmsnorm:
-            y = self.norm(y, z)
+            y = self.norm(y, z, backend=self.scan_backend)
         if d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         if seqlen_og is not None:
@@ -422,7 +425,7 @@ class Mamba2Block(nn.Module):
             ssm_state.copy_(new_state)
         y = y.reshape(bsz, self.d_ssm)
         if self.rmsnorm:
-            y = self.norm(y, z)
+            y = self.norm(y, z, backend=self.scan_backend)
         if d_mlp > 0:
             y = torch.cat([F.silu(z0) * x0, y], dim=-1)
         out = self.out_proj(y)

@@ -103,9 +103,12 @@ class RMSNormGated(nn.Module):
     def reset_parameters(self) -> None:
         nn.init.ones_(self.weight)
 
-    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
-        return rmsnorm_gated_ref(x, self.weight, z=z, eps=self.eps, group_size=self.group_size,
-                                 norm_before_gate=self.norm_before_gate)
+    def forward(self, x: torch.Tensor, z: Optional[torch.Tensor] = None, backend: Optional[str] = None) -> torch.Tensor:
+        """``backend``: None (Triton kernel for CUDA inputs, else the reference), "triton" or "ref"."""
+        from samkern.ops.gated_rmsnorm.function import rmsnorm_gated
+
+        return rmsnorm_gated(x, self.weight, z=z, eps=self.eps, group_size=self.group_size,
+                             norm_before_gate=self.norm_before_gate, backend=backend)
 
     def extra_repr(self) -> str:
         return (f"{self.weight.shape[0]}, eps={self.eps}, group_size={self.group_size}, "

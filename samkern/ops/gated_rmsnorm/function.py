@@ -1,0 +1,96 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Public gated group RMSNorm: the reference's semantics on the fastest backend.
+
+Shapes: x (..., N), weight (N,), z (..., N) or None, group_size dividing N (None: N);
+out (..., N) in x's dtype. See :func:`samkern.ops.gated_rmsnorm.ref.rmsnorm_gated_ref`.
+
+Backends (see :mod:`samkern.backend`): ``triton`` (CUDA tensors, fp32/fp16/bf16, with the
+default ``upcast=True``) or ``ref`` (everything, any device).
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
+from samkern.backend import pick_backend, register
+from samkern.checks import FLOAT_DTYPES
+from samkern.ops.gated_rmsnorm.ref import rmsnorm_gated_ref
+
+__all__ = ["rmsnorm_gated", "RMSNormGatedFunction"]
+
+
+def _rows(t: Optional[Tensor], n: int) -> Optional[Tensor]:
+    # flatten leading dims; the kernels take any row stride but want unit channel stride
+    if t is None:
+        return None
+    t2 = t.reshape(-1, n)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()
+
+
+class RMSNormGatedFunction(torch.autograd.Function):
+    """apply(x (M, N), weight (N,), z (M, N)?, eps, group_size, norm_before_gate) -> y (M, N)."""
+
+    @staticmethod
+    def forward(ctx, x, weight, z, eps: float, group_size: int, norm_before_gate: bool):
+        from samkern.ops.gated_rmsnorm.triton import rmsnorm_gated_fwd_triton
+
+        y, rstd = rmsnorm_gated_fwd_triton(x, weight, z, eps, group_size, norm_before_gate)
+        ctx.save_for_backward(x, weight, z, rstd)
+        ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate
+        return y
+
+    @staticmethod
+    def backward(ctx, dy):
+        from samkern.ops.gated_rmsnorm.triton import rmsnorm_gated_bwd_triton
+
+        x, weight, z, rstd = ctx.saved_tensors
+        dx, dz, dw = rmsnorm_gated_bwd_triton(_rows(dy, dy.shape[-1]), x, weight, z, rstd, ctx.group_size,
+                                              ctx.norm_before_gate)
+        return dx, dw.to(weight.dtype), dz, None, None, None
+
+
+def _triton_verifier(*tensors: Tensor) -> Tuple[bool, str]:
+    if any(t.dtype not in FLOAT_DTYPES for t in tensors):
+        return False, "dtype not in fp32/fp16/bf16"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True, ""
+    if not tensors or not all(t.is_cuda for t in tensors):
+        return False, "inputs are not CUDA tensors"
+    return True, ""
+
+
+register("rmsnorm_gated", "triton", _triton_verifier)
+
+
+def rmsnorm_gated(
+    x: Tensor,
+    weight: Tensor,
+    z: Optional[Tensor] = None,
+    eps: float = 1e-6,
+    group_size: Optional[int] = None,
+    norm_before_gate: bool = True,
+    *,
+    backend: Optional[str] = None,
+) -> Tensor:
+    """Gated group RMSNorm (shapes in the module docstring); differentiable in x, weight and z."""
+    which = pick_backend("rmsnorm_gated", (x, weight, z), backend)
+    n = x.shape[-1] if x.dim() > 0 else 0
+    gs = n if group_size is None else group_size
+    if which == "ref" or x.numel() == 0 or x.dim() < 1:
+        return rmsnorm_gated_ref(x, weight, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
+    # metadata checks are the reference's own; run them without its arithmetic
+    if z is not None and z.shape != x.shape:
+        raise ValueError(f"z must have shape {tuple(x.shape)} like x, got {tuple(z.shape)}")
+    if weight.shape != (n,):
+        raise ValueError(f"weight must have shape ({n},), got {tuple(weight.shape)}")
+    if not isinstance(gs, int) or gs <= 0 or n % gs != 0:
+        raise ValueError(f"group_size must be a positive divisor of the channel count {n}, got {group_size!r}")
+    if not eps >= 0.0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if len({t.device for t in (x, weight, z) if t is not None}) > 1:
+        raise ValueError("x, weight and z must be on the same device")
+    y = RMSNormGatedFunction.apply(_rows(x, n), weight, _rows(z, n), float(eps), gs, bool(norm_before_gate))
+    return y.view(x.shape)
