@@ -142,7 +142,14 @@ class Recorder:
         fn()
         torch.cuda.synchronize()
         p50, p20, p80 = time_eager(fn)
-        graph_us = time_graph(fn) if graph else None
+        graph_us, graph_error = None, None
+        if graph:
+            try:
+                graph_us = time_graph(fn)
+            except RuntimeError as e:  # torch.AcceleratorError is a RuntimeError
+                # keep the eager row; the reason goes into the row instead of failing the run
+                graph_error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+                torch.cuda.synchronize()
         host_us = None
         if benchmark is not None:
 
@@ -165,7 +172,7 @@ class Recorder:
             host_us=host_us,
             tflops=None if flops is None else flops / (p50 * 1e-6) / 1e12,
             gbps=None if bytes is None else bytes / (p50 * 1e-6) / 1e9,
-            extra=dict(extra),
+            extra=dict(extra, **({"graph_error": graph_error} if graph_error else {})),
         )
         self.rows.append(row)
         # Write after every row: a run cut off by a time limit keeps what it measured.

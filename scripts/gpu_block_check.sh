@@ -4,6 +4,8 @@
 # under its own time limit so a slow phase cannot starve the next. Results: $OUT/results.tgz
 # (unpack into benchmarks/results/), logs: $OUT/all.log.   carry: [".gpu-kit", ".gpu-cache"]
 # (.gpu-cache/cache.tgz, optional: a Triton cache from scripts/gpu_suite.sh, autotune results included)
+# Pass SAMKERN_COMMIT=<git rev-parse --short=12 HEAD, run here> in the device command: the device copy
+# carries the git metadata of the session's start, so the harness would record a stale commit.
 set -uo pipefail
 OUT=${OUT:-/tmp/samkern-out}; mkdir -p "$OUT/results"; L="$OUT/all.log"
 source .gpu-kit/peers.sh >>"$L" 2>&1 || exit 1

@@ -11,6 +11,8 @@
 # $OUT/results/* into benchmarks/results/ and commit them. $OUT/gpu-cache.tgz is the Triton cache:
 # copy it to .gpu-cache/cache.tgz and carry it, so the next call compiles and autotunes less.
 # SAMKERN_TESTS_LIMIT / SAMKERN_BENCH_LIMIT (seconds) cut a phase short so the other still runs.
+# Pass SAMKERN_COMMIT=<git rev-parse --short=12 HEAD, run here> in the device command: the device copy
+# carries the git metadata of the session's start, so the harness would record a stale commit.
 set -uo pipefail
 what=${1:-all}; shift || true
 OUT=${OUT:-/tmp/samkern-out}; mkdir -p "$OUT/results"

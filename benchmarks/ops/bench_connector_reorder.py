@@ -78,7 +78,9 @@ def test_connector_reorder(provider, mode, D, results):
                 op="connector_reorder", shape=shape, provider=provider, mode=which, fn=fn,
                 bytes=_bytes(mode, D, which),
                 # "bwd" replays a graph recorded by an eager forward on another stream; only
-                # the fwdbwd call is captured whole.
-                graph=which != "bwd",
+                # the fwdbwd call is captured whole. The torch reference's autograd backward
+                # failed stream capture on the H100 (cudaErrorStreamCaptureImplicit, and the
+                # failed capture broke every later test of the run): it is timed eagerly only.
+                graph=which != "bwd" and not (provider == "torch" and which == "fwdbwd"),
             )
         row.extra["pct_of_copy"] = round(100.0 * row.gbps / copy, 1)

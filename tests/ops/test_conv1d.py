@@ -132,6 +132,8 @@ def test_gpu_bf16_vs_reference_and_peer(shape, seq):
         from causal_conv1d import causal_conv1d_fn
     except ImportError:
         return
+    if dim % 8:
+        return  # the peer refuses channel counts not divisible by 8 (its own error); ours is checked above
     peer = _run(lambda x_, w_, b_, seq_idx, activation: causal_conv1d_fn(x_, w_, b_, seq_idx=seq_idx, activation=activation),
                 x, w, b, s, "silu", dout)
     for name, g, p, r in zip(names, got, peer, ref):
