@@ -483,6 +483,9 @@ class Trainer:
         if not self.params:
             raise ValueError("the model has no trainable parameters (requires_grad=False everywhere)")
         self.wrapped = dist_utils.wrap_model(model, self.device) if self.world_size > 1 else model
+        # FSDP2 replaces the parameters by sharded DTensors in place: the optimizer and the
+        # clipping must see the new objects (DDP keeps them, so this is a no-op there)
+        self.params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas, eps=config.eps,
                                            weight_decay=config.weight_decay)
         total, warm, sched, mr = config.max_steps, config.warmup_steps, config.schedule, config.min_lr_ratio
