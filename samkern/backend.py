@@ -77,3 +77,14 @@ def on_cuda(*tensors: torch.Tensor) -> Tuple[bool, str]:
     if not tensors or not all(t.is_cuda for t in tensors):
         return False, "inputs are not CUDA tensors"
     return True, ""
+
+
+def triton_float_verifier(*tensors: torch.Tensor) -> Tuple[bool, str]:
+    """The usual Triton verifier: every tensor fp32/fp16/bf16 (fp64 goes to the reference) and on
+    a CUDA device, or anywhere while the Triton interpreter runs (``TRITON_INTERPRET=1``)."""
+    bad = [t.dtype for t in tensors if t.dtype not in (torch.float32, torch.float16, torch.bfloat16)]
+    if bad:
+        return False, f"unsupported dtype {bad[0]} (the kernels take fp32/fp16/bf16)"
+    if os.environ.get("TRITON_INTERPRET", "0") == "1":
+        return True, ""
+    return on_cuda(*tensors)

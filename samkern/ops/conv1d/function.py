@@ -17,13 +17,12 @@ Backends (see :mod:`samkern.backend`): ``triton`` (CUDA tensors, fp32/fp16/bf16;
 """
 from __future__ import annotations
 
-import os
 from typing import Optional, Tuple, Union
 
 import torch
 from torch import Tensor
 
-from samkern.backend import pick_backend, register
+from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import FLOAT_DTYPES
 from samkern.ops.conv1d.ref import _check_activation, causal_conv1d_ref
 
@@ -55,17 +54,7 @@ class CausalConv1dFunction(torch.autograd.Function):
                 db.to(bias.dtype) if (db is not None and need[2]) else None, None, None)
 
 
-def _triton_verifier(*tensors: Tensor) -> Tuple[bool, str]:
-    if tensors and tensors[0].dtype not in FLOAT_DTYPES:
-        return False, f"unsupported dtype {tensors[0].dtype} (the kernels take fp32/fp16/bf16)"
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True, ""
-    if not tensors or not all(t.is_cuda for t in tensors):
-        return False, "inputs are not CUDA tensors"
-    return True, ""
-
-
-register("causal_conv1d", "triton", _triton_verifier)
+register("causal_conv1d", "triton", triton_float_verifier)
 
 
 def causal_conv1d(

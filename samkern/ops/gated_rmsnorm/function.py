@@ -9,14 +9,12 @@ default ``upcast=True``) or ``ref`` (everything, any device).
 """
 from __future__ import annotations
 
-import os
-from typing import Optional, Tuple
+from typing import Optional
 
 import torch
 from torch import Tensor
 
-from samkern.backend import pick_backend, register
-from samkern.checks import FLOAT_DTYPES
+from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.ops.gated_rmsnorm.ref import rmsnorm_gated_ref
 
 __all__ = ["rmsnorm_gated", "RMSNormGatedFunction"]
@@ -52,17 +50,7 @@ class RMSNormGatedFunction(torch.autograd.Function):
         return dx, dw.to(weight.dtype), dz, None, None, None
 
 
-def _triton_verifier(*tensors: Tensor) -> Tuple[bool, str]:
-    if any(t.dtype not in FLOAT_DTYPES for t in tensors):
-        return False, "dtype not in fp32/fp16/bf16"
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True, ""
-    if not tensors or not all(t.is_cuda for t in tensors):
-        return False, "inputs are not CUDA tensors"
-    return True, ""
-
-
-register("rmsnorm_gated", "triton", _triton_verifier)
+register("rmsnorm_gated", "triton", triton_float_verifier)
 
 
 def rmsnorm_gated(

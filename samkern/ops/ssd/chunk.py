@@ -30,12 +30,11 @@ reformulation of the recurrence, and the kernels pick their own internal chunk l
 from __future__ import annotations
 
 import math
-import os
 from typing import List, Optional, Tuple
 
 import torch
 
-from samkern.backend import pick_backend, register
+from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import FLOAT_DTYPES, _sync_checks_allowed, check_same_device, check_tensor, host_reads_allowed
 
 __all__ = ["ssd_chunk_scan", "SSDChunkScanFunction"]
@@ -339,19 +338,7 @@ _ssd_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
 # --------------------------------------------------------------------------------------------
 # public entry point
 # --------------------------------------------------------------------------------------------
-def _triton_verifier(*tensors: torch.Tensor) -> Tuple[bool, str]:
-    """CUDA tensors (or the Triton interpreter) in fp32/fp16/bf16; fp64 goes to the reference."""
-    if tensors and tensors[0].dtype not in FLOAT_DTYPES:
-        return False, f"unsupported dtype {tensors[0].dtype} (the kernels take fp32/fp16/bf16)"
-    if os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return True, ""
-    if not tensors or not all(t.is_cuda for t in tensors):
-        return False, "inputs are not CUDA tensors"
-    x = tensors[0]
-    return True, ""
-
-
-register("ssd_chunk_scan", "triton", _triton_verifier)
+register("ssd_chunk_scan", "triton", triton_float_verifier)
 
 
 def ssd_chunk_scan(
