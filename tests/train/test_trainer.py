@@ -247,3 +247,16 @@ def test_apply_trainable_on_tiny_sam():
         apply_trainable(m, "lm")
     with pytest.raises(ValueError, match="set_trainable"):
         apply_trainable(ToyModel(), "connector")
+
+
+def test_tensorboard_scalars_written(tmp_path):
+    """With tensorboard installed, every optimizer step's loss, lr and tokens/s land in the event file."""
+    ea_mod = pytest.importorskip("tensorboard.backend.event_processing.event_accumulator")
+    t = _trainer(_cfg(tmp_path, tensorboard=True, name="toy"))
+    hist = t.train()
+    acc = ea_mod.EventAccumulator(str(tmp_path / "tensorboard"))
+    acc.Reload()
+    assert {"toy/loss", "toy/lr", "toy/tokens_per_s"} <= set(acc.Tags()["scalars"])
+    loss = acc.Scalars("toy/loss")
+    assert [e.step for e in loss] == [h["step"] for h in hist]
+    assert [e.value for e in loss] == pytest.approx([h["loss"] for h in hist], rel=1e-6)
