@@ -267,3 +267,14 @@ def test_ext_on_gpu_sees_device():
     C = ext.get_ext()
     assert C.device_count() == torch.cuda.device_count() >= 1
     assert C.driver_version() > 0
+
+
+def test_env_report_names_every_op_backend():
+    """``samkern env``: versions and the backend each public op would use on this machine."""
+    from samkern import env
+
+    info = env.collect()
+    report = env.format_report(info)
+    for op in ("ssd_chunk_scan", "lora_linear", "connector_reorder", "causal_conv1d", "rmsnorm_gated"):
+        assert op in report, op
+    assert "torch" in report and "extension _C" in report
