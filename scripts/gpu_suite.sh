@@ -22,6 +22,9 @@ export SAMKERN_INSTAFAIL=1 TRITON_CACHE_DIR=/tmp/samkern-triton-cache
 mkdir -p "$TRITON_CACHE_DIR"
 [ -f .gpu-cache/cache.tgz ] && [ ! -f "$TRITON_CACHE_DIR/.unpacked" ] && tar xzf .gpu-cache/cache.tgz -C "$TRITON_CACHE_DIR" && touch "$TRITON_CACHE_DIR/.unpacked"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+# the install itself (no package registry there: no build isolation, dependencies from the image)
+python3 -m pip install -q --no-build-isolation --no-deps -e . >"$OUT/pip-install.log" 2>&1 \
+  && echo "pip install -e . (no build isolation) ok" || { echo "pip install -e . FAILED:"; tail -5 "$OUT/pip-install.log"; }
 if [ "${SAMKERN_BUILD_EXT:-1}" != 0 ] && ! ls samkern/_C.cpython-3*-x86_64-linux-gnu.so 2>/dev/null | grep -q "$(python3 -c 'import sys;print(f"3{sys.version_info[1]}")')"; then
   # in-place build of samkern._C (CMake through setup.py); a failure is reported, not fatal
   python3 setup.py -q build_ext --inplace >"$OUT/build.log" 2>&1 && echo "built samkern._C" || { echo "extension build failed:"; tail -20 "$OUT/build.log"; }
