@@ -450,15 +450,16 @@ def lora_gemm(
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
         run(("cublas", None))
         return out
-    cands = [(kind, c) for c in _prune(TMA_CANDIDATES if layout is not None else PTR_CANDIDATES, M, N)]
-    if layout is not None and 0 < K2 <= PTMA_MAX_R:
-        cands += [("ptma", c) for c in _prune(PTMA_CANDIDATES, M, N)]
-    if mode == "auto":
-        cands.append(("cublas", None))
     key = (a1.device.index, a1.dtype, kind, layout[2] if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode)
     choice = _CHOICE.get(key)
     if choice is None:
+        # candidates are built only on a miss: a tuned call's host path stays short
+        cands = [(kind, c) for c in _prune(TMA_CANDIDATES if layout is not None else PTR_CANDIDATES, M, N)]
+        if layout is not None and 0 < K2 <= PTMA_MAX_R:
+            cands += [("ptma", c) for c in _prune(PTMA_CANDIDATES, M, N)]
+        if mode == "auto":
+            cands.append(("cublas", None))
         if len(cands) == 1 or (a1.is_cuda and torch.cuda.is_current_stream_capturing()):
             choice = cands[0]
         else:
