@@ -7,9 +7,9 @@
 #     bash scripts/gpu_suite.sh tests [pytest args / paths]  # default paths: tests/
 #     bash scripts/gpu_suite.sh bench [pytest args / paths]  # default paths: benchmarks/
 #
-# Logs and benchmark results go to $OUT (they come back to the caller); copy
-# $OUT/results/* into benchmarks/results/ and commit them. $OUT/gpu-cache.tgz is the Triton cache:
-# copy it to .gpu-cache/cache.tgz and carry it, so the next call compiles and autotunes less.
+# Logs and benchmark results go to $OUT (they come back to the caller); unpack $OUT/results.tgz
+# into benchmarks/ (it holds results/) and commit. With SAMKERN_SAVE_CACHE=1, $OUT/gpu-cache.tgz is
+# the Triton cache: copy it to .gpu-cache/cache.tgz and carry it, so the next call compiles less.
 # SAMKERN_TESTS_LIMIT / SAMKERN_BENCH_LIMIT (seconds) cut a phase short so the other still runs.
 # Pass SAMKERN_COMMIT=<git rev-parse --short=12 HEAD, run here> in the device command: the device copy
 # carries the git metadata of the session's start, so the harness would record a stale commit.
@@ -45,5 +45,8 @@ if [ "$what" = all ] || [ "$what" = bench ]; then
   rc=$((rc | ${PIPESTATUS[0]}))
   cat "$OUT"/results/*.md 2>/dev/null
 fi
-tar czf "$OUT/gpu-cache.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$OUT/gpu-cache.tgz"
+# at most 8 files come back from a device call: the results travel as one archive
+tar czf "$OUT/results.tgz" -C "$OUT" results && rm -rf "$OUT/results"
+# the Triton cache only on request (it outgrows the 16 MiB a returned file may have)
+[ "${SAMKERN_SAVE_CACHE:-0}" = 1 ] && tar czf "$OUT/gpu-cache.tgz" -C "$TRITON_CACHE_DIR" . && ls -la "$OUT/gpu-cache.tgz"
 exit $rc
