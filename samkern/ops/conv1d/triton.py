@@ -35,6 +35,33 @@ BLOCK_D = 128
 
 
 @triton.jit
+def _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W: tl.constexpr, HAS_SEQ: tl.constexpr):
+    """x[t - (W-1) + k] for the rows t of the block, fp32; 0 before the start, past L and, with
+    seq_idx, where the source token belongs to another sequence than t."""
+    src = offs_l - (W - 1) + k
+    ok = lmask & (src >= 0)
+    if HAS_SEQ:
+        ok = ok & (tl.load(seq_row + src, mask=ok, other=-2) == sid)
+    xv = tl.load(x_base + src[:, None].to(tl.int64) * s_xl, mask=ok[:, None] & dmask[None, :], other=0.0)
+    return xv.to(tl.float32)
+
+
+@triton.jit
+def _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lmask, dmask,
+                    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr,
+                    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
+    """bias + Σ_k w[k] · x[t - (W-1) + k] over the block (fp32), before the activation."""
+    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    for k in tl.static_range(W):
+        xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
+        wk = tl.load(w_ptr + offs_d * W + k, mask=dmask, other=0.0)
+        acc += xv * wk.to(tl.float32)[None, :]
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    return acc
+
+
+@triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, seq_ptr, y_ptr,
     L, D,
@@ -48,19 +75,13 @@ def _conv_fwd_kernel(
     lmask = offs_l < L
     dmask = offs_d < D
     x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
+    seq_row = seq_ptr + b * s_sb
     if HAS_SEQ:
-        sid = tl.load(seq_ptr + b * s_sb + offs_l, mask=lmask, other=-1)
-    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    for k in tl.static_range(W):
-        src = offs_l - (W - 1) + k
-        ok = lmask & (src >= 0)
-        if HAS_SEQ:
-            ok = ok & (tl.load(seq_ptr + b * s_sb + src, mask=ok, other=-2) == sid)
-        xv = tl.load(x_base + src[:, None].to(tl.int64) * s_xl, mask=ok[:, None] & dmask[None, :], other=0.0)
-        wk = tl.load(w_ptr + offs_d * W + k, mask=dmask, other=0.0)
-        acc += xv.to(tl.float32) * wk.to(tl.float32)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
+    else:
+        sid = offs_l  # unused without seq_idx
+    acc = _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lmask, dmask,
+                          W, HAS_BIAS, HAS_SEQ, BLOCK_L, BLOCK_D)
     if SILU:
         acc = acc * tl.sigmoid(acc)
     if HAS_SEQ:
@@ -83,23 +104,17 @@ def _conv_bwd_g_kernel(
     lmask = offs_l < L
     dmask = offs_d < D
     x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
+    seq_row = seq_ptr + b * s_sb
     if HAS_SEQ:
-        sid = tl.load(seq_ptr + b * s_sb + offs_l, mask=lmask, other=-1)
+        sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
+    else:
+        sid = offs_l  # unused without seq_idx
     dy = tl.load(dy_ptr + b * s_dyb + offs_d[None, :].to(tl.int64) * s_dyd + offs_l[:, None].to(tl.int64) * s_dyl,
                  mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     if SILU:
         # recompute the pre-activation: act'(pre) = σ(pre)·(1 + pre·(1 - σ(pre)))
-        pre = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-        for k in tl.static_range(W):
-            src = offs_l - (W - 1) + k
-            ok = lmask & (src >= 0)
-            if HAS_SEQ:
-                ok = ok & (tl.load(seq_ptr + b * s_sb + src, mask=ok, other=-2) == sid)
-            xv = tl.load(x_base + src[:, None].to(tl.int64) * s_xl, mask=ok[:, None] & dmask[None, :], other=0.0)
-            wk = tl.load(w_ptr + offs_d * W + k, mask=dmask, other=0.0)
-            pre += xv.to(tl.float32) * wk.to(tl.float32)[None, :]
-        if HAS_BIAS:
-            pre += tl.load(b_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
+        pre = _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lmask, dmask,
+                              W, HAS_BIAS, HAS_SEQ, BLOCK_L, BLOCK_D)
         sig = tl.sigmoid(pre)
         g = dy * sig * (1.0 + pre * (1.0 - sig))
     else:
@@ -114,12 +129,8 @@ def _conv_bwd_g_kernel(
     if HAS_BIAS:
         tl.store(db_part_ptr + part * D + offs_d, tl.sum(g, axis=0), mask=dmask)
     for k in tl.static_range(W):
-        src = offs_l - (W - 1) + k
-        ok = lmask & (src >= 0)
-        if HAS_SEQ:
-            ok = ok & (tl.load(seq_ptr + b * s_sb + src, mask=ok, other=-2) == sid)
-        xv = tl.load(x_base + src[:, None].to(tl.int64) * s_xl, mask=ok[:, None] & dmask[None, :], other=0.0)
-        tl.store(dw_part_ptr + (part * D + offs_d) * W + k, tl.sum(g * xv.to(tl.float32), axis=0), mask=dmask)
+        xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
+        tl.store(dw_part_ptr + (part * D + offs_d) * W + k, tl.sum(g * xv, axis=0), mask=dmask)
 
 
 @triton.jit
