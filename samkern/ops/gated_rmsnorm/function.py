@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from samkern.backend import pick_backend, register, triton_float_verifier
-from samkern.ops.gated_rmsnorm.ref import rmsnorm_gated_ref
+from samkern.ops.gated_rmsnorm.ref import check_rmsnorm_inputs, rmsnorm_gated_ref
 
 __all__ = ["rmsnorm_gated", "RMSNormGatedFunction"]
 
@@ -65,20 +65,9 @@ def rmsnorm_gated(
 ) -> Tensor:
     """Gated group RMSNorm (shapes in the module docstring); differentiable in x, weight and z."""
     which = pick_backend("rmsnorm_gated", (x, weight, z), backend)
-    n = x.shape[-1] if x.dim() > 0 else 0
-    gs = n if group_size is None else group_size
-    if which == "ref" or x.numel() == 0 or x.dim() < 1:
+    if which == "ref":
         return rmsnorm_gated_ref(x, weight, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
-    # metadata checks are the reference's own; run them without its arithmetic
-    if z is not None and z.shape != x.shape:
-        raise ValueError(f"z must have shape {tuple(x.shape)} like x, got {tuple(z.shape)}")
-    if weight.shape != (n,):
-        raise ValueError(f"weight must have shape ({n},), got {tuple(weight.shape)}")
-    if not isinstance(gs, int) or gs <= 0 or n % gs != 0:
-        raise ValueError(f"group_size must be a positive divisor of the channel count {n}, got {group_size!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-    if len({t.device for t in (x, weight, z) if t is not None}) > 1:
-        raise ValueError("x, weight and z must be on the same device")
+    gs = check_rmsnorm_inputs(x, weight, z, eps, group_size)
+    n = x.shape[-1]
     y = RMSNormGatedFunction.apply(_rows(x, n), weight, _rows(z, n), float(eps), gs, bool(norm_before_gate))
     return y.view(x.shape)

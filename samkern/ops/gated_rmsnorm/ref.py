@@ -17,9 +17,28 @@ import torch.nn.functional as F
 
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 
-__all__ = ["rmsnorm_gated_ref", "RMSNormGated"]
+__all__ = ["rmsnorm_gated_ref", "check_rmsnorm_inputs", "RMSNormGated"]
 
 _FLOAT_OR_F64 = FLOAT_DTYPES + (torch.float64,)
+
+
+def check_rmsnorm_inputs(
+    x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor], eps: float, group_size: Optional[int]
+) -> int:
+    """Metadata checks shared by every backend (``ValueError``); returns the group size."""
+    check_tensor("x", x, ndim=range(1, 16), dtypes=_FLOAT_OR_F64)
+    n = x.shape[-1]
+    check_tensor("weight", weight, shape=(n,), dtypes=_FLOAT_OR_F64)
+    if z is not None:
+        check_tensor("z", z, shape=tuple(x.shape), dtypes=_FLOAT_OR_F64)
+    check_same_device(x=x, weight=weight, z=z)
+    if group_size is None:
+        group_size = n
+    if not isinstance(group_size, int) or group_size <= 0 or n % group_size != 0:
+        raise ValueError(f"group_size must be a positive divisor of the channel count {n}, got {group_size!r}")
+    if not eps >= 0.0:
+        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    return group_size
 
 
 def rmsnorm_gated_ref(
@@ -46,19 +65,8 @@ def rmsnorm_gated_ref(
     Returns:
         (..., N) in ``x.dtype``.
     """
-    check_tensor("x", x, ndim=range(1, 16), dtypes=_FLOAT_OR_F64)
+    group_size = check_rmsnorm_inputs(x, weight, z, eps, group_size)
     n = x.shape[-1]
-    check_tensor("weight", weight, shape=(n,), dtypes=_FLOAT_OR_F64)
-    if z is not None:
-        check_tensor("z", z, shape=tuple(x.shape), dtypes=_FLOAT_OR_F64)
-    check_same_device(x=x, weight=weight, z=z)
-    if group_size is None:
-        group_size = n
-    if not isinstance(group_size, int) or group_size <= 0 or n % group_size != 0:
-        raise ValueError(f"group_size must be a positive divisor of the channel count {n}, got {group_size!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
-
     out_dtype = x.dtype
     w = weight.to(torch.promote_types(weight.dtype, torch.float32))
     if upcast:
