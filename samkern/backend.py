@@ -17,7 +17,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
-__all__ = ["BACKENDS", "pick_backend", "register", "available_backends"]
+__all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms"]
 
 log = logging.getLogger("samkern")
 
@@ -88,3 +88,16 @@ def triton_float_verifier(*tensors: torch.Tensor) -> Tuple[bool, str]:
     if os.environ.get("TRITON_INTERPRET", "0") == "1":
         return True, ""
     return on_cuda(*tensors)
+
+
+_NUM_SMS: Dict[int, int] = {}
+
+
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (launch grids size themselves by it). Cached:
+    ``torch.cuda.get_device_properties`` costs host time that an eager training step would pay
+    on every call."""
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]

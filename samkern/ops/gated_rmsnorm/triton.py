@@ -19,12 +19,13 @@ x, z, y, dy, dx, dz are (M, N) with any row stride and unit channel stride; math
 """
 from __future__ import annotations
 
-import functools
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
+
+from samkern.backend import num_sms
 
 __all__ = ["rmsnorm_gated_fwd_triton", "rmsnorm_gated_bwd_triton"]
 
@@ -101,15 +102,6 @@ def _rmsnorm_bwd_kernel(
     tl.store(dw_part_ptr + pid * N + cols, dw, mask=mask)
 
 
-@functools.lru_cache(maxsize=None)
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def _num_sms(device: torch.device) -> int:
-    return _sm_count(device.index if device.index is not None else torch.cuda.current_device())
-
-
 def _block_and_warps(gs: int) -> Tuple[int, int]:
     block = triton.next_power_of_2(gs)
     return block, min(16, max(1, block // 256))
@@ -142,7 +134,7 @@ def rmsnorm_gated_bwd_triton(
     M, N = x.shape
     n_groups = N // group_size
     # about two programs per SM in all (each keeps its dw share in registers), at most one per row
-    n_prog = max(1, min(M, 2 * _num_sms(x.device) // n_groups + 1)) if x.is_cuda else min(M, 4)
+    n_prog = max(1, min(M, 2 * num_sms(x.device) // n_groups + 1)) if x.is_cuda else min(M, 4)
     dx = torch.empty((M, N), device=x.device, dtype=x.dtype)
     dz = torch.empty((M, N), device=x.device, dtype=z.dtype) if z is not None else None
     dw_part = torch.empty((n_prog, N), device=x.device, dtype=torch.float32)

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.backend import num_sms
+
 __all__ = ["lora_gemm", "tuning_choices", "INTERPRET"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -295,16 +297,6 @@ def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int) -> 
     )
 
 
-_NUM_SMS: Dict[int, int] = {}
-
-
-def _num_sms(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _NUM_SMS:
-        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _NUM_SMS[idx]
-
-
 def _launch_ptma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, flatten: bool = False) -> None:
     from triton.tools.tensor_descriptor import TensorDescriptor
 
@@ -318,7 +310,7 @@ def _launch_ptma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, fl
     d_a2 = TensorDescriptor.from_tensor(a2, [bm, block_r]) if has_lora else d_a1
     d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
-    n_sms = 1 if a1.device.type != "cuda" else _num_sms(a1.device)
+    n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
     grid = (max(1, min(n_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn))),)
     _lora_gemm_tma_persistent_kernel[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,

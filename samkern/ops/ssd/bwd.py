@@ -50,6 +50,7 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.backend import num_sms
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 
 __all__ = ["ssd_bwd", "BWD_TUNING"]
@@ -68,7 +69,7 @@ def _pick_block_p(P: int, nseq: int, H: int, device: torch.device) -> int:
         return bp
     # few (sequence, head) programs (long single sequences): split P so the grid covers the SMs;
     # not below 32, since every extra P-block adds dB/dC contributors
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    sms = num_sms(device)
     while bp > 32 and nseq * H * triton.cdiv(P, bp) < sms:
         bp //= 2
     return bp

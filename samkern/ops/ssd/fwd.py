@@ -188,18 +188,8 @@ def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
 TRAIN_BLOCK_Q = 32
 
 
-_SM_COUNT: dict = {}
-
-
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _sm_count(device: torch.device) -> int:
-    idx = device.index if device.index is not None else torch.cuda.current_device()
-    if idx not in _SM_COUNT:  # get_device_properties is slow on the host: once per device
-        _SM_COUNT[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
-    return _SM_COUNT[idx]
 
 
 def _pick_block_p(P: int, nseq: int, H: int, device: torch.device) -> int:
