@@ -23,8 +23,7 @@ import torch
 from torch import Tensor
 
 from samkern.backend import pick_backend, register, triton_float_verifier
-from samkern.checks import FLOAT_DTYPES
-from samkern.ops.conv1d.ref import _check_activation, causal_conv1d_ref
+from samkern.ops.conv1d.ref import causal_conv1d_ref, check_conv1d_inputs
 
 __all__ = ["causal_conv1d", "CausalConv1dFunction"]
 
@@ -70,30 +69,14 @@ def causal_conv1d(
 ) -> Union[Tensor, Tuple[Tensor, Tensor]]:
     """Depthwise causal conv1d (+ SiLU); shapes in the module docstring. Differentiable in x,
     weight, bias (and initial_states on the reference backend)."""
-    _check_activation(activation)
-    kernel_ok = initial_states is None and not return_final_states
-    which = pick_backend("causal_conv1d", (x, weight, bias), backend if (backend or kernel_ok) else "ref")
-    if which == "triton" and not kernel_ok:
-        raise ValueError("causal_conv1d: the triton backend takes neither initial_states nor "
-                         "return_final_states; use backend='ref' (decoding set-up)")
-    if which == "ref" or x.numel() == 0:
+    if backend is None and (initial_states is not None or return_final_states):
+        backend = "ref"  # decoding set-up only: the kernels do not take states
+    which = pick_backend("causal_conv1d", (x, weight, bias), backend)
+    if which == "ref":
         return causal_conv1d_ref(x, weight, bias, seq_idx=seq_idx, initial_states=initial_states,
                                  return_final_states=return_final_states, activation=activation)
-    # the reference validates everything else; run its checks on metadata only (cheap)
-    _validate(x, weight, bias, seq_idx)
+    if initial_states is not None or return_final_states:
+        raise ValueError("causal_conv1d: the triton backend takes neither initial_states nor "
+                         "return_final_states; use backend='ref' (decoding set-up)")
+    check_conv1d_inputs(x, weight, bias, seq_idx, activation=activation)  # the reference checks its own
     return CausalConv1dFunction.apply(x, weight, bias, seq_idx, activation is not None)
-
-
-def _validate(x: Tensor, weight: Tensor, bias: Optional[Tensor], seq_idx: Optional[Tensor]) -> None:
-    from samkern.checks import check_same_device, check_tensor
-    from samkern.ops.conv1d.ref import _INT_DTYPES, _check_weight_bias
-
-    check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
-    batch, dim, seqlen = x.shape
-    _check_weight_bias(weight, bias, dim)
-    for name, t in (("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in FLOAT_DTYPES:
-            raise ValueError(f"{name} must be fp32/fp16/bf16 on the triton backend, got {t.dtype}")
-    if seq_idx is not None:
-        check_tensor("seq_idx", seq_idx, shape=(batch, seqlen), dtypes=_INT_DTYPES)
-    check_same_device(x=x, weight=weight, bias=bias, seq_idx=seq_idx)

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 
-__all__ = ["causal_conv1d_ref", "causal_conv1d_update_ref", "causal_conv1d_varlen_states_ref"]
+__all__ = ["causal_conv1d_ref", "check_conv1d_inputs", "causal_conv1d_update_ref", "causal_conv1d_varlen_states_ref"]
 
 _ACTIVATIONS = (None, "silu", "swish")
 _INT_DTYPES = (torch.int32, torch.int64)
@@ -58,6 +58,38 @@ def _check_weight_bias(weight: torch.Tensor, bias: Optional[torch.Tensor], dim: 
     return width
 
 
+def check_conv1d_inputs(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: Optional[torch.Tensor] = None,
+    seq_idx: Optional[torch.Tensor] = None,
+    initial_states: Optional[torch.Tensor] = None,
+    return_final_states: bool = False,
+    final_states_out: Optional[torch.Tensor] = None,
+    activation: Optional[str] = None,
+) -> Tuple[int, int, int, int]:
+    """Metadata checks of :func:`causal_conv1d_ref`'s arguments, shared by every backend
+    (``ValueError``); returns (batch, channels, length, width)."""
+    _check_activation(activation)
+    check_tensor("x", x, ndim=3, dtypes=_FLOAT_OR_F64)
+    batch, dim, seqlen = x.shape
+    width = _check_weight_bias(weight, bias, dim)
+    check_same_device(x=x, weight=weight, bias=bias, seq_idx=seq_idx, initial_states=initial_states)
+    if seq_idx is not None:
+        check_tensor("seq_idx", seq_idx, shape=(batch, seqlen), dtypes=_INT_DTYPES)
+        if return_final_states:
+            raise ValueError("return_final_states is not supported together with seq_idx (as in causal_conv1d)")
+    if initial_states is not None:
+        check_tensor("initial_states", initial_states, shape=(batch, dim, width - 1), dtypes=_FLOAT_OR_F64,
+                     allow_empty=width == 1)
+    if final_states_out is not None:
+        if not return_final_states:
+            raise ValueError("final_states_out is only used with return_final_states=True")
+        check_tensor("final_states_out", final_states_out, shape=(batch, dim, width - 1), dtypes=_FLOAT_OR_F64,
+                     allow_empty=width == 1)
+    return batch, dim, seqlen, width
+
+
 def causal_conv1d_ref(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -88,23 +120,8 @@ def causal_conv1d_ref(
 
     Differentiable w.r.t. ``x``, ``weight``, ``bias`` and ``initial_states``.
     """
-    _check_activation(activation)
-    check_tensor("x", x, ndim=3, dtypes=_FLOAT_OR_F64)
-    batch, dim, seqlen = x.shape
-    width = _check_weight_bias(weight, bias, dim)
-    check_same_device(x=x, weight=weight, bias=bias, seq_idx=seq_idx, initial_states=initial_states)
-    if seq_idx is not None:
-        check_tensor("seq_idx", seq_idx, shape=(batch, seqlen), dtypes=_INT_DTYPES)
-        if return_final_states:
-            raise ValueError("return_final_states is not supported together with seq_idx (as in causal_conv1d)")
-    if initial_states is not None:
-        check_tensor("initial_states", initial_states, shape=(batch, dim, width - 1), dtypes=_FLOAT_OR_F64,
-                     allow_empty=width == 1)
-    if final_states_out is not None:
-        if not return_final_states:
-            raise ValueError("final_states_out is only used with return_final_states=True")
-        check_tensor("final_states_out", final_states_out, shape=(batch, dim, width - 1), dtypes=_FLOAT_OR_F64,
-                     allow_empty=width == 1)
+    batch, dim, seqlen, width = check_conv1d_inputs(x, weight, bias, seq_idx, initial_states, return_final_states,
+                                                    final_states_out, activation)
 
     cdt = _compute_dtype(x, weight, bias, initial_states)
     # Prepend the W-1 history columns so output t reads columns t .. t+W-1 of xp.
