@@ -18,6 +18,7 @@ __all__ = [
     "check_finite",
     "check_cu_seqlens",
     "host_reads_allowed",
+    "as_rows",
     "FLOAT_DTYPES",
 ]
 
@@ -113,3 +114,12 @@ def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:
     if int(cu[-1]) != total:
         raise ValueError(f"cu_seqlens must end at the packed length {total} (cover the batch), got {int(cu[-1])}")
     return cu_seqlens
+
+
+def as_rows(t: Optional[torch.Tensor], n: int) -> Optional[torch.Tensor]:
+    """``t`` (..., n) flattened to (rows, n) with unit stride along n (a view when possible, else
+    a copy): the layout row-wise kernels take, with any row stride. None stays None."""
+    if t is None:
+        return None
+    t2 = t.reshape(-1, n)
+    return t2 if t2.stride(-1) == 1 else t2.contiguous()

@@ -15,17 +15,10 @@ import torch
 from torch import Tensor
 
 from samkern.backend import pick_backend, register, triton_float_verifier
+from samkern.checks import as_rows
 from samkern.ops.gated_rmsnorm.ref import check_rmsnorm_inputs, rmsnorm_gated_ref
 
 __all__ = ["rmsnorm_gated", "RMSNormGatedFunction"]
-
-
-def _rows(t: Optional[Tensor], n: int) -> Optional[Tensor]:
-    # flatten leading dims; the kernels take any row stride but want unit channel stride
-    if t is None:
-        return None
-    t2 = t.reshape(-1, n)
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
 
 
 class RMSNormGatedFunction(torch.autograd.Function):
@@ -45,7 +38,7 @@ class RMSNormGatedFunction(torch.autograd.Function):
         from samkern.ops.gated_rmsnorm.triton import rmsnorm_gated_bwd_triton
 
         x, weight, z, rstd = ctx.saved_tensors
-        dx, dz, dw = rmsnorm_gated_bwd_triton(_rows(dy, dy.shape[-1]), x, weight, z, rstd, ctx.group_size,
+        dx, dz, dw = rmsnorm_gated_bwd_triton(as_rows(dy, dy.shape[-1]), x, weight, z, rstd, ctx.group_size,
                                               ctx.norm_before_gate)
         return dx, dw.to(weight.dtype), dz, None, None, None
 
@@ -69,5 +62,5 @@ def rmsnorm_gated(
         return rmsnorm_gated_ref(x, weight, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
     gs = check_rmsnorm_inputs(x, weight, z, eps, group_size)
     n = x.shape[-1]
-    y = RMSNormGatedFunction.apply(_rows(x, n), weight, _rows(z, n), float(eps), gs, bool(norm_before_gate))
+    y = RMSNormGatedFunction.apply(as_rows(x, n), weight, as_rows(z, n), float(eps), gs, bool(norm_before_gate))
     return y.view(x.shape)

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from samkern.backend import on_cuda, pick_backend, register
-from samkern.checks import FLOAT_DTYPES, check_finite, check_same_device, check_tensor
+from samkern.checks import FLOAT_DTYPES, as_rows, check_finite, check_same_device, check_tensor
 from samkern.ops.lora_linear.ref import lora_linear_ref
 
 __all__ = ["lora_linear", "validate_lora_linear", "LoRALinearFunction", "lora_linear_triton"]
@@ -229,20 +229,12 @@ class LoRALinearFunction(torch.autograd.Function):
         return _backward_with(_bwd_impl, ctx, dy)
 
 
-def _as_rows(t: Optional[Tensor], K: int) -> Optional[Tensor]:
-    # flatten leading dims; the kernel takes any row stride but wants unit stride along K
-    if t is None:
-        return None
-    t2 = t.reshape(-1, K)
-    return t2 if t2.stride(-1) == 1 else t2.contiguous()
-
-
 def lora_linear_triton(
     x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, scale: float, dropout_x: Optional[Tensor] = None
 ) -> Tensor:
     """Triton path of :func:`lora_linear` (no validation; shapes as there)."""
     K = x.shape[-1]
-    x2, xd2 = _as_rows(x, K), _as_rows(dropout_x, K)
+    x2, xd2 = as_rows(x, K), as_rows(dropout_x, K)
     if torch.compiler.is_compiling():
         # traced: the custom op is an opaque node with a fake impl and registered autograd
         y, _ = torch.ops.samkern.lora_linear_fwd(x2, W, b, A, B, float(scale), xd2)
