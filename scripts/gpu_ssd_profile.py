@@ -1,0 +1,108 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where the SSD fwd+bwd time goes, samkern vs mamba-ssm (one device run, development aid).
+
+For each shape: per-kernel CUDA time of one fwd+bwd (torch.profiler, averaged over a few
+iterations) for samkern and mamba-ssm, then a sweep of samkern's backward launch settings
+(num_warps, num_stages, deterministic dB/dC partials vs atomics), with the registers and spills
+of the compiled backward kernel. Prints a table; writes ``$OUT/ssd-profile.json``.
+
+Run (device): ``source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_profile.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.harness import time_graph  # noqa: E402
+from benchmarks.ops.bench_ssd import SHAPES, fwdbwd_fn, make_inputs  # noqa: E402
+import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
+from samkern.ops.ssd.chunk import ssd_chunk_scan  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+WANT = os.environ.get("SSD_PROFILE_SHAPES", "130m-B32-L192,2.7b-B16-L192").split(",")
+RESULT: dict = {}
+
+
+def kernel_times(fn, iters: int = 5) -> dict:
+    """CUDA time per call of each kernel name (us), from torch.profiler."""
+    fn()
+    torch.cuda.synchronize()
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    acc: dict = defaultdict(float)
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if t:
+            acc[ev.key[:70]] += t / iters
+    return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
+
+
+def bwd_kernel_meta() -> list:
+    out = []
+    for cache in bwd_mod._ssd_bwd_kernel.device_caches.values():
+        for ck in cache[0].values():
+            try:
+                ck._init_handles()
+                out.append({"regs": ck.n_regs, "spills": ck.n_spills, "warps": ck.metadata.num_warps,
+                            "stages": ck.metadata.num_stages, "smem": ck.metadata.shared})
+            except Exception as e:  # noqa: BLE001
+                out.append({"error": repr(e)})
+    return out
+
+
+def main() -> None:
+    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+    print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
+    for name, shp in SHAPES.items():
+        if name not in WANT:
+            continue
+        kw = make_inputs(*shp, requires_grad=True)
+        res: dict = {}
+        f_ours = fwdbwd_fn(lambda **k: ssd_chunk_scan(**k, backend="triton"), kw)
+        f_mamba = fwdbwd_fn(mamba_chunk_scan_combined, kw)
+        res["kernels_samkern"] = kernel_times(f_ours)
+        res["kernels_mamba"] = kernel_times(f_mamba)
+        for who in ("samkern", "mamba"):
+            ks = res[f"kernels_{who}"]
+            print(f"\n== {name} {who}: total {sum(ks.values()):.0f} us over {len(ks)} kernels", flush=True)
+            for k, v in list(ks.items())[:14]:
+                print(f"  {v:8.1f}  {k}")
+        sweep = []
+        for det in (False, True):
+            for warps in (4, 8):
+                for stages in (1, 2, 3):
+                    bwd_mod.BWD_TUNING.update(num_warps=warps, num_stages=stages)
+                    torch.use_deterministic_algorithms(det, warn_only=True)
+                    try:
+                        t = time_graph(f_ours)
+                        ks = kernel_times(f_ours, iters=3)
+                        kb = sum(v for k, v in ks.items() if "bwd" in k)
+                        row = {"det": det, "warps": warps, "stages": stages, "fwdbwd_graph_us": t,
+                               "bwd_kernel_us": kb}
+                    except Exception as e:  # noqa: BLE001
+                        row = {"det": det, "warps": warps, "stages": stages, "error": repr(e)[:200]}
+                    print("  sweep", row, flush=True)
+                    sweep.append(row)
+        torch.use_deterministic_algorithms(False)
+        bwd_mod.BWD_TUNING.update(num_warps=None, num_stages=None)
+        res["sweep"] = sweep
+        res["bwd_kernel_meta"] = bwd_kernel_meta()
+        print("  compiled bwd kernels:", res["bwd_kernel_meta"], flush=True)
+        RESULT[name] = res
+        with open(os.path.join(OUT, "ssd-profile.json"), "w") as f:
+            json.dump(RESULT, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
