@@ -13,7 +13,7 @@ here is a single-process no-op, so the same training code runs either way.
 from __future__ import annotations
 
 import os
-from typing import Optional, Tuple
+from typing import Any, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -30,6 +30,7 @@ __all__ = [
     "wrap_model",
     "all_reduce_mean",
     "all_reduce_sum",
+    "all_gather_object",
     "set_wrap_strategy",
 ]
 
@@ -100,8 +101,9 @@ def wrap_model(model: nn.Module, device: torch.device, strategy: Optional[str] =
 
     ``"ddp"``: DistributedDataParallel (gradients averaged over processes). ``"fsdp"``: FSDP2
     ``fully_shard`` on every Mamba-2 block / EAT block, then on the root (best effort: the
-    model is changed in place and returned; parameters become DTensors, so save through
-    ``model.state_dict()`` with the usual FSDP2 APIs).
+    model is changed in place and returned; parameters become DTensors). The trainer's
+    :func:`~samkern.train.trainer.save_model_weights` / :meth:`~samkern.train.trainer.Trainer.save_checkpoint`
+    gather them into full tensors (every process must call them; process 0 writes).
     """
     strategy = strategy or _STRATEGY
     if not is_distributed():
@@ -140,3 +142,13 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
     y = x.clone()
     dist.all_reduce(y, op=dist.ReduceOp.SUM)
     return y
+
+
+def all_gather_object(obj: Any) -> List[Any]:
+    """``obj`` of every process, in rank order (a collective; ``[obj]`` when single-process).
+    Used for the per-process RNG states a checkpoint needs."""
+    if not is_distributed():
+        return [obj]
+    out: List[Any] = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out

@@ -11,6 +11,8 @@
   shared ones once) and ``trainer_state.pt`` (optimizer, scheduler, all RNG states, the
   sampler position, the step and the loss history). :meth:`Trainer.train` with
   ``resume_from=`` continues bit-identically on the CPU (same losses as an uninterrupted run).
+  Under FSDP2 the shards are gathered, so the files are the same full ones a single-process run
+  writes, and a checkpoint resumes under any process count / wrapping.
 * Multi-process: under ``torchrun`` (see :mod:`samkern.train.distributed`) the model is wrapped
   in DDP (or FSDP2) and each process takes its slice of every global batch; gradients are
   averaged over processes, so N processes x (B / N) equal one process x B.
@@ -279,29 +281,83 @@ class ResumableSampler(torch.utils.data.Sampler):
 # ---------------------------------------------------------------------------------------------
 # weights
 # ---------------------------------------------------------------------------------------------
-def _unique_state(model: nn.Module) -> Dict[str, torch.Tensor]:
-    """The state dict with tensors that share storage (tied weights) kept once (first name)."""
-    seen: Dict[Tuple[int, int, Tuple[int, ...]], str] = {}
-    out: Dict[str, torch.Tensor] = {}
-    for k, v in model.state_dict().items():
-        key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
-        if key in seen:
-            continue
-        seen[key] = k
-        out[k] = v.detach().cpu().contiguous()
+def _is_dtensor(t: Any) -> bool:
+    """True for a DTensor (an FSDP2-sharded parameter); False where torch has no DTensor."""
+    try:
+        from torch.distributed.tensor import DTensor
+    except ImportError:  # pragma: no cover - old torch
+        return False
+    return isinstance(t, DTensor)
+
+
+def _is_sharded(model: nn.Module) -> bool:
+    """Whether ``model`` holds FSDP2-sharded (DTensor) tensors."""
+    return any(_is_dtensor(v) for v in model.state_dict(keep_vars=True).values())
+
+
+def _unique_names(model: nn.Module) -> List[str]:
+    """Names of ``model.state_dict()`` with tensors that share storage (tied weights) kept once
+    (the first name).
+
+    ``keep_vars=True`` gives the parameter objects themselves: a DTensor (FSDP2) has no plain
+    storage to compare (``untyped_storage()`` raises), so a tied DTensor is recognised by its
+    identity instead. That is the same on every process, which matters because the names
+    decide which tensors are gathered (collectives every process must join in the same order).
+    """
+    seen = set()
+    out: List[str] = []
+    for k, v in model.state_dict(keep_vars=True).items():
+        if _is_dtensor(v):
+            key: Tuple[Any, ...] = ("dtensor", id(v))
+        else:
+            key = (v.untyped_storage().data_ptr(), v.storage_offset(), tuple(v.shape))
+        if key not in seen:
+            seen.add(key)
+            out.append(k)
     return out
 
 
+def _unique_state(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The full (unsharded) state dict on the CPU, tied tensors once (:func:`_unique_names`).
+
+    FSDP2: a collective (``get_model_state_dict`` with ``full_state_dict=True,
+    cpu_offload=True`` gathers the DTensor shards); every process must call it and only
+    process 0 gets the tensors, the others an empty dict.
+    """
+    names = _unique_names(model)
+    if _is_sharded(model):
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    else:
+        full = model.state_dict()
+    return {k: full[k].detach().cpu().contiguous() for k in names if k in full}
+
+
 def save_model_weights(model: nn.Module, path: str) -> None:
-    """Every tensor of ``model.state_dict()`` (tied ones once) to a safetensors file."""
+    """Every tensor of ``model.state_dict()`` (tied ones once, full and unsharded) to a
+    safetensors file.
+
+    In a multi-process run only process 0 writes. An FSDP2 (DTensor-sharded) model is
+    gathered first, so every process must call this (the file is the same as a single-process
+    run's; :func:`load_model_weights` loads it into a sharded or a plain model).
+    """
     from safetensors.torch import save_file
 
-    save_file(_unique_state(model), path, metadata={"format": "pt"})
+    if not _is_sharded(model) and dist_utils.rank() != 0:
+        return  # DDP / replicated: process 0's copy is everyone's, no gather needed
+    state = _unique_state(model)
+    if dist_utils.rank() == 0:
+        save_file(state, path, metadata={"format": "pt"})
 
 
 def load_model_weights(model: nn.Module, path: str) -> None:
     """Load :func:`save_model_weights` output; tied tensors absent from the file must exist under
-    another name (they are restored through the tie). Raises ``ValueError`` on a mismatch."""
+    another name (they are restored through the tie). Raises ``ValueError`` on a mismatch.
+
+    Into an FSDP2 model every process reads the whole file and keeps its own shard (no
+    communication).
+    """
     from safetensors.torch import load_file
 
     sd = load_file(path, device="cpu")
@@ -309,15 +365,39 @@ def load_model_weights(model: nn.Module, path: str) -> None:
     unexpected = sorted(set(sd) - set(own))
     if unexpected:
         raise ValueError(f"{path}: unexpected keys {unexpected[:10]}")
-    expected = _unique_state(model)
-    missing = sorted(set(expected) - set(sd))
+    missing = sorted(set(_unique_names(model)) - set(sd))
     if missing:
         raise ValueError(f"{path}: missing keys {missing[:10]}")
     with torch.no_grad():
         for k, v in sd.items():
-            if own[k].shape != v.shape:
+            if own[k].shape != v.shape:  # a DTensor's shape is the full (global) one
                 raise ValueError(f"{path}: {k} has shape {tuple(v.shape)}, the model {tuple(own[k].shape)}")
+            if _is_dtensor(own[k]):
+                from torch.distributed.tensor import distribute_tensor
+
+                # src_data_rank=None: each process slices the full tensor it read itself
+                v = distribute_tensor(v.to(own[k].device), own[k].device_mesh, own[k].placements, src_data_rank=None)
             own[k].copy_(v)
+
+
+def _optim_state_by_name(state: Dict[str, Any], names: List[str]) -> Dict[str, Any]:
+    """``optimizer.state_dict()`` (keyed by parameter index) keyed by parameter name instead,
+    the layout ``get_optimizer_state_dict(full_state_dict=True)`` uses under FSDP2."""
+    bad = sorted({i for g in state["param_groups"] for i in g["params"]} - set(range(len(names))))
+    if bad:
+        raise ValueError(f"the checkpoint's optimizer has parameters {bad[:10]}, this run trains {len(names)}")
+    return {"state": {names[i]: v for i, v in state["state"].items()},
+            "param_groups": [dict(g, params=[names[i] for i in g["params"]]) for g in state["param_groups"]]}
+
+
+def _optim_state_by_index(state: Dict[str, Any], names: List[str]) -> Dict[str, Any]:
+    """The inverse of :func:`_optim_state_by_name` (for ``optimizer.load_state_dict``)."""
+    index = {n: i for i, n in enumerate(names)}
+    unknown = sorted({n for g in state["param_groups"] for n in g["params"]} - set(index))
+    if unknown:
+        raise ValueError(f"optimizer state for parameters this run does not train: {unknown[:10]}")
+    return {"state": {index[n]: v for n, v in state["state"].items()},
+            "param_groups": [dict(g, params=[index[n] for n in g["params"]]) for g in state["param_groups"]]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -486,6 +566,11 @@ class Trainer:
         # FSDP2 replaces the parameters by sharded DTensors in place: the optimizer and the
         # clipping must see the new objects (DDP keeps them, so this is a no-op there)
         self.params = [p for p in model.parameters() if p.requires_grad]
+        # FSDP2: the optimizer state is sharded like the parameters; checkpoints gather it (and
+        # store it keyed by parameter name, see state_dict)
+        self.sharded = _is_sharded(model)
+        fqn = {id(p): n for n, p in model.named_parameters()}
+        self.param_names = [fqn[id(p)] for p in self.params]
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas, eps=config.eps,
                                            weight_decay=config.weight_decay)
         total, warm, sched, mr = config.max_steps, config.warmup_steps, config.schedule, config.min_lr_ratio
@@ -559,13 +644,45 @@ class Trainer:
         return rec
 
     # -- checkpoints ----------------------------------------------------------------------------
+    def _optimizer_state(self) -> Dict[str, Any]:
+        """The full optimizer state, keyed by parameter name. FSDP2: gathered from the shards
+        (a collective; the tensors land on process 0's CPU, the other processes get ``{}``)."""
+        if not self.sharded:
+            return _optim_state_by_name(self.optimizer.state_dict(), self.param_names)
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+        return get_optimizer_state_dict(self.model, self.optimizer,
+                                        options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+    def _load_optimizer_state(self, state: Dict[str, Any]) -> None:
+        """Load :meth:`_optimizer_state` output (full, by name) into this run's optimizer; under
+        FSDP2 every process keeps its shard of each tensor."""
+        if not self.sharded:
+            self.optimizer.load_state_dict(_optim_state_by_index(state, self.param_names))
+            return
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+        set_optimizer_state_dict(self.model, self.optimizer, state, options=StateDictOptions(full_state_dict=True))
+
     def state_dict(self) -> Dict[str, Any]:
+        """Everything but the model weights that an exact resume needs.
+
+        In a multi-process run every process must call it (it gathers every process's RNG
+        states and, under FSDP2, the sharded optimizer state); it is complete on process 0.
+        The optimizer state is the full (unsharded) one keyed by parameter name, whatever the
+        number of processes or the wrapping, so any run can resume any checkpoint.
+        """
+        rng = get_rng_state()
         return {
             "step": self.step,
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": self._optimizer_state(),
+            "optimizer_keys": "name",
             "scheduler": self.scheduler.state_dict(),
             "sampler": self.sampler.state_dict(),
-            "rng": get_rng_state(),
+            "rng": rng,  # this process's (process 0's in a checkpoint)
+            # each process draws its own stream (seeded seed + rank: e.g. its dropout masks), so
+            # an exact multi-process resume needs all of them, not only process 0's
+            "rng_per_rank": dist_utils.all_gather_object(rng),
             "history": list(self.history),
             "config": asdict(self.config),
             "world_size": self.world_size,
@@ -573,30 +690,44 @@ class Trainer:
 
     def save_checkpoint(self, path: Optional[str] = None) -> str:
         """Write ``checkpoint-<step>`` (model weights + trainer state); returns its directory.
-        Only process 0 writes (all processes hold the same weights under DDP)."""
+
+        Every process must call it; only process 0 writes (the others wait at a barrier). Under
+        FSDP2 the weights and the optimizer state are gathered first, so the files are the same
+        full, unsharded ones a single-process run writes."""
         if path is None:
             if self.config.out_dir is None:
                 raise ValueError("save_checkpoint needs a path or config.out_dir")
             path = os.path.join(self.config.out_dir, f"checkpoint-{self.step}")
         if self.is_main:
             os.makedirs(path, exist_ok=True)
-            save_model_weights(self.model, os.path.join(path, WEIGHTS_FILE))
+        save_model_weights(self.model, os.path.join(path, WEIGHTS_FILE))  # collective under FSDP2
+        state = self.state_dict()  # collective in multi-process runs
+        if self.is_main:
             tmp = os.path.join(path, STATE_FILE + ".tmp")
-            torch.save(self.state_dict(), tmp)
+            torch.save(state, tmp)
             os.replace(tmp, os.path.join(path, STATE_FILE))
         dist_utils.barrier()
         return path
 
     def load_checkpoint(self, path: str) -> None:
-        """Restore weights, optimizer, scheduler, data position, RNGs and history from ``path``."""
+        """Restore weights, optimizer, scheduler, data position, RNGs and history from ``path``.
+
+        Every process calls it and reads the files. The checkpoint may come from a run with
+        another number of processes or wrapping (single process, DDP, FSDP2): the data order and
+        the optimizer state carry over exactly; each process restores its own RNG state when the
+        checkpoint has one for its rank, else it is seeded as at the start of a run
+        (``seed + rank``), so random ops (dropout) then differ from an uninterrupted run with the
+        checkpoint's process count (a deterministic model resumes exactly).
+        """
         wfile, sfile = os.path.join(path, WEIGHTS_FILE), os.path.join(path, STATE_FILE)
         if not (os.path.isfile(wfile) and os.path.isfile(sfile)):
             raise ValueError(f"{path!r} is not a trainer checkpoint (needs {WEIGHTS_FILE} and {STATE_FILE})")
         load_model_weights(self.model, wfile)
         state = torch.load(sfile, map_location="cpu", weights_only=False)
-        if state.get("world_size", 1) != self.world_size:
-            raise ValueError(f"checkpoint written by {state.get('world_size')} processes, resuming with {self.world_size}")
-        self.optimizer.load_state_dict(state["optimizer"])
+        optim = state["optimizer"]
+        if state.get("optimizer_keys", "index") == "index":  # written before checkpoints keyed by name
+            optim = _optim_state_by_name(optim, self.param_names)
+        self._load_optimizer_state(optim)
         self.scheduler.load_state_dict(state["scheduler"])
         # the saved param-group lr follows the schedule of the run that wrote the checkpoint;
         # continue on *this* run's schedule (same thing when max_steps is unchanged)
@@ -605,7 +736,11 @@ class Trainer:
             g["lr"] = self.config.lr * lr_lambda(int(state["step"]), self.config.max_steps, self.config.warmup_steps,
                                                  self.config.schedule, self.config.min_lr_ratio)
         self.sampler.load_state_dict(state["sampler"])
-        set_rng_state(state["rng"])
+        rngs = state.get("rng_per_rank") or [state["rng"]]
+        if self.rank < len(rngs):
+            set_rng_state(rngs[self.rank])
+        else:
+            seed_everything(self.config.seed + self.rank)
         self.step = int(state["step"])
         self.history = list(state["history"])
 

@@ -116,6 +116,23 @@ def test_final_parameters_match_after_resume(tmp_path):
         assert torch.equal(p, q), n
 
 
+def test_resume_from_a_checkpoint_in_the_older_layout(tmp_path):
+    """Checkpoints written before the optimizer state was keyed by parameter name (and before the
+    per-process RNG states) still resume exactly."""
+    full = _trainer(_cfg(max_steps=5)).train()
+    b = _trainer(_cfg(tmp_path, max_steps=2))
+    b.train()
+    ckpt = b.save_checkpoint(str(tmp_path / "mid"))
+    sfile = os.path.join(ckpt, "trainer_state.pt")
+    state = torch.load(sfile, weights_only=False)
+    assert state["optimizer_keys"] == "name" and set(state["optimizer"]["state"]) == {"inp.weight", "inp.bias", "out.weight", "out.bias"}
+    state["optimizer"] = b.optimizer.state_dict()  # keyed by parameter index
+    del state["optimizer_keys"], state["rng_per_rank"]
+    torch.save(state, sfile)
+    resumed = _trainer(_cfg(max_steps=5)).train(resume_from=ckpt)
+    assert [r["loss"] for r in resumed] == [r["loss"] for r in full]
+
+
 def test_grad_accumulation_equals_full_batch():
     """2 micro-batches of 4 == one batch of 8 (mean loss, equal-sized micro-batches)."""
     full = _trainer(_cfg(max_steps=4, grad_accum=1), dropout=0.0)
