@@ -3,7 +3,7 @@
 
 For each shape: per-kernel CUDA time of one fwd+bwd (torch.profiler, averaged over a few
 iterations) for samkern and mamba-ssm, then a sweep of samkern's backward launch settings
-(num_warps, num_stages, deterministic dB/dC partials vs atomics), with the registers and spills
+(num_warps, num_stages, heads per chunk program), with the registers and spills
 of the compiled backward kernel. Prints a table; writes ``$OUT/ssd-profile.json``.
 
 Run (device): ``source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_profile.py``.
@@ -48,15 +48,18 @@ def kernel_times(fn, iters: int = 5) -> dict:
 
 
 def bwd_kernel_meta() -> list:
+    """Registers / spills / shared memory of every compiled variant of the two backward kernels."""
     out = []
-    for cache in bwd_mod._ssd_bwd_kernel.device_caches.values():
-        for ck in cache[0].values():
-            try:
-                ck._init_handles()
-                out.append({"regs": ck.n_regs, "spills": ck.n_spills, "warps": ck.metadata.num_warps,
-                            "stages": ck.metadata.num_stages, "smem": ck.metadata.shared})
-            except Exception as e:  # noqa: BLE001
-                out.append({"error": repr(e)})
+    for fn in (bwd_mod._ssd_bwd_dstate_kernel, bwd_mod._ssd_bwd_chunk_kernel):
+        for cache in fn.device_caches.values():
+            for ck in cache[0].values():
+                try:
+                    ck._init_handles()
+                    out.append({"kernel": fn.__name__, "regs": ck.n_regs, "spills": ck.n_spills,
+                                "warps": ck.metadata.num_warps, "stages": ck.metadata.num_stages,
+                                "smem": ck.metadata.shared})
+                except Exception as e:  # noqa: BLE001
+                    out.append({"kernel": fn.__name__, "error": repr(e)})
     return out
 
 
@@ -79,23 +82,22 @@ def main() -> None:
             for k, v in list(ks.items())[:14]:
                 print(f"  {v:8.1f}  {k}")
         sweep = []
-        for det in (False, True):
+        for hb in (None, 4, 8, 24):
             for warps in (4, 8):
-                for stages in (1, 2, 3):
-                    bwd_mod.BWD_TUNING.update(num_warps=warps, num_stages=stages)
-                    torch.use_deterministic_algorithms(det, warn_only=True)
+                for stages in (1, 2):
+                    bwd_mod.BWD_TUNING.update(num_warps=warps, num_stages=stages, heads_per_program=hb)
                     try:
                         t = time_graph(f_ours)
                         ks = kernel_times(f_ours, iters=3)
-                        kb = sum(v for k, v in ks.items() if "bwd" in k)
-                        row = {"det": det, "warps": warps, "stages": stages, "fwdbwd_graph_us": t,
-                               "bwd_kernel_us": kb}
+                        kb = {k[:24]: round(v, 1) for k, v in ks.items() if "bwd" in k}
+                        row = {"hb": hb, "warps": warps, "stages": stages, "fwdbwd_graph_us": round(t, 1),
+                               "bwd_kernels_us": kb}
                     except Exception as e:  # noqa: BLE001
-                        row = {"det": det, "warps": warps, "stages": stages, "error": repr(e)[:200]}
+                        row = {"hb": hb, "warps": warps, "stages": stages, "error": repr(e)[:200]}
                     print("  sweep", row, flush=True)
                     sweep.append(row)
         torch.use_deterministic_algorithms(False)
-        bwd_mod.BWD_TUNING.update(num_warps=None, num_stages=None)
+        bwd_mod.BWD_TUNING.update(num_warps=None, num_stages=None, heads_per_program=None)
         res["sweep"] = sweep
         res["bwd_kernel_meta"] = bwd_kernel_meta()
         print("  compiled bwd kernels:", res["bwd_kernel_meta"], flush=True)

@@ -1,18 +1,31 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backward of the fused Mamba-2 SSD chunked scan: one Triton launch.
+"""Backward of the fused Mamba-2 SSD chunked scan: two Triton launches.
 
 Glossary: T total tokens (batch·L, sequences packed back to back), H heads, P headdim,
 N d_state, G ngroups (head ``h`` reads B/C group ``h // (H // G)``), Q the internal chunk
-(``block_q``), nseq number of sequences, batch rows of ``initial_states``.
+(``block_q``, the forward's value), nseq number of sequences, "row" one internal chunk of one
+sequence (the row index of ``chunk_states``: sequence i's chunk k is row ``cu[i] // Q + i + k``).
 
-Design (mirrors the forward in :mod:`samkern.ops.ssd.fwd`): one program per
-(sequence, head, P-block) walks that sequence's internal chunks in REVERSE order, carrying
-``dS`` [BLOCK_P, N] (fp32, the gradient of the state *leaving* the current chunk; seeded by
-``dfinal_states``). For each chunk it reloads the state *entering* the chunk from
-``chunk_states`` (written by the forward), recomputes the chunk's forward quantities
-(dt processing, decays, C·Bᵀ) and produces every gradient of the chunk. Per chunk, with
-``a = cumsum(dt·A)``, ``L_ts = exp(a_t − a_s)`` (s ≤ t), ``M_ts = (C Bᵀ)_ts L_ts dt_s``,
-``w_s = exp(a_last − a_s) dt_s``:
+Why two kernels. The only sequential dependency of the backward is the state gradient ``dS``
+flowing backwards through the chunks. A single program per (sequence, head) that walks the
+chunks and does all the per-chunk work (the first design) needed 255 registers and spilled
+186-450 of them on an H100 (``benchmarks/results/dev-runs/s3-call1-ssd-profile-ef6704d.json``),
+and its dB/dC had to be summed over heads with atomics. So:
+
+1. ``_ssd_bwd_dstate_kernel`` — grid (nseq, H, P-blocks): walks a sequence's chunks in
+   reverse with only what ``dS`` needs (dt processing, ``exp(a)``, ``dy``, ``C``) and stores
+   ``dS`` leaving each chunk into ``dstates`` (same layout as ``chunk_states``, fp32):
+   ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``, seeded by ``dfinal_states``; after the first
+   chunk ``dS`` is the gradient of the initial state.
+2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks): every chunk is now
+   independent. A program loads B, C of its chunk once, forms ``C Bᵀ`` once, then loops over a
+   block of heads of one group, reading ``S_in`` (``chunk_states``) and ``dS`` (``dstates``),
+   and accumulates dB/dC over those heads in registers. One plain store per program into a
+   (head-blocks · P-blocks, T, G, N) fp32 buffer that torch sums: no atomics anywhere, so the
+   backward is always deterministic (bitwise reproducible) at no extra cost.
+
+Per-chunk gradients (t = output position, s = source position, ``a = cumsum(dt·A)``,
+``L_ts = exp(a_t − a_s)`` on s ≤ t, ``M_ts = (C Bᵀ)_ts L_ts dt_s``, ``w_s = exp(a_last − a_s) dt_s``):
 
 * forward: ``y = M x + exp(a)·(C S_inᵀ) + D x``, ``out = y·silu(z)``,
   ``S_out = exp(a_last) S_in + (w ∘ x)ᵀ B``;
@@ -26,21 +39,14 @@ Design (mirrors the forward in :mod:`samkern.ops.ssd.fwd`): one program per
   ``+ exp(a_t) Σ_n C_tn (dy S_in)_tn``, ``− u_t w_t`` and, at the last position,
   ``Σ_s u_s w_s + exp(a_last) Σ dS∘S_in``; then ``ddt += A·revcumsum(da)``,
   ``dA += Σ dt·revcumsum(da)``;
-* ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``; at the sequence start ``dS`` is the gradient of
-  the initial state (row ``init_idx``).
 * dt processing (``dt_raw + dt_bias`` → softplus (linear above 20) → clamp to ``dt_limit``) is
   chained: zero outside the clamp range, times ``sigmoid`` for softplus.
 
-Reductions. Every cross-program sum is linear, so programs emit partials:
-dx, dz, dinitial_states are owned by one program (plain stores). ddt is written per P-block
-into a (nPB, T, H) fp32 buffer (nPB = cdiv(P, BLOCK_P), 1 at P ≤ 64: then no reduction at all).
-dA, ddt_bias, dD are written per (sequence, head, P-block) into one small fp32 buffer and
-summed by one torch reduction. dB/dC are summed over the H/G heads of a group and the
-P-blocks: with one contributor they are plain stores; otherwise the fast path uses
-``tl.atomic_add`` into a zeroed (T, G, N) fp32 buffer, and under
-``torch.use_deterministic_algorithms(True)`` each contributor writes its own slice of a
-(H/G·nPB, T, G, N) fp32 buffer that torch sums — extra memory 2·(H/G·nPB)·T·G·N·4 bytes and
-one read of it (e.g. 2.7b, G=1, B16 L192: 2×126 MB, ≈0.1 ms on an H100), bitwise reproducible.
+Everything in the chunk kernel is linear in the P-block's share of ``dM``, ``x dS``, ``dy S_in``,
+so P-blocks (P > 64) emit partials. Reductions: dx, dz, dinitial_states have one owner (plain
+stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD per
+(row, head) into one small zero-filled fp32 buffer summed by one torch reduction. dB/dC as above.
+Extra memory: ``dstates`` (as large as ``chunk_states``) and the dB/dC partials.
 """
 from __future__ import annotations
 
@@ -52,210 +58,110 @@ import triton.language as tl
 
 from samkern.backend import num_sms
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
+from samkern.ops.ssd.fwd import _softplus
 
 __all__ = ["ssd_bwd", "BWD_TUNING"]
 
-# Launch overrides read by ``ssd_bwd`` (for tuning sweeps). ``None`` = heuristic.
-BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None}
+# Launch overrides read by ``ssd_bwd`` (for tuning sweeps and tests). ``None`` = heuristic.
+# block_p / num_warps / num_stages: the chunk kernel; heads_per_program: heads of one group a
+# chunk program loops over; scan_block_p / scan_warps: the dS kernel.
+BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
+                    "scan_block_p": None, "scan_warps": None}
 
 
-def _pick_block_p(P: int, nseq: int, H: int, device: torch.device) -> int:
+def _pick_block_p(P: int) -> int:
     bp = BWD_TUNING.get("block_p")
     full = max(16, triton.next_power_of_2(P))
     if bp is not None:
         return max(16, min(int(bp), full))
-    bp = min(64, full)
+    # [P, N] fp32 tiles of S_in and dS dominate the registers: keep them at ≤ 64 × 128
+    return min(64, full)
+
+
+def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device) -> int:
+    hb = BWD_TUNING.get("heads_per_program")
+    if hb is not None:
+        return max(1, min(int(hb), hpg))
     if device.type != "cuda":
-        return bp
-    # few (sequence, head) programs (long single sequences): split P so the grid covers the SMs;
-    # not below 32, since every extra P-block adds dB/dC contributors
-    sms = num_sms(device)
-    while bp > 32 and nseq * H * triton.cdiv(P, bp) < sms:
-        bp //= 2
-    return bp
+        return max(1, hpg // 2)  # CPU/interpreter: exercise several head-blocks and a ragged tail
+    # enough programs for ~3 per SM; more head-blocks cost dB/dC partial traffic and C·Bᵀ recompute
+    nhb = max(1, min(hpg, triton.cdiv(3 * num_sms(device), max(1, other_programs))))
+    return triton.cdiv(hpg, nhb)
 
 
 @triton.jit
-def _ssd_bwd_kernel(
-    # inputs
-    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr,
-    cu_ptr, init_ptr, cs_ptr, dfin_ptr,
-    # outputs
-    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, red_ptr, dinit_ptr,
-    # sizes
-    T, H, P, N, G, HPG, NPB, RED_W, HPN, dt_min, dt_max,
-    # strides (last dims are contiguous; these are the token / head / group strides)
-    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h,
-    s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
-    # meta
-    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, BC_ATOMIC: tl.constexpr, PREC: tl.constexpr,
+def _chunk_dt(dt_ptr, tok, mq, s_dt_t, h_off, bias, A_h, dt_min, dt_max, DT_SOFTPLUS: tl.constexpr):
+    """dt processing of one chunk of one head: (pre-softplus value v, processed dt, clamp-active
+    mask, in-chunk cumulative log-decay a). Masked positions get dt = 0."""
+    v = tl.load(dt_ptr + tok * s_dt_t + h_off, mask=mq, other=0.0).to(tl.float32) + bias
+    if DT_SOFTPLUS:
+        dtv = _softplus(v)
+    else:
+        dtv = v
+    clamp_ok = (dtv >= dt_min) & (dtv <= dt_max)
+    dtv = tl.minimum(tl.maximum(dtv, dt_min), dt_max)
+    dtv = tl.where(mq, dtv, 0.0)
+    a = tl.cumsum(dtv * A_h, axis=0)
+    return v, dtv, clamp_ok, a
+
+
+@triton.jit
+def _ssd_bwd_dstate_kernel(
+    dout_ptr, z_ptr, dt_ptr, A_ptr, dtb_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr,
+    ds_ptr, dinit_ptr,
+    P, N, HPG, HPN, dt_min, dt_max,
+    s_dout_t, s_dout_h, s_z_t, s_z_h, s_dt_t, s_dt_h, s_C_t, s_C_g,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
-    in_ty = x_ptr.dtype.element_ty
-
-    # int64 token indices: token × stride exceeds 2^31 at ~1M tokens
-    start = tl.load(cu_ptr + pid_s).to(tl.int64)
+    in_ty = C_ptr.dtype.element_ty
+    start = tl.load(cu_ptr + pid_s).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
     end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
     n_chunks = ((end - start + BLOCK_Q - 1) // BLOCK_Q).to(tl.int32)
     g = pid_h // HPG
-
     offs_q = tl.arange(0, BLOCK_Q)
     offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
     offs_n = tl.arange(0, BLOCK_N)
     mp = offs_p < P
     mn = offs_n < N
     mpn = mp[:, None] & mn[None, :]
-    causal = offs_q[:, None] >= offs_q[None, :]  # [t, s]: s ≤ t
-    causal_t = offs_q[None, :] >= offs_q[:, None]  # [s, t]: s ≤ t
     is_last = offs_q == BLOCK_Q - 1
 
     A_h = tl.load(A_ptr + pid_h).to(tl.float32)
+    bias = 0.0
     if HAS_DT_BIAS:
         bias = tl.load(dtb_ptr + pid_h).to(tl.float32)
-    else:
-        bias = 0.0
-    if HAS_D:
-        if D_PER_CHANNEL:
-            Dv = tl.load(D_ptr + pid_h * s_D_h + offs_p, mask=mp, other=0.0).to(tl.float32)[None, :]
-        else:
-            Dv = tl.load(D_ptr + pid_h * s_D_h).to(tl.float32)
-
     state_off = pid_h.to(tl.int64) * P * N + offs_p[:, None] * N + offs_n[None, :]
     if HAS_DFINAL:
         dS = tl.load(dfin_ptr + pid_s.to(tl.int64) * HPN + state_off, mask=mpn, other=0.0).to(tl.float32)
     else:
         dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    # state entering chunk k of this sequence lives at row start // BLOCK_Q + pid_s + k
     row0 = start // BLOCK_Q + pid_s
-
-    if BC_ATOMIC:
-        bc_base = (g * N).to(tl.int64)
-    else:
-        # each (head-in-group, P-block) owns a slice: deterministic, summed by torch
-        slot = (pid_h % HPG) * NPB + pid_p
-        bc_base = slot.to(tl.int64) * T * G * N + g * N
-    ddt_base = pid_p.to(tl.int64) * T * H + pid_h
-
-    dD_acc = tl.zeros([BLOCK_P], dtype=tl.float32)
-    dA_acc = tl.zeros([BLOCK_Q], dtype=tl.float32)
-    dtb_acc = tl.zeros([BLOCK_Q], dtype=tl.float32)
 
     for ci in range(0, n_chunks):
         c = n_chunks - 1 - ci
-        tok = start + c * BLOCK_Q + offs_q  # int64 [Q]
+        tok = start + c * BLOCK_Q + offs_q
         mq = tok < end
         mqp = mq[:, None] & mp[None, :]
-        mqn = mq[:, None] & mn[None, :]
-
-        # ---- dt processing (fp32), masked positions get dt = 0 and contribute nothing
-        v = tl.load(dt_ptr + tok * s_dt_t + pid_h * s_dt_h, mask=mq, other=0.0).to(tl.float32) + bias
-        if DT_SOFTPLUS:
-            dtv = tl.where(v <= 20.0, tl.log(1.0 + tl.exp(tl.minimum(v, 20.0))), v)
-        else:
-            dtv = v
-        clamp_ok = (dtv >= dt_min) & (dtv <= dt_max)
-        dtv = tl.minimum(tl.maximum(dtv, dt_min), dt_max)
-        dtv = tl.where(mq, dtv, 0.0)
-        a = tl.cumsum(dtv * A_h, axis=0)
+        tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS, mask=mpn)
+        _v, dtv, _ok, a = _chunk_dt(dt_ptr, tok, mq, s_dt_t, pid_h * s_dt_h, bias, A_h, dt_min, dt_max,
+                                    DT_SOFTPLUS)
         a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-        decay = tl.exp(a)  # exp(a_t)
-        to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
-        w = to_end * dtv
-
-        # ---- loads
-        x = tl.load(x_ptr + tok[:, None] * s_x_t + pid_h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
-        dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + pid_h * s_dout_h + offs_p[None, :], mask=mqp, other=0.0)
-        Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
-        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
-        S_in = tl.load(cs_ptr + (row0 + c) * HPN + state_off, mask=mpn, other=0.0)
-        S_in_lp = S_in.to(in_ty)
-
-        # C Bᵀ and its transpose both from loaded operands (never tl.trans of a dot result:
-        # Triton 3.6 miscompiles that on Hopper when the result is cast and fed to another dot)
-        CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
-        CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
-        L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-        LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
-
-        # ---- gate
+        dy = tl.load(dout_ptr + tok[:, None] * s_dout_t + pid_h * s_dout_h + offs_p[None, :], mask=mqp,
+                     other=0.0).to(tl.float32)
         if HAS_Z:
-            zz = tl.load(z_ptr + tok[:, None] * s_z_t + pid_h * s_z_h + offs_p[None, :], mask=mqp, other=0.0).to(tl.float32)
-            M = CB * L * dtv[None, :]
-            y = tl.dot(M.to(in_ty), x, input_precision=PREC)
-            y += decay[:, None] * tl.dot(Cm, tl.trans(S_in_lp), input_precision=PREC)
-            if HAS_D:
-                y += Dv * x.to(tl.float32)
-            sig = tl.sigmoid(zz)
-            dout32 = dout.to(tl.float32)
-            dz = dout32 * y * sig * (1.0 + zz * (1.0 - sig))
-            tl.store(dz_ptr + tok[:, None] * (H * P) + pid_h * P + offs_p[None, :], dz.to(dz_ptr.dtype.element_ty), mask=mqp)
-            dy = dout32 * zz * sig
-        else:
-            dy = dout.to(tl.float32)
-        dy_lp = dy.to(in_ty)
-        dS_lp = dS.to(in_ty)
-
-        # ---- dx = Mᵀ dy + D dy + w ∘ (B dSᵀ)
-        MT = CBT * LT * dtv[:, None]  # [s, t]
-        BdS = tl.dot(Bm, tl.trans(dS_lp), input_precision=PREC)  # [s, p]
-        dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
-        if HAS_D:
-            dx += Dv * dy
-            dD_acc += tl.sum(dy * x.to(tl.float32), axis=0)
-        tl.store(dx_ptr + tok[:, None] * (H * P) + pid_h * P + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty), mask=mqp)
-
-        # ---- dM = dy xᵀ and its transpose (again both from loaded operands)
-        dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]
-        dMT = tl.dot(x, tl.trans(dy_lp), input_precision=PREC)  # [s, t]
-        GL = dM * CB * L  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
-        R = GL * dtv[None, :]  # dM_ts·M_ts
-        ddt_dir = tl.sum(GL, axis=0)
-        da = tl.sum(R, axis=1) - tl.sum(R, axis=0)
-
-        # ---- dC = dCB B + exp(a) ∘ (dy S_in)
-        dCB = dM * L * dtv[None, :]
-        dyS = tl.dot(dy_lp, S_in_lp, input_precision=PREC)  # [t, n]
-        dC = tl.dot(dCB.to(in_ty), Bm, input_precision=PREC) + decay[:, None] * dyS
-        da += decay * tl.sum(Cm.to(tl.float32) * dyS, axis=1)
-
-        # ---- dB = dCBᵀ C + w ∘ (x dS)
-        dCBT = dMT * LT * dtv[:, None]
-        xdS = tl.dot(x, dS_lp, input_precision=PREC)  # [s, n]
-        dB = tl.dot(dCBT.to(in_ty), Cm, input_precision=PREC) + w[:, None] * xdS
-
-        # ---- state path's dt / decay terms
-        u = tl.sum(x.to(tl.float32) * BdS, axis=1)  # Σ_{p,n} x_sp B_sn dS_pn
-        ddt_dir += u * to_end
-        uw = u * w
-        da -= uw
-        da_last = tl.sum(uw, axis=0) + tl.exp(a_last) * tl.sum(tl.sum(dS * S_in, axis=1), axis=0)
-        da += tl.where(is_last, da_last, 0.0)
-
-        # ---- cumsum backward, then chain through clamp / softplus / bias
-        rc = tl.cumsum(da, axis=0, reverse=True)
-        ddt_pre = ddt_dir + A_h * rc
-        dA_acc += dtv * rc
-        ddt_pre = tl.where(clamp_ok & mq, ddt_pre, 0.0)
-        if DT_SOFTPLUS:
-            ddt_pre = tl.where(v <= 20.0, ddt_pre * tl.sigmoid(v), ddt_pre)
-        dtb_acc += ddt_pre
-        tl.store(ddt_ptr + ddt_base + tok * H, ddt_pre, mask=mq)
-
-        bc_off = bc_base + tok[:, None] * (G * N) + offs_n[None, :]
-        if BC_ATOMIC:
-            tl.atomic_add(dB_ptr + bc_off, dB, mask=mqn, sem="relaxed")
-            tl.atomic_add(dC_ptr + bc_off, dC, mask=mqn, sem="relaxed")
-        else:
-            tl.store(dB_ptr + bc_off, dB, mask=mqn)
-            tl.store(dC_ptr + bc_off, dC, mask=mqn)
-
-        # ---- carry the state gradient into the previous chunk
-        dS = tl.exp(a_last) * dS + tl.dot(tl.trans((dy * decay[:, None]).to(in_ty)), Cm, input_precision=PREC)
+            zz = tl.load(z_ptr + tok[:, None] * s_z_t + pid_h * s_z_h + offs_p[None, :], mask=mqp,
+                         other=0.0).to(tl.float32)
+            dy = dy * zz * tl.sigmoid(zz)
+        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mq[:, None] & mn[None, :],
+                     other=0.0)
+        # (exp(a) ∘ dy)ᵀ C: the transposed operand is a loaded value, not a dot result
+        dS = tl.exp(a_last) * dS + tl.dot(tl.trans((dy * tl.exp(a)[:, None]).to(in_ty)), Cm,
+                                          input_precision=PREC)
 
     if HAS_INIT:
         idx = tl.load(init_ptr + pid_s)
@@ -263,12 +169,177 @@ def _ssd_bwd_kernel(
         if idx >= 0:
             tl.store(dinit_ptr + idx.to(tl.int64) * HPN + state_off, dS, mask=mpn)
 
-    # small per-program partials: [dD (P) | dA (NPB) | ddt_bias (NPB)] per (sequence, head)
-    red_base = (pid_s.to(tl.int64) * H + pid_h) * RED_W
-    if HAS_D:
-        tl.store(red_ptr + red_base + offs_p, dD_acc, mask=mp)
-    tl.store(red_ptr + red_base + P + pid_p, tl.sum(dA_acc, axis=0))
-    tl.store(red_ptr + red_base + P + NPB + pid_p, tl.sum(dtb_acc, axis=0))
+
+@triton.jit
+def _ssd_bwd_chunk_kernel(
+    # inputs
+    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, cu_ptr, cs_ptr, ds_ptr,
+    # outputs
+    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, red_ptr,
+    # sizes
+    T, H, P, N, G, HPG, HB, NHB, NPB, RED_W, HPN, NSEQ, n_search, dt_min, dt_max,
+    # strides (last dims are contiguous; these are the token / head / group strides)
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h,
+    s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
+    # meta
+    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    row = tl.program_id(0)
+    pid_gh = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    g = pid_gh // NHB
+    hb = pid_gh % NHB
+    in_ty = x_ptr.dtype.element_ty
+
+    # the sequence owning this row: the last i with cu[i] // Q + i <= row (strictly increasing in
+    # i, and row < T // Q + nseq, the value at i = nseq); a binary search of n_search steps
+    lo = tl.zeros([], dtype=tl.int32)
+    hi = lo + NSEQ
+    for _ in range(0, n_search):
+        mid = (lo + hi) // 2
+        go = tl.load(cu_ptr + mid) // BLOCK_Q + mid <= row
+        lo = tl.where(go, mid, lo)
+        hi = tl.where(go, hi, mid)
+    start = tl.load(cu_ptr + lo).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
+    end = tl.load(cu_ptr + lo + 1).to(tl.int64)
+    cstart = start + (row - start // BLOCK_Q - lo) * BLOCK_Q
+    # rows past a sequence's last chunk hold no tokens (their red entries stay zero)
+    if cstart < end:
+        offs_q = tl.arange(0, BLOCK_Q)
+        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        offs_n = tl.arange(0, BLOCK_N)
+        mp = offs_p < P
+        mn = offs_n < N
+        mpn = mp[:, None] & mn[None, :]
+        causal = offs_q[:, None] >= offs_q[None, :]  # [t, s]: s ≤ t
+        causal_t = offs_q[None, :] >= offs_q[:, None]  # [s, t]: s ≤ t
+        is_last = offs_q == BLOCK_Q - 1
+        tok = cstart + offs_q  # int64 [Q]
+        mq = tok < end
+        mqp = mq[:, None] & mp[None, :]
+        mqn = mq[:, None] & mn[None, :]
+
+        # B, C and C·Bᵀ are shared by the heads of the group: once per program. Both C Bᵀ and its
+        # transpose come from loaded operands (never tl.trans of a dot result: Triton 3.6
+        # miscompiles that on Hopper when the result is cast and fed to another dot)
+        Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+        CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
+        CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
+        dB_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+        dC_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+
+        h0 = g * HPG + hb * HB
+        n_h = tl.minimum(HB, HPG - hb * HB)
+        for j in range(0, n_h):
+            h = h0 + j
+            A_h = tl.load(A_ptr + h).to(tl.float32)
+            bias = 0.0
+            if HAS_DT_BIAS:
+                bias = tl.load(dtb_ptr + h).to(tl.float32)
+            v, dtv, clamp_ok, a = _chunk_dt(dt_ptr, tok, mq, s_dt_t, h * s_dt_h, bias, A_h, dt_min, dt_max,
+                                            DT_SOFTPLUS)
+            a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+            decay = tl.exp(a)  # exp(a_t)
+            to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
+            w = to_end * dtv
+
+            x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
+            dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
+                           other=0.0)
+            state_off = row.to(tl.int64) * HPN + h * P * N + offs_p[:, None] * N + offs_n[None, :]
+            dS = tl.load(ds_ptr + state_off, mask=mpn, other=0.0)
+            S_in = tl.load(cs_ptr + state_off, mask=mpn, other=0.0)
+            # the fp32 tiles die here; only their dot-operand copies stay live
+            sdS = tl.sum(tl.sum(dS * S_in, axis=1), axis=0)
+            S_in_lp = S_in.to(in_ty)
+            dS_lp = dS.to(in_ty)
+            L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+            LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
+
+            # ---- gate
+            if HAS_D:
+                if D_PER_CHANNEL:
+                    Dv = tl.load(D_ptr + h * s_D_h + offs_p, mask=mp, other=0.0).to(tl.float32)[None, :]
+                else:
+                    Dv = tl.load(D_ptr + h * s_D_h).to(tl.float32)
+            if HAS_Z:
+                zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
+                             other=0.0).to(tl.float32)
+                M = CB * L * dtv[None, :]
+                y = tl.dot(M.to(in_ty), x, input_precision=PREC)
+                y += decay[:, None] * tl.dot(Cm, tl.trans(S_in_lp), input_precision=PREC)
+                if HAS_D:
+                    y += Dv * x.to(tl.float32)
+                sig = tl.sigmoid(zz)
+                dout32 = dout.to(tl.float32)
+                dz = dout32 * y * sig * (1.0 + zz * (1.0 - sig))
+                tl.store(dz_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dz.to(dz_ptr.dtype.element_ty),
+                         mask=mqp)
+                dy = dout32 * zz * sig
+            else:
+                dy = dout.to(tl.float32)
+            dy_lp = dy.to(in_ty)
+
+            # ---- dx = Mᵀ dy + D dy + w ∘ (B dSᵀ)
+            MT = CBT * LT * dtv[:, None]  # [s, t]
+            BdS = tl.dot(Bm, tl.trans(dS_lp), input_precision=PREC)  # [s, p]
+            dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
+            if HAS_D:
+                dx += Dv * dy
+                dD = tl.sum(dy * x.to(tl.float32), axis=0)
+            tl.store(dx_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
+                     mask=mqp)
+
+            # ---- dM = dy xᵀ and its transpose (again both from loaded operands)
+            dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]
+            dMT = tl.dot(x, tl.trans(dy_lp), input_precision=PREC)  # [s, t]
+            GL = dM * CB * L  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
+            R = GL * dtv[None, :]  # dM_ts·M_ts
+            ddt_dir = tl.sum(GL, axis=0)
+            da = tl.sum(R, axis=1) - tl.sum(R, axis=0)
+
+            # ---- dC = dCB B + exp(a) ∘ (dy S_in)
+            dCB = dM * L * dtv[None, :]
+            dyS = tl.dot(dy_lp, S_in_lp, input_precision=PREC)  # [t, n]
+            dC_acc += tl.dot(dCB.to(in_ty), Bm, input_precision=PREC) + decay[:, None] * dyS
+            da += decay * tl.sum(Cm.to(tl.float32) * dyS, axis=1)
+
+            # ---- dB = dCBᵀ C + w ∘ (x dS)
+            dCBT = dMT * LT * dtv[:, None]
+            xdS = tl.dot(x, dS_lp, input_precision=PREC)  # [s, n]
+            dB_acc += tl.dot(dCBT.to(in_ty), Cm, input_precision=PREC) + w[:, None] * xdS
+
+            # ---- state path's dt / decay terms
+            u = tl.sum(x.to(tl.float32) * BdS, axis=1)  # Σ_{p,n} x_sp B_sn dS_pn
+            ddt_dir += u * to_end
+            uw = u * w
+            da -= uw
+            da_last = tl.sum(uw, axis=0) + tl.exp(a_last) * sdS
+            da += tl.where(is_last, da_last, 0.0)
+
+            # ---- cumsum backward, then chain through clamp / softplus / bias
+            rc = tl.cumsum(da, axis=0, reverse=True)
+            ddt_pre = ddt_dir + A_h * rc
+            ddt_pre = tl.where(clamp_ok & mq, ddt_pre, 0.0)
+            if DT_SOFTPLUS:
+                ddt_pre = tl.where(v <= 20.0, ddt_pre * tl.sigmoid(v), ddt_pre)
+            tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
+
+            # small per-(row, head) partials: [dD (P) | dA (NPB) | ddt_bias (NPB)]
+            red_base = (row.to(tl.int64) * H + h) * RED_W
+            if HAS_D:
+                tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
+            tl.store(red_ptr + red_base + P + pid_p, tl.sum(dtv * rc, axis=0))
+            tl.store(red_ptr + red_base + P + NPB + pid_p, tl.sum(ddt_pre, axis=0))
+
+        # one store per program into its own (head-block, P-block) slice: no atomics
+        slot = hb * NPB + pid_p
+        bc_off = slot.to(tl.int64) * T * G * N + g * N + tok[:, None] * (G * N) + offs_n[None, :]
+        tl.store(dB_ptr + bc_off, dB_acc, mask=mqn)
+        tl.store(dC_ptr + bc_off, dC_acc, mask=mqn)
 
 
 def _last_contig(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -315,8 +386,8 @@ def ssd_bwd(
         D: (H,) or (H, P); z: (T, H, P); dt_bias: (H,); initial_states: (batch, H, P, N).
         dt_softplus, dt_limit: dt processing, as in the forward.
         dfinal_states: (nseq, H, P, N) gradient of each sequence's final state, or None.
-        block_p: P-block override (power of two ≥ 16), for tests; default ``BWD_TUNING`` /
-            heuristic.
+        block_p: P-block of the chunk kernel (power of two ≥ 16), for tests; default
+            ``BWD_TUNING`` / heuristic.
 
     Returns:
         ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
@@ -379,51 +450,60 @@ def ssd_bwd(
 
     BLOCK_N = max(16, triton.next_power_of_2(N))
     if block_p is None:
-        block_p = _pick_block_p(P, nseq, H, dev)
+        block_p = _pick_block_p(P)
     if block_p < 16 or block_p & (block_p - 1):
         raise ValueError(f"block_p must be a power of two >= 16, got {block_p!r}")
     BLOCK_P = block_p
     NPB = triton.cdiv(P, BLOCK_P)
     HPG = H // G
-    n_slots = HPG * NPB
-    deterministic = torch.are_deterministic_algorithms_enabled()
-    bc_atomic = n_slots > 1 and not deterministic
+    n_rows = chunk_states.shape[0]
+    HB = _pick_heads_per_program(HPG, n_rows * G * NPB, dev)
+    NHB = triton.cdiv(HPG, HB)
+    PREC = "ieee" if x.dtype == torch.float32 else "tf32"
+    dummy = x
 
-    dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
-    dz = torch.empty((T, H, P), device=dev, dtype=z.dtype) if z is not None else dx  # dummy when no z
-    ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
-    if bc_atomic:
-        dB32 = torch.zeros((1, T, G, N), device=dev, dtype=torch.float32)
-        dC32 = torch.zeros((1, T, G, N), device=dev, dtype=torch.float32)
-    else:
-        dB32 = torch.empty((n_slots, T, G, N), device=dev, dtype=torch.float32)
-        dC32 = torch.empty((n_slots, T, G, N), device=dev, dtype=torch.float32)
-    red_w = P + 2 * NPB
-    red = torch.empty((nseq, H, red_w), device=dev, dtype=torch.float32)
+    # 1. dS leaving every chunk (and d initial_states)
+    dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
     if initial_states is not None:
         # rows that seed no sequence get a zero gradient
         dinit = torch.zeros((initial_states.shape[0], H, P, N), device=dev, dtype=torch.float32)
     else:
         dinit = chunk_states  # dummy, never written
+    scan_bp = max(16, min(BWD_TUNING.get("scan_block_p") or BLOCK_P, BLOCK_P))
+    _ssd_bwd_dstate_kernel[(nseq, H, triton.cdiv(P, scan_bp))](
+        dout, z if z is not None else dummy, dt, A, dt_bias if dt_bias is not None else dummy, C,
+        cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else chunk_states, dstates, dinit,
+        P, N, HPG, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
+        dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
+        dt.stride(0), dt.stride(1), C.stride(0), C.stride(1),
+        HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
+        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
+        num_warps=BWD_TUNING.get("scan_warps") or 4, num_stages=2,
+    )
 
-    dummy = x
-    grid = (nseq, H, NPB)
+    # 2. every chunk's gradients, in parallel
+    dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
+    dz = torch.empty((T, H, P), device=dev, dtype=z.dtype) if z is not None else dx  # dummy when no z
+    ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
+    dB32 = torch.empty((NHB * NPB, T, G, N), device=dev, dtype=torch.float32)
+    dC32 = torch.empty((NHB * NPB, T, G, N), device=dev, dtype=torch.float32)
+    red_w = P + 2 * NPB
+    red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
     num_warps = BWD_TUNING.get("num_warps") or (8 if block_q * max(BLOCK_P, BLOCK_N) >= 64 * 64 else 4)
-    num_stages = BWD_TUNING.get("num_stages") or 2
-    _ssd_bwd_kernel[grid](
+    num_stages = BWD_TUNING.get("num_stages") or 1
+    _ssd_bwd_chunk_kernel[(n_rows, G * NHB, NPB)](
         dout, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        dt_bias if dt_bias is not None else dummy,
-        cu_seqlens, init_idx, chunk_states, dfinal_states if dfinal_states is not None else chunk_states,
-        dx, dz, ddt_part, dB32, dC32, red, dinit,
-        T, H, P, N, G, HPG, NPB, red_w, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
+        dt_bias if dt_bias is not None else dummy, cu_seqlens, chunk_states, dstates,
+        dx, dz, ddt_part, dB32, dC32, red,
+        T, H, P, N, G, HPG, HB, NHB, NPB, red_w, H * P * N, nseq, max(1, (nseq - 1).bit_length() + 1),
+        float(dt_limit[0]), float(dt_limit[1]),
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         (D.stride(0) if D is not None else 0),
         HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_INIT=initial_states is not None,
-        HAS_DFINAL=dfinal_states is not None, BC_ATOMIC=bc_atomic,
-        PREC="ieee" if x.dtype == torch.float32 else "tf32",
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -431,7 +511,7 @@ def ssd_bwd(
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
     dB = dB32[0] if dB32.shape[0] == 1 else dB32.sum(0)
     dC = dC32[0] if dC32.shape[0] == 1 else dC32.sum(0)
-    red_sum = red.sum(0)  # (H, red_w): one reduction over sequences for all the small grads
+    red_sum = red.sum(0)  # (H, red_w): one reduction over rows for all the small grads
     dA = red_sum[:, P:P + NPB].sum(-1)
     dD = None
     if D is not None:
