@@ -22,11 +22,15 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.harness import time_graph  # noqa: E402
 from benchmarks.ops.bench_ssd import SHAPES, fwdbwd_fn, make_inputs  # noqa: E402
 import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
+import samkern.ops.ssd.fwd as fwd_mod  # noqa: E402
 from samkern.ops.ssd.chunk import ssd_chunk_scan  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 WANT = os.environ.get("SSD_PROFILE_SHAPES", "130m-B32-L192,2.7b-B16-L192").split(",")
 RESULT: dict = {}
+# launch settings to sweep (JSON list of dicts of BWD_TUNING keys, plus "block_q" = the training chunk)
+SWEEP = json.loads(os.environ.get("SSD_PROFILE_SWEEP", json.dumps(
+    [{"num_warps": w, "num_stages": s} for w in (4, 8) for s in (1, 2)])))
 
 
 def kernel_times(fn, iters: int = 5) -> dict:
@@ -82,22 +86,26 @@ def main() -> None:
             for k, v in list(ks.items())[:14]:
                 print(f"  {v:8.1f}  {k}")
         sweep = []
-        for hb in (None, 4, 8, 24):
-            for warps in (4, 8):
-                for stages in (1, 2):
-                    bwd_mod.BWD_TUNING.update(num_warps=warps, num_stages=stages, heads_per_program=hb)
-                    try:
-                        t = time_graph(f_ours)
-                        ks = kernel_times(f_ours, iters=3)
-                        kb = {k[:24]: round(v, 1) for k, v in ks.items() if "bwd" in k}
-                        row = {"hb": hb, "warps": warps, "stages": stages, "fwdbwd_graph_us": round(t, 1),
-                               "bwd_kernels_us": kb}
-                    except Exception as e:  # noqa: BLE001
-                        row = {"hb": hb, "warps": warps, "stages": stages, "error": repr(e)[:200]}
-                    print("  sweep", row, flush=True)
-                    sweep.append(row)
-        torch.use_deterministic_algorithms(False)
-        bwd_mod.BWD_TUNING.update(num_warps=None, num_stages=None, heads_per_program=None)
+        for cfg in SWEEP:
+            cfg = dict(cfg)
+            bq = cfg.pop("block_q", None)
+            old_bq = fwd_mod.TRAIN_BLOCK_Q
+            bwd_mod.BWD_TUNING.update(cfg)
+            if bq:
+                fwd_mod.TRAIN_BLOCK_Q = bq
+            try:
+                t = time_graph(f_ours)
+                ks = kernel_times(f_ours, iters=3)
+                kb = {k[:24]: round(v, 1) for k, v in ks.items() if "ssd" in k}
+                row = {**cfg, "block_q": bq, "fwdbwd_graph_us": round(t, 1), "kernels_us": kb}
+            except Exception as e:  # noqa: BLE001
+                row = {**cfg, "block_q": bq, "error": repr(e)[:200]}
+            finally:
+                fwd_mod.TRAIN_BLOCK_Q = old_bq
+                for k in cfg:
+                    bwd_mod.BWD_TUNING[k] = None
+            print("  sweep", row, flush=True)
+            sweep.append(row)
         res["sweep"] = sweep
         res["bwd_kernel_meta"] = bwd_kernel_meta()
         print("  compiled bwd kernels:", res["bwd_kernel_meta"], flush=True)

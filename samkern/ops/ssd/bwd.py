@@ -491,7 +491,7 @@ def ssd_bwd(
     red_w = P + 2 * NPB
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
     num_warps = BWD_TUNING.get("num_warps") or (8 if block_q * max(BLOCK_P, BLOCK_N) >= 64 * 64 else 4)
-    num_stages = BWD_TUNING.get("num_stages") or 1
+    num_stages = BWD_TUNING.get("num_stages") or 2
     _ssd_bwd_chunk_kernel[(n_rows, G * NHB, NPB)](
         dout, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         dt_bias if dt_bias is not None else dummy, cu_seqlens, chunk_states, dstates,
