@@ -237,6 +237,22 @@ def test_bwd_head_blocks(heads_per_program, scan_block_p, kernel_device):
         bwd_mod.BWD_TUNING.update(old)
 
 
+def test_bwd_n_blocks(kernel_device):
+    """d_state streamed in N-blocks of 16 (N = 40: three blocks, the last ragged) by the chunk
+    kernel, and dB/dC split over three N-block programs, with z and two groups."""
+    old = dict(bwd_mod.BWD_TUNING)
+    bwd_mod.BWD_TUNING.update(block_ns=16, block_nb=16)
+    try:
+        case = make_case([37, 20], H=4, G=2, P=16, N=40, D="channel", z=True, dt_bias=True, softplus=True,
+                         n_init=2, init_idx=[1, 0], dfinal=True)
+        ref, cs = reference_grads(case, block_q=16)
+        got = run_kernel(case, 16, cs, kernel_device)
+        check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+    finally:
+        bwd_mod.BWD_TUNING.clear()
+        bwd_mod.BWD_TUNING.update(old)
+
+
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref
 def chunk_scan_ref_grads(case, layout):
     """fp64 autograd through :func:`ssd_chunk_scan_ref` (the project reference).

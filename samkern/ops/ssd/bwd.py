@@ -1,16 +1,16 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backward of the fused Mamba-2 SSD chunked scan: two Triton launches.
+"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches.
 
 Glossary: T total tokens (batch·L, sequences packed back to back), H heads, P headdim,
 N d_state, G ngroups (head ``h`` reads B/C group ``h // (H // G)``), Q the internal chunk
 (``block_q``, the forward's value), nseq number of sequences, "row" one internal chunk of one
 sequence (the row index of ``chunk_states``: sequence i's chunk k is row ``cu[i] // Q + i + k``).
 
-Why two kernels. The only sequential dependency of the backward is the state gradient ``dS``
+Why three kernels. The only sequential dependency of the backward is the state gradient ``dS``
 flowing backwards through the chunks. A single program per (sequence, head) that walks the
 chunks and does all the per-chunk work (the first design) needed 255 registers and spilled
-186-450 of them on an H100 (``benchmarks/results/dev-runs/s3-call1-ssd-profile-ef6704d.json``),
-and its dB/dC had to be summed over heads with atomics. So:
+186-450 of them on an H100 (``benchmarks/results/dev-runs/s3-call1-ssd-profile-ef6704d.json``);
+its dB/dC were summed over heads with atomics. Now:
 
 1. ``_ssd_bwd_dstate_kernel`` — grid (nseq, H, P-blocks): walks a sequence's chunks in
    reverse with only what ``dS`` needs (dt processing, ``exp(a)``, ``dy``, ``C``) and stores
@@ -18,11 +18,16 @@ and its dB/dC had to be summed over heads with atomics. So:
    ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``, seeded by ``dfinal_states``; after the first
    chunk ``dS`` is the gradient of the initial state.
 2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks): every chunk is now
-   independent. A program loads B, C of its chunk once, forms ``C Bᵀ`` once, then loops over a
-   block of heads of one group, reading ``S_in`` (``chunk_states``) and ``dS`` (``dstates``),
-   and accumulates dB/dC over those heads in registers. One plain store per program into a
-   (head-blocks · P-blocks, T, G, N) fp32 buffer that torch sums: no atomics anywhere, so the
-   backward is always deterministic (bitwise reproducible) at no extra cost.
+   independent. A program forms ``C Bᵀ`` of its chunk once and loops over a block of heads of
+   one group; per head it streams ``S_in`` (``chunk_states``) and ``dS`` (``dstates``) in
+   N-blocks (no [P, N] tile is ever resident) into ``B dSᵀ``, ``C S_inᵀ`` and ``Σ dS∘S_in``, and
+   writes dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` (and its
+   transpose, from its own dots) over its heads and stores that [Q, Q] pair per program.
+3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G, N-blocks): dB/dC of a chunk are sums over the
+   group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
+   Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
+   plain store in the output dtype. No atomics anywhere, so the backward is always
+   deterministic (bitwise reproducible) at no extra cost.
 
 Per-chunk gradients (t = output position, s = source position, ``a = cumsum(dt·A)``,
 ``L_ts = exp(a_t − a_s)`` on s ≤ t, ``M_ts = (C Bᵀ)_ts L_ts dt_s``, ``w_s = exp(a_last − a_s) dt_s``):
@@ -42,11 +47,11 @@ Per-chunk gradients (t = output position, s = source position, ``a = cumsum(dt·
 * dt processing (``dt_raw + dt_bias`` → softplus (linear above 20) → clamp to ``dt_limit``) is
   chained: zero outside the clamp range, times ``sigmoid`` for softplus.
 
-Everything in the chunk kernel is linear in the P-block's share of ``dM``, ``x dS``, ``dy S_in``,
-so P-blocks (P > 64) emit partials. Reductions: dx, dz, dinitial_states have one owner (plain
-stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD per
-(row, head) into one small zero-filled fp32 buffer summed by one torch reduction. dB/dC as above.
-Extra memory: ``dstates`` (as large as ``chunk_states``) and the dB/dC partials.
+Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``x dS``, so
+P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
+(plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
+per (row, head) into one small zero-filled fp32 buffer summed by one torch reduction. Extra
+memory: ``dstates`` (as large as ``chunk_states``) and 2·Q² fp32 per (row, group, slot).
 """
 from __future__ import annotations
 
@@ -63,10 +68,12 @@ from samkern.ops.ssd.fwd import _softplus
 __all__ = ["ssd_bwd", "BWD_TUNING"]
 
 # Launch overrides read by ``ssd_bwd`` (for tuning sweeps and tests). ``None`` = heuristic.
-# block_p / num_warps / num_stages: the chunk kernel; heads_per_program: heads of one group a
-# chunk program loops over; scan_block_p / scan_warps: the dS kernel.
+# block_p / num_warps / num_stages / block_ns (N-block of the streamed state tiles): the chunk
+# kernel; heads_per_program: heads of one group a chunk program loops over; scan_block_p /
+# scan_warps: the dS kernel; block_nb / dbdc_warps / dbdc_stages: the dB/dC kernel.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
-                    "scan_block_p": None, "scan_warps": None}
+                    "block_ns": None, "scan_block_p": None, "scan_warps": None, "block_nb": None,
+                    "dbdc_warps": None, "dbdc_stages": None}
 
 
 def _pick_block_p(P: int) -> int:
@@ -171,30 +178,11 @@ def _ssd_bwd_dstate_kernel(
 
 
 @triton.jit
-def _ssd_bwd_chunk_kernel(
-    # inputs
-    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, cu_ptr, cs_ptr, ds_ptr,
-    # outputs
-    dx_ptr, dz_ptr, ddt_ptr, dB_ptr, dC_ptr, red_ptr,
-    # sizes
-    T, H, P, N, G, HPG, HB, NHB, NPB, RED_W, HPN, NSEQ, n_search, dt_min, dt_max,
-    # strides (last dims are contiguous; these are the token / head / group strides)
-    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h,
-    s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
-    # meta
-    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
-):
-    row = tl.program_id(0)
-    pid_gh = tl.program_id(1)
-    pid_p = tl.program_id(2)
-    g = pid_gh // NHB
-    hb = pid_gh % NHB
-    in_ty = x_ptr.dtype.element_ty
-
-    # the sequence owning this row: the last i with cu[i] // Q + i <= row (strictly increasing in
-    # i, and row < T // Q + nseq, the value at i = nseq); a binary search of n_search steps
+def _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q: tl.constexpr):
+    """Token range of chunk-state row ``row``: (sequence start, sequence end, chunk start). The
+    owner is the last sequence i with cu[i] // Q + i <= row (strictly increasing in i, and
+    row < T // Q + nseq, its value at i = nseq): a binary search of ``n_search`` steps. Rows past
+    a sequence's last chunk get chunk start >= end (no tokens)."""
     lo = tl.zeros([], dtype=tl.int32)
     hi = lo + NSEQ
     for _ in range(0, n_search):
@@ -204,7 +192,32 @@ def _ssd_bwd_chunk_kernel(
         hi = tl.where(go, hi, mid)
     start = tl.load(cu_ptr + lo).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
     end = tl.load(cu_ptr + lo + 1).to(tl.int64)
-    cstart = start + (row - start // BLOCK_Q - lo) * BLOCK_Q
+    return start, end, start + (row - start // BLOCK_Q - lo) * BLOCK_Q
+
+
+@triton.jit
+def _ssd_bwd_chunk_kernel(
+    # inputs
+    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, cu_ptr, cs_ptr, ds_ptr,
+    # outputs
+    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
+    # sizes
+    T, H, P, N, G, HPG, HB, NHB, NPB, RED_W, HPN, NSEQ, n_search, dt_min, dt_max,
+    # strides (last dims are contiguous; these are the token / head / group strides)
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h,
+    s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
+    # meta
+    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
+):
+    row = tl.program_id(0)
+    pid_gh = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    g = pid_gh // NHB
+    hb = pid_gh % NHB
+    in_ty = x_ptr.dtype.element_ty
+    start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
     # rows past a sequence's last chunk hold no tokens (their red entries stay zero)
     if cstart < end:
         offs_q = tl.arange(0, BLOCK_Q)
@@ -212,7 +225,6 @@ def _ssd_bwd_chunk_kernel(
         offs_n = tl.arange(0, BLOCK_N)
         mp = offs_p < P
         mn = offs_n < N
-        mpn = mp[:, None] & mn[None, :]
         causal = offs_q[:, None] >= offs_q[None, :]  # [t, s]: s ≤ t
         causal_t = offs_q[None, :] >= offs_q[:, None]  # [s, t]: s ≤ t
         is_last = offs_q == BLOCK_Q - 1
@@ -221,15 +233,17 @@ def _ssd_bwd_chunk_kernel(
         mqp = mq[:, None] & mp[None, :]
         mqn = mq[:, None] & mn[None, :]
 
-        # B, C and C·Bᵀ are shared by the heads of the group: once per program. Both C Bᵀ and its
-        # transpose come from loaded operands (never tl.trans of a dot result: Triton 3.6
-        # miscompiles that on Hopper when the result is cast and fed to another dot)
+        # C·Bᵀ is shared by the heads of the group: once per program. It and its transpose both
+        # come from loaded operands (never tl.trans of a dot result: Triton 3.6 miscompiles that
+        # on Hopper when the result is cast and fed to another dot)
         Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
         Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
         CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
         CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
-        dB_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
-        dC_acc = tl.zeros([BLOCK_Q, BLOCK_N], dtype=tl.float32)
+        # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s (and of its transpose): the dB/dC
+        # kernel turns them into the intra-chunk parts of dC = dCB B and dB = dCBᵀ C
+        dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        dCBT_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
 
         h0 = g * HPG + hb * HB
         n_h = tl.minimum(HB, HPG - hb * HB)
@@ -246,16 +260,29 @@ def _ssd_bwd_chunk_kernel(
             to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
             w = to_end * dtv
 
+            # the state terms, streamed over N-blocks so no [P, N] tile is ever resident:
+            # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P]) and sdS = Σ dS ∘ S_in
+            BdS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)
+            CS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)
+            sdS = tl.zeros([], dtype=tl.float32)
+            st_row = row.to(tl.int64) * HPN + h * P * N
+            for n0 in range(0, N, BLOCK_NS):
+                offs_ns = n0 + tl.arange(0, BLOCK_NS)
+                mns = offs_ns < N
+                mqs = mq[:, None] & mns[None, :]
+                Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_ns[None, :], mask=mqs, other=0.0)
+                Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_ns[None, :], mask=mqs, other=0.0)
+                so = st_row + offs_p[:, None] * N + offs_ns[None, :]
+                mps = mp[:, None] & mns[None, :]
+                dSn = tl.load(ds_ptr + so, mask=mps, other=0.0)
+                Sn = tl.load(cs_ptr + so, mask=mps, other=0.0)
+                sdS += tl.sum(tl.sum(dSn * Sn, axis=1), axis=0)
+                BdS += tl.dot(Bn, tl.trans(dSn.to(in_ty)), input_precision=PREC)
+                CS += tl.dot(Cn, tl.trans(Sn.to(in_ty)), input_precision=PREC)
+
             x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
             dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
                            other=0.0)
-            state_off = row.to(tl.int64) * HPN + h * P * N + offs_p[:, None] * N + offs_n[None, :]
-            dS = tl.load(ds_ptr + state_off, mask=mpn, other=0.0)
-            S_in = tl.load(cs_ptr + state_off, mask=mpn, other=0.0)
-            # the fp32 tiles die here; only their dot-operand copies stay live
-            sdS = tl.sum(tl.sum(dS * S_in, axis=1), axis=0)
-            S_in_lp = S_in.to(in_ty)
-            dS_lp = dS.to(in_ty)
             L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
             LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
 
@@ -269,8 +296,7 @@ def _ssd_bwd_chunk_kernel(
                 zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
                              other=0.0).to(tl.float32)
                 M = CB * L * dtv[None, :]
-                y = tl.dot(M.to(in_ty), x, input_precision=PREC)
-                y += decay[:, None] * tl.dot(Cm, tl.trans(S_in_lp), input_precision=PREC)
+                y = tl.dot(M.to(in_ty), x, input_precision=PREC) + decay[:, None] * CS
                 if HAS_D:
                     y += Dv * x.to(tl.float32)
                 sig = tl.sigmoid(zz)
@@ -285,7 +311,6 @@ def _ssd_bwd_chunk_kernel(
 
             # ---- dx = Mᵀ dy + D dy + w ∘ (B dSᵀ)
             MT = CBT * LT * dtv[:, None]  # [s, t]
-            BdS = tl.dot(Bm, tl.trans(dS_lp), input_precision=PREC)  # [s, p]
             dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
             if HAS_D:
                 dx += Dv * dy
@@ -299,18 +324,10 @@ def _ssd_bwd_chunk_kernel(
             GL = dM * CB * L  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
             R = GL * dtv[None, :]  # dM_ts·M_ts
             ddt_dir = tl.sum(GL, axis=0)
-            da = tl.sum(R, axis=1) - tl.sum(R, axis=0)
-
-            # ---- dC = dCB B + exp(a) ∘ (dy S_in)
-            dCB = dM * L * dtv[None, :]
-            dyS = tl.dot(dy_lp, S_in_lp, input_precision=PREC)  # [t, n]
-            dC_acc += tl.dot(dCB.to(in_ty), Bm, input_precision=PREC) + decay[:, None] * dyS
-            da += decay * tl.sum(Cm.to(tl.float32) * dyS, axis=1)
-
-            # ---- dB = dCBᵀ C + w ∘ (x dS)
-            dCBT = dMT * LT * dtv[:, None]
-            xdS = tl.dot(x, dS_lp, input_precision=PREC)  # [s, n]
-            dB_acc += tl.dot(dCBT.to(in_ty), Cm, input_precision=PREC) + w[:, None] * xdS
+            # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp
+            da = tl.sum(R, axis=1) - tl.sum(R, axis=0) + decay * tl.sum(dy * CS, axis=1)
+            dCB_sum += dM * L * dtv[None, :]
+            dCBT_sum += dMT * LT * dtv[:, None]
 
             # ---- state path's dt / decay terms
             u = tl.sum(x.to(tl.float32) * BdS, axis=1)  # Σ_{p,n} x_sp B_sn dS_pn
@@ -335,11 +352,87 @@ def _ssd_bwd_chunk_kernel(
             tl.store(red_ptr + red_base + P + pid_p, tl.sum(dtv * rc, axis=0))
             tl.store(red_ptr + red_base + P + NPB + pid_p, tl.sum(ddt_pre, axis=0))
 
-        # one store per program into its own (head-block, P-block) slice: no atomics
-        slot = hb * NPB + pid_p
-        bc_off = slot.to(tl.int64) * T * G * N + g * N + tok[:, None] * (G * N) + offs_n[None, :]
-        tl.store(dB_ptr + bc_off, dB_acc, mask=mqn)
-        tl.store(dC_ptr + bc_off, dC_acc, mask=mqn)
+        # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
+        slot = (row.to(tl.int64) * G + g) * (NHB * NPB) + hb * NPB + pid_p
+        qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
+        tl.store(dcb_ptr + slot * (2 * BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
+        tl.store(dcb_ptr + slot * (2 * BLOCK_Q * BLOCK_Q) + BLOCK_Q * BLOCK_Q + qq, dCBT_sum)
+
+
+@triton.jit
+def _ssd_bwd_dbdc_kernel(
+    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, dtb_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
+    dB_ptr, dC_ptr,
+    P, N, G, HPG, NSLOT, HPN, NSEQ, n_search, dt_min, dt_max,
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h, s_B_t, s_B_g, s_C_t, s_C_g,
+    s_dB_t, s_dB_g, s_dC_t, s_dC_g,
+    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr,
+):
+    """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
+    ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
+    (a GEMM over K = heads × P); one plain store per element, in the output dtype."""
+    row = tl.program_id(0)
+    g = tl.program_id(1)
+    pid_n = tl.program_id(2)
+    in_ty = x_ptr.dtype.element_ty
+    start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
+    if cstart < end:
+        offs_q = tl.arange(0, BLOCK_Q)
+        offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
+        is_last = offs_q == BLOCK_Q - 1
+        mn = offs_n < N
+        tok = cstart + offs_q
+        mq = tok < end
+        mqn = mq[:, None] & mn[None, :]
+        accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
+        accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
+        for j in range(0, HPG):
+            h = g * HPG + j
+            A_h = tl.load(A_ptr + h).to(tl.float32)
+            bias = 0.0
+            if HAS_DT_BIAS:
+                bias = tl.load(dtb_ptr + h).to(tl.float32)
+            _v, dtv, _ok, a = _chunk_dt(dt_ptr, tok, mq, s_dt_t, h * s_dt_h, bias, A_h, dt_min, dt_max,
+                                        DT_SOFTPLUS)
+            a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+            w = tl.exp(a_last - a) * dtv
+            decay = tl.exp(a)
+            st_row = row.to(tl.int64) * HPN + h * P * N
+            for p0 in range(0, P, BLOCK_P):
+                offs_p = p0 + tl.arange(0, BLOCK_P)
+                mp = offs_p < P
+                mqp = mq[:, None] & mp[None, :]
+                x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
+                dy = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
+                             other=0.0).to(tl.float32)
+                if HAS_Z:
+                    zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
+                                 other=0.0).to(tl.float32)
+                    dy = dy * zz * tl.sigmoid(zz)
+                so = st_row + offs_p[:, None] * N + offs_n[None, :]
+                mpn = mp[:, None] & mn[None, :]
+                dSn = tl.load(ds_ptr + so, mask=mpn, other=0.0).to(in_ty)
+                Sn = tl.load(cs_ptr + so, mask=mpn, other=0.0).to(in_ty)
+                accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
+                accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
+
+        # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
+        qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
+        dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        base = (row.to(tl.int64) * G + g) * NSLOT
+        for k in range(0, NSLOT):
+            dCB += tl.load(dcb_ptr + (base + k) * (2 * BLOCK_Q * BLOCK_Q) + qq)
+            dCBT += tl.load(dcb_ptr + (base + k) * (2 * BLOCK_Q * BLOCK_Q) + BLOCK_Q * BLOCK_Q + qq)
+        Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+        Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+        accC += tl.dot(dCB.to(in_ty), Bn, input_precision=PREC)
+        accB += tl.dot(dCBT.to(in_ty), Cn, input_precision=PREC)
+        tl.store(dB_ptr + tok[:, None] * s_dB_t + g * s_dB_g + offs_n[None, :], accB.to(dB_ptr.dtype.element_ty),
+                 mask=mqn)
+        tl.store(dC_ptr + tok[:, None] * s_dC_t + g * s_dC_g + offs_n[None, :], accC.to(dC_ptr.dtype.element_ty),
+                 mask=mqn)
 
 
 def _last_contig(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -482,35 +575,50 @@ def ssd_bwd(
         num_warps=BWD_TUNING.get("scan_warps") or 4, num_stages=2,
     )
 
-    # 2. every chunk's gradients, in parallel
+    # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
     dz = torch.empty((T, H, P), device=dev, dtype=z.dtype) if z is not None else dx  # dummy when no z
     ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
-    dB32 = torch.empty((NHB * NPB, T, G, N), device=dev, dtype=torch.float32)
-    dC32 = torch.empty((NHB * NPB, T, G, N), device=dev, dtype=torch.float32)
+    n_slot = NHB * NPB
+    dcb = torch.empty((n_rows, G, n_slot, 2, block_q, block_q), device=dev, dtype=torch.float32)
     red_w = P + 2 * NPB
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
-    num_warps = BWD_TUNING.get("num_warps") or (8 if block_q * max(BLOCK_P, BLOCK_N) >= 64 * 64 else 4)
+    n_search = max(1, (nseq - 1).bit_length() + 1)
+    block_ns = min(BLOCK_N, BWD_TUNING.get("block_ns") or 32)
+    num_warps = BWD_TUNING.get("num_warps") or (8 if block_q * BLOCK_P >= 64 * 64 else 4)
     num_stages = BWD_TUNING.get("num_stages") or 2
+    z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     _ssd_bwd_chunk_kernel[(n_rows, G * NHB, NPB)](
         dout, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         dt_bias if dt_bias is not None else dummy, cu_seqlens, chunk_states, dstates,
-        dx, dz, ddt_part, dB32, dC32, red,
-        T, H, P, N, G, HPG, HB, NHB, NPB, red_w, H * P * N, nseq, max(1, (nseq - 1).bit_length() + 1),
+        dx, dz, ddt_part, dcb, red,
+        T, H, P, N, G, HPG, HB, NHB, NPB, red_w, H * P * N, nseq, n_search,
         float(dt_limit[0]), float(dt_limit[1]),
-        dout.stride(0), dout.stride(1), x.stride(0), x.stride(1),
-        z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
+        dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         (D.stride(0) if D is not None else 0),
         HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_NS=block_ns,
         num_warps=num_warps, num_stages=num_stages,
     )
 
+    # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
+    dB = torch.empty_like(B)
+    dC = torch.empty_like(C)
+    block_nb = min(BLOCK_N, BWD_TUNING.get("block_nb") or 64)
+    _ssd_bwd_dbdc_kernel[(n_rows, G, triton.cdiv(N, block_nb))](
+        dout, x, dt, A, B, C, z if z is not None else dummy, dt_bias if dt_bias is not None else dummy,
+        cu_seqlens, chunk_states, dstates, dcb, dB, dC,
+        P, N, G, HPG, n_slot, H * P * N, nseq, n_search, float(dt_limit[0]), float(dt_limit[1]),
+        dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides, dt.stride(0), dt.stride(1),
+        B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
+        HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), PREC=PREC,
+        BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
+        num_warps=BWD_TUNING.get("dbdc_warps") or 4, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
+    )
+
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
-    dB = dB32[0] if dB32.shape[0] == 1 else dB32.sum(0)
-    dC = dC32[0] if dC32.shape[0] == 1 else dC32.sum(0)
     red_sum = red.sum(0)  # (H, red_w): one reduction over rows for all the small grads
     dA = red_sum[:, P:P + NPB].sum(-1)
     dD = None
@@ -523,8 +631,8 @@ def ssd_bwd(
         dx,
         ddt.to(dt.dtype),
         dA.to(A.dtype),
-        dB.to(B.dtype),
-        dC.to(C.dtype),
+        dB,
+        dC,
         dD,
         dz if z is not None else None,
         ddt_bias,
