@@ -178,14 +178,17 @@ def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     """Internal chunk length for inference: 64 (fastest on an H100 at SAM's short sequences, bf16,
     P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 (1.25 vs 1.37 ms) but
     has not been validated on the GPU by the test suite, so it is not the default. With gradients
-    the wrapper caps the chunk at ``TRAIN_BLOCK_Q`` (see there)."""
+    the wrapper caps the chunk at ``TRAIN_BLOCK_Q`` (see there; 64 as well)."""
     return 64
 
 
-# With gradients: the backward kernel is fastest at 32-token chunks (H100, fwd+bwd 130m B32 L192:
-# 1.0 ms at 32 vs 1.47 ms at 64; 2.7b B1 L16384: 12.2 ms vs 28.2 ms), and the fp32 chunk states
-# it needs are written by the forward at the same chunk length.
-TRAIN_BLOCK_Q = 32
+# With gradients the forward writes the fp32 state entering every chunk for the backward, so the
+# chunk length sets that traffic (4·H·P·N / Q bytes per token, written once and read twice). The
+# three-kernel backward streams the states and is faster at 64 than at 32 (H100, bf16, fwd+bwd
+# under graph replay, 130m B32 L192: 673 vs 882 us; 2.7b B16 L192: 1254 vs 1479 us;
+# benchmarks/results/dev-runs/s3-call4-ssd-profile-403f986.json). The one-kernel backward it
+# replaced was faster at 32 (register spills grew with Q).
+TRAIN_BLOCK_Q = 64
 
 
 def _next_pow2(n: int) -> int:
