@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
 """SAM connector reorder (time / freq modes with separators), bf16, B=32, T=64, F=8.
 
-Providers: ``torch`` (the reference: torch.cat forward, PyTorch autograd backward), ``triton``
+Providers: ``torch`` (the reference: torch.cat forward, its pure-torch backward), ``triton``
 and ``cuda`` (compiled ``samkern._C``; skipped with its status when not built), plus a
-``device-copy`` row (``dst.copy_(src)`` of the output's size) as the bandwidth ceiling. GB/s
-counts bytes read + written; ``pct_of_copy`` in the row's extra is GB/s over the copy's.
+``device-copy`` row (``dst.copy_(src)`` of the output's size) as the bandwidth ceiling. Modes:
+``fwd``, ``bwd`` (the backward kernels called directly) and ``fwdbwd`` (through autograd, eager
+only). GB/s counts bytes read + written; ``pct_of_copy`` in the row's extra is GB/s over the copy's.
 
 Run: ``pytest benchmarks/ops/bench_connector_reorder.py --benchmark``.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkern.ops.connector_reorder.function import connector_reorder
+from samkern.ops.connector_reorder.function import _backward, connector_reorder
 from samkern.ops.connector_reorder.ref import connector_reorder_ref, out_rows
 
 B, T, F = 32, 64, 8
@@ -66,21 +67,24 @@ def test_connector_reorder(provider, mode, D, results):
         call = lambda: connector_reorder(tokens, mode, sep, T, F, backend=provider)  # noqa: E731
     out = call()
     g = torch.randn_like(out)
+    which = "ref" if provider == "torch" else provider
     fns = {
         "fwd": lambda: call(),
-        "bwd": lambda: torch.autograd.grad(out, (tokens, sep), g, retain_graph=True),
+        # the backward kernels themselves (no autograd engine in the way), captured in a graph
+        "bwd": lambda: _backward(which, g, mode, T, F, sep.dtype, True, True),
         "fwdbwd": lambda: torch.autograd.grad(call(), (tokens, sep), g),
     }
     shape = f"B{B}-T{T}-F{F}-D{D}-{mode}"
-    for which, fn in fns.items():
-        with torch.no_grad() if which == "fwd" else torch.enable_grad():
+    for which_mode, fn in fns.items():
+        with torch.no_grad() if which_mode != "fwdbwd" else torch.enable_grad():
             row = results.time(
-                op="connector_reorder", shape=shape, provider=provider, mode=which, fn=fn,
-                bytes=_bytes(mode, D, which),
-                # "bwd" replays a graph recorded by an eager forward on another stream; only
-                # the fwdbwd call is captured whole. The torch reference's autograd backward
-                # failed stream capture on the H100 (cudaErrorStreamCaptureImplicit, and the
-                # failed capture broke every later test of the run): it is timed eagerly only.
-                graph=which != "bwd" and not (provider == "torch" and which == "fwdbwd"),
+                op="connector_reorder", shape=shape, provider=provider, mode=which_mode, fn=fn,
+                bytes=_bytes(mode, D, which_mode),
+                # fwdbwd (through autograd) is timed eagerly only: capturing autograd.grad of this
+                # op failed on the H100 for the torch reference (cudaErrorStreamCaptureImplicit,
+                # session 2) and for the Triton backend ("operation failed due to a previous
+                # error during capture", session 3, benchmarks/results/dev-runs/README.md), and
+                # a failed capture broke every later test of the run
+                graph=which_mode != "fwdbwd",
             )
         row.extra["pct_of_copy"] = round(100.0 * row.gbps / copy, 1)
