@@ -101,7 +101,8 @@ def wrap_model(model: nn.Module, device: torch.device, strategy: Optional[str] =
 
     ``"ddp"``: DistributedDataParallel (gradients averaged over processes). ``"fsdp"``: FSDP2
     ``fully_shard`` on every Mamba-2 block / EAT block, then on the root (best effort: the
-    model is changed in place and returned; parameters become DTensors). The trainer's
+    model is changed in place and returned; parameters become DTensors; a model that is already
+    sharded is returned as is, so each curriculum stage can build its own Trainer). The trainer's
     :func:`~samkern.train.trainer.save_model_weights` / :meth:`~samkern.train.trainer.Trainer.save_checkpoint`
     gather them into full tensors (every process must call them; process 0 writes).
     """
@@ -115,9 +116,13 @@ def wrap_model(model: nn.Module, device: torch.device, strategy: Optional[str] =
         return DDP(model, device_ids=ids, find_unused_parameters=False)
     if strategy == "fsdp":
         try:
-            from torch.distributed.fsdp import fully_shard
+            from torch.distributed.fsdp import FSDPModule, fully_shard
         except ImportError as e:  # torch < 2.6
             raise RuntimeError("FSDP2 (torch.distributed.fsdp.fully_shard) needs torch >= 2.6") from e
+        if isinstance(model, FSDPModule):
+            # already sharded, e.g. by the Trainer of an earlier curriculum stage: sharding again
+            # would wrap DTensor shards a second time
+            return model
         # shard block by block so only one block's parameters are gathered at a time
         for m in model.modules():
             if type(m).__name__ in ("Block", "MambaBlock", "EATBlock", "TransformerBlock"):

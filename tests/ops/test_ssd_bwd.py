@@ -9,6 +9,7 @@ a comparison with mamba-ssm's backward at a SAM shape.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional
 
@@ -122,6 +123,18 @@ def reference_grads(case, block_q):
     return ref, cs
 
 
+@contextlib.contextmanager
+def bwd_tuning(**overrides):
+    """Temporarily override ``BWD_TUNING`` launch settings."""
+    old = dict(bwd_mod.BWD_TUNING)
+    bwd_mod.BWD_TUNING.update(overrides)
+    try:
+        yield
+    finally:
+        bwd_mod.BWD_TUNING.clear()
+        bwd_mod.BWD_TUNING.update(old)
+
+
 def run_kernel(case, block_q, cs, device, block_p=None):
     inp = {k: (None if v is None else v.to(device)) for k, v in case["inp"].items()}
     cu = torch.tensor(case["cu"], dtype=torch.int32, device=device)
@@ -223,34 +236,24 @@ def test_bwd_deterministic(kernel_device):
 def test_bwd_head_blocks(heads_per_program, scan_block_p, kernel_device):
     """The chunk kernel's head loop: 5 heads of one group and 6 heads in 2 groups, split into
     head-blocks of 1, 2 (ragged tail), 3 and 5 heads; the dS kernel with a narrower P-block."""
-    old = dict(bwd_mod.BWD_TUNING)
-    bwd_mod.BWD_TUNING.update(heads_per_program=heads_per_program, scan_block_p=scan_block_p)
-    try:
+    with bwd_tuning(heads_per_program=heads_per_program, scan_block_p=scan_block_p):
         for H, G in ((5, 1), (6, 2)):
             case = make_case([21, 35], H=H, G=G, P=32, N=16, D="head", dt_bias=True, softplus=True,
                              n_init=1, init_idx=[0, -1], dfinal=True)
             ref, cs = reference_grads(case, block_q=16)
             got = run_kernel(case, 16, cs, kernel_device)
             check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
-    finally:
-        bwd_mod.BWD_TUNING.clear()
-        bwd_mod.BWD_TUNING.update(old)
 
 
 def test_bwd_n_blocks(kernel_device):
     """d_state streamed in N-blocks of 16 (N = 40: three blocks, the last ragged) by the chunk
     kernel, and dB/dC split over three N-block programs, with z and two groups."""
-    old = dict(bwd_mod.BWD_TUNING)
-    bwd_mod.BWD_TUNING.update(block_ns=16, block_nb=16)
-    try:
-        case = make_case([37, 20], H=4, G=2, P=16, N=40, D="channel", z=True, dt_bias=True, softplus=True,
-                         n_init=2, init_idx=[1, 0], dfinal=True)
-        ref, cs = reference_grads(case, block_q=16)
+    case = make_case([37, 20], H=4, G=2, P=16, N=40, D="channel", z=True, dt_bias=True, softplus=True,
+                     n_init=2, init_idx=[1, 0], dfinal=True)
+    ref, cs = reference_grads(case, block_q=16)
+    with bwd_tuning(block_ns=16, block_nb=16):
         got = run_kernel(case, 16, cs, kernel_device)
-        check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
-    finally:
-        bwd_mod.BWD_TUNING.clear()
-        bwd_mod.BWD_TUNING.update(old)
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref
@@ -526,13 +529,8 @@ def test_bwd_speed_report_gpu(shape):
     t_graph = do_bench(graph.replay, warmup=5, rep=50)
     alt = []
     for cfg in ({"num_warps": 4}, {"num_stages": 2}, {"heads_per_program": 4}, {"heads_per_program": 16}):
-        old = dict(bwd_mod.BWD_TUNING)
-        bwd_mod.BWD_TUNING.update(cfg)
-        try:
+        with bwd_tuning(**cfg):
             alt.append(f"{cfg}: {1e3 * do_bench(run, warmup=5, rep=30):.0f} us")
-        finally:
-            bwd_mod.BWD_TUNING.clear()
-            bwd_mod.BWD_TUNING.update(old)
     print(f"\n[ssd bwd timing b{b} L{L} H{H}] eager {1e3 * t_eager:.0f} us, graph {1e3 * t_graph:.0f} us; "
           + "; ".join(alt))
 

@@ -24,10 +24,15 @@ def _config(grad_accum: int = 1, **kw) -> TrainerConfig:
                          progress="none", tensorboard=False, plot=False, save_final=False, **kw)
 
 
-def _worker(rank: int, world: int, port: int, out: str, grad_accum: int) -> None:
+def _join(rank: int, world: int, port: int) -> None:
+    """Environment of process ``rank`` of a ``world``-process gloo group on localhost:``port``."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
                       MASTER_PORT=str(port))
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, world: int, port: int, out: str, grad_accum: int) -> None:
+    _join(rank, world, port)
     r, w, dev = dist_utils.init_distributed(device="cpu")
     assert (r, w, dev.type) == (rank, world, "cpu")
     try:
@@ -74,18 +79,22 @@ def test_single_process_helpers_are_noops():
         dist_utils.set_wrap_strategy("zero3")
 
 
-def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+def _full_params(model: torch.nn.Module) -> dict:
+    """Parameters as full tensors (FSDP2 DTensor shards are gathered: a collective)."""
+    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
+            for n, p in model.named_parameters()}
+
+
+def _fsdp_worker(rank: int, world: int, port: int, out: str, stages: int = 1) -> None:
+    _join(rank, world, port)
     dist_utils.init_distributed(device="cpu")
     dist_utils.set_wrap_strategy("fsdp")
     try:
-        t = Trainer(ToyModel(dropout=0.0), ToyDataset(n=40), mse_loss, _config(), collate_fn=collate)
-        hist = t.train()
-        # FSDP2 parameters are DTensor shards; gather them on every rank (a collective)
-        full = {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-                for n, p in t.model.named_parameters()}
+        model, hist = ToyModel(dropout=0.0), []
+        for _ in range(stages):  # one Trainer per stage on the same model, as train_curriculum does
+            t = Trainer(model, ToyDataset(n=40), mse_loss, _config(), collate_fn=collate)
+            hist += t.train()
+        full = _full_params(t.model)
         sharded = any(hasattr(p, "full_tensor") for p in t.model.parameters())
         if rank == 0:
             torch.save({"params": full, "losses": [h["loss"] for h in hist], "sharded": sharded}, out)
@@ -94,15 +103,19 @@ def _fsdp_worker(rank: int, world: int, port: int, out: str) -> None:
         dist_utils.cleanup()
 
 
-def test_fsdp2_two_processes_equal_single_process(tmp_path):
-    """FSDP2 (``fully_shard``) through the Trainer on 2 CPU processes (gloo) == 1 process, full batch."""
+@pytest.mark.parametrize("stages", [1, 2])
+def test_fsdp2_two_processes_equal_single_process(tmp_path, stages):
+    """FSDP2 (``fully_shard``) through the Trainer on 2 CPU processes (gloo) == 1 process, full
+    batch; with 2 stages a second Trainer takes the already-sharded model (curriculum stages)."""
     pytest.importorskip("torch.distributed.fsdp", reason="FSDP2 needs torch >= 2.6")
     out = str(tmp_path / "fsdp.pt")
-    mp.spawn(_fsdp_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    mp.spawn(_fsdp_worker, args=(2, _free_port(), out, stages), nprocs=2, join=True)
     res = torch.load(out)
     assert res["sharded"], "parameters were not sharded (FSDP2 did not wrap the model)"
-    single = Trainer(ToyModel(dropout=0.0), ToyDataset(n=40), mse_loss, _config(), collate_fn=collate)
-    hist = single.train()
+    model, hist = ToyModel(dropout=0.0), []
+    for _ in range(stages):
+        single = Trainer(model, ToyDataset(n=40), mse_loss, _config(), collate_fn=collate)
+        hist += single.train()
     for n, p in single.model.named_parameters():
         assert_close(n, res["params"][n], p, rtol=1e-5)
     assert res["losses"] == pytest.approx([h["loss"] for h in hist], rel=1e-5)
@@ -114,16 +127,8 @@ _CKPT_CASES = (("det", 0.0), ("dropout", 0.1))
 _MID = STEPS // 2
 
 
-def _full_params(model: torch.nn.Module) -> dict:
-    """Parameters as full tensors (FSDP2 DTensor shards are gathered: a collective)."""
-    return {n: (p.full_tensor() if hasattr(p, "full_tensor") else p).detach().clone()
-            for n, p in model.named_parameters()}
-
-
 def _fsdp_ckpt_worker(rank: int, world: int, port: int, root: str, phase: str) -> None:
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1",
-                      MASTER_PORT=str(port))
-    torch.set_num_threads(1)
+    _join(rank, world, port)
     dist_utils.init_distributed(device="cpu")
     dist_utils.set_wrap_strategy("fsdp")
     try:
