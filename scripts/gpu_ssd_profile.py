@@ -52,9 +52,10 @@ def kernel_times(fn, iters: int = 5) -> dict:
 
 
 def bwd_kernel_meta() -> list:
-    """Registers / spills / shared memory of every compiled variant of the two backward kernels."""
+    """Registers / spills / shared memory of every compiled variant of the backward kernels so far
+    (cumulative over the shapes and sweep settings of the run; variants are not labelled)."""
     out = []
-    for fn in (bwd_mod._ssd_bwd_dstate_kernel, bwd_mod._ssd_bwd_chunk_kernel):
+    for fn in (bwd_mod._ssd_bwd_dstate_kernel, bwd_mod._ssd_bwd_chunk_kernel, bwd_mod._ssd_bwd_dbdc_kernel):
         for cache in fn.device_caches.values():
             for ck in cache[0].values():
                 try:

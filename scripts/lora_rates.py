@@ -28,7 +28,7 @@ def main(path: str) -> None:
         rate = r["tflops"] * r["p50_us"] / r["graph_us"]
         peft = by_key.get((shape, mode, "peft-style"))
         print(f"| {bshape} | {rank} | {mode} | {base_us[bshape]:.1f} | {peft['graph_us']:.1f} | {r['graph_us']:.1f} "
-              f"| {100 * rate / base[bshape]:.0f}% |")
+              f"| {100 * rate / base[bshape]:.1f}% |")
 
 
 if __name__ == "__main__":

@@ -499,7 +499,7 @@ def test_bwd_vs_mamba_ssm_sam_shape():
 @pytest.mark.parametrize("shape", [(32, 192, 24), (16, 192, 80), (8, 640, 80), (1, 16384, 80)],
                          ids=["130m_B32_L192", "2.7b_B16_L192", "2.7b_B8_L640", "2.7b_B1_L16384"])
 def test_bwd_speed_report_gpu(shape):
-    """Times our backward (two launches + small reductions) at SAM's shapes, eager and replayed
+    """Times our backward (three launches + small reductions) at SAM's shapes, eager and replayed
     from a CUDA graph (which also proves it is capturable: no host sync), and checks that every
     gradient element was written. Compare with the mamba-ssm anchors in .gpu-kit/README.md."""
     from triton.testing import do_bench

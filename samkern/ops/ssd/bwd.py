@@ -9,7 +9,7 @@ sequence (the row index of ``chunk_states``: sequence i's chunk k is row ``cu[i]
 Why three kernels. The only sequential dependency of the backward is the state gradient ``dS``
 flowing backwards through the chunks. A single program per (sequence, head) that walks the
 chunks and does all the per-chunk work (the first design) needed 255 registers and spilled
-186-450 of them on an H100 (``benchmarks/results/dev-runs/s3-call1-ssd-profile-ef6704d.json``);
+186–452 of them on an H100 (``benchmarks/results/dev-runs/s3-call1-ssd-profile-ef6704d.json``);
 its dB/dC were summed over heads with atomics. Now:
 
 1. ``_ssd_bwd_dstate_kernel`` — grid (nseq, H, P-blocks): walks a sequence's chunks in
@@ -81,7 +81,7 @@ def _pick_block_p(P: int) -> int:
     full = max(16, triton.next_power_of_2(P))
     if bp is not None:
         return max(16, min(int(bp), full))
-    # [P, N] fp32 tiles of S_in and dS dominate the registers: keep them at ≤ 64 × 128
+    # the per-head [Q, P] tiles (x, dy, dx, B dSᵀ, C S_inᵀ) grow with the P-block: at most 64 wide
     return min(64, full)
 
 
@@ -91,7 +91,7 @@ def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device)
         return max(1, min(int(hb), hpg))
     if device.type != "cuda":
         return max(1, hpg // 2)  # CPU/interpreter: exercise several head-blocks and a ragged tail
-    # enough programs for ~3 per SM; more head-blocks cost dB/dC partial traffic and C·Bᵀ recompute
+    # enough programs for ~3 per SM; more head-blocks cost C·Bᵀ recomputation and dCB slots
     nhb = max(1, min(hpg, triton.cdiv(3 * num_sms(device), max(1, other_programs))))
     return triton.cdiv(hpg, nhb)
 
