@@ -363,6 +363,15 @@ def _valid_args(device="cpu"):
                 chunk_states=torch.randn(T // 16 + 1, H, P, N, device=device), block_q=16)
 
 
+@pytest.mark.parametrize("name,value", [("block_ns", 48), ("block_nb", 8), ("scan_block_p", 24)])
+def test_bwd_rejects_bad_tuning(name, value, kernel_device):
+    """Launch overrides that Triton cannot compile are refused with a clear message."""
+    case = make_case([20], H=2, G=1, P=16, N=16)
+    _, cs = reference_grads(case, block_q=16)
+    with bwd_tuning(**{name: value}), pytest.raises(ValueError, match=name):
+        run_kernel(case, 16, cs, kernel_device)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(x=torch.randn(32, 2)), "x must have 3 dimensions"),
     (dict(dout=torch.randn(32, 2, 8)), "dout must have shape"),

@@ -85,6 +85,16 @@ def _pick_block_p(P: int) -> int:
     return min(64, full)
 
 
+def _tuned_block(name: str, default: int, cap: int) -> int:
+    """A block size from ``BWD_TUNING`` (or ``default``), capped at ``cap``; Triton needs powers of
+    two for ``tl.arange``, and dots need at least 16."""
+    v = BWD_TUNING.get(name)
+    v = default if v is None else v
+    if not isinstance(v, int) or v < 16 or v & (v - 1):
+        raise ValueError(f"BWD_TUNING[{name!r}] must be a power of two >= 16, got {v!r}")
+    return min(v, cap)
+
+
 def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device) -> int:
     hb = BWD_TUNING.get("heads_per_program")
     if hb is not None:
@@ -565,7 +575,7 @@ def ssd_bwd(
         dinit = torch.zeros((initial_states.shape[0], H, P, N), device=dev, dtype=torch.float32)
     else:
         dinit = chunk_states  # dummy, never written
-    scan_bp = max(16, min(BWD_TUNING.get("scan_block_p") or BLOCK_P, BLOCK_P))
+    scan_bp = _tuned_block("scan_block_p", BLOCK_P, BLOCK_P)
     _ssd_bwd_dstate_kernel[(nseq, H, triton.cdiv(P, scan_bp))](
         dout, z if z is not None else dummy, dt, A, dt_bias if dt_bias is not None else dummy, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else chunk_states, dstates, dinit,
@@ -588,7 +598,7 @@ def ssd_bwd(
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
     n_search = max(1, (nseq - 1).bit_length() + 1)
     # 64 beat 32 at block_q 32 on the H100 (s3-call4 profile: 540 vs 562 us, 888 vs 935 us)
-    block_ns = min(BLOCK_N, BWD_TUNING.get("block_ns") or 64)
+    block_ns = _tuned_block("block_ns", 64, BLOCK_N)
     num_warps = BWD_TUNING.get("num_warps") or (8 if block_q * BLOCK_P >= 64 * 64 else 4)
     num_stages = BWD_TUNING.get("num_stages") or 2
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
@@ -610,7 +620,7 @@ def ssd_bwd(
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
     dB = torch.empty_like(B)
     dC = torch.empty_like(C)
-    block_nb = min(BLOCK_N, BWD_TUNING.get("block_nb") or 64)
+    block_nb = _tuned_block("block_nb", 64, BLOCK_N)
     _ssd_bwd_dbdc_kernel[(n_rows, G, triton.cdiv(N, block_nb))](
         dout, x, dt, A, B, C, z if z is not None else dummy, dt_bias if dt_bias is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
