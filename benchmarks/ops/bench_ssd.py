@@ -22,6 +22,7 @@ SHAPES: Dict[str, Tuple[int, int, int]] = {
     "2.7b-B1-L16384": (1, 16384, 80),
 }
 P, N, G, CHUNK = 64, 128, 1, 256
+SPLIT_LEN = 1024  # segment length of the opt-in sequence-split inference row (long shapes only)
 
 
 def make_inputs(batch: int, L: int, H: int, requires_grad: bool, device: str = "cuda", dtype=torch.bfloat16):
@@ -97,13 +98,14 @@ def providers() -> Dict[str, Callable]:
     }
 
 
-def check_agreement(prov: Dict[str, Callable], kw: dict, tol: float = 2e-2) -> None:
+def check_agreement(prov: Dict[str, Callable], kw: dict, tol: float = 2e-2,
+                    names: Tuple[str, ...] = ("samkern", "samkern-ref")) -> None:
     """No timing row for an op that disagrees with the peer on these very inputs."""
     from samkern.testing import rel_err
 
     with torch.no_grad():
         ref = prov["mamba-ssm"](**kw, chunk_size=CHUNK)
-        for name in ("samkern", "samkern-ref"):
+        for name in names:
             err = rel_err(prov[name](**kw, chunk_size=CHUNK), ref)
             assert err < tol, f"{name} disagrees with mamba-ssm: relative error {err:.2e}"
 
@@ -119,6 +121,18 @@ def test_bench_ssd(shape, mode, results):
     for name, scan in prov.items():
         fn = fwd_fn(scan, kw) if mode == "fwd" else fwdbwd_fn(scan, kw)
         results.time(op="ssd_chunk_scan", shape=shape, provider=name, mode=mode, fn=fn)
+    if mode == "fwd" and L >= 2 * SPLIT_LEN:
+        # the opt-in sequence-split inference path (samkern/ops/ssd/split.py), checked like the rest
+        import samkern.ops.ssd.fwd as fwd_mod
+
+        old = fwd_mod.FWD_TUNING.get("split_len")
+        fwd_mod.FWD_TUNING["split_len"] = SPLIT_LEN
+        try:
+            check_agreement(prov, kw, names=("samkern",))
+            results.time(op="ssd_chunk_scan", shape=shape, provider=f"samkern-split{SPLIT_LEN}", mode=mode,
+                         fn=fwd_fn(prov["samkern"], kw))
+        finally:
+            fwd_mod.FWD_TUNING["split_len"] = old
     if mode == "fwd":
         pytest.importorskip("fla.ops.simple_gla", reason="flash-linear-attention peer")
         results.time(op="ssd_chunk_scan", shape=shape, provider="fla-simple-gla", mode=mode, fn=fla_fwd_fn(kw))

@@ -418,7 +418,17 @@ def ssd_chunk_scan(
     if need_grad:
         block_q = min(block_q, fwd_mod.TRAIN_BLOCK_Q)
 
-    if torch.compiler.is_compiling():
+    split = fwd_mod.FWD_TUNING.get("split_len")
+    if (split and not need_grad and seq_idx is None and not return_varlen_states
+            and not torch.compiler.is_compiling() and L >= 2 * split):
+        # few long rows: segments in parallel, stitched exactly (opt-in; see samkern/ops/ssd/split.py)
+        from samkern.ops.ssd.split import ssd_fwd_split
+
+        out, final = ssd_fwd_split(xf, dtf, A, Bf, Cf, batch, L, int(split), D=D, z=zf, dt_bias=dt_bias,
+                                   initial_states=initial_states, dt_softplus=bool(dt_softplus),
+                                   dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
+                                   want_final_states=want_final, block_q=block_q)
+    elif torch.compiler.is_compiling():
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,
                                     bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), need_grad,
                                     want_final, block_q)

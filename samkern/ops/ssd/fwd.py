@@ -41,7 +41,9 @@ import triton.language as tl
 __all__ = ["ssd_fwd", "default_block_q", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 
 # Launch overrides, read by ``ssd_fwd`` (the GPU tuning script sweeps these). ``None`` = heuristic.
-FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None}
+# "split_len": segment length of the sequence-split inference path for long rows
+# (:mod:`samkern.ops.ssd.split`); None = off (the default until it is measured on a GPU).
+FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None}
 
 
 @triton.jit

@@ -1,0 +1,119 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Sequence-split inference forward for long rows (opt-in, ``FWD_TUNING["split_len"]``).
+
+Why. The fused forward (:mod:`samkern.ops.ssd.fwd`) runs one program per (sequence, head) that
+walks the sequence's chunks one after the other. With few long rows (B1 L16384 H80: 80 programs
+for 132 SMs, 256 chunks each) it is latency-bound: 1.8x slower than mamba-ssm on an H100
+(``benchmarks/results/ssd_chunk_scan-h100-80gb-hbm3.md``). Splitting every row into segments of
+``seg`` tokens makes ``batch · ⌈L/seg⌉ · H`` programs, and the state recurrence is linear, so
+the segments can be stitched exactly:
+
+1. local states: the same kernel over the segments as independent sequences from a zero state
+   (``D`` and ``z`` do not touch the state, so they are left out), giving ``S_k``, the state a
+   segment adds at its end;
+2. stitching (a few torch ops, no loop): with ``ℓ_k = Σ_{t in segment k} dt_t·A`` (the
+   segment's log-decay, ≤ 0) and ``c_k = ℓ_0 + … + ℓ_k``, the state entering segment k is
+   ``H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j`` (``c_{-1} = 0``): one batched
+   matmul with a lower-triangular weight whose exponents are masked to −∞ above the diagonal
+   before ``exp`` (never overflows);
+3. outputs: the kernel again over the segments, each seeded with its ``H_k``.
+
+This costs about two forward passes of arithmetic, but each is spread over ``⌈L/seg⌉`` times more
+programs. No host sync, CUDA-graph capturable. Only without gradients, without ``seq_idx`` /
+``cu_seqlens`` (plain batch rows) and outside ``torch.compile``; the wrapper decides. It is exact
+math; results differ from the one-pass kernel only by fp32 summation order (tests compare both
+with the reference). NOT yet measured on a GPU: off by default until it is.
+"""
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from samkern.checks import host_reads_allowed
+
+__all__ = ["segment_layout", "ssd_fwd_split"]
+
+_LAYOUT_CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def segment_layout(batch: int, L: int, seg: int, device) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(cu (batch·K + 1,) int32 segment boundaries, init_idx (batch·K,) int32 = arange) for rows
+    of ``L`` tokens cut into K = ⌈L/seg⌉ segments (the last one may be shorter). Cached per shape."""
+    key = (batch, L, seg, str(device))
+    hit = _LAYOUT_CACHE.get(key)
+    if hit is not None:
+        return hit
+    K = -(-L // seg)
+    starts = [b * L + k * seg for b in range(batch) for k in range(K)]
+    cu = torch.tensor(starts + [batch * L], dtype=torch.int32).to(device)
+    idx = torch.arange(batch * K, dtype=torch.int32, device=device)
+    if host_reads_allowed(cu):  # never cache tensors made during capture or tracing
+        if len(_LAYOUT_CACHE) > 64:
+            _LAYOUT_CACHE.clear()
+        _LAYOUT_CACHE[key] = (cu, idx)
+    return cu, idx
+
+
+def _processed_dt(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: bool,
+                  dt_limit: Tuple[float, float]) -> torch.Tensor:
+    """dt as the kernels use it, fp32: + bias, softplus (identity above 20), clamp."""
+    v = dt.float()
+    if dt_bias is not None:
+        v = v + dt_bias.float()
+    if softplus:
+        v = torch.where(v <= 20.0, F.softplus(v), v)
+    return v.clamp(dt_limit[0], dt_limit[1])
+
+
+def ssd_fwd_split(
+    x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    batch: int, L: int, seg: int, *,
+    D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+    initial_states: Optional[torch.Tensor] = None, dt_softplus: bool = False,
+    dt_limit: Tuple[float, float] = (0.0, float("inf")), want_final_states: bool = False,
+    block_q: Optional[int] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """The forward of ``batch`` plain rows of ``L`` tokens in segments of ``seg`` tokens.
+
+    Args: flat inputs as :func:`samkern.ops.ssd.fwd.ssd_fwd` takes them (x (T, H, P), dt (T, H),
+    A (H,), B/C (T, G, N), T = batch·L, row b = tokens [b·L, (b+1)·L)); ``initial_states``
+    (batch, H, P, N) seeds row b; ``seg`` a multiple of the kernel's chunk ``block_q``.
+
+    Returns: (out (T, H, P) in x's dtype, final states (batch, H, P, N) fp32 or None).
+    """
+    from samkern.ops.ssd.fwd import default_block_q, ssd_fwd
+
+    T, H, P = x.shape
+    N = B.shape[2]
+    if block_q is None:
+        block_q = default_block_q(T, batch, x.dtype)
+    if seg <= 0 or seg % block_q:
+        raise ValueError(f"split length must be a positive multiple of the chunk {block_q}, got {seg}")
+    K = -(-L // seg)
+    cu, seg_idx = segment_layout(batch, L, seg, x.device)
+    common = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, block_q=block_q)
+
+    # 1. the state each segment adds, from a zero state
+    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, **common)
+    S_loc = S_loc.view(batch, K, H, P * N)
+
+    # 2. stitch: H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j
+    a = _processed_dt(dt, dt_bias, dt_softplus, dt_limit) * A.float()  # (T, H) log-decay per token
+    a = F.pad(a.view(batch, L, H), (0, 0, 0, K * seg - L))  # zero log-decay past the row end
+    c = a.view(batch, K, seg, H).sum(2).cumsum(1)  # (batch, K, H): c_k
+    c_prev = F.pad(c, (0, 0, 1, 0))[:, :K]  # c_{k-1}, c_{-1} = 0
+    expo = c_prev[:, :, None, :] - c[:, None, :, :]  # (batch, k, j, H)
+    lower = torch.ones(K, K, dtype=torch.bool, device=x.device).tril(-1)[None, :, :, None]
+    W = torch.exp(torch.where(lower, expo, torch.full_like(expo, float("-inf"))))
+    H_in = torch.einsum("bkjh,bjhe->bkhe", W, S_loc)
+    if initial_states is not None:
+        H_in = H_in + torch.exp(c_prev)[..., None] * initial_states.float().reshape(batch, 1, H, P * N)
+    H_in = H_in.reshape(batch * K, H, P, N)
+
+    # 3. outputs, every segment seeded with the state entering it
+    out, fin, _, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
+                             want_final_states=want_final_states, **common)
+    final = fin.view(batch, K, H, P, N)[:, K - 1] if want_final_states else None
+    return out, final
