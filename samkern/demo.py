@@ -46,8 +46,10 @@ DEMO_FILE = "demo.json"
 # each, chance 25 %). Measured on the 2-core CPU (2026-11-22): a from-scratch tiny SAM learns one
 # type in a few hundred steps (noise_color 95-97 %, click_rate ~75 %, count ~77 % at 300 steps);
 # these two together reach 82.9 % (n=111; 91.8 % / 72.0 %) with 1100 joint steps at lr 1e-3 in
-# about 3 minutes; mixing 3-7 types stayed far lower within the 5-minute budget (the random LM
-# does not learn to route the question to the audio that fast).
+# about 3 minutes (seeds 1 and 2: 89.3 % and 83.2 %); mixing 3-7 types stayed far lower within the
+# 5-minute budget (the random LM does not learn to route the question to the audio that fast), and
+# so did larger training sets at the same step budget at some seeds (2000 clips: 90.1 % at seed 0,
+# 51.5 % at seed 1): benchmarks/results/dev-runs/demo-seeds-cpu.md.
 # Pass question_types / --types to train and score other types (same pipeline).
 DEMO_TYPES: Tuple[str, ...] = ("noise_color", "click_rate")
 
