@@ -14,16 +14,9 @@ from samkern.ops.ssd.chunk import ssd_chunk_scan
 from samkern.ops.ssd.ref import ssd_chunk_scan_ref
 from samkern.ops.ssd.split import segment_layout, ssd_fwd_split
 from samkern.testing import assert_close
-from tests.ops.test_ssd import ON_CPU, make, to64
+from tests.ops.test_ssd import ON_CPU, make, small_chunks, to64  # noqa: F401 (small_chunks: autouse fixture)
 
 SEG = 32 if ON_CPU else 256
-
-
-@pytest.fixture(autouse=True)
-def small_chunks(monkeypatch):
-    if ON_CPU:
-        monkeypatch.setattr(fwd_mod, "default_block_q", lambda T, nseq, dtype: 16)
-    yield
 
 
 def _split_on(monkeypatch, seg=SEG):
