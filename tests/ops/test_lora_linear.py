@@ -349,11 +349,12 @@ def rel_diff(a, b):
 
 def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     """The tuner's bookkeeping, on the CPU with fake launches and fake timings: the first call of
-    a key times every candidate and keeps the fastest, later calls (any M in the same token bucket)
-    time nothing and run the kept choice; every path computes a1 b1 + a2 b2 + bias."""
+    a key times every candidate twice (GPU time, wall time per eager call) and keeps both winners;
+    later calls (any M in the same token bucket) time nothing: eager calls run the wall-time winner,
+    calls during CUDA-graph capture the GPU-time winner; every path computes a1 b1 + a2 b2 + bias."""
     import samkern.ops.lora_linear.triton as lt
 
-    ran, timed = [], []
+    ran, timed, walled = [], [], []
 
     def fake_launch(kind):
         def launch(a1, b1, a2, b2, bias, out, *rest):
@@ -364,27 +365,39 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     def fake_cublas(a1, b1, a2, b2, bias, out):
         fake_launch("cublas")(a1, b1, a2, b2, bias, out)
 
-    def fake_bench(fn):
-        n_before = len(ran)
-        fn()
-        kind = ran[n_before]
-        timed.append(kind)
-        return {"ptr": 1.0, "cublas": 0.5}[kind] + 0.001 * len(timed)  # cuBLAS wins
+    def fake_timer(log, cost):
+        def timer(fn):
+            n_before = len(ran)
+            fn()
+            kind = ran[n_before]
+            log.append(kind)
+            return cost[kind] + 0.001 * len(log)
+        return timer
 
     monkeypatch.setattr(lt, "INTERPRET", False)
     monkeypatch.setattr(lt, "_launch_ptr", lambda a1, b1, a2, b2, bias, out, cfg, br: fake_launch("ptr")(a1, b1, a2, b2, bias, out))
     monkeypatch.setattr(lt, "_launch_cublas", fake_cublas)
-    monkeypatch.setattr(lt, "_bench_ms", fake_bench)
+    monkeypatch.setattr(lt, "_bench_ms", fake_timer(timed, {"ptr": 1.0, "cublas": 0.5}))  # cuBLAS wins on the GPU
+    monkeypatch.setattr(lt, "_wall_ms", fake_timer(walled, {"ptr": 1.0, "cublas": 1.5}))  # ptr wins eager
     monkeypatch.setattr(lt, "_CHOICE", {})
+    monkeypatch.setattr(lt, "_EAGER_CHOICE", {})
     K, N, r = 24, 40, 4
     b1, b2, bias = torch.randn(K, N), torch.randn(r, N), torch.randn(N)
-    for M in (33, 40, 33):
+
+    def call(M):
         a1, a2 = torch.randn(M, K, dtype=torch.float16), torch.randn(M, r, dtype=torch.float16)
         ran.clear()
         out = lt.lora_gemm(a1, b1.half(), a2, b2.half(), bias.half(), use_tma=False)
         assert_close(f"M={M}", out.float(), a1.float() @ b1.half().float() + a2.float() @ b2.half().float()
                      + bias.half().float(), 1e-2)
-        assert ran[-1] == "cublas"
+        return ran[-1]
+
+    for M in (33, 40, 33):
+        assert call(M) == "ptr"
     n_ptr = len(lt._prune(lt.PTR_CANDIDATES, 33, N))
-    assert timed.count("ptr") == n_ptr and timed.count("cublas") == 1, timed  # timed on the first call only
-    assert len(lt.tuning_choices()) == 1
+    for log in (timed, walled):  # timed on the first call only
+        assert log.count("ptr") == n_ptr and log.count("cublas") == 1, log
+    assert list(lt.tuning_choices().values()) == [("cublas", None)]
+    assert [k for k, _ in lt.tuning_choices(eager=True).values()] == ["ptr"]
+    monkeypatch.setattr(lt, "_capturing", lambda t: True)
+    assert call(40) == "cublas" and len(timed) == n_ptr + 1

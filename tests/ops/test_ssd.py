@@ -335,6 +335,21 @@ def test_custom_ops_opcheck():
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
+def test_eager_autograd_graph_has_no_view_nodes():
+    """Host cost of eager short-sequence training: the scan is ONE autograd node whose inputs are
+    the leaves themselves (the flattening to the kernels' layout happens inside the Function), so
+    the engine runs no ViewBackward nodes; gradients come back in the inputs' shapes."""
+    kw = make(2, 21, 2, 16, 16, D="head", z=True, dt_bias=True, init=True, requires_grad=True)
+    out = ssd_chunk_scan(**kw, chunk_size=64, backend="triton")
+    assert type(out.grad_fn).__name__ == "SSDChunkScanFunctionBackward", out.grad_fn
+    kinds = {type(fn).__name__ for fn, _ in out.grad_fn.next_functions if fn is not None}
+    assert kinds == {"AccumulateGrad"}, kinds
+    names = [k for k, v in kw.items() if isinstance(v, torch.Tensor)]
+    grads = torch.autograd.grad(out, [kw[k] for k in names], torch.randn_like(out))
+    for k, g in zip(names, grads):
+        assert g.shape == kw[k].shape, (k, g.shape)
+
+
 def test_torch_compile_matches_eager():
     kw = make(2, 21, 2, 16, 16, D="head", z=True, dt_bias=True, init=True, requires_grad=True)
 

@@ -230,8 +230,11 @@ PTR_CANDIDATES = [
 ]
 _INTERPRET_CONFIG = (16, 32, 16, 1, 1, 2)  # small tiles keep the interpreter fast; K rarely divides 16: masks exercised
 
-# (key) -> chosen candidate; filled by the first eager call of each key (see ``lora_gemm``)
+# (key) -> chosen candidate; filled by the first eager call of each key (see ``lora_gemm``):
+# _CHOICE by GPU time (used while a CUDA graph is captured: replay has no host cost), _EAGER_CHOICE
+# by wall time per call in a burst of calls, host cost included (used by every eager call)
 _CHOICE: Dict[tuple, tuple] = {}
+_EAGER_CHOICE: Dict[tuple, tuple] = {}
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -240,9 +243,19 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"  # ignored for 16-bit inputs
 
 
+def _next_pow2(n: int) -> int:
+    # plain Python: triton.next_power_of_2 / triton.cdiv are constexpr_functions, ~3 us a call on a
+    # slow host, and the launch path below calls them several times per GEMM
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def _m_bucket(M: int) -> int:
     # tune per power-of-2 bucket of tokens so varying batch sizes do not retune every call
-    return min(triton.next_power_of_2(M), 1 << 16)
+    return min(_next_pow2(M), 1 << 16)
 
 
 def _tma_able(t: torch.Tensor) -> bool:
@@ -288,7 +301,7 @@ def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int) -> 
     d_a2 = TensorDescriptor.from_tensor(a2, [bm, block_r]) if has_lora else d_a1
     d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    grid = (_cdiv(M, bm) * _cdiv(N, bn),)
     _lora_gemm_tma_kernel[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
@@ -311,13 +324,13 @@ def _launch_ptma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, fl
     d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
     n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
-    grid = (max(1, min(n_sms, triton.cdiv(M, bm) * triton.cdiv(N, bn))),)
+    grid = (max(1, min(n_sms, _cdiv(M, bm) * _cdiv(N, bn))),)
     _lora_gemm_tma_persistent_kernel[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
         M, N, K1, K2, _m_bucket(M),
         HAS_BIAS=bias is not None, HAS_LORA=has_lora, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, NUM_SMS=grid[0],
-        R_TILES=triton.cdiv(K2, block_r), FLATTEN=flatten, num_warps=warps, num_stages=stages,
+        R_TILES=_cdiv(K2, block_r), FLATTEN=flatten, num_warps=warps, num_stages=stages,
     )
 
 
@@ -328,7 +341,7 @@ def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int) -> None:
     has_lora = a2 is not None
     a2_ = a2 if has_lora else a1
     b2_ = b2 if has_lora else b1
-    grid = (triton.cdiv(M, bm) * triton.cdiv(N, bn),)
+    grid = (_cdiv(M, bm) * _cdiv(N, bn),)
     _lora_gemm_kernel[grid](
         a1, b1, a2_, b2_, bias if bias is not None else out, out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
@@ -358,7 +371,7 @@ def _launch_cublas(a1, b1, a2, b2, bias, out) -> None:
 
 
 def _prune(cands, M: int, N: int):
-    keep = [c for c in cands if c[0] <= max(64, triton.next_power_of_2(M)) and c[1] <= max(128, triton.next_power_of_2(N))]
+    keep = [c for c in cands if c[0] <= max(64, _next_pow2(M)) and c[1] <= max(128, _next_pow2(N))]
     return keep or cands[-1:]
 
 
@@ -371,9 +384,32 @@ def _bench_ms(fn) -> float:
         return float("inf")
 
 
-def tuning_choices() -> Dict[tuple, tuple]:
-    """The tuner's decisions so far: key -> (path, config) (for benchmarks and debugging)."""
-    return dict(_CHOICE)
+def _wall_ms(fn, calls: int = 20, bursts: int = 3) -> float:
+    """Wall time per call of ``calls`` back-to-back calls (best of ``bursts``): max(host, GPU) per
+    call, what an eager caller pays when the launches cannot hide behind earlier GPU work. On the
+    H100 box a TMA launch costs ~190 us of host time against ~80 for the pointer kernel
+    (``s2-call5`` log), more than the GPU time of a 768-wide GEMM at 6144 tokens."""
+    import time
+
+    best = float("inf")
+    for _ in range(bursts):
+        torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) * 1e3 / calls)
+    return best
+
+
+def _capturing(t: torch.Tensor) -> bool:
+    return t.is_cuda and torch.cuda.is_current_stream_capturing()
+
+
+def tuning_choices(eager: bool = False) -> Dict[tuple, tuple]:
+    """The tuner's decisions so far: key -> (path, config) (for benchmarks and debugging); by GPU
+    time (CUDA-graph capture), or with ``eager=True`` by wall time per eager call."""
+    return dict(_EAGER_CHOICE if eager else _CHOICE)
 
 
 def lora_gemm(
@@ -406,7 +442,7 @@ def lora_gemm(
     K2 = a2.shape[1] if has_lora else 0
     if out is None:
         out = torch.empty((M, N), device=a1.device, dtype=a1.dtype)
-    block_r = min(max(16, triton.next_power_of_2(max(K2, 1))), 64)
+    block_r = min(max(16, _next_pow2(max(K2, 1))), 64)
 
     if use_tma is None:
         use_tma = _tma_enabled(a1.device)
@@ -444,19 +480,25 @@ def lora_gemm(
         return out
     key = (a1.device.index, a1.dtype, kind, layout[2] if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode)
-    choice = _CHOICE.get(key)
+    capturing = _capturing(a1)
+    choice = (_CHOICE if capturing else _EAGER_CHOICE).get(key)
     if choice is None:
         # candidates are built only on a miss: a tuned call's host path stays short
         cands = [(kind, c) for c in _prune(TMA_CANDIDATES if layout is not None else PTR_CANDIDATES, M, N)]
         if layout is not None and 0 < K2 <= PTMA_MAX_R:
             cands += [("ptma", c) for c in _prune(PTMA_CANDIDATES, M, N)]
+        if layout is not None:
+            # slower on the GPU than TMA, but its launch costs less than half the host time
+            cands += [("ptr", c) for c in _prune(PTR_CANDIDATES, M, N)]
         if mode == "auto":
             cands.append(("cublas", None))
-        if len(cands) == 1 or (a1.is_cuda and torch.cuda.is_current_stream_capturing()):
+        if len(cands) == 1 or capturing:
             choice = cands[0]
         else:
-            times = [_bench_ms(lambda c=c: run(c)) for c in cands]
-            choice = cands[min(range(len(cands)), key=times.__getitem__)]
-            _CHOICE[key] = choice
+            gpu = [_bench_ms(lambda c=c: run(c)) for c in cands]
+            # wall time only for the candidates that can run (a failed compile is inf already)
+            wall = [_wall_ms(lambda c=c: run(c)) if t < float("inf") else t for c, t in zip(cands, gpu)]
+            _CHOICE[key] = cands[min(range(len(cands)), key=gpu.__getitem__)]
+            choice = _EAGER_CHOICE[key] = cands[min(range(len(cands)), key=wall.__getitem__)]
     run(choice)
     return out

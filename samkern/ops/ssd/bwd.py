@@ -63,7 +63,7 @@ import triton.language as tl
 
 from samkern.backend import num_sms
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
-from samkern.ops.ssd.fwd import _softplus
+from samkern.ops.ssd.fwd import _next_pow2, _softplus
 
 __all__ = ["ssd_bwd", "BWD_TUNING"]
 
@@ -78,7 +78,7 @@ BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "hea
 
 def _pick_block_p(P: int) -> int:
     bp = BWD_TUNING.get("block_p")
-    full = max(16, triton.next_power_of_2(P))
+    full = max(16, _next_pow2(P))
     if bp is not None:
         return max(16, min(int(bp), full))
     # the per-head [Q, P] tiles (x, dy, dx, B dSᵀ, C S_inᵀ) grow with the P-block: at most 64 wide
@@ -102,8 +102,8 @@ def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device)
     if device.type != "cuda":
         return max(1, hpg // 2)  # CPU/interpreter: exercise several head-blocks and a ragged tail
     # enough programs for ~3 per SM; more head-blocks cost C·Bᵀ recomputation and dCB slots
-    nhb = max(1, min(hpg, triton.cdiv(3 * num_sms(device), max(1, other_programs))))
-    return triton.cdiv(hpg, nhb)
+    nhb = max(1, min(hpg, -(-3 * num_sms(device) // max(1, other_programs))))
+    return -(-hpg // nhb)
 
 
 @triton.jit
@@ -455,50 +455,9 @@ def _last_contig(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
     return t.contiguous()
 
 
-def ssd_bwd(
-    dout: torch.Tensor,
-    x: torch.Tensor,
-    dt: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    C: torch.Tensor,
-    cu_seqlens: torch.Tensor,
-    init_idx: Optional[torch.Tensor],
-    chunk_states: torch.Tensor,
-    block_q: int,
-    *,
-    D: Optional[torch.Tensor] = None,
-    z: Optional[torch.Tensor] = None,
-    dt_bias: Optional[torch.Tensor] = None,
-    initial_states: Optional[torch.Tensor] = None,
-    dt_softplus: bool = False,
-    dt_limit: Tuple[float, float] = (0.0, float("inf")),
-    dfinal_states: Optional[torch.Tensor] = None,
-    block_p: Optional[int] = None,
-) -> Tuple[Optional[torch.Tensor], ...]:
-    """Gradients of the flat (packed) SSD chunked scan.
-
-    Args (T tokens, H heads, P headdim, N d_state, G groups, nseq sequences):
-        dout: (T, H, P) gradient of the scan output.
-        x: (T, H, P); dt: (T, H) raw (before ``dt_bias``/softplus/clamp); A: (H,);
-        B, C: (T, G, N) with H % G == 0.
-        cu_seqlens: (nseq+1,) int32 token offsets of the sequences (start 0, end T).
-        init_idx: (nseq,) int32, row of ``initial_states`` seeding each sequence or -1
-            (None allowed without ``initial_states``). Rows must be distinct (each row seeds
-            at most one sequence).
-        chunk_states: (T // block_q + nseq, H, P, N) fp32, the state entering each internal
-            chunk; sequence i's k-th chunk at row ``cu[i] // block_q + i + k``.
-        block_q: internal chunk length used by the forward (power of two ≥ 16).
-        D: (H,) or (H, P); z: (T, H, P); dt_bias: (H,); initial_states: (batch, H, P, N).
-        dt_softplus, dt_limit: dt processing, as in the forward.
-        dfinal_states: (nseq, H, P, N) gradient of each sequence's final state, or None.
-        block_p: P-block of the chunk kernel (power of two ≥ 16), for tests; default
-            ``BWD_TUNING`` / heuristic.
-
-    Returns:
-        ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
-        matching inputs (None where the input was None); accumulation is fp32.
-    """
+def _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_q, D, z, dt_bias, initial_states,
+                dt_limit, dfinal_states) -> None:
+    """``ValueError`` for any argument ``ssd_bwd`` cannot take (metadata only, no host sync)."""
     check_tensor("dout", dout, ndim=3, dtypes=FLOAT_DTYPES)
     check_tensor("x", x, ndim=3, dtypes=FLOAT_DTYPES)
     T, H, P = x.shape
@@ -520,7 +479,6 @@ def ssd_bwd(
     if init_idx is None:
         if initial_states is not None:
             raise ValueError("init_idx is required when initial_states is given")
-        init_idx = cu_seqlens  # dummy, never read (HAS_INIT is off)
     else:
         check_tensor("init_idx", init_idx, shape=(nseq,), dtypes=(torch.int32,))
     if not isinstance(block_q, int) or block_q < 16 or block_q & (block_q - 1):
@@ -546,6 +504,64 @@ def ssd_bwd(
                       chunk_states=chunk_states, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
                       dfinal_states=dfinal_states)
 
+
+def ssd_bwd(
+    dout: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    init_idx: Optional[torch.Tensor],
+    chunk_states: torch.Tensor,
+    block_q: int,
+    *,
+    D: Optional[torch.Tensor] = None,
+    z: Optional[torch.Tensor] = None,
+    dt_bias: Optional[torch.Tensor] = None,
+    initial_states: Optional[torch.Tensor] = None,
+    dt_softplus: bool = False,
+    dt_limit: Tuple[float, float] = (0.0, float("inf")),
+    dfinal_states: Optional[torch.Tensor] = None,
+    block_p: Optional[int] = None,
+    validate: bool = True,
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of the flat (packed) SSD chunked scan.
+
+    Args (T tokens, H heads, P headdim, N d_state, G groups, nseq sequences):
+        dout: (T, H, P) gradient of the scan output.
+        x: (T, H, P); dt: (T, H) raw (before ``dt_bias``/softplus/clamp); A: (H,);
+        B, C: (T, G, N) with H % G == 0.
+        cu_seqlens: (nseq+1,) int32 token offsets of the sequences (start 0, end T).
+        init_idx: (nseq,) int32, row of ``initial_states`` seeding each sequence or -1
+            (None allowed without ``initial_states``). Rows must be distinct (each row seeds
+            at most one sequence).
+        chunk_states: (T // block_q + nseq, H, P, N) fp32, the state entering each internal
+            chunk; sequence i's k-th chunk at row ``cu[i] // block_q + i + k``.
+        block_q: internal chunk length used by the forward (power of two ≥ 16).
+        D: (H,) or (H, P); z: (T, H, P); dt_bias: (H,); initial_states: (batch, H, P, N).
+        dt_softplus, dt_limit: dt processing, as in the forward.
+        dfinal_states: (nseq, H, P, N) gradient of each sequence's final state, or None.
+        block_p: P-block of the chunk kernel (power of two ≥ 16), for tests; default
+            ``BWD_TUNING`` / heuristic.
+        validate: check every argument (default). ``SSDChunkScanFunction`` passes False: its
+            forward validated the same tensors, and ~25 checks are host time that short-sequence
+            eager training pays on every step.
+
+    Returns:
+        ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
+        matching inputs (None where the input was None); accumulation is fp32.
+    """
+    if validate:
+        _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_q, D, z, dt_bias,
+                    initial_states, dt_limit, dfinal_states)
+    T, H, P = x.shape
+    G, N = B.shape[1], B.shape[2]
+    nseq = cu_seqlens.shape[0] - 1
+    if init_idx is None:
+        init_idx = cu_seqlens  # dummy, never read (HAS_INIT is off)
+
     dout, x, z, B, C = (_last_contig(t) for t in (dout, x, z, B, C))
     chunk_states = chunk_states.contiguous()
     if dfinal_states is not None:
@@ -554,17 +570,17 @@ def ssd_bwd(
         D = D.contiguous()
     dev = x.device
 
-    BLOCK_N = max(16, triton.next_power_of_2(N))
+    BLOCK_N = max(16, _next_pow2(N))
     if block_p is None:
         block_p = _pick_block_p(P)
     if block_p < 16 or block_p & (block_p - 1):
         raise ValueError(f"block_p must be a power of two >= 16, got {block_p!r}")
     BLOCK_P = block_p
-    NPB = triton.cdiv(P, BLOCK_P)
+    NPB = -(-P // BLOCK_P)
     HPG = H // G
     n_rows = chunk_states.shape[0]
     HB = _pick_heads_per_program(HPG, n_rows * G * NPB, dev)
-    NHB = triton.cdiv(HPG, HB)
+    NHB = -(-HPG // HB)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
 
@@ -576,7 +592,7 @@ def ssd_bwd(
     else:
         dinit = chunk_states  # dummy, never written
     scan_bp = _tuned_block("scan_block_p", BLOCK_P, BLOCK_P)
-    _ssd_bwd_dstate_kernel[(nseq, H, triton.cdiv(P, scan_bp))](
+    _ssd_bwd_dstate_kernel[(nseq, H, -(-P // scan_bp))](
         dout, z if z is not None else dummy, dt, A, dt_bias if dt_bias is not None else dummy, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else chunk_states, dstates, dinit,
         P, N, HPG, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
@@ -621,7 +637,7 @@ def ssd_bwd(
     dB = torch.empty_like(B)
     dC = torch.empty_like(C)
     block_nb = _tuned_block("block_nb", 64, BLOCK_N)
-    _ssd_bwd_dbdc_kernel[(n_rows, G, triton.cdiv(N, block_nb))](
+    _ssd_bwd_dbdc_kernel[(n_rows, G, -(-N // block_nb))](
         dout, x, dt, A, B, C, z if z is not None else dummy, dt_bias if dt_bias is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
         P, N, G, HPG, n_slot, H * P * N, nseq, n_search, float(dt_limit[0]), float(dt_limit[1]),
@@ -632,23 +648,21 @@ def ssd_bwd(
         num_warps=BWD_TUNING.get("dbdc_warps") or 4, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
 
+    # the small gradients: one reduction over rows, then views (NPB == 1) where possible; casts
+    # only where the parameter is not fp32 (each torch call is host time in eager training)
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
-    red_sum = red.sum(0)  # (H, red_w): one reduction over rows for all the small grads
-    dA = red_sum[:, P:P + NPB].sum(-1)
+    red_sum = red.sum(0)  # (H, red_w) = [dD (P) | dA (NPB) | ddt_bias (NPB)]
+    dA = red_sum[:, P] if NPB == 1 else red_sum[:, P:P + NPB].sum(-1)
     dD = None
     if D is not None:
-        dD = red_sum[:, :P] if D.dim() == 2 else red_sum[:, :P].sum(-1)
-        dD = dD.to(D.dtype)
-    ddt_bias = red_sum[:, P + NPB:].sum(-1).to(dt_bias.dtype) if dt_bias is not None else None
-    dinitial = dinit.to(initial_states.dtype) if initial_states is not None else None
-    return (
-        dx,
-        ddt.to(dt.dtype),
-        dA.to(A.dtype),
-        dB,
-        dC,
-        dD,
-        dz if z is not None else None,
-        ddt_bias,
-        dinitial,
-    )
+        dD = _as_dtype(red_sum[:, :P] if D.dim() == 2 else red_sum[:, :P].sum(-1), D.dtype)
+    ddt_bias = None
+    if dt_bias is not None:
+        ddt_bias = _as_dtype(red_sum[:, P + 1] if NPB == 1 else red_sum[:, P + NPB:].sum(-1), dt_bias.dtype)
+    dinitial = _as_dtype(dinit, initial_states.dtype) if initial_states is not None else None
+    return (dx, _as_dtype(ddt, dt.dtype), _as_dtype(dA, A.dtype), dB, dC, dD,
+            dz if z is not None else None, ddt_bias, dinitial)
+
+
+def _as_dtype(t: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return t if t.dtype == dtype else t.to(dtype)

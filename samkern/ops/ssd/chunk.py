@@ -208,46 +208,69 @@ def _bwd_module():
 
 
 class SSDChunkScanFunction(torch.autograd.Function):
-    """Flat-form SSD scan. Inputs: x (T, H, P), dt (T, H), A (H,), B/C (T, G, N), D (H,)/(H, P)
-    or None, z (T, H, P) or None, dt_bias (H,) or None, initial_states (batch, H, P, N) or None,
-    cu (nseq+1,) int32, init_idx (nseq,) int32 or None. Returns out (T, H, P) and the fp32 state
-    after every sequence (nseq, H, P, N) (an empty tensor unless ``want_final``)."""
+    """The eager autograd path. Inputs in the public shapes: x (batch, L, H, P), dt (batch, L, H),
+    A (H,), B/C (batch, L, G, N), D (H,)/(H, P) or None, z (batch, L, H, P) or None, dt_bias (H,)
+    or None, initial_states (batch, H, P, N) or None; cu (nseq+1,) int32, init_idx (nseq,) int32.
+    Returns out (batch, L, H, P) and the fp32 state after every sequence (nseq, H, P, N) (an empty
+    tensor unless ``want_final``).
+
+    The flattening to the kernels' (T, ...) form happens inside ``forward`` and the gradients are
+    reshaped back inside ``backward``: no autograd view nodes, which saves the engine five
+    ``ViewBackward`` nodes per call in eager short-sequence training (host time, not GPU time)."""
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, dt_softplus, dt_limit,
                 want_final, block_q):
         from samkern.ops.ssd.fwd import ssd_fwd
 
+        shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
+        xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         need_grad = any(ctx.needs_input_grad[:9])
         out, final, cstates, bq = ssd_fwd(
-            x, dt, A, B, C, cu, init_idx, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
+            xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
             want_final_states=want_final, block_q=block_q)
         if final is None:
             final = x.new_empty((0,), dtype=torch.float32)
         if need_grad:
-            ctx.save_for_backward(x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates)
+            ctx.save_for_backward(xf, dtf, A, Bf, Cf, D, zf, dt_bias, initial_states, cu, init_idx, cstates)
             ctx.bq = bq
             ctx.dt_softplus = dt_softplus
             ctx.dt_limit = dt_limit
+            ctx.shapes = shapes
         ctx.set_materialize_grads(False)
         if not want_final:
             ctx.mark_non_differentiable(final)
-        return out, final
+        return out.view(x.shape), final
 
     @staticmethod
     def backward(ctx, dout, dfinal):
         x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates = ctx.saved_tensors
+        x_shape, dt_shape, B_shape, z_shape = ctx.shapes
         if dout is None:
             dout = torch.zeros_like(x)
+        else:
+            dout = dout.reshape(x.shape)
         if dfinal is not None and dfinal.numel() == 0:
             dfinal = None
         grads = _bwd_module().ssd_bwd(
             dout, x, dt, A, B, C, cu, init_idx, cstates, ctx.bq, D=D, z=z, dt_bias=dt_bias,
             initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
-            dfinal_states=dfinal)
+            dfinal_states=dfinal, validate=False)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
-        return dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit, None, None, None, None, None, None
+        return (dx.view(x_shape), ddt.view(dt_shape), dA, dB.view(B_shape), dC.view(B_shape), dD,
+                dz.view(z_shape) if dz is not None else None, ddt_bias, dinit,
+                None, None, None, None, None, None)
+
+
+def _flatten(x, dt, B, C, z):
+    """The kernels' flat views (T = batch * L): x/z (T, H, P), dt (T, H), B/C (T, G, N); a copy
+    only where the last dimension is strided."""
+    batch, L, H, P = x.shape
+    T = batch * L
+    G, N = B.shape[2], B.shape[3]
+    return (_lastdim_contig(x.reshape(T, H, P)), dt.reshape(T, H), _lastdim_contig(B.reshape(T, G, N)),
+            _lastdim_contig(C.reshape(T, G, N)), _lastdim_contig(z.reshape(T, H, P)) if z is not None else None)
 
 
 # --------------------------------------------------------------------------------------------
@@ -297,8 +320,16 @@ def _ssd_bwd_op(
     """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; an empty tensor where the input is None."""
     grads = _bwd_module().ssd_bwd(
         dout, x, dt, A, B, C, cu, init_idx, chunk_states, block_q, D=D, z=z, dt_bias=dt_bias,
-        initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max), dfinal_states=dfinal)
-    return [g if g is not None else _empty(x) for g in grads]
+        initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max), dfinal_states=dfinal,
+        validate=False)
+    # custom-op outputs may not be views nor alias each other (ssd_bwd returns dA and ddt_bias as
+    # views of one reduction, the cheap form for eager calls): fresh tensors here
+    return [_empty(x) if g is None else (g if _owns_storage(g) else g.clone()) for g in grads]
+
+
+def _owns_storage(t: torch.Tensor) -> bool:
+    # (``_base`` is not set below the autograd dispatch key, where custom ops run)
+    return t.storage_offset() == 0 and t.untyped_storage().nbytes() == t.numel() * t.element_size()
 
 
 @_ssd_bwd_op.register_fake
@@ -397,18 +428,12 @@ def ssd_chunk_scan(
         raise ValueError(f"ssd_chunk_scan has no {which!r} backend")
 
     batch, L, H, P = x.shape
-    G, N = B.shape[2], B.shape[3]
     T = batch * L
     # cu_seqlens describes the seq_idx boundaries without a host sync (batch 1, checked consistent)
     use_cu = cu_seqlens is not None and batch == 1 and seq_idx is not None
     use_cu = _value_checks(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx, cu_seqlens, use_cu,
                            dt_softplus, dt_limit, return_varlen_states)
     cu, init_idx, last = _sequences(batch, L, x.device, seq_idx, cu_seqlens, use_cu)
-    xf = _lastdim_contig(x.reshape(T, H, P))
-    dtf = dt.reshape(T, H)
-    Bf = _lastdim_contig(B.reshape(T, G, N))
-    Cf = _lastdim_contig(C.reshape(T, G, N))
-    zf = _lastdim_contig(z.reshape(T, H, P)) if z is not None else None
     want_final = bool(return_final_states or return_varlen_states)
     import samkern.ops.ssd.fwd as fwd_mod
 
@@ -418,25 +443,29 @@ def ssd_chunk_scan(
     if need_grad:
         block_q = min(block_q, fwd_mod.TRAIN_BLOCK_Q)
 
+    compiling = torch.compiler.is_compiling()
     split = fwd_mod.FWD_TUNING.get("split_len")
     if (split and not need_grad and seq_idx is None and not return_varlen_states
-            and not torch.compiler.is_compiling() and L >= 2 * split):
+            and not compiling and L >= 2 * split):
         # few long rows: segments in parallel, stitched exactly (opt-in; see samkern/ops/ssd/split.py)
         from samkern.ops.ssd.split import ssd_fwd_split
 
+        xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final = ssd_fwd_split(xf, dtf, A, Bf, Cf, batch, L, int(split), D=D, z=zf, dt_bias=dt_bias,
                                    initial_states=initial_states, dt_softplus=bool(dt_softplus),
                                    dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
                                    want_final_states=want_final, block_q=block_q)
-    elif torch.compiler.is_compiling():
+    elif compiling:
+        xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,
                                     bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), need_grad,
                                     want_final, block_q)
     else:
-        out, final = SSDChunkScanFunction.apply(xf, dtf, A, Bf, Cf, D, zf, dt_bias, initial_states, cu, init_idx,
+        out, final = SSDChunkScanFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx,
                                                 bool(dt_softplus), (float(dt_limit[0]), float(dt_limit[1])),
                                                 want_final, block_q)
-    out = out.view(batch, L, H, P)
+    if out.dim() == 3:  # the flat paths (split, compiled); the eager Function returns x's shape
+        out = out.view(batch, L, H, P)
     if not (return_final_states or return_varlen_states):
         return out
     res = [out]
