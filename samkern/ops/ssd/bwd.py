@@ -21,8 +21,9 @@ its dB/dC were summed over heads with atomics. Now:
    independent. A program forms ``C Bᵀ`` of its chunk once and loops over a block of heads of
    one group; per head it streams ``S_in`` (``chunk_states``) and ``dS`` (``dstates``) in
    N-blocks (no [P, N] tile is ever resident) into ``B dSᵀ``, ``C S_inᵀ`` and ``Σ dS∘S_in``, and
-   writes dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` (and its
-   transpose, from its own dots) over its heads and stores that [Q, Q] pair per program.
+   writes dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its
+   heads and stores that [Q, Q] tile per program (the dB/dC kernel reads it transposed from
+   memory for ``dCBᵀ``: no second dot, no ``tl.trans`` of a dot result).
 3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G, N-blocks): dB/dC of a chunk are sums over the
    group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
    Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
@@ -51,7 +52,7 @@ Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
 per (row, head) into one small zero-filled fp32 buffer summed by one torch reduction. Extra
-memory: ``dstates`` (as large as ``chunk_states``) and 2·Q² fp32 per (row, group, slot).
+memory: ``dstates`` (as large as ``chunk_states``) and Q² fp32 per (row, group, slot).
 """
 from __future__ import annotations
 
@@ -253,7 +254,6 @@ def _ssd_bwd_chunk_kernel(
         # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s (and of its transpose): the dB/dC
         # kernel turns them into the intra-chunk parts of dC = dCB B and dB = dCBᵀ C
         dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-        dCBT_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
 
         h0 = g * HPG + hb * HB
         n_h = tl.minimum(HB, HPG - hb * HB)
@@ -294,7 +294,7 @@ def _ssd_bwd_chunk_kernel(
             dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
                            other=0.0)
             # [Q, Q] tiles are the register hogs: each is formed right before its uses, in an
-            # order that ends the transposed set (LT, dMT) before the direct set (L, dM) starts
+            # order that ends the transposed set (LT, MT) before the direct set (L, dM) starts
             # ---- gate
             if HAS_D:
                 if D_PER_CHANNEL:
@@ -318,7 +318,7 @@ def _ssd_bwd_chunk_kernel(
                 dy = dout.to(tl.float32)
             dy_lp = dy.to(in_ty)
 
-            # ---- transposed set: dx = Mᵀ dy + D dy + w ∘ (B dSᵀ), then Σ dCBᵀ with dMᵀ = x dyᵀ
+            # ---- transposed set: dx = Mᵀ dy + D dy + w ∘ (B dSᵀ)
             LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
             MT = CBT * LT * dtv[:, None]  # [s, t]
             dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
@@ -327,9 +327,6 @@ def _ssd_bwd_chunk_kernel(
                 dD = tl.sum(dy * x.to(tl.float32), axis=0)
             tl.store(dx_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
                      mask=mqp)
-            # dMᵀ as its own dot from loaded operands (never tl.trans of a dot result)
-            dMT = tl.dot(x, tl.trans(dy_lp), input_precision=PREC)  # [s, t]
-            dCBT_sum += dMT * LT * dtv[:, None]
 
             # ---- direct set: dM = dy xᵀ, the dt / decay gradients through M, Σ dCB
             L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
@@ -368,8 +365,7 @@ def _ssd_bwd_chunk_kernel(
         # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
         slot = (row.to(tl.int64) * G + g) * (NHB * NPB) + hb * NPB + pid_p
         qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
-        tl.store(dcb_ptr + slot * (2 * BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
-        tl.store(dcb_ptr + slot * (2 * BLOCK_Q * BLOCK_Q) + BLOCK_Q * BLOCK_Q + qq, dCBT_sum)
+        tl.store(dcb_ptr + slot * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
 
 
 @triton.jit
@@ -434,10 +430,11 @@ def _ssd_bwd_dbdc_kernel(
         qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
         dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
         dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        qq_t = offs_q[None, :] * BLOCK_Q + offs_q[:, None]  # the same tiles read transposed
         base = (row.to(tl.int64) * G + g) * NSLOT
         for k in range(0, NSLOT):
-            dCB += tl.load(dcb_ptr + (base + k) * (2 * BLOCK_Q * BLOCK_Q) + qq)
-            dCBT += tl.load(dcb_ptr + (base + k) * (2 * BLOCK_Q * BLOCK_Q) + BLOCK_Q * BLOCK_Q + qq)
+            dCB += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq)
+            dCBT += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq_t)
         Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
         Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
         accC += tl.dot(dCB.to(in_ty), Bn, input_precision=PREC)
@@ -609,7 +606,7 @@ def ssd_bwd(
     dz = torch.empty((T, H, P), device=dev, dtype=z.dtype) if z is not None else dx  # dummy when no z
     ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
     n_slot = NHB * NPB
-    dcb = torch.empty((n_rows, G, n_slot, 2, block_q, block_q), device=dev, dtype=torch.float32)
+    dcb = torch.empty((n_rows, G, n_slot, block_q, block_q), device=dev, dtype=torch.float32)
     red_w = P + 2 * NPB
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
     n_search = max(1, (nseq - 1).bit_length() + 1)
