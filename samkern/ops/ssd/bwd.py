@@ -108,10 +108,15 @@ def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device)
 
 
 @triton.jit
-def _chunk_dt(dt_ptr, tok, mq, s_dt_t, h_off, bias, A_h, dt_min, dt_max, DT_SOFTPLUS: tl.constexpr):
-    """dt processing of one chunk of one head: (pre-softplus value v, processed dt, clamp-active
-    mask, in-chunk cumulative log-decay a). Masked positions get dt = 0."""
-    v = tl.load(dt_ptr + tok * s_dt_t + h_off, mask=mq, other=0.0).to(tl.float32) + bias
+def _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min, dt_max, is_last,
+              HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
+    """dt processing of one chunk of head ``h``: (A_h, pre-softplus value v, processed dt,
+    clamp-inactive mask, in-chunk cumulative log-decay a, its last entry a_last). Masked
+    positions get dt = 0, so a_last is the decay of the whole chunk."""
+    A_h = tl.load(A_ptr + h).to(tl.float32)
+    v = tl.load(dt_ptr + tok * s_dt_t + h * s_dt_h, mask=mq, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        v += tl.load(dtb_ptr + h).to(tl.float32)
     if DT_SOFTPLUS:
         dtv = _softplus(v)
     else:
@@ -120,7 +125,8 @@ def _chunk_dt(dt_ptr, tok, mq, s_dt_t, h_off, bias, A_h, dt_min, dt_max, DT_SOFT
     dtv = tl.minimum(tl.maximum(dtv, dt_min), dt_max)
     dtv = tl.where(mq, dtv, 0.0)
     a = tl.cumsum(dtv * A_h, axis=0)
-    return v, dtv, clamp_ok, a
+    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+    return A_h, v, dtv, clamp_ok, a, a_last
 
 
 @triton.jit
@@ -149,10 +155,6 @@ def _ssd_bwd_dstate_kernel(
     mpn = mp[:, None] & mn[None, :]
     is_last = offs_q == BLOCK_Q - 1
 
-    A_h = tl.load(A_ptr + pid_h).to(tl.float32)
-    bias = 0.0
-    if HAS_DT_BIAS:
-        bias = tl.load(dtb_ptr + pid_h).to(tl.float32)
     state_off = pid_h.to(tl.int64) * P * N + offs_p[:, None] * N + offs_n[None, :]
     if HAS_DFINAL:
         dS = tl.load(dfin_ptr + pid_s.to(tl.int64) * HPN + state_off, mask=mpn, other=0.0).to(tl.float32)
@@ -166,9 +168,8 @@ def _ssd_bwd_dstate_kernel(
         mq = tok < end
         mqp = mq[:, None] & mp[None, :]
         tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS, mask=mpn)
-        _v, dtv, _ok, a = _chunk_dt(dt_ptr, tok, mq, s_dt_t, pid_h * s_dt_h, bias, A_h, dt_min, dt_max,
-                                    DT_SOFTPLUS)
-        a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+        _A, _v, _dt, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, pid_h, tok, mq, s_dt_t, s_dt_h, dt_min,
+                                                dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
         dy = tl.load(dout_ptr + tok[:, None] * s_dout_t + pid_h * s_dout_h + offs_p[None, :], mask=mqp,
                      other=0.0).to(tl.float32)
         if HAS_Z:
@@ -259,13 +260,8 @@ def _ssd_bwd_chunk_kernel(
         n_h = tl.minimum(HB, HPG - hb * HB)
         for j in range(0, n_h):
             h = h0 + j
-            A_h = tl.load(A_ptr + h).to(tl.float32)
-            bias = 0.0
-            if HAS_DT_BIAS:
-                bias = tl.load(dtb_ptr + h).to(tl.float32)
-            v, dtv, clamp_ok, a = _chunk_dt(dt_ptr, tok, mq, s_dt_t, h * s_dt_h, bias, A_h, dt_min, dt_max,
-                                            DT_SOFTPLUS)
-            a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+            A_h, v, dtv, clamp_ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min,
+                                                         dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
             decay = tl.exp(a)  # exp(a_t)
             to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
             w = to_end * dtv
@@ -398,13 +394,8 @@ def _ssd_bwd_dbdc_kernel(
         accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         for j in range(0, HPG):
             h = g * HPG + j
-            A_h = tl.load(A_ptr + h).to(tl.float32)
-            bias = 0.0
-            if HAS_DT_BIAS:
-                bias = tl.load(dtb_ptr + h).to(tl.float32)
-            _v, dtv, _ok, a = _chunk_dt(dt_ptr, tok, mq, s_dt_t, h * s_dt_h, bias, A_h, dt_min, dt_max,
-                                        DT_SOFTPLUS)
-            a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
+            _A, _v, dtv, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min,
+                                                    dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
             w = tl.exp(a_last - a) * dtv
             decay = tl.exp(a)
             st_row = row.to(tl.int64) * HPN + h * P * N
