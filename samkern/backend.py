@@ -17,7 +17,8 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 
 import torch
 
-__all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms"]
+__all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms",
+           "tuning_from_env"]
 
 log = logging.getLogger("samkern")
 
@@ -101,3 +102,25 @@ def num_sms(device: torch.device) -> int:
     if idx not in _NUM_SMS:
         _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _NUM_SMS[idx]
+
+
+def tuning_from_env(var: str, table: dict) -> dict:
+    """Launch-setting overrides for a kernel's tuning table from the environment variable ``var``
+    (a JSON object, e.g. ``SAMKERN_SSD_BWD_TUNING='{"num_warps": 4}'``), so benchmarks and tests
+    can try settings without code edits. Unknown keys are an error (a typo would silently time
+    the default). Returns the overrides (empty when the variable is unset)."""
+    raw = os.environ.get(var)
+    if not raw:
+        return {}
+    import json
+
+    try:
+        over = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{var} must be a JSON object, got {raw!r}: {e}") from None
+    if not isinstance(over, dict):
+        raise ValueError(f"{var} must be a JSON object, got {raw!r}")
+    unknown = sorted(set(over) - set(table))
+    if unknown:
+        raise ValueError(f"{var}: unknown keys {unknown}; known: {sorted(table)}")
+    return over

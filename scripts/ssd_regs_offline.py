@@ -1,0 +1,170 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Registers and spills of the SSD kernels, compiled for Hopper on a machine WITHOUT a GPU.
+
+The spills of the backward's chunk kernel are what keeps it far from its floors, and device time
+is scarce; Triton compiles for any target without a driver, and ptxas reports registers and
+spill bytes. This script runs the host code of ``ssd_fwd`` / ``ssd_bwd`` on CPU tensors with the
+kernel launches captured (not run), compiles every captured launch for sm_90 with the same
+arguments (specialisation: pointers and multiples of 16 marked 16-divisible, ints equal to 1 as
+constants, as Triton's launcher does), and prints what ``ptxas -v`` says.
+
+    python scripts/ssd_regs_offline.py [--shape 130m-B32-L192] [--tuning '{"split_chunk": true}']
+
+Needs ``ptxas`` (CUDA 12.x/13.x) on PATH or Triton's bundled one; no GPU, no TRITON_INTERPRET.
+Registers are per thread (255 is the cap); "spill" is bytes stored / loaded per thread. Treat the
+numbers as the compiler's view: the device's ``CompiledKernel.n_regs`` / ``n_spills`` (printed by
+``scripts/gpu_ssd_profile.py``) should agree for the same Triton and ptxas versions.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from typing import Optional
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.compiler import ASTSource  # noqa: E402
+
+_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32",
+       torch.int64: "i64"}
+
+
+def _signature(fn, args, kwargs):
+    """Triton signature, constexprs and divisibility attributes of one launch, as the launcher
+    would specialise it."""
+    bound = dict(zip(fn.arg_names, args))
+    bound.update({k: v for k, v in kwargs.items() if k in fn.arg_names})
+    sig, constexprs, attrs = {}, {}, {}
+    for i, p in enumerate(fn.params):
+        v = bound[p.name]
+        if p.is_constexpr:
+            sig[p.name], constexprs[p.name] = "constexpr", v
+        elif isinstance(v, torch.Tensor):
+            sig[p.name] = "*" + _TY[v.dtype]
+            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
+        elif isinstance(v, bool):
+            sig[p.name] = "i1"
+        elif isinstance(v, int):
+            if v == 1:
+                sig[p.name], constexprs[p.name] = "constexpr", 1
+                continue
+            sig[p.name] = "i64" if abs(v) >= 2 ** 31 else "i32"
+            if v % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]
+        elif isinstance(v, float):
+            sig[p.name] = "fp32"
+        else:
+            raise TypeError(f"{fn.__name__}: argument {p.name} of type {type(v).__name__}")
+    return sig, constexprs, attrs
+
+
+def compile_report(fn, args, kwargs, arch: int = 90) -> dict:
+    """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes."""
+    sig, constexprs, attrs = _signature(fn, args, kwargs)
+    opts = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+    ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+    ptxas = shutil.which("ptxas") or os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
+        f.write(ck.asm["ptx"])
+    res = subprocess.run([ptxas, "-v", f"-arch=sm_{arch}a", f.name, "-o", os.devnull], capture_output=True, text=True)
+    os.unlink(f.name)
+    txt = res.stderr + res.stdout
+    regs = re.search(r"Used (\d+) registers", txt)
+    spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", txt)
+    return {"kernel": fn.__name__, "warps": opts.get("num_warps"), "stages": opts.get("num_stages"),
+            "regs": int(regs.group(1)) if regs else None,
+            "spill_store_bytes": int(spill.group(1)) if spill else None,
+            "spill_load_bytes": int(spill.group(2)) if spill else None, "smem_bytes": ck.metadata.shared}
+
+
+def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Optional[dict] = None) -> list:
+    """(kernel, grid, args, kwargs) of every SSD launch of one bf16 training step at a benchmark
+    shape (z, per-head D, dt_bias, softplus: SAM's block), from the host code on CPU tensors."""
+    from benchmarks.ops.bench_ssd import G, N, P, SHAPES
+    import samkern.ops.ssd.bwd as bwd_mod
+    import samkern.ops.ssd.fwd as fwd_mod
+
+    launches = []
+
+    class _Capture:
+        def __init__(self, fn):
+            self.fn = fn
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launches.append((self.fn, grid, a, kw))
+
+    patched = []
+    for mod in (fwd_mod, bwd_mod):
+        for name in dir(mod):
+            obj = getattr(mod, name)
+            if isinstance(obj, triton.runtime.jit.JITFunction) and name.startswith("_ssd_"):
+                patched.append((mod, name, obj))
+                setattr(mod, name, _Capture(obj))
+    old_sms, old_pick, old_tuning = bwd_mod.num_sms, bwd_mod._pick_heads_per_program, dict(bwd_mod.BWD_TUNING)
+    old_fwd_tuning = dict(fwd_mod.FWD_TUNING)
+
+    class _Cuda:  # the launch heuristics branch on the device type
+        type = "cuda"
+
+    try:
+        bwd_mod.num_sms = lambda dev: n_sms
+        bwd_mod._pick_heads_per_program = lambda hpg, other, dev: old_pick(hpg, other, _Cuda())
+        bwd_mod.BWD_TUNING.update(tuning)
+        fwd_mod.FWD_TUNING.update(fwd_tuning or {})
+        batch, L, H = SHAPES[shape]
+        T, bf = batch * L, torch.bfloat16
+        x, z = torch.zeros(T, H, P, dtype=bf), torch.zeros(T, H, P, dtype=bf)
+        Bm, Cm = torch.zeros(T, G, N, dtype=bf), torch.zeros(T, G, N, dtype=bf)
+        dt, A, D, dtb = torch.zeros(T, H), -torch.ones(H), torch.ones(H), torch.zeros(H)
+        cu = torch.arange(batch + 1, dtype=torch.int32) * L
+        bq = fwd_mod.TRAIN_BLOCK_Q
+        # as SSDChunkScanFunction: the split backward reads the forward's stored pre-gate output
+        y_kw = {}
+        if bwd_mod.BWD_TUNING.get("split_chunk"):  # (the keyword exists where the split form does)
+            y_kw = {"y_out": torch.zeros_like(x)}
+        fwd_mod.ssd_fwd(x, dt, A, Bm, Cm, cu, None, D=D, z=z, dt_bias=dtb, dt_softplus=True,
+                        want_chunk_states=True, block_q=bq, **y_kw)
+        cs = torch.zeros(T // bq + batch, H, P, N)
+        bwd_mod.ssd_bwd(torch.zeros_like(x), x, dt, A, Bm, Cm, cu, None, cs, bq, D=D, z=z, dt_bias=dtb,
+                        dt_softplus=True, validate=False, **({"y_pre": y_kw["y_out"]} if y_kw else {}))
+    finally:
+        for mod, name, obj in patched:
+            setattr(mod, name, obj)
+        bwd_mod.num_sms, bwd_mod._pick_heads_per_program = old_sms, old_pick
+        bwd_mod.BWD_TUNING.clear()
+        bwd_mod.BWD_TUNING.update(old_tuning)
+        fwd_mod.FWD_TUNING.clear()
+        fwd_mod.FWD_TUNING.update(old_fwd_tuning)
+    return launches
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--shape", default="130m-B32-L192")
+    ap.add_argument("--tuning", default="{}", help="JSON dict of BWD_TUNING overrides")
+    ap.add_argument("--fwd-tuning", default="{}", help="JSON dict of FWD_TUNING overrides")
+    ap.add_argument("--kernels", default="", help="comma-separated kernel names to compile (default: all)")
+    ap.add_argument("--arch", type=int, default=90)
+    args = ap.parse_args()
+    tuning, fwd_tuning = json.loads(args.tuning), json.loads(args.fwd_tuning)
+    want = {k for k in args.kernels.split(",") if k}
+    for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning):
+        if want and fn.__name__ not in want:
+            continue
+        r = compile_report(fn, a, kw, args.arch)
+        print(json.dumps({"shape": args.shape, "tuning": tuning, "fwd_tuning": fwd_tuning, "grid": list(grid), **r}),
+              flush=True)
+
+
+if __name__ == "__main__":
+    main()
