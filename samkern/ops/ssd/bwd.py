@@ -62,7 +62,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import num_sms
+from samkern.backend import num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 from samkern.ops.ssd.fwd import _next_pow2, _softplus
 
@@ -75,6 +75,7 @@ __all__ = ["ssd_bwd", "BWD_TUNING"]
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "block_ns": None, "scan_block_p": None, "scan_warps": None, "block_nb": None,
                     "dbdc_warps": None, "dbdc_stages": None}
+BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
 def _pick_block_p(P: int) -> int:

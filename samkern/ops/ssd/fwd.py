@@ -38,12 +38,15 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.backend import tuning_from_env
+
 __all__ = ["ssd_fwd", "default_block_q", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 
 # Launch overrides, read by ``ssd_fwd`` (the GPU tuning script sweeps these). ``None`` = heuristic.
 # "split_len": segment length of the sequence-split inference path for long rows
 # (:mod:`samkern.ops.ssd.split`); None = off (the default until it is measured on a GPU).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None}
+FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
 @triton.jit
