@@ -35,13 +35,13 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.compiler import ASTSource  # noqa: E402
 
-_TY = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.int32: "i32",
-       torch.int64: "i64"}
-
-
 def _signature(fn, args, kwargs):
-    """Triton signature, constexprs and divisibility attributes of one launch, as the launcher
-    would specialise it."""
+    """Triton signature, constexprs and divisibility attributes of one launch, from Triton's own
+    specialisation routine (what its launcher does: pointer / int types, 16-divisibility, ints
+    equal to 1 as constants, tensor descriptors with their block shapes)."""
+    from triton.backends.nvidia.compiler import CUDABackend
+    from triton.runtime.jit import native_specialize_impl
+
     bound = dict(zip(fn.arg_names, args))
     bound.update({k: v for k, v in kwargs.items() if k in fn.arg_names})
     sig, constexprs, attrs = {}, {}, {}
@@ -49,22 +49,13 @@ def _signature(fn, args, kwargs):
         v = bound[p.name]
         if p.is_constexpr:
             sig[p.name], constexprs[p.name] = "constexpr", v
-        elif isinstance(v, torch.Tensor):
-            sig[p.name] = "*" + _TY[v.dtype]
-            attrs[(i,)] = [["tt.divisibility", 16]]  # torch allocations are 16-byte aligned
-        elif isinstance(v, bool):
-            sig[p.name] = "i1"
-        elif isinstance(v, int):
-            if v == 1:
-                sig[p.name], constexprs[p.name] = "constexpr", 1
-                continue
-            sig[p.name] = "i64" if abs(v) >= 2 ** 31 else "i32"
-            if v % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(v, float):
-            sig[p.name] = "fp32"
-        else:
-            raise TypeError(f"{fn.__name__}: argument {p.name} of type {type(v).__name__}")
+            continue
+        ty, key = native_specialize_impl(CUDABackend, v, False, True, True)
+        sig[p.name] = ty
+        if ty == "constexpr":
+            constexprs[p.name] = key
+        elif key == "D":
+            attrs[(i,)] = [["tt.divisibility", 16]]
     return sig, constexprs, attrs
 
 
