@@ -57,13 +57,8 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-
-    from samkern.data.synth import SynthAudioDataset
-    from samkern.demo import DemoConfig, build_demo_model
     from samkern.train import distributed as dist_utils
     from samkern.train.config import CurriculumConfig, preset
-    from samkern.train.sam import synth_examples, synth_features, train_curriculum
 
     try:
         cur = CurriculumConfig.from_json(args.config) if args.config else preset(args.preset, seed=args.seed)
@@ -76,37 +71,47 @@ def _cmd_train(args: argparse.Namespace) -> int:
     dist_utils.set_wrap_strategy(args.strategy)
     rank, world, dev = dist_utils.init_distributed(device=None if args.device == "auto" else args.device)
     try:
-        dcfg = DemoConfig(train_clips=args.train_clips, lora_r=cur.lora_r, seed=cur.seed)
-        ds = SynthAudioDataset("train", size=args.train_clips, seed=cur.seed)
-        texts = [e["instruction"] for e in synth_examples(ds, ("classification", "caption", "closed", "open"))]
-        texts += [e["answer"] for e in synth_examples(ds, ("classification", "caption", "closed", "open"))]
-        model = build_demo_model(dcfg, texts)
-        if cur.connector != "concat":
-            from samkern.models.sam.model import SAM
-
-            model = SAM(type(model.config)(**{**model.config.__dict__, "connector": cur.connector}), model.tokenizer,
-                        encoder=model.encoder, lm=model.lm)
-        model = model.to(dev)
-        feats = synth_features(ds, dcfg.n_frames, progress=rank == 0)
-        os.makedirs(args.out, exist_ok=True)
-        if rank == 0:
-            cur.to_json(os.path.join(args.out, "curriculum.json"))
-        hist = train_curriculum(model, cur, ds, feats, args.out, max_steps=args.max_steps,
-                                progress="auto" if rank == 0 else "none", resume=args.resume,
-                                log=print if rank == 0 else (lambda m: None))
-        if rank == 0:
-            from samkern.demo import DEMO_FILE
-            from dataclasses import asdict
-
-            final = os.path.join(args.out, "final")
-            model.save(final)
-            with open(os.path.join(final, DEMO_FILE), "w", encoding="utf-8") as f:
-                json.dump(asdict(dcfg), f, indent=1)
-            last = f", last loss {hist[-1]['loss']:.4f}" if hist else ""
-            print(f"[train] {len(hist)} steps{last}; model saved to {final}")
+        # in a function: the model (FSDP2-sharded parameters) and the Trainers are freed when it
+        # returns, before the process group is destroyed (see dist_utils.cleanup)
+        _train_and_save(args, cur, rank, dev)
     finally:
         dist_utils.cleanup()
     return 0
+
+
+def _train_and_save(args: argparse.Namespace, cur, rank: int, dev) -> None:
+    from samkern.data.synth import SynthAudioDataset
+    from samkern.demo import DemoConfig, build_demo_model
+    from samkern.train.sam import synth_examples, synth_features, train_curriculum
+
+    dcfg = DemoConfig(train_clips=args.train_clips, lora_r=cur.lora_r, seed=cur.seed)
+    ds = SynthAudioDataset("train", size=args.train_clips, seed=cur.seed)
+    texts = [e["instruction"] for e in synth_examples(ds, ("classification", "caption", "closed", "open"))]
+    texts += [e["answer"] for e in synth_examples(ds, ("classification", "caption", "closed", "open"))]
+    model = build_demo_model(dcfg, texts)
+    if cur.connector != "concat":
+        from samkern.models.sam.model import SAM
+
+        model = SAM(type(model.config)(**{**model.config.__dict__, "connector": cur.connector}), model.tokenizer,
+                    encoder=model.encoder, lm=model.lm)
+    model = model.to(dev)
+    feats = synth_features(ds, dcfg.n_frames, progress=rank == 0)
+    os.makedirs(args.out, exist_ok=True)
+    if rank == 0:
+        cur.to_json(os.path.join(args.out, "curriculum.json"))
+    hist = train_curriculum(model, cur, ds, feats, args.out, max_steps=args.max_steps,
+                            progress="auto" if rank == 0 else "none", resume=args.resume,
+                            log=print if rank == 0 else (lambda m: None))
+    if rank == 0:
+        from samkern.demo import DEMO_FILE
+        from dataclasses import asdict
+
+        final = os.path.join(args.out, "final")
+        model.save(final)
+        with open(os.path.join(final, DEMO_FILE), "w", encoding="utf-8") as f:
+            json.dump(asdict(dcfg), f, indent=1)
+        last = f", last loss {hist[-1]['loss']:.4f}" if hist else ""
+        print(f"[train] {len(hist)} steps{last}; model saved to {final}")
 
 
 def add_training_commands(sub) -> None:

@@ -75,7 +75,15 @@ def init_distributed(backend: Optional[str] = None, device: Optional[str] = None
 
 
 def cleanup() -> None:
+    """Tear the process group down. Call it after every object that holds the group (DDP's
+    reducer, FSDP2's sharded parameters, the Trainer) is gone: run the training in a function
+    and call this when it has returned. A DDP reducer or gloo work object that outlives the group
+    is destroyed at interpreter exit, where gloo's threads can abort the process with SIGABRT
+    ("terminate called without an active exception", seen once in CI)."""
     if is_distributed():
+        import gc
+
+        gc.collect()  # objects in reference cycles that still hold the group
         # every rank reaches the end before the transport goes away: a gloo rank that tears down
         # while a peer is still busy (e.g. rank 0 writing a checkpoint) can abort with SIGABRT
         dist.barrier()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 
 import pytest
 import torch
@@ -31,19 +32,39 @@ def _join(rank: int, world: int, port: int) -> None:
     torch.set_num_threads(1)
 
 
+def _spawned(body):
+    """A spawned worker: join the gloo group, run ``body(rank, *args)`` (its Trainer, DDP wrapper
+    and sharded parameters are freed when it returns), then tear the group down."""
+    def worker(rank: int, world: int, port: int, *args, fsdp: bool = False) -> None:
+        _join(rank, world, port)
+        r, w, dev = dist_utils.init_distributed(device="cpu")
+        assert (r, w, dev.type) == (rank, world, "cpu")
+        if fsdp:
+            dist_utils.set_wrap_strategy("fsdp")
+        try:
+            body(rank, *args)
+        finally:
+            dist_utils.set_wrap_strategy("ddp")
+            dist_utils.cleanup()
+        # the work is done and its results are on disk: skip interpreter finalization, where
+        # gloo's threads have (once in CI, under load) aborted a finished worker with SIGABRT
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+    return worker
+
+
+def _ddp_body(rank: int, out: str, grad_accum: int) -> None:
+    t = Trainer(ToyModel(dropout=0.0), ToyDataset(n=40), mse_loss, _config(grad_accum), collate_fn=collate)
+    assert t.world_size == 2 and t.wrapped is not t.model  # DDP-wrapped
+    hist = t.train()
+    if rank == 0:
+        torch.save({"params": {n: p.detach().clone() for n, p in t.model.named_parameters()},
+                    "losses": [h["loss"] for h in hist], "tokens": [h["tokens"] for h in hist]}, out)
+
+
 def _worker(rank: int, world: int, port: int, out: str, grad_accum: int) -> None:
-    _join(rank, world, port)
-    r, w, dev = dist_utils.init_distributed(device="cpu")
-    assert (r, w, dev.type) == (rank, world, "cpu")
-    try:
-        t = Trainer(ToyModel(dropout=0.0), ToyDataset(n=40), mse_loss, _config(grad_accum), collate_fn=collate)
-        assert t.world_size == 2 and t.wrapped is not t.model  # DDP-wrapped
-        hist = t.train()
-        if rank == 0:
-            torch.save({"params": {n: p.detach().clone() for n, p in t.model.named_parameters()},
-                        "losses": [h["loss"] for h in hist], "tokens": [h["tokens"] for h in hist]}, out)
-    finally:
-        dist_utils.cleanup()
+    _spawned(_ddp_body)(rank, world, port, out, grad_accum)
 
 
 def _free_port() -> int:
@@ -85,22 +106,19 @@ def _full_params(model: torch.nn.Module) -> dict:
             for n, p in model.named_parameters()}
 
 
+def _fsdp_body(rank: int, out: str, stages: int) -> None:
+    model, hist = ToyModel(dropout=0.0), []
+    for _ in range(stages):  # one Trainer per stage on the same model, as train_curriculum does
+        t = Trainer(model, ToyDataset(n=40), mse_loss, _config(), collate_fn=collate)
+        hist += t.train()
+    full = _full_params(t.model)
+    sharded = any(hasattr(p, "full_tensor") for p in t.model.parameters())
+    if rank == 0:
+        torch.save({"params": full, "losses": [h["loss"] for h in hist], "sharded": sharded}, out)
+
+
 def _fsdp_worker(rank: int, world: int, port: int, out: str, stages: int = 1) -> None:
-    _join(rank, world, port)
-    dist_utils.init_distributed(device="cpu")
-    dist_utils.set_wrap_strategy("fsdp")
-    try:
-        model, hist = ToyModel(dropout=0.0), []
-        for _ in range(stages):  # one Trainer per stage on the same model, as train_curriculum does
-            t = Trainer(model, ToyDataset(n=40), mse_loss, _config(), collate_fn=collate)
-            hist += t.train()
-        full = _full_params(t.model)
-        sharded = any(hasattr(p, "full_tensor") for p in t.model.parameters())
-        if rank == 0:
-            torch.save({"params": full, "losses": [h["loss"] for h in hist], "sharded": sharded}, out)
-    finally:
-        dist_utils.set_wrap_strategy("ddp")
-        dist_utils.cleanup()
+    _spawned(_fsdp_body)(rank, world, port, out, stages, fsdp=True)
 
 
 @pytest.mark.parametrize("stages", [1, 2])
@@ -127,35 +145,32 @@ _CKPT_CASES = (("det", 0.0), ("dropout", 0.1))
 _MID = STEPS // 2
 
 
+def _fsdp_ckpt_body(rank: int, root: str, phase: str) -> None:
+    runs = []  # (dropout, out_dir, resume_from, result file)
+    for case, drop in _CKPT_CASES:
+        d = os.path.join(root, case)
+        if phase == "train":  # uninterrupted, writing checkpoint-<_MID> on the way
+            runs.append((drop, d, None, os.path.join(d, "uninterrupted.pt")))
+        else:  # a fresh process group resumes from that checkpoint
+            runs.append((drop, os.path.join(d, "resumed"), os.path.join(d, f"checkpoint-{_MID}"),
+                         os.path.join(d, "resumed.pt")))
+    if phase == "resume":  # and one from a single-process checkpoint
+        runs.append((0.0, os.path.join(root, "from_single"), os.path.join(root, "single", f"checkpoint-{_MID}"),
+                     os.path.join(root, "from_single.pt")))
+    for drop, out_dir, resume_from, res in runs:
+        torch.manual_seed(1000 + rank)  # scramble the global RNG: resume must restore it
+        t = Trainer(ToyModel(dropout=drop), ToyDataset(n=40), mse_loss,
+                    _config(out_dir=out_dir, checkpoint_every=_MID), collate_fn=collate)
+        assert t.sharded, "FSDP2 did not shard the model"
+        hist = t.train(resume_from=resume_from)
+        full = _full_params(t.model)
+        if rank == 0:
+            torch.save({"params": full, "losses": [h["loss"] for h in hist], "steps": [h["step"] for h in hist]},
+                       res)
+
+
 def _fsdp_ckpt_worker(rank: int, world: int, port: int, root: str, phase: str) -> None:
-    _join(rank, world, port)
-    dist_utils.init_distributed(device="cpu")
-    dist_utils.set_wrap_strategy("fsdp")
-    try:
-        runs = []  # (dropout, out_dir, resume_from, result file)
-        for case, drop in _CKPT_CASES:
-            d = os.path.join(root, case)
-            if phase == "train":  # uninterrupted, writing checkpoint-<_MID> on the way
-                runs.append((drop, d, None, os.path.join(d, "uninterrupted.pt")))
-            else:  # a fresh process group resumes from that checkpoint
-                runs.append((drop, os.path.join(d, "resumed"), os.path.join(d, f"checkpoint-{_MID}"),
-                             os.path.join(d, "resumed.pt")))
-        if phase == "resume":  # and one from a single-process checkpoint
-            runs.append((0.0, os.path.join(root, "from_single"), os.path.join(root, "single", f"checkpoint-{_MID}"),
-                         os.path.join(root, "from_single.pt")))
-        for drop, out_dir, resume_from, res in runs:
-            torch.manual_seed(1000 + rank)  # scramble the global RNG: resume must restore it
-            t = Trainer(ToyModel(dropout=drop), ToyDataset(n=40), mse_loss,
-                        _config(out_dir=out_dir, checkpoint_every=_MID), collate_fn=collate)
-            assert t.sharded, "FSDP2 did not shard the model"
-            hist = t.train(resume_from=resume_from)
-            full = _full_params(t.model)
-            if rank == 0:
-                torch.save({"params": full, "losses": [h["loss"] for h in hist], "steps": [h["step"] for h in hist]},
-                           res)
-    finally:
-        dist_utils.set_wrap_strategy("ddp")
-        dist_utils.cleanup()
+    _spawned(_fsdp_ckpt_body)(rank, world, port, root, phase, fsdp=True)
 
 
 def _assert_same_run(a: dict, b: dict, what: str) -> None:
