@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Optional, Tuple
 import torch
 
 __all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms",
-           "tuning_from_env"]
+           "tuning_from_env", "next_pow2", "cdiv"]
 
 log = logging.getLogger("samkern")
 
@@ -124,3 +124,15 @@ def tuning_from_env(var: str, table: dict) -> dict:
     if unknown:
         raise ValueError(f"{var}: unknown keys {unknown}; known: {sorted(table)}")
     return over
+
+
+# Launch-path arithmetic in plain Python: triton.next_power_of_2 / triton.cdiv are
+# constexpr_functions, ~3 us a call on a slow host, and launch paths call them several times.
+def next_pow2(n: int) -> int:
+    """Smallest power of two >= n (1 for n <= 1)."""
+    return 1 << max(0, int(n) - 1).bit_length()
+
+
+def cdiv(a: int, b: int) -> int:
+    """Ceiling of a / b for ints."""
+    return -(-a // b)

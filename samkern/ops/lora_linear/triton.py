@@ -31,7 +31,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import num_sms
+from samkern.backend import cdiv, next_pow2, num_sms
 
 __all__ = ["lora_gemm", "tuning_choices", "INTERPRET"]
 
@@ -243,19 +243,9 @@ def _precision(dtype: torch.dtype) -> str:
     return "tf32"  # ignored for 16-bit inputs
 
 
-def _next_pow2(n: int) -> int:
-    # plain Python: triton.next_power_of_2 / triton.cdiv are constexpr_functions, ~3 us a call on a
-    # slow host, and the launch path below calls them several times per GEMM
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def _m_bucket(M: int) -> int:
     # tune per power-of-2 bucket of tokens so varying batch sizes do not retune every call
-    return min(_next_pow2(M), 1 << 16)
+    return min(next_pow2(M), 1 << 16)
 
 
 def _tma_able(t: torch.Tensor) -> bool:
@@ -301,7 +291,7 @@ def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int) -> 
     d_a2 = TensorDescriptor.from_tensor(a2, [bm, block_r]) if has_lora else d_a1
     d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
-    grid = (_cdiv(M, bm) * _cdiv(N, bn),)
+    grid = (cdiv(M, bm) * cdiv(N, bn),)
     _lora_gemm_tma_kernel[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
@@ -324,13 +314,13 @@ def _launch_ptma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, fl
     d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
     n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
-    grid = (max(1, min(n_sms, _cdiv(M, bm) * _cdiv(N, bn))),)
+    grid = (max(1, min(n_sms, cdiv(M, bm) * cdiv(N, bn))),)
     _lora_gemm_tma_persistent_kernel[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
         M, N, K1, K2, _m_bucket(M),
         HAS_BIAS=bias is not None, HAS_LORA=has_lora, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, NUM_SMS=grid[0],
-        R_TILES=_cdiv(K2, block_r), FLATTEN=flatten, num_warps=warps, num_stages=stages,
+        R_TILES=cdiv(K2, block_r), FLATTEN=flatten, num_warps=warps, num_stages=stages,
     )
 
 
@@ -341,7 +331,7 @@ def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int) -> None:
     has_lora = a2 is not None
     a2_ = a2 if has_lora else a1
     b2_ = b2 if has_lora else b1
-    grid = (_cdiv(M, bm) * _cdiv(N, bn),)
+    grid = (cdiv(M, bm) * cdiv(N, bn),)
     _lora_gemm_kernel[grid](
         a1, b1, a2_, b2_, bias if bias is not None else out, out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
@@ -371,7 +361,7 @@ def _launch_cublas(a1, b1, a2, b2, bias, out) -> None:
 
 
 def _prune(cands, M: int, N: int):
-    keep = [c for c in cands if c[0] <= max(64, _next_pow2(M)) and c[1] <= max(128, _next_pow2(N))]
+    keep = [c for c in cands if c[0] <= max(64, next_pow2(M)) and c[1] <= max(128, next_pow2(N))]
     return keep or cands[-1:]
 
 
@@ -442,7 +432,7 @@ def lora_gemm(
     K2 = a2.shape[1] if has_lora else 0
     if out is None:
         out = torch.empty((M, N), device=a1.device, dtype=a1.dtype)
-    block_r = min(max(16, _next_pow2(max(K2, 1))), 64)
+    block_r = min(max(16, next_pow2(max(K2, 1))), 64)
 
     if use_tma is None:
         use_tma = _tma_enabled(a1.device)

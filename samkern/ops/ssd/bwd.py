@@ -62,9 +62,9 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import num_sms, tuning_from_env
+from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
-from samkern.ops.ssd.fwd import _next_pow2, _softplus
+from samkern.ops.ssd.fwd import _softplus
 
 __all__ = ["ssd_bwd", "BWD_TUNING"]
 
@@ -80,7 +80,7 @@ BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env 
 
 def _pick_block_p(P: int) -> int:
     bp = BWD_TUNING.get("block_p")
-    full = max(16, _next_pow2(P))
+    full = max(16, next_pow2(P))
     if bp is not None:
         return max(16, min(int(bp), full))
     # the per-head [Q, P] tiles (x, dy, dx, B dSᵀ, C S_inᵀ) grow with the P-block: at most 64 wide
@@ -104,8 +104,8 @@ def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device)
     if device.type != "cuda":
         return max(1, hpg // 2)  # CPU/interpreter: exercise several head-blocks and a ragged tail
     # enough programs for ~3 per SM; more head-blocks cost C·Bᵀ recomputation and dCB slots
-    nhb = max(1, min(hpg, -(-3 * num_sms(device) // max(1, other_programs))))
-    return -(-hpg // nhb)
+    nhb = max(1, min(hpg, cdiv(3 * num_sms(device), max(1, other_programs))))
+    return cdiv(hpg, nhb)
 
 
 @triton.jit
@@ -128,6 +128,18 @@ def _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min, dt_max
     a = tl.cumsum(dtv * A_h, axis=0)
     a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
     return A_h, v, dtv, clamp_ok, a, a_last
+
+
+@triton.jit
+def _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mask, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z: tl.constexpr):
+    """Gradient of the pre-gate output for head h's [Q, P-block] tile, fp32:
+    ``dy = dout · silu(z)``, or ``dout`` without a gate."""
+    dy = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mask,
+                 other=0.0).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mask, other=0.0).to(tl.float32)
+        dy = dy * zz * tl.sigmoid(zz)
+    return dy
 
 
 @triton.jit
@@ -171,12 +183,7 @@ def _ssd_bwd_dstate_kernel(
         tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS, mask=mpn)
         _A, _v, _dt, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, pid_h, tok, mq, s_dt_t, s_dt_h, dt_min,
                                                 dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
-        dy = tl.load(dout_ptr + tok[:, None] * s_dout_t + pid_h * s_dout_h + offs_p[None, :], mask=mqp,
-                     other=0.0).to(tl.float32)
-        if HAS_Z:
-            zz = tl.load(z_ptr + tok[:, None] * s_z_t + pid_h * s_z_h + offs_p[None, :], mask=mqp,
-                         other=0.0).to(tl.float32)
-            dy = dy * zz * tl.sigmoid(zz)
+        dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
         Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mq[:, None] & mn[None, :],
                      other=0.0)
         # (exp(a) ∘ dy)ᵀ C: the transposed operand is a loaded value, not a dot result
@@ -405,12 +412,7 @@ def _ssd_bwd_dbdc_kernel(
                 mp = offs_p < P
                 mqp = mq[:, None] & mp[None, :]
                 x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
-                dy = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
-                             other=0.0).to(tl.float32)
-                if HAS_Z:
-                    zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
-                                 other=0.0).to(tl.float32)
-                    dy = dy * zz * tl.sigmoid(zz)
+                dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
                 so = st_row + offs_p[:, None] * N + offs_n[None, :]
                 mpn = mp[:, None] & mn[None, :]
                 dSn = tl.load(ds_ptr + so, mask=mpn, other=0.0).to(in_ty)
@@ -559,17 +561,17 @@ def ssd_bwd(
         D = D.contiguous()
     dev = x.device
 
-    BLOCK_N = max(16, _next_pow2(N))
+    BLOCK_N = max(16, next_pow2(N))
     if block_p is None:
         block_p = _pick_block_p(P)
     if block_p < 16 or block_p & (block_p - 1):
         raise ValueError(f"block_p must be a power of two >= 16, got {block_p!r}")
     BLOCK_P = block_p
-    NPB = -(-P // BLOCK_P)
+    NPB = cdiv(P, BLOCK_P)
     HPG = H // G
     n_rows = chunk_states.shape[0]
     HB = _pick_heads_per_program(HPG, n_rows * G * NPB, dev)
-    NHB = -(-HPG // HB)
+    NHB = cdiv(HPG, HB)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
 
@@ -581,7 +583,7 @@ def ssd_bwd(
     else:
         dinit = chunk_states  # dummy, never written
     scan_bp = _tuned_block("scan_block_p", BLOCK_P, BLOCK_P)
-    _ssd_bwd_dstate_kernel[(nseq, H, -(-P // scan_bp))](
+    _ssd_bwd_dstate_kernel[(nseq, H, cdiv(P, scan_bp))](
         dout, z if z is not None else dummy, dt, A, dt_bias if dt_bias is not None else dummy, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else chunk_states, dstates, dinit,
         P, N, HPG, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
@@ -626,7 +628,7 @@ def ssd_bwd(
     dB = torch.empty_like(B)
     dC = torch.empty_like(C)
     block_nb = _tuned_block("block_nb", 64, BLOCK_N)
-    _ssd_bwd_dbdc_kernel[(n_rows, G, -(-N // block_nb))](
+    _ssd_bwd_dbdc_kernel[(n_rows, G, cdiv(N, block_nb))](
         dout, x, dt, A, B, C, z if z is not None else dummy, dt_bias if dt_bias is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
         P, N, G, HPG, n_slot, H * P * N, nseq, n_search, float(dt_limit[0]), float(dt_limit[1]),

@@ -38,7 +38,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import tuning_from_env
+from samkern.backend import cdiv, next_pow2, tuning_from_env
 
 __all__ = ["ssd_fwd", "default_block_q", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 
@@ -196,17 +196,13 @@ def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
 TRAIN_BLOCK_Q = 64
 
 
-def _next_pow2(n: int) -> int:
-    return 1 << max(0, int(n) - 1).bit_length()
-
-
 def _pick_block_p(P: int, nseq: int, H: int, device: torch.device) -> int:
     """All of P in one program. Splitting P over programs (to fill the SMs when nseq * H is small)
     was measured slower: every P-block recomputes the P-independent per-chunk work (C B^T, the
     decays) and the per-chunk latency does not shrink with BLOCK_P (H100, B1 L16384 H80: 1.37 ms
     at BLOCK_P 64 vs 1.35 at 32 and 2.30 at 16)."""
     bp = FWD_TUNING.get("block_p")
-    full = max(16, _next_pow2(P))
+    full = max(16, next_pow2(P))
     if bp is not None:
         return max(16, min(int(bp), full))
     return full
@@ -255,7 +251,7 @@ def ssd_fwd(
     dev = x.device
     if block_q is None:
         block_q = default_block_q(T, nseq, x.dtype)
-    BLOCK_N = max(16, _next_pow2(N))
+    BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = _pick_block_p(P, nseq, H, dev)
 
     out = torch.empty((T, H, P), device=dev, dtype=x.dtype)
@@ -276,7 +272,7 @@ def ssd_fwd(
     zs = z.stride() if z is not None else (0, 0, 1)
     nw = FWD_TUNING.get("num_warps") or (8 if block_q >= 128 else 4)
     ns = FWD_TUNING.get("num_stages") or 2
-    grid = (nseq, H, -(-P // BLOCK_P))
+    grid = (nseq, H, cdiv(P, BLOCK_P))
     _ssd_fwd_kernel[grid](
         x, dt, A, B, C,
         D if D is not None else dummy,
