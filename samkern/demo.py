@@ -239,6 +239,7 @@ def run_demo(out: str = "./samkern-demo", device: str = "auto", cfg: Optional[De
         stages.append(("warmup", "connector", cfg.warmup_steps, cfg.warmup_lr, warm_ex, 0))
     stages.append(("joint", "all", cfg.joint_steps, cfg.lr, train_ex, max(cfg.joint_steps // 20, 1)))
     t_train = time.perf_counter()
+    f_train = f_train.to(dev)  # once: batches are stacked on the device (see ExampleDataset)
     for name, trainable, steps, lr, ex, warm in stages:
         data = ExampleDataset(ex, f_train)
         trainer = _stage_trainer(model, data, cfg, name, trainable, steps, lr, warm, out, progress if not quiet else "none")

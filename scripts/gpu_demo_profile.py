@@ -77,7 +77,7 @@ def main() -> None:
     for bs in BATCHES:
         model = demo.build_demo_model(cfg, texts).to(dev)
         c = demo.DemoConfig(batch_size=bs)
-        trainer = demo._stage_trainer(model, ExampleDataset(train_ex, f_train), c, f"b{bs}", "all", STEPS + 40,
+        trainer = demo._stage_trainer(model, ExampleDataset(train_ex, f_train, device=dev), c, f"b{bs}", "all", STEPS + 40,
                                       1e-3, 5, "/tmp/demo-profile", "none")
         trainer.config.precision = PRECISION
         trainer.autocast_dtype = trainer._autocast_dtype()
@@ -91,6 +91,7 @@ def main() -> None:
         steady = sorted(times[10:])
         run = {
             "first_steps_ms": [round(t, 1) for t in times[:10]],
+            "steps_ms": [round(t, 1) for t in times],
             "median_ms": round(statistics.median(steady), 2),
             "p90_ms": round(steady[int(0.9 * (len(steady) - 1))], 2),
             "max_ms": round(steady[-1], 2),

@@ -104,6 +104,30 @@ def test_forward_matches_reference(case):
     assert_close("out vs recurrence", out, rec_out, RTOL[dtype])
 
 
+def test_pick_block_p_keeps_the_state_tile_in_registers():
+    """All of P per program up to P * N = 8192 (every shape mamba-ssm ships), cut to 8192 / N past it."""
+    pick = fwd_mod._pick_block_p
+    assert [pick(64, 128), pick(32, 256), pick(48, 40), pick(16, 16)] == [64, 32, 64, 16]
+    assert [pick(128, 128), pick(128, 256), pick(64, 256), pick(128, 64)] == [64, 32, 32, 128]
+
+
+@pytest.mark.parametrize("block_p", [16, 32])
+def test_forward_p_blocks(block_p, monkeypatch):
+    """The forward with P split over programs (what large P * N takes): output, states, gradients."""
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "block_p", block_p)
+    kw = make(2, 37, 2, 40, 16, 1, D="chan", z=True, dt_bias=True, init=True, requires_grad=True)
+    out, fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
+    k64 = {k: (v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor) else v) for k, v in kw.items()}
+    ref_out, ref_fin = ssd_chunk_scan_ref(**k64, chunk_size=16, return_final_states=True)
+    assert_close("out", out, ref_out, RTOL[torch.float32])
+    assert_close("final_states", fin, ref_fin, RTOL[torch.float32])
+    g_out, g_fin = torch.randn_like(ref_out), torch.randn_like(ref_fin)
+    ((out.double() * g_out).sum() + (fin.double() * g_fin).sum()).backward()
+    ((ref_out * g_out).sum() + (ref_fin * g_fin).sum()).backward()
+    for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"):
+        assert_close(f"grad {k}", kw[k].grad, k64[k].grad, GRAD_RTOL[torch.float32])
+
+
 def _varlen_inputs(lens, H=2, P=16, N=16, G=1, dtype=torch.float32, **extra):
     L = sum(lens)
     seq_idx = torch.repeat_interleave(torch.arange(len(lens)), torch.tensor(lens)).to(torch.int32)[None].to(DEV)
@@ -411,8 +435,22 @@ GPU_SHAPES = {
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("shape", list(GPU_SHAPES))
 def test_gpu_vs_mamba_ssm(shape, dtype):
+    _check_vs_mamba(shape, *GPU_SHAPES[shape], dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [16, 64, 128, 256])
+@pytest.mark.parametrize("P", [32, 64, 128])
+def test_gpu_block_sizes_vs_mamba_ssm(P, N):
+    """Every headdim x d_state the op supports, so every (BLOCK_P, BLOCK_N) tile pair the launchers
+    ship (the forward's P-blocks past P * N = 8192 included) runs on the GPU against mamba-ssm."""
+    _check_vs_mamba(f"P{P}-N{N}", 2, 200, 4, P, N, 1, dict(D="head", z=True, dt_bias=True, init=True),
+                    torch.bfloat16)
+
+
+def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype):
+    """Forward and every gradient: ours within 2x mamba-ssm's error against an fp64 reference."""
     mcs = _mamba()
-    b, L, H, P, N, G, extra = GPU_SHAPES[shape]
     kw = make(b, L, H, P, N, G, dtype, device="cuda", requires_grad=True, **extra)
     names = [k for k, v in kw.items() if isinstance(v, torch.Tensor) and v.requires_grad]
     want_fin = kw["initial_states"] is not None

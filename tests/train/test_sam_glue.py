@@ -61,6 +61,11 @@ def test_features_dataset_collate(ds):
     b = collate_examples([data[0], data[2]])
     assert b["features"].shape == (2, 64, 128) and torch.equal(b["features"][1], f[2])
     assert b["answers"] == [ex[0]["answer"], ex[2]["answer"]]
+    # device=: the features move once (the demo keeps them on the GPU); items are views of them
+    dev = "cuda" if torch.cuda.is_available() else "meta"
+    on = ExampleDataset(ex, f, device=torch.device(dev))
+    assert on.features.device.type == dev and on[1]["features"].device.type == dev
+    assert collate_examples([on[0], on[2]])["features"].shape == (2, 64, 128)
     with pytest.raises(ValueError, match="outside"):
         ExampleDataset(ex, f[:2])
     with pytest.raises(ValueError, match="no examples"):

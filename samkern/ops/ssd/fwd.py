@@ -196,16 +196,19 @@ def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
 TRAIN_BLOCK_Q = 64
 
 
-def _pick_block_p(P: int, nseq: int, H: int, device: torch.device) -> int:
-    """All of P in one program. Splitting P over programs (to fill the SMs when nseq * H is small)
-    was measured slower: every P-block recomputes the P-independent per-chunk work (C B^T, the
-    decays) and the per-chunk latency does not shrink with BLOCK_P (H100, B1 L16384 H80: 1.37 ms
-    at BLOCK_P 64 vs 1.35 at 32 and 2.30 at 16)."""
+def _pick_block_p(P: int, N: int) -> int:
+    """All of P in one program while the P x N state tile fits the registers (P * N <= 8192: every
+    shape mamba-ssm ships, headdim 64 / d_state 128 included). Splitting P over programs when
+    nseq * H is small was measured slower there: every P-block recomputes the P-independent
+    per-chunk work (C B^T, the decays) and the per-chunk latency does not shrink with BLOCK_P
+    (H100, B1 L16384 H80: 1.37 ms at BLOCK_P 64 vs 1.35 at 32 and 2.30 at 16). Past 8192 the state
+    tile spills (ptxas, sm_90, bf16: 1368 bytes per thread at P 128 / N 128, 5456 at P 128 / N 256;
+    ``scripts/ssd_regs_offline.py``), so P is cut to 8192 / N (no spills offline)."""
     bp = FWD_TUNING.get("block_p")
     full = max(16, next_pow2(P))
     if bp is not None:
         return max(16, min(int(bp), full))
-    return full
+    return max(16, min(full, 8192 // next_pow2(N)))
 
 
 def ssd_fwd(
@@ -252,7 +255,7 @@ def ssd_fwd(
     if block_q is None:
         block_q = default_block_q(T, nseq, x.dtype)
     BLOCK_N = max(16, next_pow2(N))
-    BLOCK_P = _pick_block_p(P, nseq, H, dev)
+    BLOCK_P = _pick_block_p(P, N)
 
     out = torch.empty((T, H, P), device=dev, dtype=x.dtype)
     final = torch.empty((nseq, H, P, N), device=dev, dtype=torch.float32) if want_final_states else None
