@@ -571,8 +571,11 @@ class Trainer:
         self.sharded = _is_sharded(model)
         fqn = {id(p): n for n, p in model.named_parameters()}
         self.param_names = [fqn[id(p)] for p in self.params]
+        # fused AdamW on the GPU (one kernel for all parameters instead of a foreach chain; less
+        # host time per step); the default implementation elsewhere (CPU, sharded DTensors)
+        fused = self.device.type == "cuda" and not _is_sharded(model)
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas, eps=config.eps,
-                                           weight_decay=config.weight_decay)
+                                           weight_decay=config.weight_decay, **({"fused": True} if fused else {}))
         total, warm, sched, mr = config.max_steps, config.warmup_steps, config.schedule, config.min_lr_ratio
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_lambda(s, total, warm, sched, mr))
@@ -617,7 +620,10 @@ class Trainer:
         self.wrapped.train()
         micro = self._micro_batches()
         self.optimizer.zero_grad(set_to_none=True)
-        total_loss = torch.zeros((), dtype=torch.float64)
+        # the loss stays on the device until every micro-batch's backward is queued: one host sync
+        # per step (not one per forward), so the host launches the backward while the GPU still
+        # runs the forward (the demo's GPU step is host-bound)
+        total_loss: Any = 0.0
         tokens = 0
         for j, batch in enumerate(micro):
             # DDP: reduce gradients only on the last micro-batch
@@ -625,19 +631,22 @@ class Trainer:
             ctx = self.wrapped.no_sync() if (self.world_size > 1 and not sync and hasattr(self.wrapped, "no_sync")) else _null()
             with ctx:
                 loss, ntok = self._forward(batch)
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"non-finite loss {loss.item()} at step {self.step + 1}")
                 (loss / len(micro)).backward()
-            total_loss += loss.detach().double().cpu() / len(micro)
+            total_loss = total_loss + loss.detach().double() / len(micro)
             tokens += ntok
+        local_loss = float(total_loss)  # the step's one sync
+        if not math.isfinite(local_loss):
+            # before the optimizer step: the weights keep their last finite values
+            raise FloatingPointError(f"non-finite loss {local_loss} at step {self.step + 1}")
         if self.config.max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.config.max_grad_norm)
         lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
         self.step += 1
-        loss_val = float(dist_utils.all_reduce_mean(total_loss.float().to(self.device)).item()) if self.world_size > 1 else float(total_loss)
+        loss_val = local_loss
         if self.world_size > 1:
+            loss_val = float(dist_utils.all_reduce_mean(torch.tensor(local_loss, device=self.device)).item())
             tokens = int(dist_utils.all_reduce_sum(torch.tensor(float(tokens), device=self.device)).item())
         rec = {"step": self.step, "loss": loss_val, "lr": lr, "tokens": tokens, "time": time.perf_counter() - t0}
         self.history.append(rec)

@@ -244,8 +244,11 @@ def test_trainer_rejects_bad_setups(tmp_path):
     with pytest.raises(ValueError, match="scalar"):
         bad.train()
     nan = Trainer(ToyModel(), ToyDataset(), lambda m, b: m(b["x"]).sum() * float("nan"), _cfg(), collate_fn=collate)
+    before = {k: v.clone() for k, v in nan.model.state_dict().items()}
     with pytest.raises(FloatingPointError, match="non-finite"):
         nan.train()
+    # raised before the optimizer step: the weights are untouched
+    assert all(torch.equal(before[k], v) for k, v in nan.model.state_dict().items())
 
 
 def test_apply_trainable_on_tiny_sam():

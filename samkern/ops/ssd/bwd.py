@@ -606,7 +606,11 @@ def ssd_bwd(
     n_search = max(1, (nseq - 1).bit_length() + 1)
     # 64 beat 32 at block_q 32 on the H100 (s3-call4 profile: 540 vs 562 us, 888 vs 935 us)
     block_ns = _tuned_block("block_ns", 64, BLOCK_N)
-    num_warps = BWD_TUNING.get("num_warps") or (8 if block_q * BLOCK_P >= 64 * 64 else 4)
+    # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
+    # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
+    # dt / dB / dC gradients at N 64, an illegal address at N 256), fp32 is fine; 8 warps are
+    # correct at every P x N (benchmarks/results/dev-runs/s5-call4-ssd-diag-*.log)
+    num_warps = BWD_TUNING.get("num_warps") or 8
     num_stages = BWD_TUNING.get("num_stages") or 2
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     _ssd_bwd_chunk_kernel[(n_rows, G * NHB, NPB)](
