@@ -99,3 +99,25 @@ def test_split_gpu_bf16_long_and_graph(monkeypatch):
         g.replay()
         torch.cuda.synchronize()
     assert rel_err(captured, out) < 1e-6
+
+
+def test_pick_split_len_heuristic(monkeypatch):
+    """On by itself only for long rows whose one-pass grid leaves SMs idle; segments of 1024,
+    longer so that a row never needs more than 64; FWD_TUNING overrides (0 = never)."""
+    import samkern.ops.ssd.split as split_mod
+
+    monkeypatch.setattr(split_mod, "num_sms", lambda dev: 132)  # an H100
+    cuda = torch.device("cuda")
+    pick = split_mod.pick_split_len
+    assert pick(1, 16384, 80, 64, 128, 64, cuda) == 1024  # the measured case: 80 programs
+    assert pick(1, 1 << 20, 2, 64, 16, 64, cuda) == (1 << 20) // 64  # 64 segments
+    assert pick(1, 100_000, 24, 64, 128, 64, cuda) == 1600  # ⌈100000 / 64⌉ rounded up to the chunk
+    assert pick(2, 16384, 80, 64, 128, 64, cuda) == 0  # 160 programs fill the SMs
+    assert pick(1, 16384, 24, 128, 256, 64, cuda) == 1024  # P-blocks count: 24 heads x 4 = 96 < 132 ...
+    assert pick(1, 16384, 40, 128, 256, 64, cuda) == 0  # ... 40 x 4 = 160 >= 132
+    assert pick(1, 2048, 8, 64, 128, 64, cuda) == 0  # short rows: one pass
+    assert pick(1, 16384, 8, 64, 128, 64, torch.device("cpu")) == 0
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "split_len", 0)
+    assert pick(1, 16384, 80, 64, 128, 64, cuda) == 0
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "split_len", 256)
+    assert pick(1, 2048, 80, 64, 128, 64, torch.device("cpu")) == 256

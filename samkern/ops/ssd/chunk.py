@@ -444,10 +444,13 @@ def ssd_chunk_scan(
         block_q = min(block_q, fwd_mod.TRAIN_BLOCK_Q)
 
     compiling = torch.compiler.is_compiling()
-    split = fwd_mod.FWD_TUNING.get("split_len")
-    if (split and not need_grad and seq_idx is None and not return_varlen_states
-            and not compiling and L >= 2 * split):
-        # few long rows: segments in parallel, stitched exactly (opt-in; see samkern/ops/ssd/split.py)
+    split = 0
+    if not need_grad and seq_idx is None and not return_varlen_states and not compiling:
+        from samkern.ops.ssd.split import pick_split_len
+
+        split = pick_split_len(batch, L, H, P, B.shape[-1], block_q, x.device)
+    if split and L >= 2 * split:
+        # few long rows: segments in parallel, stitched exactly (see samkern/ops/ssd/split.py)
         from samkern.ops.ssd.split import ssd_fwd_split
 
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)

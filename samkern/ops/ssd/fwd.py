@@ -44,7 +44,7 @@ __all__ = ["ssd_fwd", "default_block_q", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 
 # Launch overrides, read by ``ssd_fwd`` (the GPU tuning script sweeps these). ``None`` = heuristic.
 # "split_len": segment length of the sequence-split inference path for long rows
-# (:mod:`samkern.ops.ssd.split`); None = off (the default until it is measured on a GPU).
+# (:mod:`samkern.ops.ssd.split`); None = its heuristic (``pick_split_len``), 0 = never.
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 

@@ -22,7 +22,14 @@ This costs about two forward passes of arithmetic, but each is spread over ``⌈
 programs. No host sync, CUDA-graph capturable. Only without gradients, without ``seq_idx`` /
 ``cu_seqlens`` (plain batch rows) and outside ``torch.compile``; the wrapper decides. It is exact
 math; results differ from the one-pass kernel only by fp32 summation order (tests compare both
-with the reference). NOT yet measured on a GPU: off by default until it is.
+with the reference).
+
+When. :func:`pick_split_len` turns it on by itself for rows of at least 4096 tokens when the
+one-pass grid has fewer programs than the GPU has SMs (measured on an H100, bf16, graph replay,
+B1 L16384 H80 P64 N128: 1113 us in segments of 1024 vs 1389 us one pass,
+``benchmarks/results/ssd_chunk_scan-h100-80gb-hbm3.md``, row ``samkern-split1024``); segments
+are 1024 tokens, longer where a row would need more than 64 of them (the stitching matmul grows
+with the square of the segment count). ``FWD_TUNING["split_len"]`` overrides: 0 = never, n = n.
 """
 from __future__ import annotations
 
@@ -31,9 +38,28 @@ from typing import Dict, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
 
-__all__ = ["segment_layout", "ssd_fwd_split"]
+__all__ = ["segment_layout", "ssd_fwd_split", "pick_split_len"]
+
+SPLIT_MIN_LEN = 1024  # the measured segment length
+SPLIT_MAX_SEGMENTS = 64
+
+
+def pick_split_len(batch: int, L: int, H: int, P: int, N: int, block_q: int, device: torch.device) -> int:
+    """Segment length for the split forward of ``batch`` rows of ``L`` tokens, or 0 for one pass
+    (see the module docstring for when and why)."""
+    from samkern.ops.ssd.fwd import FWD_TUNING, _pick_block_p
+
+    forced = FWD_TUNING.get("split_len")
+    if forced is not None:
+        return int(forced)
+    if device.type != "cuda" or L < 4 * SPLIT_MIN_LEN:
+        return 0
+    if batch * H * cdiv(P, _pick_block_p(P, N)) >= num_sms(device):
+        return 0  # enough programs already: the split would only add the second pass
+    return max(SPLIT_MIN_LEN, cdiv(cdiv(L, SPLIT_MAX_SEGMENTS), block_q) * block_q)
 
 _LAYOUT_CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
