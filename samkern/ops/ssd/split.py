@@ -26,8 +26,8 @@ with the reference).
 
 When. :func:`pick_split_len` turns it on by itself for rows of at least 4096 tokens when the
 one-pass grid has fewer programs than the GPU has SMs (measured on an H100, bf16, graph replay,
-B1 L16384 H80 P64 N128: 1113 us in segments of 1024 vs 1389 us one pass,
-``benchmarks/results/ssd_chunk_scan-h100-80gb-hbm3.md``, row ``samkern-split1024``); segments
+P64 N128, one pass -> split: B1 L16384 H80 1403 -> 1115 us, B1 L16384 H24 1378 -> 465,
+B1 L65536 H80 5516 -> 4261; ``benchmarks/results/dev-runs/s5-call8-split-auto-ff808d6b.log``); segments
 are 1024 tokens, longer where a row would need more than 64 of them (the stitching matmul grows
 with the square of the segment count). ``FWD_TUNING["split_len"]`` overrides: 0 = never, n = n.
 """
