@@ -308,9 +308,10 @@ def train_curriculum(model: nn.Module, curriculum: Any, dataset: Any, features: 
     from samkern.train.trainer import Trainer, TrainerConfig, apply_trainable, load_model_weights
 
     history: List[Dict[str, Any]] = []
+    features = features.to(unwrap(model).device)  # once for every stage (see ExampleDataset)
     for st in curriculum.stages:
         ex = synth_examples(dataset, st.tasks, st.question_types, caption_instruction=unwrap(model).config.caption_instruction)
-        data = ExampleDataset(ex, features, device=unwrap(model).device)
+        data = ExampleDataset(ex, features)
         stage_dir = None if out_dir is None else os.path.join(out_dir, st.name)
         tcfg = TrainerConfig.from_stage(st, len(data), seed=curriculum.seed, precision=curriculum.precision,
                                         out_dir=stage_dir, progress=progress, checkpoint_every=0)
