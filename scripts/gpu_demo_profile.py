@@ -30,12 +30,13 @@ STEPS = int(os.environ.get("DEMO_PROFILE_STEPS", "60"))
 PRECISION = os.environ.get("DEMO_PROFILE_PRECISION", "fp32")
 
 
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def profile_steps(trainer, n: int = 10) -> dict:
     from torch.profiler import ProfilerActivity, profile
-
-    def _sync() -> None:
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
 
     _sync()
     t0 = time.perf_counter()
@@ -58,11 +59,6 @@ def profile_steps(trainer, n: int = 10) -> dict:
         "top_host_self_ms_per_step": [(e.key[:60], round(e.self_cpu_time_total / n / 1e3, 3), e.count // n) for e in host],
         "top_kernels_ms_per_step": [(e.key[:60], round(e.self_device_time_total / n / 1e3, 3), e.count // n) for e in kern],
     }
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 def main() -> None:

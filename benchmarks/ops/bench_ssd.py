@@ -4,7 +4,9 @@
 backward refuses Hopper with Triton < 3.7.1), eager and CUDA-graph replay, same process.
 
 Inputs follow SAM's Mamba2 layers: P = 64, N = 128, G = 1, chunk 256, D per head, dt_bias with
-softplus, no z (the gate goes to the gated RMSNorm), no initial state.
+softplus, no z (the gate goes to the gated RMSNorm), no initial state. At B1 L16384 the ``samkern``
+forward takes the sequence-split path (``pick_split_len``); ``samkern-one-pass`` times the
+one-pass kernel beside it (files before session 5 have a ``samkern-split1024`` row instead).
 Run: ``pytest benchmarks/ops/bench_ssd.py --benchmark``.
 """
 from __future__ import annotations
@@ -14,6 +16,8 @@ from typing import Callable, Dict, Tuple
 import pytest
 import torch
 
+from samkern.ops.ssd.split import SPLIT_MIN_LEN
+
 SHAPES: Dict[str, Tuple[int, int, int]] = {
     # name: (batch, L, H)
     "130m-B32-L192": (32, 192, 24),
@@ -22,7 +26,6 @@ SHAPES: Dict[str, Tuple[int, int, int]] = {
     "2.7b-B1-L16384": (1, 16384, 80),
 }
 P, N, G, CHUNK = 64, 128, 1, 256
-SPLIT_LEN = 1024  # segment length of the opt-in sequence-split inference row (long shapes only)
 
 
 def make_inputs(batch: int, L: int, H: int, requires_grad: bool, device: str = "cuda", dtype=torch.bfloat16):
@@ -121,15 +124,16 @@ def test_bench_ssd(shape, mode, results):
     for name, scan in prov.items():
         fn = fwd_fn(scan, kw) if mode == "fwd" else fwdbwd_fn(scan, kw)
         results.time(op="ssd_chunk_scan", shape=shape, provider=name, mode=mode, fn=fn)
-    if mode == "fwd" and L >= 2 * SPLIT_LEN:
-        # the opt-in sequence-split inference path (samkern/ops/ssd/split.py), checked like the rest
+    if mode == "fwd" and L >= 4 * SPLIT_MIN_LEN:
+        # long rows: the samkern row may take the sequence-split path (samkern/ops/ssd/split.py,
+        # chosen by pick_split_len); time the one-pass kernel beside it, checked like the rest
         import samkern.ops.ssd.fwd as fwd_mod
 
         old = fwd_mod.FWD_TUNING.get("split_len")
-        fwd_mod.FWD_TUNING["split_len"] = SPLIT_LEN
+        fwd_mod.FWD_TUNING["split_len"] = 0
         try:
             check_agreement(prov, kw, names=("samkern",))
-            results.time(op="ssd_chunk_scan", shape=shape, provider=f"samkern-split{SPLIT_LEN}", mode=mode,
+            results.time(op="ssd_chunk_scan", shape=shape, provider="samkern-one-pass", mode=mode,
                          fn=fwd_fn(prov["samkern"], kw))
         finally:
             fwd_mod.FWD_TUNING["split_len"] = old

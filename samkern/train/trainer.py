@@ -573,7 +573,7 @@ class Trainer:
         self.param_names = [fqn[id(p)] for p in self.params]
         # fused AdamW on the GPU (one kernel for all parameters instead of a foreach chain; less
         # host time per step); the default implementation elsewhere (CPU, sharded DTensors)
-        fused = self.device.type == "cuda" and not _is_sharded(model)
+        fused = self.device.type == "cuda" and not self.sharded
         self.optimizer = torch.optim.AdamW(self.params, lr=config.lr, betas=config.betas, eps=config.eps,
                                            weight_decay=config.weight_decay, **({"fused": True} if fused else {}))
         total, warm, sched, mr = config.max_steps, config.warmup_steps, config.schedule, config.min_lr_ratio

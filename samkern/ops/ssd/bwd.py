@@ -260,8 +260,8 @@ def _ssd_bwd_chunk_kernel(
         Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
         CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
         CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
-        # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s (and of its transpose): the dB/dC
-        # kernel turns them into the intra-chunk parts of dC = dCB B and dB = dCBᵀ C
+        # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s: the dB/dC kernel turns it into the
+        # intra-chunk parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
         dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
 
         h0 = g * HPG + hb * HB

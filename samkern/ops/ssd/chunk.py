@@ -36,6 +36,7 @@ import torch
 
 from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import FLOAT_DTYPES, _sync_checks_allowed, check_same_device, check_tensor, host_reads_allowed
+from samkern.ops.ssd import split as split_mod  # no Triton at import (it imports the kernels lazily)
 
 __all__ = ["ssd_chunk_scan", "SSDChunkScanFunction"]
 
@@ -446,18 +447,14 @@ def ssd_chunk_scan(
     compiling = torch.compiler.is_compiling()
     split = 0
     if not need_grad and seq_idx is None and not return_varlen_states and not compiling:
-        from samkern.ops.ssd.split import pick_split_len
-
-        split = pick_split_len(batch, L, H, P, B.shape[-1], block_q, x.device)
+        split = split_mod.pick_split_len(batch, L, H, P, B.shape[-1], block_q, x.device)
     if split and L >= 2 * split:
         # few long rows: segments in parallel, stitched exactly (see samkern/ops/ssd/split.py)
-        from samkern.ops.ssd.split import ssd_fwd_split
-
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
-        out, final = ssd_fwd_split(xf, dtf, A, Bf, Cf, batch, L, int(split), D=D, z=zf, dt_bias=dt_bias,
-                                   initial_states=initial_states, dt_softplus=bool(dt_softplus),
-                                   dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-                                   want_final_states=want_final, block_q=block_q)
+        out, final = split_mod.ssd_fwd_split(
+            xf, dtf, A, Bf, Cf, batch, L, int(split), D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
+            dt_softplus=bool(dt_softplus), dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
+            want_final_states=want_final, block_q=block_q)
     elif compiling:
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Sequence-split inference forward for long rows (opt-in, ``FWD_TUNING["split_len"]``).
+"""Sequence-split inference forward for long rows (chosen by :func:`pick_split_len`).
 
 Why. The fused forward (:mod:`samkern.ops.ssd.fwd`) runs one program per (sequence, head) that
 walks the sequence's chunks one after the other. With few long rows (B1 L16384 H80: 80 programs
@@ -61,6 +61,7 @@ def pick_split_len(batch: int, L: int, H: int, P: int, N: int, block_q: int, dev
         return 0  # enough programs already: the split would only add the second pass
     return max(SPLIT_MIN_LEN, cdiv(cdiv(L, SPLIT_MAX_SEGMENTS), block_q) * block_q)
 
+
 _LAYOUT_CACHE: Dict[tuple, Tuple[torch.Tensor, torch.Tensor]] = {}
 
 
@@ -71,7 +72,7 @@ def segment_layout(batch: int, L: int, seg: int, device) -> Tuple[torch.Tensor, 
     hit = _LAYOUT_CACHE.get(key)
     if hit is not None:
         return hit
-    K = -(-L // seg)
+    K = cdiv(L, seg)
     starts = [b * L + k * seg for b in range(batch) for k in range(K)]
     cu = torch.tensor(starts + [batch * L], dtype=torch.int32).to(device)
     idx = torch.arange(batch * K, dtype=torch.int32, device=device)
@@ -117,7 +118,7 @@ def ssd_fwd_split(
         block_q = default_block_q(T, batch, x.dtype)
     if seg <= 0 or seg % block_q:
         raise ValueError(f"split length must be a positive multiple of the chunk {block_q}, got {seg}")
-    K = -(-L // seg)
+    K = cdiv(L, seg)
     cu, seg_idx = segment_layout(batch, L, seg, x.device)
     common = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, block_q=block_q)
 
