@@ -7,6 +7,10 @@ iterations) for samkern and mamba-ssm, then a sweep of samkern's backward launch
 of the compiled backward kernel. Prints a table; writes ``$OUT/ssd-profile.json``.
 
 Run (device): ``source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_profile.py``.
+Environment: ``SSD_PROFILE_SHAPES`` (comma list of ``bench_ssd.SHAPES`` names), ``SSD_PROFILE_SWEEP``
+(JSON list of ``BWD_TUNING`` overrides), ``SSD_PROFILE_PEER=0`` (skip mamba-ssm: its autotune takes
+minutes per new shape), ``SSD_PROFILE_FWD=1`` (also the forward alone, no gradients: the inference
+path, which takes the sequence split for long rows).
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.harness import time_graph  # noqa: E402
-from benchmarks.ops.bench_ssd import SHAPES, fwdbwd_fn, make_inputs  # noqa: E402
+from benchmarks.ops.bench_ssd import SHAPES, fwd_fn, fwdbwd_fn, make_inputs  # noqa: E402
 import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
 import samkern.ops.ssd.fwd as fwd_mod  # noqa: E402
 from samkern.ops.ssd.chunk import ssd_chunk_scan  # noqa: E402
@@ -29,6 +33,8 @@ OUT = os.environ.get("OUT", "/tmp")
 WANT = os.environ.get("SSD_PROFILE_SHAPES", "130m-B32-L192,2.7b-B16-L192").split(",")
 RESULT: dict = {}
 # launch settings to sweep (JSON list of dicts of BWD_TUNING keys, plus "block_q" = the training chunk)
+PEER = os.environ.get("SSD_PROFILE_PEER", "1") != "0"
+FWD = os.environ.get("SSD_PROFILE_FWD", "0") == "1"
 SWEEP = json.loads(os.environ.get("SSD_PROFILE_SWEEP", json.dumps(
     [{"num_warps": w, "num_stages": s} for w in (4, 8) for s in (1, 2)])))
 
@@ -69,19 +75,28 @@ def bwd_kernel_meta() -> list:
 
 
 def main() -> None:
-    from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
-
     print(f"torch {torch.__version__}, {torch.cuda.get_device_name()}", flush=True)
     for name, shp in SHAPES.items():
         if name not in WANT:
             continue
         kw = make_inputs(*shp, requires_grad=True)
         res: dict = {}
-        f_ours = fwdbwd_fn(lambda **k: ssd_chunk_scan(**k, backend="triton"), kw)
-        f_mamba = fwdbwd_fn(mamba_chunk_scan_combined, kw)
+        ours = lambda **k: ssd_chunk_scan(**k, backend="triton")  # noqa: E731
+        f_ours = fwdbwd_fn(ours, kw)
         res["kernels_samkern"] = kernel_times(f_ours)
-        res["kernels_mamba"] = kernel_times(f_mamba)
-        for who in ("samkern", "mamba"):
+        whos = ["samkern"]
+        if FWD:
+            f_fwd = fwd_fn(ours, kw)
+            res["kernels_samkern-fwd"] = kernel_times(f_fwd)
+            res["fwd_graph_us"] = round(time_graph(f_fwd), 1)
+            print(f"\n== {name} samkern fwd alone, graph: {res['fwd_graph_us']} us", flush=True)
+            whos.append("samkern-fwd")
+        if PEER:
+            from mamba_ssm.ops.triton.ssd_combined import mamba_chunk_scan_combined
+
+            res["kernels_mamba"] = kernel_times(fwdbwd_fn(mamba_chunk_scan_combined, kw))
+            whos.append("mamba")
+        for who in whos:
             ks = res[f"kernels_{who}"]
             print(f"\n== {name} {who}: total {sum(ks.values()):.0f} us over {len(ks)} kernels", flush=True)
             for k, v in list(ks.items())[:14]:
