@@ -163,6 +163,36 @@ def test_seq_idx_only_batch2():
     assert_close("final_states", fin, r_fin, 2e-5)
 
 
+def test_launcher_states_only_matches_full_pass():
+    """``states_only`` (the split path's first pass) gives the full pass's final states, writes
+    no output, and refuses to run without final states or with chunk states."""
+    cu = torch.tensor([0, 37, 42, 82], dtype=torch.int32, device=DEV)
+    T, H, P, N = 82, 2, 16, 16
+    x, dt = torch.randn(T, H, P, device=DEV), torch.rand(T, H, device=DEV) * 0.5
+    A = -(torch.rand(H, device=DEV) + 0.5)
+    B, C = torch.randn(T, 1, N, device=DEV), torch.randn(T, 1, N, device=DEV)
+    _, fin, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, block_q=16)
+    out, fin_s, cst, _ = ssd_fwd(x, dt, A, B, C.fill_(float("nan")), cu, None, want_final_states=True,
+                                 block_q=16, states_only=True)  # NaN C: proves C is never read
+    assert out is None and cst is None
+    assert_close("states_only final", fin_s, fin, 1e-6)
+    for bad in (dict(want_final_states=False), dict(want_final_states=True, want_chunk_states=True)):
+        with pytest.raises(ValueError, match="states_only"):
+            ssd_fwd(x, dt, A, B, C, cu, None, block_q=16, states_only=True, **bad)
+
+
+def test_chunk_state_dtype(monkeypatch):
+    """Stored chunk states are bf16 for bf16 inputs (they are only ever bf16 dot operands, see
+    fwd.chunk_state_dtype), fp32 otherwise or when forced."""
+    from samkern.ops.ssd.fwd import FWD_TUNING, chunk_state_dtype
+
+    assert chunk_state_dtype(torch.bfloat16) == torch.bfloat16
+    assert chunk_state_dtype(torch.float16) == torch.float32
+    assert chunk_state_dtype(torch.float32) == torch.float32
+    monkeypatch.setitem(FWD_TUNING, "chunk_states", "fp32")
+    assert chunk_state_dtype(torch.bfloat16) == torch.float32
+
+
 @pytest.mark.parametrize("block_q", [16, 32])
 def test_launcher_chunk_states_layout(block_q):
     """chunk_states row cu[i] // Q + i + k holds the state entering chunk k of sequence i (the

@@ -14,7 +14,7 @@ its dB/dC were summed over heads with atomics. Now:
 
 1. ``_ssd_bwd_dstate_kernel`` — grid (nseq, H, P-blocks): walks a sequence's chunks in
    reverse with only what ``dS`` needs (dt processing, ``exp(a)``, ``dy``, ``C``) and stores
-   ``dS`` leaving each chunk into ``dstates`` (same layout as ``chunk_states``, fp32):
+   ``dS`` leaving each chunk into ``dstates`` (layout and dtype of ``chunk_states``):
    ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``, seeded by ``dfinal_states``; after the first
    chunk ``dS`` is the gradient of the initial state.
 2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks): every chunk is now
@@ -180,7 +180,7 @@ def _ssd_bwd_dstate_kernel(
         tok = start + c * BLOCK_Q + offs_q
         mq = tok < end
         mqp = mq[:, None] & mp[None, :]
-        tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS, mask=mpn)
+        tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn)
         _A, _v, _dt, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, pid_h, tok, mq, s_dt_t, s_dt_h, dt_min,
                                                 dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
         dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
@@ -290,7 +290,7 @@ def _ssd_bwd_chunk_kernel(
                 mps = mp[:, None] & mns[None, :]
                 dSn = tl.load(ds_ptr + so, mask=mps, other=0.0)
                 Sn = tl.load(cs_ptr + so, mask=mps, other=0.0)
-                sdS += tl.sum(tl.sum(dSn * Sn, axis=1), axis=0)
+                sdS += tl.sum(tl.sum(dSn.to(tl.float32) * Sn.to(tl.float32), axis=1), axis=0)
                 BdS += tl.dot(Bn, tl.trans(dSn.to(in_ty)), input_precision=PREC)
                 CS += tl.dot(Cn, tl.trans(Sn.to(in_ty)), input_precision=PREC)
 
@@ -474,7 +474,8 @@ def _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_
         check_tensor("init_idx", init_idx, shape=(nseq,), dtypes=(torch.int32,))
     if not isinstance(block_q, int) or block_q < 16 or block_q & (block_q - 1):
         raise ValueError(f"block_q must be a power of two >= 16, got {block_q!r}")
-    check_tensor("chunk_states", chunk_states, shape=(T // block_q + nseq, H, P, N), dtypes=(torch.float32,))
+    check_tensor("chunk_states", chunk_states, shape=(T // block_q + nseq, H, P, N),
+                 dtypes=(torch.float32, torch.bfloat16))
     if D is not None:
         check_tensor("D", D, ndim=(1, 2))
         if D.shape not in ((H,), (H, P)):
@@ -528,8 +529,9 @@ def ssd_bwd(
         init_idx: (nseq,) int32, row of ``initial_states`` seeding each sequence or -1
             (None allowed without ``initial_states``). Rows must be distinct (each row seeds
             at most one sequence).
-        chunk_states: (T // block_q + nseq, H, P, N) fp32, the state entering each internal
-            chunk; sequence i's k-th chunk at row ``cu[i] // block_q + i + k``.
+        chunk_states: (T // block_q + nseq, H, P, N) fp32 or bf16 (what the forward stored, see
+            ``fwd.chunk_state_dtype``), the state entering each internal chunk; sequence i's
+            k-th chunk at row ``cu[i] // block_q + i + k``. ``dstates`` get the same dtype.
         block_q: internal chunk length used by the forward (power of two ≥ 16).
         D: (H,) or (H, P); z: (T, H, P); dt_bias: (H,); initial_states: (batch, H, P, N).
         dt_softplus, dt_limit: dt processing, as in the forward.

@@ -288,7 +288,7 @@ def _ssd_fwd_op(
     dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor], dt_softplus: bool,
     dt_min: float, dt_max: float, want_chunk: bool, want_final: bool, block_q: int,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out (T, H, P), final (nseq, H, P, N) fp32 or empty, chunk_states fp32 or empty)."""
+    """(out (T, H, P), final (nseq, H, P, N) fp32 or empty, chunk_states (fwd.chunk_state_dtype) or empty)."""
     from samkern.ops.ssd.fwd import ssd_fwd
 
     out, final, cstates, _ = ssd_fwd(
@@ -306,7 +306,12 @@ def _(x, dt, A, B, C, cu, init_idx, D, z, dt_bias, initial_states, dt_softplus, 
     nseq = cu.shape[0] - 1
     out = x.new_empty((T, H, P))
     final = x.new_empty((nseq, H, P, N), dtype=torch.float32) if want_final else _empty(x)
-    cst = x.new_empty((T // block_q + nseq, H, P, N), dtype=torch.float32) if want_chunk else _empty(x)
+    if want_chunk:
+        from samkern.ops.ssd.fwd import chunk_state_dtype
+
+        cst = x.new_empty((T // block_q + nseq, H, P, N), dtype=chunk_state_dtype(x.dtype))
+    else:
+        cst = _empty(x)
     return out, final, cst
 
 

@@ -20,7 +20,7 @@ The state is kept transposed, ``ST = S^T`` of shape [N, P]: the two state dots t
 ``C @ ST`` and ``B^T @ (w x)`` without ever transposing a computed dot result (Triton 3.6 on
 Hopper miscompiles ``tl.trans`` of a bf16-cast dot result fed into another dot).
 
-Storage for the backward (``want_chunk_states``): the fp32 state *entering* internal chunk k of
+Storage for the backward (``want_chunk_states``): the state *entering* internal chunk k of
 sequence i goes to row ``cu[i] // BLOCK_Q + i + k`` of ``chunk_states`` (T // BLOCK_Q + nseq, H,
 P, N). Rows of consecutive sequences never overlap: sequence i has at most
 ``ceil(len_i / BLOCK_Q) <= (cu[i+1] - cu[i]) // BLOCK_Q + 1`` chunks and
@@ -40,12 +40,15 @@ import triton.language as tl
 
 from samkern.backend import cdiv, next_pow2, tuning_from_env
 
-__all__ = ["ssd_fwd", "default_block_q", "TRAIN_BLOCK_Q", "FWD_TUNING"]
+__all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 
 # Launch overrides, read by ``ssd_fwd`` (the GPU tuning script sweeps these). ``None`` = heuristic.
 # "split_len": segment length of the sequence-split inference path for long rows
 # (:mod:`samkern.ops.ssd.split`); None = its heuristic (``pick_split_len``), 0 = never.
-FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None}
+# "chunk_states": dtype of the states stored for the backward, "input" (bf16 for bf16 inputs, else
+# fp32) or "fp32"; None = "input" (see chunk_state_dtype).
+FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
+                    "chunk_states": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
@@ -70,7 +73,7 @@ def _ssd_fwd_kernel(
     dt_min, dt_max,
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
-    DOT_PREC: tl.constexpr,
+    STATES_ONLY: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
@@ -123,7 +126,7 @@ def _ssd_fwd_kernel(
         offs_t = start + c * BLOCK_Q + offs_q
         mask_t = offs_t < end
         if WRITE_CHUNK:
-            tl.store(cs_base + (crow + c) * HPN, ST, mask=mask_np)
+            tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty), mask=mask_np)
 
         dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_DT_BIAS:
@@ -140,28 +143,29 @@ def _ssd_fwd_kernel(
                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
         Bm = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
                      mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
-                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+        if not STATES_ONLY:  # the split path's first pass needs only the state update
+            Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
+                         mask=mask_t[:, None] & mask_n[None, :], other=0.0)
 
-        # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
-        # the upper triangle is masked *before* exp so it cannot overflow)
-        CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
-        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
-        Mm = CB * decay * dt[None, :]
-        y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
-        # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
-        y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
-        if HAS_D:
-            if D_PER_P:
-                y += Dv[None, :] * xm.to(tl.float32)
-            else:
-                y += Dv * xm.to(tl.float32)
-        if HAS_Z:
-            zm = tl.load(z_base + offs_t[:, None] * stride_z_t + offs_p[None, :],
-                         mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
-            y = y * zm * tl.sigmoid(zm)
-        tl.store(o_base + offs_t[:, None] * stride_o_t + offs_p[None, :], y.to(out_ptr.dtype.element_ty),
-                 mask=mask_t[:, None] & mask_p[None, :])
+            # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
+            # the upper triangle is masked *before* exp so it cannot overflow)
+            CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
+            decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
+            Mm = CB * decay * dt[None, :]
+            y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
+            # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
+            y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
+            if HAS_D:
+                if D_PER_P:
+                    y += Dv[None, :] * xm.to(tl.float32)
+                else:
+                    y += Dv * xm.to(tl.float32)
+            if HAS_Z:
+                zm = tl.load(z_base + offs_t[:, None] * stride_z_t + offs_p[None, :],
+                             mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+                y = y * zm * tl.sigmoid(zm)
+            tl.store(o_base + offs_t[:, None] * stride_o_t + offs_p[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=mask_t[:, None] & mask_p[None, :])
 
         # state update: ST <- exp(a_last) ST + B^T (w x), w_s = exp(a_last - a_s) dt_s
         w = tl.exp(a_last - a) * dt
@@ -173,10 +177,28 @@ def _ssd_fwd_kernel(
         # whole buffer is defined (deterministic outputs for opcheck / torch.compile comparisons)
         n_owned = (end // BLOCK_Q - start // BLOCK_Q + 1).to(tl.int32)
         for c in range(n_chunks, n_owned):
-            tl.store(cs_base + (crow + c) * HPN, tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32), mask=mask_np)
+            tl.store(cs_base + (crow + c) * HPN, tl.zeros([BLOCK_N, BLOCK_P], dtype=cstates_ptr.dtype.element_ty),
+                     mask=mask_np)
 
     if WRITE_FINAL:
         tl.store(final_ptr + pid_s.to(tl.int64) * HPN + pid_h * P * N + st_off, ST, mask=mask_np)
+
+
+def chunk_state_dtype(x_dtype: torch.dtype) -> torch.dtype:
+    """Storage dtype of the states entering every chunk (written by the forward for the backward,
+    and of the backward's ``dstates``): bf16 for bf16 inputs, fp32 otherwise.
+
+    Why bf16 is enough there: the backward uses the stored states only as bf16 dot operands
+    (``C S_inᵀ``, ``B dSᵀ``, the dB / dC GEMMs round them to the input dtype anyway), except for
+    the scalar ``Σ dS∘S_in`` of dA, which sums in fp32; the running state itself stays fp32 in
+    registers, and ``final_states`` are fp32. Storing them at half the bytes halves the largest
+    traffic of a training step (4·H·P·N / Q bytes per token in fp32, written once and read twice,
+    for the states and again for ``dstates``). mamba-ssm stores its passed states in the input
+    dtype too. fp16 keeps fp32: its range (65504) is not guaranteed for a state.
+    ``FWD_TUNING["chunk_states"] = "fp32"`` restores fp32 storage."""
+    if FWD_TUNING.get("chunk_states") == "fp32":
+        return torch.float32
+    return torch.bfloat16 if x_dtype == torch.bfloat16 else torch.float32
 
 
 def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
@@ -187,8 +209,8 @@ def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     return 64
 
 
-# With gradients the forward writes the fp32 state entering every chunk for the backward, so the
-# chunk length sets that traffic (4·H·P·N / Q bytes per token, written once and read twice). The
+# With gradients the forward writes the state entering every chunk for the backward, so the
+# chunk length sets that traffic (4·H·P·N / Q bytes per token in fp32, half in bf16, written once and read twice). The
 # three-kernel backward streams the states and is faster at 64 than at 32 (H100, bf16, fwd+bwd
 # under graph replay, 130m B32 L192: 673 vs 882 us; 2.7b B16 L192: 1254 vs 1479 us;
 # benchmarks/results/dev-runs/s3-call4-ssd-profile-403f986.json). The one-kernel backward it
@@ -229,7 +251,8 @@ def ssd_fwd(
     want_chunk_states: bool = False,
     want_final_states: bool = False,
     block_q: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], int]:
+    states_only: bool = False,
+) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """Launch the fused forward on flat (packed) inputs. No validation (the wrapper does it), no host sync.
 
     Args:
@@ -240,14 +263,19 @@ def ssd_fwd(
         init_idx: (nseq,) int32 row of ``initial_states`` seeding sequence i, -1 = zero state
             (ignored when ``initial_states`` is None).
         D: (H,) or (H, P). z: (T, H, P). dt_bias: (H,). initial_states: (batch, H, P, N).
-        want_chunk_states: also return the fp32 states entering every internal chunk,
-            (T // block_q + nseq, H, P, N) (row layout in the module docstring); for the backward.
+        want_chunk_states: also return the states entering every internal chunk,
+            (T // block_q + nseq, H, P, N) in :func:`chunk_state_dtype` (row layout in the module
+            docstring); for the backward.
         want_final_states: also return the fp32 state after each sequence, (nseq, H, P, N).
         block_q: internal chunk length (power of two >= 16); default :func:`default_block_q`.
+        states_only: compute only the state recurrence (no output: ``out`` is None, C / D / z
+            are not read); for the first pass of the sequence split. Needs ``want_final_states``.
 
     Returns:
-        (out (T, H, P) in x.dtype, final_states or None, chunk_states or None, block_q used).
+        (out (T, H, P) in x.dtype or None, final_states or None, chunk_states or None, block_q used).
     """
+    if states_only and (not want_final_states or want_chunk_states):
+        raise ValueError("states_only needs want_final_states=True and want_chunk_states=False")
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
     nseq = cu_seqlens.shape[0] - 1
@@ -257,10 +285,11 @@ def ssd_fwd(
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = _pick_block_p(P, N)
 
-    out = torch.empty((T, H, P), device=dev, dtype=x.dtype)
+    out = None if states_only else torch.empty((T, H, P), device=dev, dtype=x.dtype)
     final = torch.empty((nseq, H, P, N), device=dev, dtype=torch.float32) if want_final_states else None
     cstates = (
-        torch.empty((T // block_q + nseq, H, P, N), device=dev, dtype=torch.float32) if want_chunk_states else None
+        torch.empty((T // block_q + nseq, H, P, N), device=dev, dtype=chunk_state_dtype(x.dtype))
+        if want_chunk_states else None
     )
     has_init = initial_states is not None
     if has_init:
@@ -284,7 +313,7 @@ def ssd_fwd(
         initial_states if has_init else dummy,
         init_idx if has_init else cu_seqlens,
         cu_seqlens,
-        out,
+        out if out is not None else dummy,
         final if final is not None else dummy,
         cstates if cstates is not None else dummy,
         P, N, H // G,
@@ -293,12 +322,12 @@ def ssd_fwd(
         B.stride(0), B.stride(1),
         C.stride(0), C.stride(1),
         zs[0], zs[1],
-        out.stride(0), out.stride(1),
+        *((out.stride(0), out.stride(1)) if out is not None else (0, 0)),
         D.stride(0) if D is not None else 0,
         float(dt_limit[0]), float(dt_limit[1]),
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_INIT=has_init,
-        WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None,
+        WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
         DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         num_warps=nw, num_stages=ns,

@@ -8,9 +8,9 @@ for 132 SMs, 256 chunks each) it is latency-bound: 1.8x slower than mamba-ssm on
 ``seg`` tokens makes ``batch · ⌈L/seg⌉ · H`` programs, and the state recurrence is linear, so
 the segments can be stitched exactly:
 
-1. local states: the same kernel over the segments as independent sequences from a zero state
-   (``D`` and ``z`` do not touch the state, so they are left out), giving ``S_k``, the state a
-   segment adds at its end;
+1. local states: the same kernel over the segments as independent sequences from a zero state,
+   in its ``states_only`` mode (only the state update: no ``C B^T``, no output, C / D / z not
+   read), giving ``S_k``, the state a segment adds at its end;
 2. stitching (a few torch ops, no loop): with ``ℓ_k = Σ_{t in segment k} dt_t·A`` (the
    segment's log-decay, ≤ 0) and ``c_k = ℓ_0 + … + ℓ_k``, the state entering segment k is
    ``H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j`` (``c_{-1} = 0``): one batched
@@ -18,7 +18,8 @@ the segments can be stitched exactly:
    before ``exp`` (never overflows);
 3. outputs: the kernel again over the segments, each seeded with its ``H_k``.
 
-This costs about two forward passes of arithmetic, but each is spread over ``⌈L/seg⌉`` times more
+This costs about 1.3 forward passes of arithmetic (the first pass is one dot per chunk of the
+four), but each is spread over ``⌈L/seg⌉`` times more
 programs. No host sync, CUDA-graph capturable. Only without gradients, without ``seq_idx`` /
 ``cu_seqlens`` (plain batch rows) and outside ``torch.compile``; the wrapper decides. It is exact
 math; results differ from the one-pass kernel only by fp32 summation order (tests compare both
@@ -123,7 +124,7 @@ def ssd_fwd_split(
     common = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, block_q=block_q)
 
     # 1. the state each segment adds, from a zero state
-    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, **common)
+    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, **common)
     S_loc = S_loc.view(batch, K, H, P * N)
 
     # 2. stitch: H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j
