@@ -457,7 +457,8 @@ GPU_SHAPES = {
     "130m": (4, 192, 24, 64, 128, 1, dict(D="head", z=True, dt_bias=True)),
     "2.7b": (2, 640, 80, 64, 128, 1, dict(D="head", dt_bias=True, init=True)),
     "odd": (3, 333, 6, 48, 40, 2, dict(D="chan", z=True, dt_bias=True, init=True, dt_limit=(0.01, 2.0))),
-    "long": (1, 4099, 4, 64, 128, 1, dict(D="head", dt_bias=True)),
+    "long": (1, 4099, 4, 64, 128, 1, dict(D="head", dt_bias=True)),  # split into segments (few heads)
+    "long-states": (1, 8192, 8, 64, 128, 1, dict(D="head", z=True, dt_bias=True, init=True)),  # ditto
 }
 
 

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Sequence-split inference forward (samkern/ops/ssd/split.py, opt-in through
-``FWD_TUNING["split_len"]``) against the reference and the one-pass kernel.
+"""Sequence split for long rows (samkern/ops/ssd/split.py; forced here through
+``FWD_TUNING["split_len"]``), forward and backward, against the reference and the one-pass kernels.
 
 CPU: the kernel in the Triton interpreter, fp32, internal chunk 16, segments of 32 tokens.
 """
@@ -14,7 +14,7 @@ from samkern.ops.ssd.chunk import ssd_chunk_scan
 from samkern.ops.ssd.ref import ssd_chunk_scan_ref
 from samkern.ops.ssd.split import segment_layout, ssd_fwd_split
 from samkern.testing import assert_close
-from tests.ops.test_ssd import ON_CPU, make, small_chunks, to64  # noqa: F401 (small_chunks: autouse fixture)
+from tests.ops.test_ssd import DEV, ON_CPU, make, small_chunks, to64  # noqa: F401 (small_chunks: autouse fixture)
 
 SEG = 32 if ON_CPU else 256
 
@@ -43,24 +43,67 @@ def test_split_matches_reference_and_one_pass(opts, monkeypatch):
     assert_close("split final vs one pass", fin, one_fin, rtol=2e-5)
 
 
-def test_split_not_used_with_gradients_or_short_rows(monkeypatch):
-    """With gradients (and rows shorter than two segments) the one-pass kernel runs: the split
-    path would not be differentiable."""
+GRAD_NAMES = ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states")
+
+
+def _grads(scan, kw, dout, dfin, **extra):
+    """Every input gradient of out·dout + final·dfin through ``scan`` (dict by input name)."""
+    out, fin = scan(**kw, chunk_size=64, return_final_states=True, **extra)
+    names = [k for k in GRAD_NAMES if kw.get(k) is not None]
+    loss = (out.double() * dout).sum() + (fin.double() * dfin).sum()
+    return dict(zip(names, torch.autograd.grad(loss, [kw[k] for k in names])))
+
+
+@pytest.mark.parametrize("opts", [
+    dict(),
+    dict(D="chan", z=True, dt_bias=True, init=True),
+    dict(D="head", dt_bias=True, softplus=False, dt_limit=(0.05, 0.6), init=True, G=2),
+], ids=["plain", "all_options", "clamp_groups"])
+def test_split_backward_matches_reference(opts, monkeypatch):
+    """Training through the split (forward in segments, the dS walk split and stitched backwards):
+    every gradient, including through final_states and into initial_states, against fp64 autograd
+    through the reference and against the one-pass kernels. Two rows of 3.4 segments."""
+    L = int(3.4 * SEG)
+    G = opts.pop("G", 1)
+    kw = make(2, L, 4, 16, 16, G=G, requires_grad=True, **opts)
+    dout = torch.randn(2, L, 4, 16, dtype=torch.float64, device=kw["x"].device)
+    dfin = torch.randn(2, 4, 16, 16, dtype=torch.float64, device=kw["x"].device)
+    k64 = {k: (v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
+               else v) for k, v in kw.items()}
+    ref = _grads(ssd_chunk_scan_ref, k64, dout, dfin)
+    one = _grads(ssd_chunk_scan, kw, dout, dfin, backend="triton")
+    calls = []
+    import samkern.ops.ssd.split as split_mod
+
+    real = split_mod.ssd_bwd_split
+    monkeypatch.setattr(split_mod, "ssd_bwd_split", lambda *a, **k: calls.append(1) or real(*a, **k))
+    _split_on(monkeypatch)
+    got = _grads(ssd_chunk_scan, kw, dout, dfin, backend="triton")
+    assert calls == [1], "the split backward did not run"
+    for k in ref:
+        assert_close(f"split d{k} vs ref", got[k].double(), ref[k], rtol=5e-5)
+        assert_close(f"split d{k} vs one pass", got[k], one[k], rtol=5e-5)
+
+
+def test_split_not_used_for_short_rows_or_seq_idx(monkeypatch):
+    """Rows shorter than two segments, and packed sequences (seq_idx), take the one-pass kernels."""
     calls = []
     import samkern.ops.ssd.split as split_mod
 
     real = split_mod.ssd_fwd_split
     monkeypatch.setattr(split_mod, "ssd_fwd_split", lambda *a, **k: calls.append(1) or real(*a, **k))
     _split_on(monkeypatch)
-    kw = make(1, 3 * SEG, 2, 16, 16, requires_grad=True)
-    out = ssd_chunk_scan(**kw, chunk_size=64, backend="triton")
-    out.sum().backward()
-    assert calls == [] and kw["x"].grad is not None
     with torch.no_grad():
         ssd_chunk_scan(**make(1, SEG + 5, 2, 16, 16), chunk_size=64, backend="triton")
+        L = 3 * SEG
+        seq_idx = (torch.arange(L, device=DEV) >= SEG + 3).to(torch.int32)[None]
+        ssd_chunk_scan(**make(1, L, 2, 16, 16, seq_idx=seq_idx), chunk_size=64, backend="triton")
         assert calls == []
         ssd_chunk_scan(**make(1, 2 * SEG, 2, 16, 16), chunk_size=64, backend="triton")
     assert calls == [1]
+    out = ssd_chunk_scan(**make(1, 2 * SEG, 2, 16, 16, requires_grad=True), chunk_size=64, backend="triton")
+    assert calls == [1, 1]  # with gradients too
+    out.sum().backward()
 
 
 def test_segment_layout_and_bad_length():

@@ -66,7 +66,7 @@ from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 from samkern.ops.ssd.fwd import _softplus
 
-__all__ = ["ssd_bwd", "BWD_TUNING"]
+__all__ = ["ssd_bwd", "dstate_walk", "BWD_TUNING"]
 
 # Launch overrides read by ``ssd_bwd`` (for tuning sweeps and tests). ``None`` = heuristic.
 # block_p / num_warps / num_stages / block_ns (N-block of the streamed state tiles): the chunk
@@ -149,7 +149,7 @@ def _ssd_bwd_dstate_kernel(
     P, N, HPG, HPN, dt_min, dt_max,
     s_dout_t, s_dout_h, s_z_t, s_z_h, s_dt_t, s_dt_h, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr,
-    HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
@@ -180,7 +180,8 @@ def _ssd_bwd_dstate_kernel(
         tok = start + c * BLOCK_Q + offs_q
         mq = tok < end
         mqp = mq[:, None] & mp[None, :]
-        tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn)
+        if WRITE_DS:  # off in the sequence split's first pass, which needs only d initial_states
+            tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn)
         _A, _v, _dt, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, pid_h, tok, mq, s_dt_t, s_dt_h, dt_min,
                                                 dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
         dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
@@ -497,6 +498,45 @@ def _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_
                       dfinal_states=dfinal_states)
 
 
+def dstate_walk(
+    dout: torch.Tensor, z: Optional[torch.Tensor], dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor],
+    C: torch.Tensor, cu_seqlens: torch.Tensor, init_idx: torch.Tensor, n_init: int,
+    dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *, P: int, block_q: int, block_p: int,
+    dt_softplus: bool, dt_limit: Tuple[float, float],
+) -> Optional[torch.Tensor]:
+    """Launch the reverse dS walk (``_ssd_bwd_dstate_kernel``) on flat, last-dim-contiguous inputs.
+
+    Stores dS leaving every chunk into ``dstates`` (skipped when it is None: the sequence split's
+    first pass wants only the gradient reaching each segment's start) and returns
+    d ``initial_states`` (n_init, H, P, N) fp32, rows seeding no sequence zero (None when
+    ``n_init`` is 0). ``dfinal_states`` (nseq, H, P, N) seeds each sequence's walk (zeros if None).
+    """
+    T, H = dt.shape
+    G, N = C.shape[1], C.shape[2]
+    dev = dout.device
+    BLOCK_N = max(16, next_pow2(N))
+    dinit = torch.zeros((n_init, H, P, N), device=dev, dtype=torch.float32) if n_init else None
+    if dinit is None and dstates is None:
+        raise ValueError("dstate_walk needs dstates or initial-state rows to write")
+    dummy = dinit if dinit is not None else dstates
+    nseq = cu_seqlens.shape[0] - 1
+    scan_bp = _tuned_block("scan_block_p", block_p, block_p)
+    _ssd_bwd_dstate_kernel[(nseq, H, cdiv(P, scan_bp))](
+        dout, z if z is not None else dout, dt, A, dt_bias if dt_bias is not None else dt, C,
+        cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else dummy,
+        dstates if dstates is not None else dummy, dinit if dinit is not None else dummy,
+        P, N, H // G, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
+        dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
+        dt.stride(0), dt.stride(1), C.stride(0), C.stride(1),
+        HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
+        PREC="ieee" if C.dtype == torch.float32 else "tf32",
+        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
+        num_warps=BWD_TUNING.get("scan_warps") or 4, num_stages=2,
+    )
+    return dinit
+
+
 def ssd_bwd(
     dout: torch.Tensor,
     x: torch.Tensor,
@@ -579,23 +619,9 @@ def ssd_bwd(
 
     # 1. dS leaving every chunk (and d initial_states)
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
-    if initial_states is not None:
-        # rows that seed no sequence get a zero gradient
-        dinit = torch.zeros((initial_states.shape[0], H, P, N), device=dev, dtype=torch.float32)
-    else:
-        dinit = chunk_states  # dummy, never written
-    scan_bp = _tuned_block("scan_block_p", BLOCK_P, BLOCK_P)
-    _ssd_bwd_dstate_kernel[(nseq, H, cdiv(P, scan_bp))](
-        dout, z if z is not None else dummy, dt, A, dt_bias if dt_bias is not None else dummy, C,
-        cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else chunk_states, dstates, dinit,
-        P, N, HPG, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
-        dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        dt.stride(0), dt.stride(1), C.stride(0), C.stride(1),
-        HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
-        num_warps=BWD_TUNING.get("scan_warps") or 4, num_stages=2,
-    )
+    dinit = dstate_walk(dout, z, dt, A, dt_bias, C, cu_seqlens, init_idx,
+                        initial_states.shape[0] if initial_states is not None else 0, dfinal_states, dstates,
+                        P=P, block_q=block_q, block_p=BLOCK_P, dt_softplus=dt_softplus, dt_limit=dt_limit)
 
     # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)

@@ -221,20 +221,31 @@ class SSDChunkScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, dt_softplus, dt_limit,
-                want_final, block_q):
+                want_final, block_q, split):
         from samkern.ops.ssd.fwd import ssd_fwd
 
         shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         need_grad = any(ctx.needs_input_grad[:9])
-        out, final, cstates, bq = ssd_fwd(
-            xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
-            dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
-            want_final_states=want_final, block_q=block_q)
+        seg_states = None
+        if split:  # plain rows in segments (samkern/ops/ssd/split.py); the backward runs in that layout
+            res = split_mod.ssd_fwd_split(
+                xf, dtf, A, Bf, Cf, x.shape[0], x.shape[1], split, D=D, z=zf, dt_bias=dt_bias,
+                initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                want_final_states=want_final, block_q=block_q, want_chunk_states=need_grad)
+            out, final, cstates, bq = res.out, res.final, res.chunk_states, res.block_q
+            cu, init_idx, seg_states = res.cu, res.seg_idx, res.seg_states
+        else:
+            out, final, cstates, bq = ssd_fwd(
+                xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
+                dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
+                want_final_states=want_final, block_q=block_q)
         if final is None:
             final = x.new_empty((0,), dtype=torch.float32)
         if need_grad:
-            ctx.save_for_backward(xf, dtf, A, Bf, Cf, D, zf, dt_bias, initial_states, cu, init_idx, cstates)
+            ctx.save_for_backward(xf, dtf, A, Bf, Cf, D, zf, dt_bias, initial_states, cu, init_idx, cstates,
+                                  seg_states)
+            ctx.split = split
             ctx.bq = bq
             ctx.dt_softplus = dt_softplus
             ctx.dt_limit = dt_limit
@@ -246,7 +257,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates = ctx.saved_tensors
+        x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates, seg_states = ctx.saved_tensors
         x_shape, dt_shape, B_shape, z_shape = ctx.shapes
         if dout is None:
             dout = torch.zeros_like(x)
@@ -254,14 +265,21 @@ class SSDChunkScanFunction(torch.autograd.Function):
             dout = dout.reshape(x.shape)
         if dfinal is not None and dfinal.numel() == 0:
             dfinal = None
-        grads = _bwd_module().ssd_bwd(
-            dout, x, dt, A, B, C, cu, init_idx, cstates, ctx.bq, D=D, z=z, dt_bias=dt_bias,
-            initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
-            dfinal_states=dfinal, validate=False)
+        if ctx.split:
+            fwd = split_mod.SplitForward(None, None, cstates, seg_states, cu, init_idx, ctx.bq)
+            grads = split_mod.ssd_bwd_split(
+                dout, x, dt, A, B, C, x_shape[0], x_shape[1], ctx.split, fwd, D=D, z=z, dt_bias=dt_bias,
+                initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
+                dfinal_states=dfinal)
+        else:
+            grads = _bwd_module().ssd_bwd(
+                dout, x, dt, A, B, C, cu, init_idx, cstates, ctx.bq, D=D, z=z, dt_bias=dt_bias,
+                initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
+                dfinal_states=dfinal, validate=False)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
         return (dx.view(x_shape), ddt.view(dt_shape), dA, dB.view(B_shape), dC.view(B_shape), dD,
                 dz.view(z_shape) if dz is not None else None, ddt_bias, dinit,
-                None, None, None, None, None, None)
+                None, None, None, None, None, None, None)
 
 
 def _flatten(x, dt, B, C, z):
@@ -451,15 +469,16 @@ def ssd_chunk_scan(
 
     compiling = torch.compiler.is_compiling()
     split = 0
-    if not need_grad and seq_idx is None and not return_varlen_states and not compiling:
-        split = split_mod.pick_split_len(batch, L, H, P, B.shape[-1], block_q, x.device)
-    if split and L >= 2 * split:
+    if seq_idx is None and not return_varlen_states and not compiling:
         # few long rows: segments in parallel, stitched exactly (see samkern/ops/ssd/split.py)
+        split = split_mod.pick_split_len(batch, L, H, P, B.shape[-1], block_q, x.device)
+        split = int(split) if split and L >= 2 * split else 0
+    if split and not need_grad:
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final = split_mod.ssd_fwd_split(
-            xf, dtf, A, Bf, Cf, batch, L, int(split), D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
+            xf, dtf, A, Bf, Cf, batch, L, split, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=bool(dt_softplus), dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-            want_final_states=want_final, block_q=block_q)
+            want_final_states=want_final, block_q=block_q)[:2]
     elif compiling:
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,
@@ -468,7 +487,7 @@ def ssd_chunk_scan(
     else:
         out, final = SSDChunkScanFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx,
                                                 bool(dt_softplus), (float(dt_limit[0]), float(dt_limit[1])),
-                                                want_final, block_q)
+                                                want_final, block_q, split)
     if out.dim() == 3:  # the flat paths (split, compiled); the eager Function returns x's shape
         out = out.view(batch, L, H, P)
     if not (return_final_states or return_varlen_states):

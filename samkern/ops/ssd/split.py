@@ -34,7 +34,7 @@ with the square of the segment count). ``FWD_TUNING["split_len"]`` overrides: 0 
 """
 from __future__ import annotations
 
-from typing import Dict, Optional, Tuple
+from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
 
-__all__ = ["segment_layout", "ssd_fwd_split", "pick_split_len"]
+__all__ = ["segment_layout", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
 
 SPLIT_MIN_LEN = 1024  # the measured segment length
 SPLIT_MAX_SEGMENTS = 64
@@ -95,21 +95,55 @@ def _processed_dt(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: b
     return v.clamp(dt_limit[0], dt_limit[1])
 
 
+class SplitForward(NamedTuple):
+    """What :func:`ssd_fwd_split` returns: the outputs, and for the backward the segment layout
+    (``cu`` / ``seg_idx``, :func:`segment_layout`), the state entering every segment
+    (``seg_states``, (batch·K, H, P, N) fp32) and the chunk states of the second pass in that
+    layout (or None without ``want_chunk_states``)."""
+
+    out: torch.Tensor
+    final: Optional[torch.Tensor]
+    chunk_states: Optional[torch.Tensor]
+    seg_states: torch.Tensor
+    cu: torch.Tensor
+    seg_idx: torch.Tensor
+    block_q: int
+
+
+def _segment_log_decay(dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: bool,
+                       dt_limit: Tuple[float, float], batch: int, L: int, seg: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(c, c_prev), both (batch, K, H) fp32: ``c_k = ℓ_0 + … + ℓ_k`` with ``ℓ_k`` the log-decay of
+    segment k (≤ 0), and ``c_{k-1}`` (``c_{-1} = 0``)."""
+    H = dt.shape[1]
+    K = cdiv(L, seg)
+    a = _processed_dt(dt, dt_bias, softplus, dt_limit) * A.float()  # (T, H) log-decay per token
+    a = F.pad(a.view(batch, L, H), (0, 0, 0, K * seg - L))  # zero log-decay past the row end
+    c = a.view(batch, K, seg, H).sum(2).cumsum(1)
+    return c, F.pad(c, (0, 0, 1, 0))[:, :K]
+
+
+def _masked_exp(expo: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    # exponents outside ``keep`` may be large and positive: masked to -inf *before* exp
+    return torch.exp(torch.where(keep, expo, torch.full_like(expo, float("-inf"))))
+
+
 def ssd_fwd_split(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     batch: int, L: int, seg: int, *,
     D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
     initial_states: Optional[torch.Tensor] = None, dt_softplus: bool = False,
     dt_limit: Tuple[float, float] = (0.0, float("inf")), want_final_states: bool = False,
-    block_q: Optional[int] = None,
-) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    block_q: Optional[int] = None, want_chunk_states: bool = False,
+) -> SplitForward:
     """The forward of ``batch`` plain rows of ``L`` tokens in segments of ``seg`` tokens.
 
     Args: flat inputs as :func:`samkern.ops.ssd.fwd.ssd_fwd` takes them (x (T, H, P), dt (T, H),
     A (H,), B/C (T, G, N), T = batch·L, row b = tokens [b·L, (b+1)·L)); ``initial_states``
-    (batch, H, P, N) seeds row b; ``seg`` a multiple of the kernel's chunk ``block_q``.
+    (batch, H, P, N) seeds row b; ``seg`` a multiple of the kernel's chunk ``block_q``;
+    ``want_chunk_states``: keep the second pass's chunk states for :func:`ssd_bwd_split`.
 
-    Returns: (out (T, H, P) in x's dtype, final states (batch, H, P, N) fp32 or None).
+    Returns: :class:`SplitForward` (out (T, H, P) in x's dtype, final states (batch, H, P, N)
+    fp32 or None, ...).
     """
     from samkern.ops.ssd.fwd import default_block_q, ssd_fwd
 
@@ -128,20 +162,62 @@ def ssd_fwd_split(
     S_loc = S_loc.view(batch, K, H, P * N)
 
     # 2. stitch: H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j
-    a = _processed_dt(dt, dt_bias, dt_softplus, dt_limit) * A.float()  # (T, H) log-decay per token
-    a = F.pad(a.view(batch, L, H), (0, 0, 0, K * seg - L))  # zero log-decay past the row end
-    c = a.view(batch, K, seg, H).sum(2).cumsum(1)  # (batch, K, H): c_k
-    c_prev = F.pad(c, (0, 0, 1, 0))[:, :K]  # c_{k-1}, c_{-1} = 0
-    expo = c_prev[:, :, None, :] - c[:, None, :, :]  # (batch, k, j, H)
+    c, c_prev = _segment_log_decay(dt, A, dt_bias, dt_softplus, dt_limit, batch, L, seg)
     lower = torch.ones(K, K, dtype=torch.bool, device=x.device).tril(-1)[None, :, :, None]
-    W = torch.exp(torch.where(lower, expo, torch.full_like(expo, float("-inf"))))
+    W = _masked_exp(c_prev[:, :, None, :] - c[:, None, :, :], lower)  # (batch, k, j, H)
     H_in = torch.einsum("bkjh,bjhe->bkhe", W, S_loc)
     if initial_states is not None:
         H_in = H_in + torch.exp(c_prev)[..., None] * initial_states.float().reshape(batch, 1, H, P * N)
     H_in = H_in.reshape(batch * K, H, P, N)
 
     # 3. outputs, every segment seeded with the state entering it
-    out, fin, _, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
-                             want_final_states=want_final_states, **common)
+    out, fin, cstates, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
+                                   want_final_states=want_final_states, want_chunk_states=want_chunk_states, **common)
     final = fin.view(batch, K, H, P, N)[:, K - 1] if want_final_states else None
-    return out, final
+    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q)
+
+
+def ssd_bwd_split(
+    dout: torch.Tensor, x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
+    batch: int, L: int, seg: int, fwd: SplitForward, *,
+    D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+    initial_states: Optional[torch.Tensor] = None, dt_softplus: bool = False,
+    dt_limit: Tuple[float, float] = (0.0, float("inf")), dfinal_states: Optional[torch.Tensor] = None,
+) -> Tuple[Optional[torch.Tensor], ...]:
+    """Gradients of :func:`ssd_fwd_split` (made with ``want_chunk_states``), as
+    :func:`samkern.ops.ssd.bwd.ssd_bwd` returns them (``dinitial_states`` per row).
+
+    The backward's only sequential part, the reverse walk of the state gradient dS, is split the
+    same way as the forward: (1) each segment's walk from a zero seed gives ``G_k``, the gradient
+    reaching its start from its own outputs; (2) with ``dF_k`` the gradient of the state leaving
+    segment k (``dF_{K-1}`` = d``final_states``), ``dH_k = G_k + exp(ℓ_k) dF_k`` and
+    ``dF_{k-1} = dH_k``, i.e. ``dF_k = Σ_{j>k} exp(c_{j-1} − c_k) G_j + exp(c_{K-1} − c_k) dF_{K-1}``
+    (one batched matmul); (3) the ordinary three-kernel backward over the segments, each walk
+    seeded with ``dF_k``. The per-chunk kernels see the true entering states and state gradients,
+    so every gradient is the unsplit one; d``initial_states`` of a row is ``dH_0``.
+    """
+    from samkern.ops.ssd.bwd import _pick_block_p, dstate_walk, ssd_bwd
+
+    T, H, P = x.shape
+    N = B.shape[2]
+    K = cdiv(L, seg)
+    if dout.stride(-1) != 1:
+        dout = dout.contiguous()
+    # 1. the gradient reaching each segment's start from the segment's own outputs
+    G_seg = dstate_walk(dout, z, dt, A, dt_bias, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
+                        block_q=fwd.block_q, block_p=_pick_block_p(P), dt_softplus=dt_softplus, dt_limit=dt_limit)
+    # 2. stitch backwards: the gradient of the state leaving every segment
+    c, c_prev = _segment_log_decay(dt, A, dt_bias, dt_softplus, dt_limit, batch, L, seg)
+    upper = torch.ones(K, K, dtype=torch.bool, device=x.device).triu(1)[None, :, :, None]
+    W = _masked_exp(c_prev[:, None, :, :] - c[:, :, None, :], upper)  # (batch, k, j, H): exp(c_{j-1} − c_k)
+    dF = torch.einsum("bkjh,bjhe->bkhe", W, G_seg.view(batch, K, H, P * N))
+    if dfinal_states is not None:
+        dF = dF + torch.exp(c[:, K - 1:] - c)[..., None] * dfinal_states.float().reshape(batch, 1, H, P * N)
+    # 3. the three kernels over the segments, every walk seeded with dF
+    grads = ssd_bwd(dout, x, dt, A, B, C, fwd.cu, fwd.seg_idx, fwd.chunk_states, fwd.block_q, D=D, z=z,
+                    dt_bias=dt_bias, initial_states=fwd.seg_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                    dfinal_states=dF.reshape(batch * K, H, P, N), validate=False)
+    dinit = None
+    if initial_states is not None:
+        dinit = grads[8].view(batch, K, H, P, N)[:, 0].to(initial_states.dtype)
+    return grads[:8] + (dinit,)
