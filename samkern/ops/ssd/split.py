@@ -1,12 +1,14 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Sequence-split inference forward for long rows (chosen by :func:`pick_split_len`).
+"""Sequence split for long rows, forward and backward (chosen by :func:`pick_split_len`).
 
 Why. The fused forward (:mod:`samkern.ops.ssd.fwd`) runs one program per (sequence, head) that
-walks the sequence's chunks one after the other. With few long rows (B1 L16384 H80: 80 programs
-for 132 SMs, 256 chunks each) it is latency-bound: 1.8x slower than mamba-ssm on an H100
-(``benchmarks/results/ssd_chunk_scan-h100-80gb-hbm3.md``). Splitting every row into segments of
+walks the sequence's chunks one after the other, and so does the backward's dS walk. With few
+long rows (B1 L16384 H80: 80 programs for 132 SMs, 256 chunks each) both are latency-bound: the
+one-pass forward is 1.8x slower than mamba-ssm on an H100. Splitting every row into segments of
 ``seg`` tokens makes ``batch · ⌈L/seg⌉ · H`` programs, and the state recurrence is linear, so
-the segments can be stitched exactly:
+the segments can be stitched exactly.
+
+Forward (:func:`ssd_fwd_split`):
 
 1. local states: the same kernel over the segments as independent sequences from a zero state,
    in its ``states_only`` mode (only the state update: no ``C B^T``, no output, C / D / z not
@@ -16,21 +18,27 @@ the segments can be stitched exactly:
    ``H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j`` (``c_{-1} = 0``): one batched
    matmul with a lower-triangular weight whose exponents are masked to −∞ above the diagonal
    before ``exp`` (never overflows);
-3. outputs: the kernel again over the segments, each seeded with its ``H_k``.
+3. outputs: the kernel again over the segments, each seeded with its ``H_k`` (with gradients it
+   also stores the chunk states, in the segment layout).
 
-This costs about 1.3 forward passes of arithmetic (the first pass is one dot per chunk of the
-four), but each is spread over ``⌈L/seg⌉`` times more
-programs. No host sync, CUDA-graph capturable. Only without gradients, without ``seq_idx`` /
-``cu_seqlens`` (plain batch rows) and outside ``torch.compile``; the wrapper decides. It is exact
-math; results differ from the one-pass kernel only by fp32 summation order (tests compare both
-with the reference).
+Backward (:func:`ssd_bwd_split`): the same three steps for the reverse dS walk (see there), then
+the ordinary per-chunk kernels over the segments. Every per-chunk kernel sees the true entering
+state and the true state gradient, so the gradients are those of the unsplit scan.
+
+The forward costs about 1.3 forward passes of arithmetic (the first pass is one dot per chunk of
+the four), each spread over ``⌈L/seg⌉`` times more programs. No host sync, CUDA-graph capturable.
+Only for plain batch rows (no ``seq_idx`` / ``cu_seqlens``) and outside ``torch.compile``; the
+wrapper decides. It is exact math; results differ from the one-pass kernels only by fp32
+summation order (tests compare both with the reference).
 
 When. :func:`pick_split_len` turns it on by itself for rows of at least 4096 tokens when the
-one-pass grid has fewer programs than the GPU has SMs (measured on an H100, bf16, graph replay,
-P64 N128, one pass -> split: B1 L16384 H80 1403 -> 1115 us, B1 L16384 H24 1378 -> 465,
-B1 L65536 H80 5516 -> 4261; ``benchmarks/results/dev-runs/s5-call8-split-auto-ff808d6b.log``); segments
-are 1024 tokens, longer where a row would need more than 64 of them (the stitching matmul grows
-with the square of the segment count). ``FWD_TUNING["split_len"]`` overrides: 0 = never, n = n.
+one-pass grid has fewer programs than the GPU has SMs. Measured on an H100 (bf16, graph replay,
+P64 N128): fwd B1 L16384 H80 1403 -> 1115 us, H24 1378 -> 465, B1 L65536 H80 5516 -> 4261
+(``benchmarks/results/dev-runs/s5-call8-split-auto-ff808d6b.log``), and with the states-only
+first pass 1118 -> 808 at B1 L16384 H80 (``s6-call2-profile.log``); fwd+bwd B1 L16384 H80
+4776 -> 4131 (``s6-call5-long-profile.log``). Segments are 1024 tokens, longer where a row would
+need more than 64 of them (the stitching matmul grows with the square of the segment count).
+``FWD_TUNING["split_len"]`` overrides: 0 = never, n = n.
 """
 from __future__ import annotations
 
