@@ -511,7 +511,7 @@ def dstate_walk(
     d ``initial_states`` (n_init, H, P, N) fp32, rows seeding no sequence zero (None when
     ``n_init`` is 0). ``dfinal_states`` (nseq, H, P, N) seeds each sequence's walk (zeros if None).
     """
-    T, H = dt.shape
+    H = dt.shape[1]
     G, N = C.shape[1], C.shape[2]
     dev = dout.device
     BLOCK_N = max(16, next_pow2(N))

@@ -227,14 +227,14 @@ class SSDChunkScanFunction(torch.autograd.Function):
         shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         need_grad = any(ctx.needs_input_grad[:9])
-        seg_states = None
+        seg_states = seg_decay = None
         if split:  # plain rows in segments (samkern/ops/ssd/split.py); the backward runs in that layout
             res = split_mod.ssd_fwd_split(
                 xf, dtf, A, Bf, Cf, x.shape[0], x.shape[1], split, D=D, z=zf, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
                 want_final_states=want_final, block_q=block_q, want_chunk_states=need_grad)
             out, final, cstates, bq = res.out, res.final, res.chunk_states, res.block_q
-            cu, init_idx, seg_states = res.cu, res.seg_idx, res.seg_states
+            cu, init_idx, seg_states, seg_decay = res.cu, res.seg_idx, res.seg_states, res.seg_decay
         else:
             out, final, cstates, bq = ssd_fwd(
                 xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
@@ -244,7 +244,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
             final = x.new_empty((0,), dtype=torch.float32)
         if need_grad:
             ctx.save_for_backward(xf, dtf, A, Bf, Cf, D, zf, dt_bias, initial_states, cu, init_idx, cstates,
-                                  seg_states)
+                                  seg_states, seg_decay)
             ctx.split = split
             ctx.bq = bq
             ctx.dt_softplus = dt_softplus
@@ -257,7 +257,8 @@ class SSDChunkScanFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dout, dfinal):
-        x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates, seg_states = ctx.saved_tensors
+        (x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates, seg_states,
+         seg_decay) = ctx.saved_tensors
         x_shape, dt_shape, B_shape, z_shape = ctx.shapes
         if dout is None:
             dout = torch.zeros_like(x)
@@ -266,7 +267,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
         if dfinal is not None and dfinal.numel() == 0:
             dfinal = None
         if ctx.split:
-            fwd = split_mod.SplitForward(None, None, cstates, seg_states, cu, init_idx, ctx.bq)
+            fwd = split_mod.SplitForward(None, None, cstates, seg_states, cu, init_idx, ctx.bq, seg_decay)
             grads = split_mod.ssd_bwd_split(
                 dout, x, dt, A, B, C, x_shape[0], x_shape[1], ctx.split, fwd, D=D, z=z, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,

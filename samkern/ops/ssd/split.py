@@ -106,8 +106,9 @@ def _processed_dt(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: b
 class SplitForward(NamedTuple):
     """What :func:`ssd_fwd_split` returns: the outputs, and for the backward the segment layout
     (``cu`` / ``seg_idx``, :func:`segment_layout`), the state entering every segment
-    (``seg_states``, (batch·K, H, P, N) fp32) and the chunk states of the second pass in that
-    layout (or None without ``want_chunk_states``)."""
+    (``seg_states``, (batch·K, H, P, N) fp32), the chunk states of the second pass in that
+    layout (or None without ``want_chunk_states``) and the cumulative segment log-decays ``c``
+    ((batch, K, H) fp32, :func:`_segment_log_decay`; the backward's stitch reuses them)."""
 
     out: torch.Tensor
     final: Optional[torch.Tensor]
@@ -116,18 +117,22 @@ class SplitForward(NamedTuple):
     cu: torch.Tensor
     seg_idx: torch.Tensor
     block_q: int
+    seg_decay: torch.Tensor
 
 
 def _segment_log_decay(dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: bool,
-                       dt_limit: Tuple[float, float], batch: int, L: int, seg: int) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(c, c_prev), both (batch, K, H) fp32: ``c_k = ℓ_0 + … + ℓ_k`` with ``ℓ_k`` the log-decay of
-    segment k (≤ 0), and ``c_{k-1}`` (``c_{-1} = 0``)."""
+                       dt_limit: Tuple[float, float], batch: int, L: int, seg: int) -> torch.Tensor:
+    """c (batch, K, H) fp32: ``c_k = ℓ_0 + … + ℓ_k`` with ``ℓ_k`` the log-decay of segment k (≤ 0)."""
     H = dt.shape[1]
     K = cdiv(L, seg)
     a = _processed_dt(dt, dt_bias, softplus, dt_limit) * A.float()  # (T, H) log-decay per token
     a = F.pad(a.view(batch, L, H), (0, 0, 0, K * seg - L))  # zero log-decay past the row end
-    c = a.view(batch, K, seg, H).sum(2).cumsum(1)
-    return c, F.pad(c, (0, 0, 1, 0))[:, :K]
+    return a.view(batch, K, seg, H).sum(2).cumsum(1)
+
+
+def _shifted(c: torch.Tensor) -> torch.Tensor:
+    """``c_{k-1}`` for every k (``c_{-1} = 0``)."""
+    return F.pad(c, (0, 0, 1, 0))[:, :-1]
 
 
 def _masked_exp(expo: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
@@ -170,7 +175,8 @@ def ssd_fwd_split(
     S_loc = S_loc.view(batch, K, H, P * N)
 
     # 2. stitch: H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j
-    c, c_prev = _segment_log_decay(dt, A, dt_bias, dt_softplus, dt_limit, batch, L, seg)
+    c = _segment_log_decay(dt, A, dt_bias, dt_softplus, dt_limit, batch, L, seg)
+    c_prev = _shifted(c)
     lower = torch.ones(K, K, dtype=torch.bool, device=x.device).tril(-1)[None, :, :, None]
     W = _masked_exp(c_prev[:, :, None, :] - c[:, None, :, :], lower)  # (batch, k, j, H)
     H_in = torch.einsum("bkjh,bjhe->bkhe", W, S_loc)
@@ -182,7 +188,7 @@ def ssd_fwd_split(
     out, fin, cstates, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
                                    want_final_states=want_final_states, want_chunk_states=want_chunk_states, **common)
     final = fin.view(batch, K, H, P, N)[:, K - 1] if want_final_states else None
-    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q)
+    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q, c)
 
 
 def ssd_bwd_split(
@@ -204,18 +210,18 @@ def ssd_bwd_split(
     seeded with ``dF_k``. The per-chunk kernels see the true entering states and state gradients,
     so every gradient is the unsplit one; d``initial_states`` of a row is ``dH_0``.
     """
-    from samkern.ops.ssd.bwd import _pick_block_p, dstate_walk, ssd_bwd
+    from samkern.ops.ssd.bwd import _last_contig, _pick_block_p, dstate_walk, ssd_bwd
 
-    T, H, P = x.shape
+    _, H, P = x.shape
     N = B.shape[2]
     K = cdiv(L, seg)
-    if dout.stride(-1) != 1:
-        dout = dout.contiguous()
+    dout = _last_contig(dout)
     # 1. the gradient reaching each segment's start from the segment's own outputs
     G_seg = dstate_walk(dout, z, dt, A, dt_bias, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
                         block_q=fwd.block_q, block_p=_pick_block_p(P), dt_softplus=dt_softplus, dt_limit=dt_limit)
     # 2. stitch backwards: the gradient of the state leaving every segment
-    c, c_prev = _segment_log_decay(dt, A, dt_bias, dt_softplus, dt_limit, batch, L, seg)
+    c = fwd.seg_decay  # the forward's (same dt, A, dt_bias)
+    c_prev = _shifted(c)
     upper = torch.ones(K, K, dtype=torch.bool, device=x.device).triu(1)[None, :, :, None]
     W = _masked_exp(c_prev[:, None, :, :] - c[:, :, None, :], upper)  # (batch, k, j, H): exp(c_{j-1} − c_k)
     dF = torch.einsum("bkjh,bjhe->bkhe", W, G_seg.view(batch, K, H, P * N))
