@@ -192,6 +192,47 @@ def test_bwd_matches_recurrence_fp32(name, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+@pytest.mark.parametrize("softplus,dt_limit", [(True, (0.06, 0.25)), (False, (0.0, math.inf))])
+def test_dt_cache_matches_reference(softplus, dt_limit, kernel_device):
+    """The dt cache the forward stores (``ssd_fwd(dt_cache_out=...)``) and the one
+    :func:`bwd_mod.dt_cache` computes both equal torch's: planes a (in-chunk cumsum of dt·A,
+    restarting at every chunk of every sequence), processed dt and d dt / d(dt_raw + dt_bias)
+    (autograd through softplus and the clamp). The forward's buffer starts NaN-poisoned, so an
+    unwritten token fails; P = 24 with block_p 16 has two P-blocks, only one may write."""
+    from samkern.ops.ssd import fwd as fwd_mod
+
+    case = make_case([37, 16, 5], H=3, G=1, P=24, N=16, dt_bias=True, softplus=softplus, dt_limit=dt_limit)
+    if softplus:
+        _check_clamp_active(case)
+    inp = {k: (None if v is None else v.to(kernel_device)) for k, v in case["inp"].items()}
+    cu = torch.tensor(case["cu"], dtype=torch.int32, device=kernel_device)
+    T, H = inp["dt"].shape
+    bq = 16
+    from_fwd = torch.full((3, H, T), float("nan"), device=kernel_device)
+    old = fwd_mod.FWD_TUNING.get("block_p")
+    fwd_mod.FWD_TUNING["block_p"] = 16
+    try:
+        fwd_mod.ssd_fwd(inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], cu, None, dt_bias=inp["dt_bias"],
+                        dt_softplus=softplus, dt_limit=dt_limit, block_q=bq, dt_cache_out=from_fwd)
+    finally:
+        fwd_mod.FWD_TUNING["block_p"] = old
+    standalone = bwd_mod.dt_cache(inp["dt"], inp["A"], inp["dt_bias"], cu, block_q=bq, dt_softplus=softplus,
+                                  dt_limit=dt_limit)
+
+    v = (case["inp"]["dt"] + case["inp"]["dt_bias"]).double().requires_grad_(True)
+    dtp = _proc_dt(v, None, softplus, dt_limit)
+    (chain,) = torch.autograd.grad(dtp.sum(), v)  # elementwise: d dt_t / d v_t
+    a = torch.empty_like(dtp)
+    for i in range(len(case["cu"]) - 1):
+        for c0 in range(case["cu"][i], case["cu"][i + 1], bq):
+            c1 = min(c0 + bq, case["cu"][i + 1])
+            a[c0:c1] = torch.cumsum(dtp[c0:c1] * case["inp"]["A"].double(), 0)
+    ref = torch.stack([a.T, dtp.T, chain.T]).detach()
+    for name, got in (("forward's dt cache", from_fwd), ("dt_cache()", standalone)):
+        for k, plane in enumerate(("a", "dt", "chain")):
+            assert_close(f"{name}: {plane}", got[k].cpu(), ref[k], rtol=1e-6)
+
+
 def test_bwd_p_blocks_fp32(kernel_device):
     """P split over 2 P-blocks (block_p=16, P=24): ddt/dA/dB/dC partials summed across programs."""
     case = make_case([29, 19], H=2, G=1, P=24, N=12, D="channel", z=True, dt_bias=True, softplus=True,

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches.
+"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches (four without a dt cache).
 
 Glossary: T total tokens (batch·L, sequences packed back to back), H heads, P headdim,
 N d_state, G ngroups (head ``h`` reads B/C group ``h // (H // G)``), Q the internal chunk
@@ -13,7 +13,7 @@ chunks and does all the per-chunk work (the first design) needed 255 registers a
 its dB/dC were summed over heads with atomics. Now:
 
 1. ``_ssd_bwd_dstate_kernel`` — grid (nseq, H, P-blocks): walks a sequence's chunks in
-   reverse with only what ``dS`` needs (dt processing, ``exp(a)``, ``dy``, ``C``) and stores
+   reverse with only what ``dS`` needs (``exp(a)``, ``dy``, ``C``) and stores
    ``dS`` leaving each chunk into ``dstates`` (layout and dtype of ``chunk_states``):
    ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``, seeded by ``dfinal_states``; after the first
    chunk ``dS`` is the gradient of the initial state.
@@ -48,6 +48,13 @@ Per-chunk gradients (t = output position, s = source position, ``a = cumsum(dt·
 * dt processing (``dt_raw + dt_bias`` → softplus (linear above 20) → clamp to ``dt_limit``) is
   chained: zero outside the clamp range, times ``sigmoid`` for softplus.
 
+The dt cache. All three kernels need the processed dt and the in-chunk log-decay ``a`` of every
+(chunk, head), and the chunk kernel the chain factor d dt / d(dt_raw + dt_bias). The forward
+stores them ((3, H, T) fp32, ``fwd.ssd_fwd(dt_cache_out=...)``); :func:`dt_cache` recomputes them
+in one extra launch for a backward called without them. Redoing that processing in every kernel
+(a strided gather of dt, softplus, cumsum, per head) cost 4–13 % of each kernel's time at the
+benchmark shapes (A/B in one device call, `dev-runs/s7-call2-*`). Its memory: 12 bytes per (token, head).
+
 Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``x dS``, so
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
@@ -64,9 +71,9 @@ import triton.language as tl
 
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
-from samkern.ops.ssd.fwd import _softplus
+from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache
 
-__all__ = ["ssd_bwd", "dstate_walk", "BWD_TUNING"]
+__all__ = ["ssd_bwd", "dstate_walk", "dt_cache", "BWD_TUNING"]
 
 # Launch overrides read by ``ssd_bwd`` (for tuning sweeps and tests). ``None`` = heuristic.
 # block_p / num_warps / num_stages / block_ns (N-block of the streamed state tiles): the chunk
@@ -97,37 +104,50 @@ def _tuned_block(name: str, default: int, cap: int) -> int:
     return min(v, cap)
 
 
-def _pick_heads_per_program(hpg: int, other_programs: int, device: torch.device) -> int:
+def _busy_rows(T: int, nseq: int, n_rows: int, block_q: int) -> int:
+    """Chunk rows that hold tokens: ``nseq · ceil(L / Q)`` when the T tokens can be equal rows of
+    L = T / nseq (a plain batch, the training case; a guess for varlen packs of that total), else
+    all ``n_rows`` (no host sync to learn the sequence lengths)."""
+    if T % nseq == 0:
+        return min(n_rows, nseq * cdiv(T // nseq, block_q))
+    return n_rows
+
+
+def _pick_heads_per_program(hpg: int, busy_programs: int, device: torch.device) -> int:
+    """Heads of one group a chunk program loops over. The chunk kernel runs one program per SM
+    (255 registers × 8 warps) and its programs take about equally long, so the time is about
+    ``waves × (heads per program + c)``, ``waves = ceil(programs / SMs)`` and c ≈ 1 head's worth of
+    per-program work (row search, C·Bᵀ, the dCB store). The head-block count minimising that is
+    taken (ties: fewer programs). The earlier rule, ~3 programs per SM, left a last wave 40–55 %
+    full at 2.7b B16 L192 and B8 L640 (Nsight Compute, ``dev-runs/s7-call1-*``)."""
     hb = BWD_TUNING.get("heads_per_program")
     if hb is not None:
         return max(1, min(int(hb), hpg))
     if device.type != "cuda":
         return max(1, hpg // 2)  # CPU/interpreter: exercise several head-blocks and a ragged tail
-    # enough programs for ~3 per SM; more head-blocks cost C·Bᵀ recomputation and dCB slots
-    nhb = max(1, min(hpg, cdiv(3 * num_sms(device), max(1, other_programs))))
-    return cdiv(hpg, nhb)
+    sms = num_sms(device)
+    best = None
+    for nhb in range(1, hpg + 1):
+        hb = cdiv(hpg, nhb)
+        if cdiv(hpg, hb) != nhb:
+            continue  # the same head-block size as a smaller nhb
+        cost = cdiv(max(1, busy_programs) * nhb, sms) * (hb + 1)
+        if best is None or cost < best[0]:
+            best = (cost, hb)
+    return best[1]
 
 
 @triton.jit
-def _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min, dt_max, is_last,
-              HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr):
-    """dt processing of one chunk of head ``h``: (A_h, pre-softplus value v, processed dt,
-    clamp-inactive mask, in-chunk cumulative log-decay a, its last entry a_last). Masked
-    positions get dt = 0, so a_last is the decay of the whole chunk."""
-    A_h = tl.load(A_ptr + h).to(tl.float32)
-    v = tl.load(dt_ptr + tok * s_dt_t + h * s_dt_h, mask=mq, other=0.0).to(tl.float32)
-    if HAS_DT_BIAS:
-        v += tl.load(dtb_ptr + h).to(tl.float32)
-    if DT_SOFTPLUS:
-        dtv = _softplus(v)
-    else:
-        dtv = v
-    clamp_ok = (dtv >= dt_min) & (dtv <= dt_max)
-    dtv = tl.minimum(tl.maximum(dtv, dt_min), dt_max)
-    dtv = tl.where(mq, dtv, 0.0)
-    a = tl.cumsum(dtv * A_h, axis=0)
-    a_last = tl.sum(tl.where(is_last, a, 0.0), axis=0)
-    return A_h, v, dtv, clamp_ok, a, a_last
+def _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last):
+    """(processed dt, in-chunk log-decay a, a_last) of one chunk of head ``h`` from the dt cache
+    ((3, H, T) fp32, planes a | dt | chain; ``fwd._store_dt_cache``). ``last`` is the chunk's last
+    token. Positions past the sequence end get dt = 0 and a = a_last (no decay), as the forward
+    had them: every exp(a_t − a_s) there is exp(0), never an overflow."""
+    base = dtc_ptr + h.to(tl.int64) * T
+    a_last = tl.load(base + last)
+    a = tl.where(mq, tl.load(base + tok, mask=mq, other=0.0), a_last)
+    dtv = tl.load(base + HT + tok, mask=mq, other=0.0)
+    return dtv, a, a_last
 
 
 @triton.jit
@@ -144,11 +164,11 @@ def _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mask, s_dout_t, s_dout_h, s_z_t, s
 
 @triton.jit
 def _ssd_bwd_dstate_kernel(
-    dout_ptr, z_ptr, dt_ptr, A_ptr, dtb_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr,
+    dout_ptr, z_ptr, dtc_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr,
     ds_ptr, dinit_ptr,
-    P, N, HPG, HPN, dt_min, dt_max,
-    s_dout_t, s_dout_h, s_z_t, s_z_h, s_dt_t, s_dt_h, s_C_t, s_C_g,
-    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr,
+    T, HT, P, N, HPG, HPN,
+    s_dout_t, s_dout_h, s_z_t, s_z_h, s_C_t, s_C_g,
+    HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
@@ -166,7 +186,6 @@ def _ssd_bwd_dstate_kernel(
     mp = offs_p < P
     mn = offs_n < N
     mpn = mp[:, None] & mn[None, :]
-    is_last = offs_q == BLOCK_Q - 1
 
     state_off = pid_h.to(tl.int64) * P * N + offs_p[:, None] * N + offs_n[None, :]
     if HAS_DFINAL:
@@ -182,8 +201,8 @@ def _ssd_bwd_dstate_kernel(
         mqp = mq[:, None] & mp[None, :]
         if WRITE_DS:  # off in the sequence split's first pass, which needs only d initial_states
             tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn)
-        _A, _v, _dt, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, pid_h, tok, mq, s_dt_t, s_dt_h, dt_min,
-                                                dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
+        last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
+        _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
         dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
         Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mq[:, None] & mn[None, :],
                      other=0.0)
@@ -217,19 +236,38 @@ def _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _ssd_dt_cache_kernel(
+    dt_ptr, A_ptr, dtb_ptr, cu_ptr, dtc_ptr, T, HT, NSEQ, n_search, s_dt_t, s_dt_h, dt_min, dt_max,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr,
+):
+    """The dt cache of one (chunk row, head), as the forward stores it (``fwd._store_dt_cache``),
+    for backward calls that get none (torch.compile's custom op, direct calls)."""
+    row = tl.program_id(0)
+    h = tl.program_id(1)
+    start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
+    if cstart < end:
+        tok = cstart + tl.arange(0, BLOCK_Q)
+        mq = tok < end
+        v = tl.load(dt_ptr + tok * s_dt_t + h * s_dt_h, mask=mq, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            v += tl.load(dtb_ptr + h).to(tl.float32)
+        dtv, a, chain = _process_dt(v, tl.load(A_ptr + h).to(tl.float32), mq, dt_min, dt_max, DT_SOFTPLUS, True)
+        _store_dt_cache(dtc_ptr, h, T, HT, tok, mq, a, dtv, chain)
+
+
+@triton.jit
 def _ssd_bwd_chunk_kernel(
     # inputs
-    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dtb_ptr, cu_ptr, cs_ptr, ds_ptr,
+    dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr,
     # outputs
     dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
     # sizes
-    T, H, P, N, G, HPG, HB, NHB, NPB, RED_W, HPN, NSEQ, n_search, dt_min, dt_max,
+    T, HT, H, P, N, G, HPG, HB, NHB, NPB, RED_W, HPN, NSEQ, n_search,
     # strides (last dims are contiguous; these are the token / head / group strides)
-    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h,
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
     s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
     # meta
-    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -251,6 +289,7 @@ def _ssd_bwd_chunk_kernel(
         is_last = offs_q == BLOCK_Q - 1
         tok = cstart + offs_q  # int64 [Q]
         mq = tok < end
+        last = tl.minimum(cstart + BLOCK_Q, end) - 1
         mqp = mq[:, None] & mp[None, :]
         mqn = mq[:, None] & mn[None, :]
 
@@ -269,8 +308,9 @@ def _ssd_bwd_chunk_kernel(
         n_h = tl.minimum(HB, HPG - hb * HB)
         for j in range(0, n_h):
             h = h0 + j
-            A_h, v, dtv, clamp_ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min,
-                                                         dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
+            dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
+            chain = tl.load(dtc_ptr + 2 * HT + h.to(tl.int64) * T + tok, mask=mq, other=0.0)
+            A_h = tl.load(A_ptr + h).to(tl.float32)
             decay = tl.exp(a)  # exp(a_t)
             to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
             w = to_end * dtv
@@ -338,10 +378,11 @@ def _ssd_bwd_chunk_kernel(
             dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]
             dML = dM * L
             GL = dML * CB  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
-            R = GL * dtv[None, :]  # dM_ts·M_ts
+            # R = GL ∘ dt_s = dM ∘ M; its column sums are dt_s·ddt_dir_s: one cross-warp reduction
+            # of a [Q, Q] tile fewer (column sums run across warps, row sums within one)
             ddt_dir = tl.sum(GL, axis=0)
             # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp
-            da = tl.sum(R, axis=1) - tl.sum(R, axis=0) + decay * tl.sum(dy * CS, axis=1)
+            da = tl.sum(GL * dtv[None, :], axis=1) - ddt_dir * dtv + decay * tl.sum(dy * CS, axis=1)
             dCB_sum += dML * dtv[None, :]
 
             # ---- state path's dt / decay terms
@@ -352,12 +393,10 @@ def _ssd_bwd_chunk_kernel(
             da_last = tl.sum(uw, axis=0) + tl.exp(a_last) * sdS
             da += tl.where(is_last, da_last, 0.0)
 
-            # ---- cumsum backward, then chain through clamp / softplus / bias
+            # ---- cumsum backward, then chain through clamp / softplus / bias (the forward's
+            # d dt / d(dt_raw + dt_bias), zero at masked positions and where the clamp is active)
             rc = tl.cumsum(da, axis=0, reverse=True)
-            ddt_pre = ddt_dir + A_h * rc
-            ddt_pre = tl.where(clamp_ok & mq, ddt_pre, 0.0)
-            if DT_SOFTPLUS:
-                ddt_pre = tl.where(v <= 20.0, ddt_pre * tl.sigmoid(v), ddt_pre)
+            ddt_pre = (ddt_dir + A_h * rc) * chain
             tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
 
             # small per-(row, head) partials: [dD (P) | dA (NPB) | ddt_bias (NPB)]
@@ -375,12 +414,12 @@ def _ssd_bwd_chunk_kernel(
 
 @triton.jit
 def _ssd_bwd_dbdc_kernel(
-    dout_ptr, x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, z_ptr, dtb_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
+    dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
     dB_ptr, dC_ptr,
-    P, N, G, HPG, NSLOT, HPN, NSEQ, n_search, dt_min, dt_max,
-    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_dt_t, s_dt_h, s_B_t, s_B_g, s_C_t, s_C_g,
+    T, HT, P, N, G, HPG, NSLOT, HPN, NSEQ, n_search,
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     s_dB_t, s_dB_g, s_dC_t, s_dC_g,
-    HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, PREC: tl.constexpr,
+    HAS_Z: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
@@ -394,17 +433,16 @@ def _ssd_bwd_dbdc_kernel(
     if cstart < end:
         offs_q = tl.arange(0, BLOCK_Q)
         offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
-        is_last = offs_q == BLOCK_Q - 1
         mn = offs_n < N
         tok = cstart + offs_q
         mq = tok < end
+        last = tl.minimum(cstart + BLOCK_Q, end) - 1
         mqn = mq[:, None] & mn[None, :]
         accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         for j in range(0, HPG):
             h = g * HPG + j
-            _A, _v, dtv, _ok, a, a_last = _chunk_dt(dt_ptr, A_ptr, dtb_ptr, h, tok, mq, s_dt_t, s_dt_h, dt_min,
-                                                    dt_max, is_last, HAS_DT_BIAS, DT_SOFTPLUS)
+            dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
             w = tl.exp(a_last - a) * dtv
             decay = tl.exp(a)
             st_row = row.to(tl.int64) * HPN + h * P * N
@@ -498,11 +536,28 @@ def _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_
                       dfinal_states=dfinal_states)
 
 
-def dstate_walk(
-    dout: torch.Tensor, z: Optional[torch.Tensor], dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor],
-    C: torch.Tensor, cu_seqlens: torch.Tensor, init_idx: torch.Tensor, n_init: int,
-    dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *, P: int, block_q: int, block_p: int,
+def dt_cache(
+    dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor, *, block_q: int,
     dt_softplus: bool, dt_limit: Tuple[float, float],
+) -> torch.Tensor:
+    """The dt cache ((3, H, T) fp32: in-chunk log-decay a | processed dt | d dt / d(dt_raw + dt_bias),
+    see :mod:`samkern.ops.ssd.fwd`) in one launch of (chunk rows × heads) programs: what the forward
+    stores with ``dt_cache_out``, for a backward that was given none."""
+    T, H = dt.shape
+    nseq = cu_seqlens.shape[0] - 1
+    out = torch.empty((3, H, T), device=dt.device, dtype=torch.float32)
+    _ssd_dt_cache_kernel[(T // block_q + nseq, H)](
+        dt, A, dt_bias if dt_bias is not None else dt, cu_seqlens, out, T, H * T, nseq,
+        max(1, (nseq - 1).bit_length() + 1), dt.stride(0), dt.stride(1), float(dt_limit[0]), float(dt_limit[1]),
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), BLOCK_Q=block_q, num_warps=1,
+    )
+    return out
+
+
+def dstate_walk(
+    dout: torch.Tensor, z: Optional[torch.Tensor], dtc: torch.Tensor, C: torch.Tensor, cu_seqlens: torch.Tensor,
+    init_idx: torch.Tensor, n_init: int, dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *,
+    P: int, block_q: int, block_p: int,
 ) -> Optional[torch.Tensor]:
     """Launch the reverse dS walk (``_ssd_bwd_dstate_kernel``) on flat, last-dim-contiguous inputs.
 
@@ -510,8 +565,9 @@ def dstate_walk(
     first pass wants only the gradient reaching each segment's start) and returns
     d ``initial_states`` (n_init, H, P, N) fp32, rows seeding no sequence zero (None when
     ``n_init`` is 0). ``dfinal_states`` (nseq, H, P, N) seeds each sequence's walk (zeros if None).
+    ``dtc`` is the dt cache (:func:`dt_cache`) of the same chunking.
     """
-    H = dt.shape[1]
+    H, T = dtc.shape[1], dtc.shape[2]
     G, N = C.shape[1], C.shape[2]
     dev = dout.device
     BLOCK_N = max(16, next_pow2(N))
@@ -522,13 +578,13 @@ def dstate_walk(
     nseq = cu_seqlens.shape[0] - 1
     scan_bp = _tuned_block("scan_block_p", block_p, block_p)
     _ssd_bwd_dstate_kernel[(nseq, H, cdiv(P, scan_bp))](
-        dout, z if z is not None else dout, dt, A, dt_bias if dt_bias is not None else dt, C,
+        dout, z if z is not None else dout, dtc, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else dummy,
         dstates if dstates is not None else dummy, dinit if dinit is not None else dummy,
-        P, N, H // G, H * P * N, float(dt_limit[0]), float(dt_limit[1]),
+        T, H * T, P, N, H // G, H * P * N,
         dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        dt.stride(0), dt.stride(1), C.stride(0), C.stride(1),
-        HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        C.stride(0), C.stride(1),
+        HAS_Z=z is not None,
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
@@ -558,6 +614,7 @@ def ssd_bwd(
     dfinal_states: Optional[torch.Tensor] = None,
     block_p: Optional[int] = None,
     validate: bool = True,
+    dt_cache_in: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], ...]:
     """Gradients of the flat (packed) SSD chunked scan.
 
@@ -581,6 +638,9 @@ def ssd_bwd(
         validate: check every argument (default). ``SSDChunkScanFunction`` passes False: its
             forward validated the same tensors, and ~25 checks are host time that short-sequence
             eager training pays on every step.
+        dt_cache_in: the dt cache the forward stored (``ssd_fwd(dt_cache_out=...)``, (3, H, T)
+            fp32, same ``block_q`` and sequences); None = computed here by :func:`dt_cache`
+            (one more launch).
 
     Returns:
         ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
@@ -612,16 +672,24 @@ def ssd_bwd(
     NPB = cdiv(P, BLOCK_P)
     HPG = H // G
     n_rows = chunk_states.shape[0]
-    HB = _pick_heads_per_program(HPG, n_rows * G * NPB, dev)
+    HB = _pick_heads_per_program(HPG, _busy_rows(T, nseq, n_rows, block_q) * G * NPB, dev)
     NHB = cdiv(HPG, HB)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
 
+    dtc = dt_cache_in
+    if dtc is None:
+        dtc = dt_cache(dt, A, dt_bias, cu_seqlens, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
+    elif validate:
+        check_tensor("dt_cache_in", dtc, shape=(3, H, T), dtypes=(torch.float32,))
+        if not dtc.is_contiguous():
+            raise ValueError("dt_cache_in must be contiguous")
+
     # 1. dS leaving every chunk (and d initial_states)
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
-    dinit = dstate_walk(dout, z, dt, A, dt_bias, C, cu_seqlens, init_idx,
+    dinit = dstate_walk(dout, z, dtc, C, cu_seqlens, init_idx,
                         initial_states.shape[0] if initial_states is not None else 0, dfinal_states, dstates,
-                        P=P, block_q=block_q, block_p=BLOCK_P, dt_softplus=dt_softplus, dt_limit=dt_limit)
+                        P=P, block_q=block_q, block_p=BLOCK_P)
 
     # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
@@ -642,16 +710,14 @@ def ssd_bwd(
     num_stages = BWD_TUNING.get("num_stages") or 2
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     _ssd_bwd_chunk_kernel[(n_rows, G * NHB, NPB)](
-        dout, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        dt_bias if dt_bias is not None else dummy, cu_seqlens, chunk_states, dstates,
+        dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+        cu_seqlens, chunk_states, dstates,
         dx, dz, ddt_part, dcb, red,
-        T, H, P, N, G, HPG, HB, NHB, NPB, red_w, H * P * N, nseq, n_search,
-        float(dt_limit[0]), float(dt_limit[1]),
+        T, H * T, H, P, N, G, HPG, HB, NHB, NPB, red_w, H * P * N, nseq, n_search,
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
-        dt.stride(0), dt.stride(1), B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+        B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         (D.stride(0) if D is not None else 0),
-        HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), PREC=PREC,
+        HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_NS=block_ns,
         num_warps=num_warps, num_stages=num_stages,
     )
@@ -661,12 +727,12 @@ def ssd_bwd(
     dC = torch.empty_like(C)
     block_nb = _tuned_block("block_nb", 64, BLOCK_N)
     _ssd_bwd_dbdc_kernel[(n_rows, G, cdiv(N, block_nb))](
-        dout, x, dt, A, B, C, z if z is not None else dummy, dt_bias if dt_bias is not None else dummy,
+        dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
-        P, N, G, HPG, n_slot, H * P * N, nseq, n_search, float(dt_limit[0]), float(dt_limit[1]),
-        dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides, dt.stride(0), dt.stride(1),
+        T, H * T, P, N, G, HPG, n_slot, H * P * N, nseq, n_search,
+        dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
-        HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), PREC=PREC,
+        HAS_Z=z is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
         num_warps=BWD_TUNING.get("dbdc_warps") or 4, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )

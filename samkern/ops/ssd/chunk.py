@@ -228,23 +228,25 @@ class SSDChunkScanFunction(torch.autograd.Function):
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         need_grad = any(ctx.needs_input_grad[:9])
         seg_states = seg_decay = None
+        # the forward's dt processing, kept for the backward's kernels (fwd.py, "The dt cache")
+        dtc = xf.new_empty((3,) + dtf.shape[::-1], dtype=torch.float32) if need_grad else None
         if split:  # plain rows in segments (samkern/ops/ssd/split.py); the backward runs in that layout
             res = split_mod.ssd_fwd_split(
                 xf, dtf, A, Bf, Cf, x.shape[0], x.shape[1], split, D=D, z=zf, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                want_final_states=want_final, block_q=block_q, want_chunk_states=need_grad)
+                want_final_states=want_final, block_q=block_q, want_chunk_states=need_grad, dt_cache_out=dtc)
             out, final, cstates, bq = res.out, res.final, res.chunk_states, res.block_q
             cu, init_idx, seg_states, seg_decay = res.cu, res.seg_idx, res.seg_states, res.seg_decay
         else:
             out, final, cstates, bq = ssd_fwd(
                 xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
                 dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
-                want_final_states=want_final, block_q=block_q)
+                want_final_states=want_final, block_q=block_q, dt_cache_out=dtc)
         if final is None:
             final = x.new_empty((0,), dtype=torch.float32)
         if need_grad:
             ctx.save_for_backward(xf, dtf, A, Bf, Cf, D, zf, dt_bias, initial_states, cu, init_idx, cstates,
-                                  seg_states, seg_decay)
+                                  seg_states, seg_decay, dtc)
             ctx.split = split
             ctx.bq = bq
             ctx.dt_softplus = dt_softplus
@@ -258,7 +260,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout, dfinal):
         (x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, cstates, seg_states,
-         seg_decay) = ctx.saved_tensors
+         seg_decay, dtc) = ctx.saved_tensors
         x_shape, dt_shape, B_shape, z_shape = ctx.shapes
         if dout is None:
             dout = torch.zeros_like(x)
@@ -267,7 +269,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
         if dfinal is not None and dfinal.numel() == 0:
             dfinal = None
         if ctx.split:
-            fwd = split_mod.SplitForward(None, None, cstates, seg_states, cu, init_idx, ctx.bq, seg_decay)
+            fwd = split_mod.SplitForward(None, None, cstates, seg_states, cu, init_idx, ctx.bq, seg_decay, dtc)
             grads = split_mod.ssd_bwd_split(
                 dout, x, dt, A, B, C, x_shape[0], x_shape[1], ctx.split, fwd, D=D, z=z, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
@@ -276,7 +278,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
             grads = _bwd_module().ssd_bwd(
                 dout, x, dt, A, B, C, cu, init_idx, cstates, ctx.bq, D=D, z=z, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
-                dfinal_states=dfinal, validate=False)
+                dfinal_states=dfinal, validate=False, dt_cache_in=dtc)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
         return (dx.view(x_shape), ddt.view(dt_shape), dA, dB.view(B_shape), dC.view(B_shape), dD,
                 dz.view(z_shape) if dz is not None else None, ddt_bias, dinit,

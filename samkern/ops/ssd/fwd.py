@@ -28,6 +28,15 @@ P, N). Rows of consecutive sequences never overlap: sequence i has at most
 So no host sync is needed to place them. Sequence i owns rows [cu[i] // Q + i, cu[i+1] // Q + i + 1),
 a partition of all rows; the owned rows past its last chunk are zero-filled by the program.
 
+The dt cache (``dt_cache_out``, for the backward): the forward also stores what it computed
+from dt, per head and token, into a (3, H, T) fp32 tensor: ``a`` (the in-chunk cumulative
+log-decay), the processed ``dt`` and ``chain`` = d dt / d(dt_raw + dt_bias) (0 where the clamp
+is active). The three backward kernels read these contiguous rows instead of redoing the dt
+processing per (chunk, head): that was a strided gather of dt (one sector per token), a softplus
+and a cumulative sum on every program's critical path, about a fifth of the backward's chunk
+kernel (Nsight Compute source counters, ``dev-runs/s7-call1-*``). ``bwd.dt_cache`` computes the
+same tensor in a separate launch where no forward stored it (the torch.compile path, tests).
+
 Glossary: T packed tokens (batch * L), H heads, P headdim, N d_state, G groups, Q chunk.
 """
 from __future__ import annotations
@@ -59,6 +68,38 @@ def _softplus(x):
 
 
 @triton.jit
+def _process_dt(v, A, mask, dt_min, dt_max, DT_SOFTPLUS: tl.constexpr, WANT_CHAIN: tl.constexpr):
+    """dt processing of one chunk from ``v = dt_raw + dt_bias`` (fp32 [Q]): (processed dt, the
+    in-chunk cumulative log-decay ``a``, ``chain`` = d dt / d v, or 0. when not ``WANT_CHAIN``).
+    Masked positions get dt = 0 and chain = 0, so ``a`` is flat past the sequence end and its last
+    entry is the decay of the whole chunk."""
+    if DT_SOFTPLUS:
+        dt = _softplus(v)
+    else:
+        dt = v
+    chain = 0.0
+    if WANT_CHAIN:
+        ok = mask & (dt >= dt_min) & (dt <= dt_max)  # the clamp passes no gradient where it is active
+        if DT_SOFTPLUS:
+            chain = tl.where(ok, tl.where(v <= 20.0, tl.sigmoid(v), 1.0), 0.0)
+        else:
+            chain = tl.where(ok, 1.0, 0.0)
+    dt = tl.where(mask, tl.minimum(tl.maximum(dt, dt_min), dt_max), 0.0)
+    a = tl.cumsum(dt * A, axis=0)
+    return dt, a, chain
+
+
+@triton.jit
+def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
+    # (3, H, T) fp32: planes a | dt | chain (HT = H·T apart), each row (one head) contiguous in tokens
+    base = dtc_ptr + h.to(tl.int64) * T + tok
+    plane = HT
+    tl.store(base, a, mask=mask)
+    tl.store(base + plane, dt, mask=mask)
+    tl.store(base + 2 * plane, chain, mask=mask)
+
+
+@triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, init_ptr, init_idx_ptr, cu_ptr,
     out_ptr, final_ptr, cstates_ptr,
@@ -71,9 +112,10 @@ def _ssd_fwd_kernel(
     stride_o_t, stride_o_h,
     stride_D_h,
     dt_min, dt_max,
+    dtc_ptr, T, HT,  # the dt cache (WRITE_DT); last, so that kernels without it compile as before
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
-    STATES_ONLY: tl.constexpr, DOT_PREC: tl.constexpr,
+    STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
@@ -128,14 +170,15 @@ def _ssd_fwd_kernel(
         if WRITE_CHUNK:
             tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty), mask=mask_np)
 
+        # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
+        # slower at the SAM shapes: dev-runs/s7-call2)
         dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
         if HAS_DT_BIAS:
             dt += dt_bias
-        if DT_SOFTPLUS:
-            dt = _softplus(dt)
-        dt = tl.minimum(tl.maximum(dt, dt_min), dt_max)
-        dt = tl.where(mask_t, dt, 0.0)
-        a = tl.cumsum(dt * A, axis=0)
+        dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
+        if WRITE_DT:
+            if pid_p == 0:  # one writer per (token, head)
+                _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
         # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
         a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
 
@@ -252,6 +295,7 @@ def ssd_fwd(
     want_final_states: bool = False,
     block_q: Optional[int] = None,
     states_only: bool = False,
+    dt_cache_out: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """Launch the fused forward on flat (packed) inputs. No validation (the wrapper does it), no host sync.
 
@@ -270,6 +314,8 @@ def ssd_fwd(
         block_q: internal chunk length (power of two >= 16); default :func:`default_block_q`.
         states_only: compute only the state recurrence (no output: ``out`` is None, C / D / z
             are not read); for the first pass of the sequence split. Needs ``want_final_states``.
+        dt_cache_out: a (3, H, T) fp32 contiguous tensor to receive the dt cache (module
+            docstring; what ``bwd.dt_cache`` computes) for the backward, or None.
 
     Returns:
         (out (T, H, P) in x.dtype or None, final_states or None, chunk_states or None, block_q used).
@@ -285,6 +331,10 @@ def ssd_fwd(
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = _pick_block_p(P, N)
 
+    if dt_cache_out is not None and (dt_cache_out.shape != (3, H, T) or dt_cache_out.dtype != torch.float32
+                                     or not dt_cache_out.is_contiguous()):
+        raise ValueError(f"dt_cache_out must be a contiguous (3, {H}, {T}) float32 tensor, got "
+                         f"{tuple(dt_cache_out.shape)} {dt_cache_out.dtype}")
     out = None if states_only else torch.empty((T, H, P), device=dev, dtype=x.dtype)
     final = torch.empty((nseq, H, P, N), device=dev, dtype=torch.float32) if want_final_states else None
     cstates = (
@@ -325,10 +375,11 @@ def ssd_fwd(
         *((out.stride(0), out.stride(1)) if out is not None else (0, 0)),
         D.stride(0) if D is not None else 0,
         float(dt_limit[0]), float(dt_limit[1]),
+        dt_cache_out if dt_cache_out is not None else dummy, T, H * T,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_INIT=has_init,
         WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
-        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
+        WRITE_DT=dt_cache_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         num_warps=nw, num_stages=ns,
     )

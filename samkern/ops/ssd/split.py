@@ -108,7 +108,8 @@ class SplitForward(NamedTuple):
     (``cu`` / ``seg_idx``, :func:`segment_layout`), the state entering every segment
     (``seg_states``, (batch·K, H, P, N) fp32), the chunk states of the second pass in that
     layout (or None without ``want_chunk_states``) and the cumulative segment log-decays ``c``
-    ((batch, K, H) fp32, :func:`_segment_log_decay`; the backward's stitch reuses them)."""
+    ((batch, K, H) fp32, :func:`_segment_log_decay`; the backward's stitch reuses them), and the
+    second pass's dt cache (``dt_cache_out``, or None)."""
 
     out: torch.Tensor
     final: Optional[torch.Tensor]
@@ -118,6 +119,7 @@ class SplitForward(NamedTuple):
     seg_idx: torch.Tensor
     block_q: int
     seg_decay: torch.Tensor
+    dt_cache: Optional[torch.Tensor] = None
 
 
 def _segment_log_decay(dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: bool,
@@ -146,14 +148,15 @@ def ssd_fwd_split(
     D: Optional[torch.Tensor] = None, z: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
     initial_states: Optional[torch.Tensor] = None, dt_softplus: bool = False,
     dt_limit: Tuple[float, float] = (0.0, float("inf")), want_final_states: bool = False,
-    block_q: Optional[int] = None, want_chunk_states: bool = False,
+    block_q: Optional[int] = None, want_chunk_states: bool = False, dt_cache_out: Optional[torch.Tensor] = None,
 ) -> SplitForward:
     """The forward of ``batch`` plain rows of ``L`` tokens in segments of ``seg`` tokens.
 
     Args: flat inputs as :func:`samkern.ops.ssd.fwd.ssd_fwd` takes them (x (T, H, P), dt (T, H),
     A (H,), B/C (T, G, N), T = batch·L, row b = tokens [b·L, (b+1)·L)); ``initial_states``
     (batch, H, P, N) seeds row b; ``seg`` a multiple of the kernel's chunk ``block_q``;
-    ``want_chunk_states``: keep the second pass's chunk states for :func:`ssd_bwd_split`.
+    ``want_chunk_states``: keep the second pass's chunk states for :func:`ssd_bwd_split`;
+    ``dt_cache_out``: receives the second pass's dt cache (``ssd_fwd``), for the same.
 
     Returns: :class:`SplitForward` (out (T, H, P) in x's dtype, final states (batch, H, P, N)
     fp32 or None, ...).
@@ -186,9 +189,10 @@ def ssd_fwd_split(
 
     # 3. outputs, every segment seeded with the state entering it
     out, fin, cstates, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
-                                   want_final_states=want_final_states, want_chunk_states=want_chunk_states, **common)
+                                   want_final_states=want_final_states, want_chunk_states=want_chunk_states,
+                                   dt_cache_out=dt_cache_out, **common)
     final = fin.view(batch, K, H, P, N)[:, K - 1] if want_final_states else None
-    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q, c)
+    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q, c, dt_cache_out)
 
 
 def ssd_bwd_split(
@@ -210,15 +214,18 @@ def ssd_bwd_split(
     seeded with ``dF_k``. The per-chunk kernels see the true entering states and state gradients,
     so every gradient is the unsplit one; d``initial_states`` of a row is ``dH_0``.
     """
-    from samkern.ops.ssd.bwd import _last_contig, _pick_block_p, dstate_walk, ssd_bwd
+    from samkern.ops.ssd.bwd import _last_contig, _pick_block_p, dstate_walk, dt_cache, ssd_bwd
 
     _, H, P = x.shape
     N = B.shape[2]
     K = cdiv(L, seg)
     dout = _last_contig(dout)
+    dtc = fwd.dt_cache
+    if dtc is None:
+        dtc = dt_cache(dt, A, dt_bias, fwd.cu, block_q=fwd.block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
     # 1. the gradient reaching each segment's start from the segment's own outputs
-    G_seg = dstate_walk(dout, z, dt, A, dt_bias, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
-                        block_q=fwd.block_q, block_p=_pick_block_p(P), dt_softplus=dt_softplus, dt_limit=dt_limit)
+    G_seg = dstate_walk(dout, z, dtc, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
+                        block_q=fwd.block_q, block_p=_pick_block_p(P))
     # 2. stitch backwards: the gradient of the state leaving every segment
     c = fwd.seg_decay  # the forward's (same dt, A, dt_bias)
     c_prev = _shifted(c)
@@ -230,7 +237,7 @@ def ssd_bwd_split(
     # 3. the three kernels over the segments, every walk seeded with dF
     grads = ssd_bwd(dout, x, dt, A, B, C, fwd.cu, fwd.seg_idx, fwd.chunk_states, fwd.block_q, D=D, z=z,
                     dt_bias=dt_bias, initial_states=fwd.seg_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                    dfinal_states=dF.reshape(batch * K, H, P, N), validate=False)
+                    dfinal_states=dF.reshape(batch * K, H, P, N), validate=False, dt_cache_in=dtc)
     dinit = None
     if initial_states is not None:
         dinit = grads[8].view(batch, K, H, P, N)[:, 0].to(initial_states.dtype)

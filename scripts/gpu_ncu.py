@@ -1,0 +1,61 @@
+# SPDX-License-Identifier: Apache-2.0
+"""One profiled step for Nsight Compute (development aid, device machine).
+
+    ncu --profile-from-start off ... python3 scripts/gpu_ncu.py ssd 130m-B32-L192
+    ncu --profile-from-start off ... python3 scripts/gpu_ncu.py lora 768 3352 8
+
+Warms up (compiles, tunes) eagerly, then runs exactly one step between
+``cudaProfilerStart`` / ``cudaProfilerStop`` so ncu sees only that step's kernels:
+``ssd`` = one SSD fwd+bwd (bench_ssd inputs), ``lora`` = one LoRA fwd+bwd at 6144 tokens
+(bf16, frozen base) and the plain cuBLAS base GEMM beside it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def ssd_step(shape: str):
+    from benchmarks.ops.bench_ssd import SHAPES, fwdbwd_fn, make_inputs
+    from samkern.ops.ssd.chunk import ssd_chunk_scan
+
+    batch, L, H = SHAPES[shape]
+    return fwdbwd_fn(ssd_chunk_scan, make_inputs(batch, L, H, requires_grad=True))
+
+
+def lora_step(K: int, N: int, r: int):
+    from samkern.ops.lora_linear.function import lora_linear
+
+    dev, dt, M = "cuda", torch.bfloat16, 6144
+    x = torch.randn(M, K, device=dev, dtype=dt, requires_grad=True)
+    W = torch.randn(N, K, device=dev, dtype=dt) * K ** -0.5
+    A = (torch.randn(r, K, device=dev, dtype=dt) * K ** -0.5).requires_grad_(True)
+    B = (torch.randn(N, r, device=dev, dtype=dt) * 0.1).requires_grad_(True)
+    g = torch.randn(M, N, device=dev, dtype=dt)
+
+    def run():
+        torch.mm(x.detach(), W.t())  # the cuBLAS base GEMM, for comparison in the same report
+        return torch.autograd.grad(lora_linear(x, W, None, A, B, 2.0), (x, A, B), g)
+
+    return run
+
+
+def main() -> None:
+    what = sys.argv[1]
+    step = ssd_step(sys.argv[2]) if what == "ssd" else lora_step(*map(int, sys.argv[2:5]))
+    for _ in range(3):
+        step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    step()
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+    print("profiled one step:", " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()
