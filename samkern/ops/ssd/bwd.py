@@ -557,7 +557,7 @@ def dt_cache(
 def dstate_walk(
     dout: torch.Tensor, z: Optional[torch.Tensor], dtc: torch.Tensor, C: torch.Tensor, cu_seqlens: torch.Tensor,
     init_idx: torch.Tensor, n_init: int, dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *,
-    P: int, block_q: int, block_p: int,
+    P: int, block_q: int, block_p: int, zero_fill: bool = True,
 ) -> Optional[torch.Tensor]:
     """Launch the reverse dS walk (``_ssd_bwd_dstate_kernel``) on flat, last-dim-contiguous inputs.
 
@@ -565,13 +565,15 @@ def dstate_walk(
     first pass wants only the gradient reaching each segment's start) and returns
     d ``initial_states`` (n_init, H, P, N) fp32, rows seeding no sequence zero (None when
     ``n_init`` is 0). ``dfinal_states`` (nseq, H, P, N) seeds each sequence's walk (zeros if None).
-    ``dtc`` is the dt cache (:func:`dt_cache`) of the same chunking.
+    ``dtc`` is the dt cache (:func:`dt_cache`) of the same chunking. ``zero_fill=False`` skips
+    zeroing d ``initial_states`` where every row seeds exactly one sequence (the sequence split).
     """
     H, T = dtc.shape[1], dtc.shape[2]
     G, N = C.shape[1], C.shape[2]
     dev = dout.device
     BLOCK_N = max(16, next_pow2(N))
-    dinit = torch.zeros((n_init, H, P, N), device=dev, dtype=torch.float32) if n_init else None
+    alloc = torch.zeros if zero_fill else torch.empty
+    dinit = alloc((n_init, H, P, N), device=dev, dtype=torch.float32) if n_init else None
     if dinit is None and dstates is None:
         raise ValueError("dstate_walk needs dstates or initial-state rows to write")
     dummy = dinit if dinit is not None else dstates
@@ -615,6 +617,7 @@ def ssd_bwd(
     block_p: Optional[int] = None,
     validate: bool = True,
     dt_cache_in: Optional[torch.Tensor] = None,
+    init_rows_all_seeded: bool = False,
 ) -> Tuple[Optional[torch.Tensor], ...]:
     """Gradients of the flat (packed) SSD chunked scan.
 
@@ -641,6 +644,8 @@ def ssd_bwd(
         dt_cache_in: the dt cache the forward stored (``ssd_fwd(dt_cache_out=...)``, (3, H, T)
             fp32, same ``block_q`` and sequences); None = computed here by :func:`dt_cache`
             (one more launch).
+        init_rows_all_seeded: every row of ``initial_states`` seeds exactly one sequence (the
+            sequence split's segments), so d ``initial_states`` needs no zero fill.
 
     Returns:
         ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
@@ -689,7 +694,7 @@ def ssd_bwd(
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
     dinit = dstate_walk(dout, z, dtc, C, cu_seqlens, init_idx,
                         initial_states.shape[0] if initial_states is not None else 0, dfinal_states, dstates,
-                        P=P, block_q=block_q, block_p=BLOCK_P)
+                        P=P, block_q=block_q, block_p=BLOCK_P, zero_fill=not init_rows_all_seeded)
 
     # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)

@@ -113,9 +113,10 @@ def _ssd_fwd_kernel(
     stride_D_h,
     dt_min, dt_max,
     dtc_ptr, T, HT,  # the dt cache (WRITE_DT); last, so that kernels without it compile as before
+    decay_ptr,  # (nseq, H) fp32 total log-decay of every sequence (WRITE_DECAY)
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
-    STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, DOT_PREC: tl.constexpr,
+    STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, WRITE_DECAY: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     pid_s = tl.program_id(0)
@@ -164,6 +165,8 @@ def _ssd_fwd_kernel(
         cs_base = cstates_ptr + pid_h * P * N + st_off
 
     n_chunks = tl.cdiv(end - start, BLOCK_Q).to(tl.int32)
+    if WRITE_DECAY:
+        a_tot = tl.zeros([], dtype=tl.float32)
     for c in range(0, n_chunks):
         offs_t = start + c * BLOCK_Q + offs_q
         mask_t = offs_t < end
@@ -181,6 +184,8 @@ def _ssd_fwd_kernel(
                 _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
         # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
         a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+        if WRITE_DECAY:
+            a_tot += a_last
 
         xm = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
                      mask=mask_t[:, None] & mask_p[None, :], other=0.0)
@@ -223,6 +228,9 @@ def _ssd_fwd_kernel(
             tl.store(cs_base + (crow + c) * HPN, tl.zeros([BLOCK_N, BLOCK_P], dtype=cstates_ptr.dtype.element_ty),
                      mask=mask_np)
 
+    if WRITE_DECAY:
+        if pid_p == 0:
+            tl.store(decay_ptr + pid_s * H + pid_h, a_tot)
     if WRITE_FINAL:
         tl.store(final_ptr + pid_s.to(tl.int64) * HPN + pid_h * P * N + st_off, ST, mask=mask_np)
 
@@ -296,6 +304,7 @@ def ssd_fwd(
     block_q: Optional[int] = None,
     states_only: bool = False,
     dt_cache_out: Optional[torch.Tensor] = None,
+    decay_out: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """Launch the fused forward on flat (packed) inputs. No validation (the wrapper does it), no host sync.
 
@@ -316,6 +325,8 @@ def ssd_fwd(
             are not read); for the first pass of the sequence split. Needs ``want_final_states``.
         dt_cache_out: a (3, H, T) fp32 contiguous tensor to receive the dt cache (module
             docstring; what ``bwd.dt_cache`` computes) for the backward, or None.
+        decay_out: a contiguous (nseq, H) fp32 tensor to receive each sequence's total log-decay
+            ``Σ_t dt_t·A`` (the sequence split's stitching), or None.
 
     Returns:
         (out (T, H, P) in x.dtype or None, final_states or None, chunk_states or None, block_q used).
@@ -335,6 +346,10 @@ def ssd_fwd(
                                      or not dt_cache_out.is_contiguous()):
         raise ValueError(f"dt_cache_out must be a contiguous (3, {H}, {T}) float32 tensor, got "
                          f"{tuple(dt_cache_out.shape)} {dt_cache_out.dtype}")
+    if decay_out is not None and (decay_out.shape != (nseq, H) or decay_out.dtype != torch.float32
+                                  or not decay_out.is_contiguous()):
+        raise ValueError(f"decay_out must be a contiguous ({nseq}, {H}) float32 tensor, got "
+                         f"{tuple(decay_out.shape)} {decay_out.dtype}")
     out = None if states_only else torch.empty((T, H, P), device=dev, dtype=x.dtype)
     final = torch.empty((nseq, H, P, N), device=dev, dtype=torch.float32) if want_final_states else None
     cstates = (
@@ -376,10 +391,11 @@ def ssd_fwd(
         D.stride(0) if D is not None else 0,
         float(dt_limit[0]), float(dt_limit[1]),
         dt_cache_out if dt_cache_out is not None else dummy, T, H * T,
+        decay_out if decay_out is not None else dummy,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_INIT=has_init,
         WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
-        WRITE_DT=dt_cache_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
+        WRITE_DT=dt_cache_out is not None, WRITE_DECAY=decay_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         num_warps=nw, num_stages=ns,
     )

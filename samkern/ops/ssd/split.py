@@ -13,11 +13,12 @@ Forward (:func:`ssd_fwd_split`):
 1. local states: the same kernel over the segments as independent sequences from a zero state,
    in its ``states_only`` mode (only the state update: no ``C B^T``, no output, C / D / z not
    read), giving ``S_k``, the state a segment adds at its end;
-2. stitching (a few torch ops, no loop): with ``ℓ_k = Σ_{t in segment k} dt_t·A`` (the
-   segment's log-decay, ≤ 0) and ``c_k = ℓ_0 + … + ℓ_k``, the state entering segment k is
-   ``H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j`` (``c_{-1} = 0``): one batched
-   matmul with a lower-triangular weight whose exponents are masked to −∞ above the diagonal
-   before ``exp`` (never overflows);
+2. stitching (one small Triton launch, ``_stitch_kernel``): with ``ℓ_k = Σ_{t in segment k} dt_t·A``
+   (the segment's log-decay, ≤ 0, which the first pass stores), the state entering segment k is
+   ``H_0 = H_init``, ``H_k = exp(ℓ_{k-1}) H_{k-1} + S_{k-1}``: a K-step elementwise recurrence
+   over the (P·N) state entries of every (row, head), reading S and writing H once. (A batched
+   matmul of exp(c_{k-1} − c_j) weights over the cumulative decays did the same with ~12 torch
+   launches and ~100 us of copies and fp32 GEMM at B1 L16384 H80, ``dev-runs/s7-call2-*``.)
 3. outputs: the kernel again over the segments, each seeded with its ``H_k`` (with gradients it
    also stores the chunk states, in the segment layout).
 
@@ -45,7 +46,8 @@ from __future__ import annotations
 from typing import Dict, NamedTuple, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
@@ -92,24 +94,53 @@ def segment_layout(batch: int, L: int, seg: int, device) -> Tuple[torch.Tensor, 
     return cu, idx
 
 
-def _processed_dt(dt: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: bool,
-                  dt_limit: Tuple[float, float]) -> torch.Tensor:
-    """dt as the kernels use it, fp32: + bias, softplus (identity above 20), clamp."""
-    v = dt.float()
-    if dt_bias is not None:
-        v = v + dt_bias.float()
-    if softplus:
-        v = torch.where(v <= 20.0, F.softplus(v), v)
-    return v.clamp(dt_limit[0], dt_limit[1])
+@triton.jit
+def _stitch_kernel(src_ptr, ell_ptr, seed_ptr, dst_ptr, K, H, E, REVERSE: tl.constexpr, HAS_SEED: tl.constexpr,
+                   BLOCK_E: tl.constexpr):
+    """One (row, head, entry-block) of the segment recurrence, fp32, segments ``k`` of row ``b`` at
+    ``b·K + k``; ``src`` / ``dst`` (batch·K, H, E), ``ell`` (batch·K, H), ``seed`` (batch, H, E).
+
+    Forward (states): ``dst_0 = seed``, ``dst_k = exp(ℓ_{k-1}) dst_{k-1} + src_{k-1}``.
+    REVERSE (state gradients): ``dst_{K-1} = seed``, ``dst_{k-1} = src_k + exp(ℓ_k) dst_k``."""
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    offs = tl.program_id(2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    m = offs < E
+    if HAS_SEED:
+        acc = tl.load(seed_ptr + (b * H + h).to(tl.int64) * E + offs, mask=m, other=0.0).to(tl.float32)
+    else:
+        acc = tl.zeros([BLOCK_E], dtype=tl.float32)
+    for i in range(0, K):
+        if REVERSE:
+            k = K - 1 - i
+        else:
+            k = i
+        row = (b * K + k).to(tl.int64) * H + h
+        tl.store(dst_ptr + row * E + offs, acc, mask=m)
+        acc = tl.exp(tl.load(ell_ptr + row)) * acc + tl.load(src_ptr + row * E + offs, mask=m, other=0.0)
+
+
+def _stitch(src: torch.Tensor, ell: torch.Tensor, seed: Optional[torch.Tensor], batch: int, K: int,
+            reverse: bool) -> torch.Tensor:
+    """``_stitch_kernel`` over (batch·K, H, P, N) fp32 ``src``; ``seed`` (batch, H, P, N) or None."""
+    _, H, P, N = src.shape
+    E = P * N
+    dst = torch.empty_like(src)
+    block_e = 1024
+    _stitch_kernel[(batch, H, cdiv(E, block_e))](
+        src, ell, seed.contiguous() if seed is not None else src, dst, K, H, E,
+        REVERSE=reverse, HAS_SEED=seed is not None, BLOCK_E=block_e, num_warps=4,
+    )
+    return dst
 
 
 class SplitForward(NamedTuple):
     """What :func:`ssd_fwd_split` returns: the outputs, and for the backward the segment layout
     (``cu`` / ``seg_idx``, :func:`segment_layout`), the state entering every segment
     (``seg_states``, (batch·K, H, P, N) fp32), the chunk states of the second pass in that
-    layout (or None without ``want_chunk_states``) and the cumulative segment log-decays ``c``
-    ((batch, K, H) fp32, :func:`_segment_log_decay`; the backward's stitch reuses them), and the
-    second pass's dt cache (``dt_cache_out``, or None)."""
+    layout (or None without ``want_chunk_states``), every segment's log-decay ``ℓ`` ((batch·K, H)
+    fp32, from the first pass; the backward's stitch reuses it), and the second pass's dt cache
+    (``dt_cache_out``, or None)."""
 
     out: torch.Tensor
     final: Optional[torch.Tensor]
@@ -120,26 +151,6 @@ class SplitForward(NamedTuple):
     block_q: int
     seg_decay: torch.Tensor
     dt_cache: Optional[torch.Tensor] = None
-
-
-def _segment_log_decay(dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor], softplus: bool,
-                       dt_limit: Tuple[float, float], batch: int, L: int, seg: int) -> torch.Tensor:
-    """c (batch, K, H) fp32: ``c_k = ℓ_0 + … + ℓ_k`` with ``ℓ_k`` the log-decay of segment k (≤ 0)."""
-    H = dt.shape[1]
-    K = cdiv(L, seg)
-    a = _processed_dt(dt, dt_bias, softplus, dt_limit) * A.float()  # (T, H) log-decay per token
-    a = F.pad(a.view(batch, L, H), (0, 0, 0, K * seg - L))  # zero log-decay past the row end
-    return a.view(batch, K, seg, H).sum(2).cumsum(1)
-
-
-def _shifted(c: torch.Tensor) -> torch.Tensor:
-    """``c_{k-1}`` for every k (``c_{-1} = 0``)."""
-    return F.pad(c, (0, 0, 1, 0))[:, :-1]
-
-
-def _masked_exp(expo: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    # exponents outside ``keep`` may be large and positive: masked to -inf *before* exp
-    return torch.exp(torch.where(keep, expo, torch.full_like(expo, float("-inf"))))
 
 
 def ssd_fwd_split(
@@ -173,26 +184,20 @@ def ssd_fwd_split(
     cu, seg_idx = segment_layout(batch, L, seg, x.device)
     common = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, block_q=block_q)
 
-    # 1. the state each segment adds, from a zero state
-    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, **common)
-    S_loc = S_loc.view(batch, K, H, P * N)
+    # 1. the state each segment adds, from a zero state, and each segment's log-decay ℓ_k
+    ell = torch.empty((batch * K, H), device=x.device, dtype=torch.float32)
+    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, decay_out=ell,
+                             **common)
 
-    # 2. stitch: H_k = exp(c_{k-1}) H_init + Σ_{j<k} exp(c_{k-1} − c_j) S_j
-    c = _segment_log_decay(dt, A, dt_bias, dt_softplus, dt_limit, batch, L, seg)
-    c_prev = _shifted(c)
-    lower = torch.ones(K, K, dtype=torch.bool, device=x.device).tril(-1)[None, :, :, None]
-    W = _masked_exp(c_prev[:, :, None, :] - c[:, None, :, :], lower)  # (batch, k, j, H)
-    H_in = torch.einsum("bkjh,bjhe->bkhe", W, S_loc)
-    if initial_states is not None:
-        H_in = H_in + torch.exp(c_prev)[..., None] * initial_states.float().reshape(batch, 1, H, P * N)
-    H_in = H_in.reshape(batch * K, H, P, N)
+    # 2. stitch: H_0 = H_init, H_k = exp(ℓ_{k-1}) H_{k-1} + S_{k-1}
+    H_in = _stitch(S_loc, ell, initial_states, batch, K, reverse=False)
 
     # 3. outputs, every segment seeded with the state entering it
     out, fin, cstates, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
                                    want_final_states=want_final_states, want_chunk_states=want_chunk_states,
                                    dt_cache_out=dt_cache_out, **common)
     final = fin.view(batch, K, H, P, N)[:, K - 1] if want_final_states else None
-    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q, c, dt_cache_out)
+    return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q, ell, dt_cache_out)
 
 
 def ssd_bwd_split(
@@ -209,8 +214,7 @@ def ssd_bwd_split(
     same way as the forward: (1) each segment's walk from a zero seed gives ``G_k``, the gradient
     reaching its start from its own outputs; (2) with ``dF_k`` the gradient of the state leaving
     segment k (``dF_{K-1}`` = d``final_states``), ``dH_k = G_k + exp(ℓ_k) dF_k`` and
-    ``dF_{k-1} = dH_k``, i.e. ``dF_k = Σ_{j>k} exp(c_{j-1} − c_k) G_j + exp(c_{K-1} − c_k) dF_{K-1}``
-    (one batched matmul); (3) the ordinary three-kernel backward over the segments, each walk
+    ``dF_{k-1} = dH_k``: a reverse K-step recurrence (``_stitch_kernel``); (3) the ordinary three-kernel backward over the segments, each walk
     seeded with ``dF_k``. The per-chunk kernels see the true entering states and state gradients,
     so every gradient is the unsplit one; d``initial_states`` of a row is ``dH_0``.
     """
@@ -225,19 +229,14 @@ def ssd_bwd_split(
         dtc = dt_cache(dt, A, dt_bias, fwd.cu, block_q=fwd.block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
     # 1. the gradient reaching each segment's start from the segment's own outputs
     G_seg = dstate_walk(dout, z, dtc, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
-                        block_q=fwd.block_q, block_p=_pick_block_p(P))
-    # 2. stitch backwards: the gradient of the state leaving every segment
-    c = fwd.seg_decay  # the forward's (same dt, A, dt_bias)
-    c_prev = _shifted(c)
-    upper = torch.ones(K, K, dtype=torch.bool, device=x.device).triu(1)[None, :, :, None]
-    W = _masked_exp(c_prev[:, None, :, :] - c[:, :, None, :], upper)  # (batch, k, j, H): exp(c_{j-1} − c_k)
-    dF = torch.einsum("bkjh,bjhe->bkhe", W, G_seg.view(batch, K, H, P * N))
-    if dfinal_states is not None:
-        dF = dF + torch.exp(c[:, K - 1:] - c)[..., None] * dfinal_states.float().reshape(batch, 1, H, P * N)
+                        block_q=fwd.block_q, block_p=_pick_block_p(P), zero_fill=False)
+    # 2. stitch backwards: the gradient of the state leaving every segment,
+    #    dF_{K-1} = d final_states, dF_{k-1} = G_k + exp(ℓ_k) dF_k
+    dF = _stitch(G_seg, fwd.seg_decay, dfinal_states, batch, K, reverse=True)
     # 3. the three kernels over the segments, every walk seeded with dF
     grads = ssd_bwd(dout, x, dt, A, B, C, fwd.cu, fwd.seg_idx, fwd.chunk_states, fwd.block_q, D=D, z=z,
                     dt_bias=dt_bias, initial_states=fwd.seg_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                    dfinal_states=dF.reshape(batch * K, H, P, N), validate=False, dt_cache_in=dtc)
+                    dfinal_states=dF, validate=False, dt_cache_in=dtc, init_rows_all_seeded=True)
     dinit = None
     if initial_states is not None:
         dinit = grads[8].view(batch, K, H, P, N)[:, 0].to(initial_states.dtype)
