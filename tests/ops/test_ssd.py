@@ -479,6 +479,20 @@ def test_gpu_block_sizes_vs_mamba_ssm(P, N):
                     torch.bfloat16)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [16, 64, 128, 256])
+@pytest.mark.parametrize("P", [32, 64, 128])
+def test_gpu_block_sizes_wide_dbdc_vs_mamba_ssm(P, N, monkeypatch):
+    """The same grid with the backward's dB/dC kernel in its wide form (N-blocks of 128, 8 warps),
+    which the launcher takes only for many chunk rows (so the small grid above never reaches it)."""
+    import samkern.ops.ssd.bwd as bwd_mod
+
+    monkeypatch.setitem(bwd_mod.BWD_TUNING, "block_nb", 128)
+    monkeypatch.setitem(bwd_mod.BWD_TUNING, "dbdc_warps", 8)
+    _check_vs_mamba(f"P{P}-N{N}-wide", 2, 200, 4, P, N, 1, dict(D="head", z=True, dt_bias=True, init=True),
+                    torch.bfloat16)
+
+
 def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype):
     """Forward and every gradient: ours within 2x mamba-ssm's error against an fp64 reference."""
     mcs = _mamba()

@@ -677,7 +677,8 @@ def ssd_bwd(
     NPB = cdiv(P, BLOCK_P)
     HPG = H // G
     n_rows = chunk_states.shape[0]
-    HB = _pick_heads_per_program(HPG, _busy_rows(T, nseq, n_rows, block_q) * G * NPB, dev)
+    busy_rows = _busy_rows(T, nseq, n_rows, block_q)
+    HB = _pick_heads_per_program(HPG, busy_rows * G * NPB, dev)
     NHB = cdiv(HPG, HB)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
@@ -705,8 +706,9 @@ def ssd_bwd(
     red_w = P + 2 * NPB
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
     n_search = max(1, (nseq - 1).bit_length() + 1)
-    # 64 beat 32 at block_q 32 on the H100 (s3-call4 profile: 540 vs 562 us, 888 vs 935 us)
-    block_ns = _tuned_block("block_ns", 64, BLOCK_N)
+    # N-block of the streamed state tiles: 32 beat 64 by 2-5 % at every benchmark shape with the
+    # 64-token chunk and bf16 states (H100, dev-runs/s7-call6; 64 had won at block_q 32, s3-call4)
+    block_ns = _tuned_block("block_ns", 32, BLOCK_N)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
     # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
     # dt / dB / dC gradients at N 64, an illegal address at N 256), fp32 is fine; 8 warps are
@@ -730,7 +732,12 @@ def ssd_bwd(
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
     dB = torch.empty_like(B)
     dC = torch.empty_like(C)
-    block_nb = _tuned_block("block_nb", 64, BLOCK_N)
+    # Wide N-blocks (one program per chunk and group up to N 128, 8 warps for its two [Q, 128]
+    # accumulators) read x and dy once instead of once per N-block; they need enough chunks to fill
+    # the GPU: B1 L16384 549 -> 440 us, 130m B32 L192 70 -> 67, but 2.7b B16 L192 (48 busy chunk
+    # rows) 154 -> 175 (H100, dev-runs/s7-call6)
+    wide = busy_rows * G >= 64
+    block_nb = _tuned_block("block_nb", 128 if wide else 64, BLOCK_N)
     _ssd_bwd_dbdc_kernel[(n_rows, G, cdiv(N, block_nb))](
         dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
@@ -739,7 +746,7 @@ def ssd_bwd(
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
         HAS_Z=z is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
-        num_warps=BWD_TUNING.get("dbdc_warps") or 4, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
+        num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
 
     # the small gradients: one reduction over rows, then views (NPB == 1) where possible; casts
