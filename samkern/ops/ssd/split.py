@@ -37,8 +37,9 @@ one-pass grid has fewer programs than the GPU has SMs. Measured on an H100 (bf16
 P64 N128): fwd B1 L16384 H80 1403 -> 1115 us, H24 1378 -> 465, B1 L65536 H80 5516 -> 4261
 (``benchmarks/results/dev-runs/s5-call8-split-auto-ff808d6b.log``), and with the states-only
 first pass 1118 -> 808 at B1 L16384 H80 (``s6-call2-profile.log``); fwd+bwd B1 L16384 H80
-4776 -> 4131 (``s6-call5-long-profile.log``). Segments are 1024 tokens, longer where a row would
-need more than 64 of them (the stitching matmul grows with the square of the segment count).
+4776 -> 4131 (``s6-call5-long-profile.log``); with the stitch kernel fwd 809 -> 673, fwd+bwd
+4006 -> 3757 (``s7-call5-stitch-ab-tests.log``). Segments are 1024 tokens, longer where a row
+would need more than 64 of them (the stitch walks a row's segments one after the other).
 ``FWD_TUNING["split_len"]`` overrides: 0 = never, n = n.
 """
 from __future__ import annotations
