@@ -319,7 +319,8 @@ def _ssd_bwd_chunk_kernel(
             # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P]) and sdS = Σ dS ∘ S_in
             BdS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)
             CS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)
-            sdS = tl.zeros([], dtype=tl.float32)
+            # Σ dS ∘ S_in: per-row partial sums across the N-blocks, the cross-warp sum over P once
+            sdS_p = tl.zeros([BLOCK_P], dtype=tl.float32)
             st_row = row.to(tl.int64) * HPN + h * P * N
             for n0 in range(0, N, BLOCK_NS):
                 offs_ns = n0 + tl.arange(0, BLOCK_NS)
@@ -331,7 +332,7 @@ def _ssd_bwd_chunk_kernel(
                 mps = mp[:, None] & mns[None, :]
                 dSn = tl.load(ds_ptr + so, mask=mps, other=0.0)
                 Sn = tl.load(cs_ptr + so, mask=mps, other=0.0)
-                sdS += tl.sum(tl.sum(dSn.to(tl.float32) * Sn.to(tl.float32), axis=1), axis=0)
+                sdS_p += tl.sum(dSn.to(tl.float32) * Sn.to(tl.float32), axis=1)
                 BdS += tl.dot(Bn, tl.trans(dSn.to(in_ty)), input_precision=PREC)
                 CS += tl.dot(Cn, tl.trans(Sn.to(in_ty)), input_precision=PREC)
 
@@ -390,7 +391,7 @@ def _ssd_bwd_chunk_kernel(
             ddt_dir += u * to_end
             uw = u * w
             da -= uw
-            da_last = tl.sum(uw, axis=0) + tl.exp(a_last) * sdS
+            da_last = tl.sum(uw, axis=0) + tl.exp(a_last) * tl.sum(sdS_p, axis=0)
             da += tl.where(is_last, da_last, 0.0)
 
             # ---- cumsum backward, then chain through clamp / softplus / bias (the forward's
