@@ -63,6 +63,7 @@ memory: ``dstates`` (as large as ``chunk_states``) and Q² fp32 per (row, group,
 """
 from __future__ import annotations
 
+import functools
 from typing import Optional, Tuple
 
 import torch
@@ -125,7 +126,12 @@ def _pick_heads_per_program(hpg: int, busy_programs: int, device: torch.device) 
         return max(1, min(int(hb), hpg))
     if device.type != "cuda":
         return max(1, hpg // 2)  # CPU/interpreter: exercise several head-blocks and a ragged tail
-    sms = num_sms(device)
+    return _min_wave_heads(hpg, busy_programs, num_sms(device))
+
+
+@functools.lru_cache(maxsize=256)
+def _min_wave_heads(hpg: int, busy_programs: int, sms: int) -> int:
+    # cached: a loop over up to H head-block counts is host time an eager step pays on every call
     best = None
     for nhb in range(1, hpg + 1):
         hb = cdiv(hpg, nhb)
