@@ -72,7 +72,7 @@ import triton.language as tl
 
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
-from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache
+from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "dt_cache", "BWD_TUNING"]
 
@@ -146,9 +146,10 @@ def _min_wave_heads(hpg: int, busy_programs: int, sms: int) -> int:
 @triton.jit
 def _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last):
     """(processed dt, in-chunk log-decay a, a_last) of one chunk of head ``h`` from the dt cache
-    ((3, H, T) fp32, planes a | dt | chain; ``fwd._store_dt_cache``). ``last`` is the chunk's last
-    token. Positions past the sequence end get dt = 0 and a = a_last (no decay), as the forward
-    had them: every exp(a_t − a_s) there is exp(0), never an overflow."""
+    ((3, H, T) fp32, planes a | dt | chain; ``fwd._store_dt_cache``; the chunk kernel loads the
+    chain plane itself). ``last`` is the chunk's last token. Positions past the sequence end get
+    dt = 0 and a = a_last (no decay), as the forward had them: every exp(a_t − a_s) there is
+    exp(0), never an overflow."""
     base = dtc_ptr + h.to(tl.int64) * T
     a_last = tl.load(base + last)
     a = tl.where(mq, tl.load(base + tok, mask=mq, other=0.0), a_last)
@@ -239,6 +240,11 @@ def _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q: tl.constexpr):
     start = tl.load(cu_ptr + lo).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
     end = tl.load(cu_ptr + lo + 1).to(tl.int64)
     return start, end, start + (row - start // BLOCK_Q - lo) * BLOCK_Q
+
+
+def _n_search(nseq: int) -> int:
+    # binary-search steps of ``_row_chunk`` over nseq + 1 sequence offsets
+    return max(1, (nseq - 1).bit_length() + 1)
 
 
 @triton.jit
@@ -555,7 +561,7 @@ def dt_cache(
     out = torch.empty((3, H, T), device=dt.device, dtype=torch.float32)
     _ssd_dt_cache_kernel[(T // block_q + nseq, H)](
         dt, A, dt_bias if dt_bias is not None else dt, cu_seqlens, out, T, H * T, nseq,
-        max(1, (nseq - 1).bit_length() + 1), dt.stride(0), dt.stride(1), float(dt_limit[0]), float(dt_limit[1]),
+        _n_search(nseq), dt.stride(0), dt.stride(1), float(dt_limit[0]), float(dt_limit[1]),
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), BLOCK_Q=block_q, num_warps=1,
     )
     return out
@@ -694,9 +700,7 @@ def ssd_bwd(
     if dtc is None:
         dtc = dt_cache(dt, A, dt_bias, cu_seqlens, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
     elif validate:
-        check_tensor("dt_cache_in", dtc, shape=(3, H, T), dtypes=(torch.float32,))
-        if not dtc.is_contiguous():
-            raise ValueError("dt_cache_in must be contiguous")
+        check_f32_buffer("dt_cache_in", dtc, (3, H, T))
 
     # 1. dS leaving every chunk (and d initial_states)
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
@@ -712,7 +716,7 @@ def ssd_bwd(
     dcb = torch.empty((n_rows, G, n_slot, block_q, block_q), device=dev, dtype=torch.float32)
     red_w = P + 2 * NPB
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
-    n_search = max(1, (nseq - 1).bit_length() + 1)
+    n_search = _n_search(nseq)
     # N-block of the streamed state tiles: 32 beat 64 by 2-5 % at every benchmark shape with the
     # 64-token chunk and bf16 states (H100, dev-runs/s7-call6; 64 had won at block_q 32, s3-call4)
     block_ns = _tuned_block("block_ns", 32, BLOCK_N)

@@ -48,6 +48,7 @@ import triton
 import triton.language as tl
 
 from samkern.backend import cdiv, next_pow2, tuning_from_env
+from samkern.checks import check_tensor
 
 __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 
@@ -93,10 +94,9 @@ def _process_dt(v, A, mask, dt_min, dt_max, DT_SOFTPLUS: tl.constexpr, WANT_CHAI
 def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
     # (3, H, T) fp32: planes a | dt | chain (HT = H·T apart), each row (one head) contiguous in tokens
     base = dtc_ptr + h.to(tl.int64) * T + tok
-    plane = HT
     tl.store(base, a, mask=mask)
-    tl.store(base + plane, dt, mask=mask)
-    tl.store(base + 2 * plane, chain, mask=mask)
+    tl.store(base + HT, dt, mask=mask)
+    tl.store(base + 2 * HT, chain, mask=mask)
 
 
 @triton.jit
@@ -252,6 +252,14 @@ def chunk_state_dtype(x_dtype: torch.dtype) -> torch.dtype:
     return torch.bfloat16 if x_dtype == torch.bfloat16 else torch.float32
 
 
+def check_f32_buffer(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None:
+    """``ValueError`` unless ``t`` is a contiguous fp32 tensor of ``shape`` (a buffer a kernel
+    indexes by its own layout: the dt cache, the segment decays)."""
+    check_tensor(name, t, shape=shape, dtypes=(torch.float32,))
+    if not t.is_contiguous():
+        raise ValueError(f"{name} must be contiguous")
+
+
 def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     """Internal chunk length for inference: 64 (fastest on an H100 at SAM's short sequences, bf16,
     P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 (1.25 vs 1.37 ms) but
@@ -342,14 +350,10 @@ def ssd_fwd(
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = _pick_block_p(P, N)
 
-    if dt_cache_out is not None and (dt_cache_out.shape != (3, H, T) or dt_cache_out.dtype != torch.float32
-                                     or not dt_cache_out.is_contiguous()):
-        raise ValueError(f"dt_cache_out must be a contiguous (3, {H}, {T}) float32 tensor, got "
-                         f"{tuple(dt_cache_out.shape)} {dt_cache_out.dtype}")
-    if decay_out is not None and (decay_out.shape != (nseq, H) or decay_out.dtype != torch.float32
-                                  or not decay_out.is_contiguous()):
-        raise ValueError(f"decay_out must be a contiguous ({nseq}, {H}) float32 tensor, got "
-                         f"{tuple(decay_out.shape)} {decay_out.dtype}")
+    if dt_cache_out is not None:
+        check_f32_buffer("dt_cache_out", dt_cache_out, (3, H, T))
+    if decay_out is not None:
+        check_f32_buffer("decay_out", decay_out, (nseq, H))
     out = None if states_only else torch.empty((T, H, P), device=dev, dtype=x.dtype)
     final = torch.empty((nseq, H, P, N), device=dev, dtype=torch.float32) if want_final_states else None
     cstates = (
