@@ -94,13 +94,16 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         def __getitem__(self, grid):
             return lambda *a, **kw: launches.append((self.fn, grid, a, kw))
 
+    from samkern.launch import FastLaunch
+
     patched = []
     for mod in (fwd_mod, bwd_mod):
         for name in dir(mod):
             obj = getattr(mod, name)
-            if isinstance(obj, triton.runtime.jit.JITFunction) and name.startswith("_ssd_"):
+            # the launch sites call the kernels through their samkern.launch wrappers
+            if isinstance(obj, FastLaunch) and obj.fn.__name__.startswith("_ssd_"):
                 patched.append((mod, name, obj))
-                setattr(mod, name, _Capture(obj))
+                setattr(mod, name, _Capture(obj.fn))
     old_sms, old_pick, old_tuning = bwd_mod.num_sms, bwd_mod._pick_heads_per_program, dict(bwd_mod.BWD_TUNING)
     old_fwd_tuning = dict(fwd_mod.FWD_TUNING)
 

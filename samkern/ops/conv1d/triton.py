@@ -28,6 +28,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.launch import fast_launch
+
 __all__ = ["causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"]
 
 BLOCK_L = 32
@@ -90,6 +92,9 @@ def _conv_fwd_kernel(
     tl.store(y_ptrs, acc.to(y_ptr.dtype.element_ty), mask=lmask[:, None] & dmask[None, :])
 
 
+_CONV_FWD = fast_launch(_conv_fwd_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 @triton.jit
 def _conv_bwd_g_kernel(
     x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, g_ptr, dw_part_ptr, db_part_ptr,
@@ -133,6 +138,9 @@ def _conv_bwd_g_kernel(
         tl.store(dw_part_ptr + (part * D + offs_d) * W + k, tl.sum(g * xv, axis=0), mask=dmask)
 
 
+_CONV_BWD_G = fast_launch(_conv_bwd_g_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 @triton.jit
 def _conv_bwd_dx_kernel(
     g_ptr, w_ptr, seq_ptr, dx_ptr,
@@ -162,6 +170,9 @@ def _conv_bwd_dx_kernel(
     tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=lmask[:, None] & dmask[None, :])
 
 
+_CONV_BWD_DX = fast_launch(_conv_bwd_dx_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 def _grid(batch: int, L: int, D: int):
     return (triton.cdiv(L, BLOCK_L), triton.cdiv(D, BLOCK_D), batch)
 
@@ -175,7 +186,7 @@ def causal_conv1d_fwd_triton(
     W = weight.shape[1]
     y = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
     seq = seq_idx if seq_idx is not None else x
-    _conv_fwd_kernel[_grid(batch, L, D)](
+    _CONV_FWD[_grid(batch, L, D)](
         x, weight, bias if bias is not None else weight, seq, y, L, D,
         x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1),
         seq_idx.stride(0) if seq_idx is not None else 0,
@@ -199,7 +210,7 @@ def causal_conv1d_bwd_triton(
     db_part = torch.empty((batch * n_lblk, D), device=x.device, dtype=torch.float32) if bias is not None else None
     seq = seq_idx if seq_idx is not None else x
     s_sb = seq_idx.stride(0) if seq_idx is not None else 0
-    _conv_bwd_g_kernel[_grid(batch, L, D)](
+    _CONV_BWD_G[_grid(batch, L, D)](
         x, weight, bias if bias is not None else weight, seq, dy, g, dw_part,
         db_part if db_part is not None else dw_part, L, D, n_lblk,
         x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_sb,
@@ -207,7 +218,7 @@ def causal_conv1d_bwd_triton(
         BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
     )
     dx = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
-    _conv_bwd_dx_kernel[_grid(batch, L, D)](
+    _CONV_BWD_DX[_grid(batch, L, D)](
         g, weight, seq, dx, L, D, dx.stride(0), dx.stride(1), s_sb,
         W=W, HAS_SEQ=seq_idx is not None, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
     )

@@ -25,6 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.launch import fast_launch
+
 from samkern.backend import num_sms
 
 __all__ = ["rmsnorm_gated_fwd_triton", "rmsnorm_gated_bwd_triton"]
@@ -52,6 +54,9 @@ def _rmsnorm_fwd_kernel(
         y = y * gate
     tl.store(y_ptr + row * s_y + cols, y.to(y_ptr.dtype.element_ty), mask=mask)
     tl.store(rstd_ptr + row * n_groups + grp, rstd)
+
+
+_NORM_FWD = fast_launch(_rmsnorm_fwd_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
 @triton.jit
@@ -102,6 +107,9 @@ def _rmsnorm_bwd_kernel(
     tl.store(dw_part_ptr + pid * N + cols, dw, mask=mask)
 
 
+_NORM_BWD = fast_launch(_rmsnorm_bwd_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 def _block_and_warps(gs: int) -> Tuple[int, int]:
     block = triton.next_power_of_2(gs)
     return block, min(16, max(1, block // 256))
@@ -118,7 +126,7 @@ def rmsnorm_gated_fwd_triton(
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     rstd = torch.empty((M, n_groups), device=x.device, dtype=torch.float32)
     block, warps = _block_and_warps(group_size)
-    _rmsnorm_fwd_kernel[(M, n_groups)](
+    _NORM_FWD[(M, n_groups)](
         x, z if z is not None else x, weight, y, rstd, N, group_size, n_groups, float(eps),
         x.stride(0), z.stride(0) if z is not None else 0, y.stride(0),
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, num_warps=warps,
@@ -139,7 +147,7 @@ def rmsnorm_gated_bwd_triton(
     dz = torch.empty((M, N), device=x.device, dtype=z.dtype) if z is not None else None
     dw_part = torch.empty((n_prog, N), device=x.device, dtype=torch.float32)
     block, warps = _block_and_warps(group_size)
-    _rmsnorm_bwd_kernel[(n_prog, n_groups)](
+    _NORM_BWD[(n_prog, n_groups)](
         x, z if z is not None else x, weight, rstd, dy, dx, dz if dz is not None else dx, dw_part,
         M, N, group_size, n_groups,
         x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0), dx.stride(0),

@@ -31,6 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.launch import fast_launch
+
 from samkern.backend import cdiv, next_pow2, num_sms
 
 __all__ = ["lora_gemm", "tuning_choices", "INTERPRET"]
@@ -105,6 +107,9 @@ def _lora_gemm_kernel(
     tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=mask)
 
 
+_PTR = fast_launch(_lora_gemm_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 @triton.jit
 def _lora_gemm_tma_kernel(
     a1_desc, b1_desc, a2_desc, b2_desc, c_desc, bias_ptr,
@@ -152,6 +157,9 @@ def _lora_gemm_tma_kernel(
         bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
         acc += bias[None, :]
     c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+
+
+_TMA = fast_launch(_lora_gemm_tma_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
 @triton.jit
@@ -204,6 +212,9 @@ def _lora_gemm_tma_persistent_kernel(
             bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
             acc += bias[None, :]
         c_desc.store([off_m, off_n], acc.to(c_desc.dtype))
+
+
+_PTMA = fast_launch(_lora_gemm_tma_persistent_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
 # Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M), chosen from a sweep on
@@ -292,7 +303,7 @@ def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int) -> 
     d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
     grid = (cdiv(M, bm) * cdiv(N, bn),)
-    _lora_gemm_tma_kernel[grid](
+    _TMA[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
         HAS_BIAS=bias is not None, HAS_LORA=has_lora, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
@@ -315,7 +326,7 @@ def _launch_ptma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, fl
     d_c = TensorDescriptor.from_tensor(out, [bm, bn])
     n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
     grid = (max(1, min(n_sms, cdiv(M, bm) * cdiv(N, bn))),)
-    _lora_gemm_tma_persistent_kernel[grid](
+    _PTMA[grid](
         d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
         M, N, K1, K2, _m_bucket(M),
         HAS_BIAS=bias is not None, HAS_LORA=has_lora, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
@@ -332,7 +343,7 @@ def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int) -> None:
     a2_ = a2 if has_lora else a1
     b2_ = b2 if has_lora else b1
     grid = (cdiv(M, bm) * cdiv(N, bn),)
-    _lora_gemm_kernel[grid](
+    _PTR[grid](
         a1, b1, a2_, b2_, bias if bias is not None else out, out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
         a1.stride(0), a1.stride(1), b1.stride(0), b1.stride(1),

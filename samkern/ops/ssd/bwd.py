@@ -70,6 +70,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.launch import fast_launch
+
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
@@ -224,6 +226,9 @@ def _ssd_bwd_dstate_kernel(
             tl.store(dinit_ptr + idx.to(tl.int64) * HPN + state_off, dS, mask=mpn)
 
 
+_DSTATE = fast_launch(_ssd_bwd_dstate_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 @triton.jit
 def _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q: tl.constexpr):
     """Token range of chunk-state row ``row``: (sequence start, sequence end, chunk start). The
@@ -265,6 +270,9 @@ def _ssd_dt_cache_kernel(
             v += tl.load(dtb_ptr + h).to(tl.float32)
         dtv, a, chain = _process_dt(v, tl.load(A_ptr + h).to(tl.float32), mq, dt_min, dt_max, DT_SOFTPLUS, True)
         _store_dt_cache(dtc_ptr, h, T, HT, tok, mq, a, dtv, chain)
+
+
+_DT_CACHE = fast_launch(_ssd_dt_cache_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
 @triton.jit
@@ -425,6 +433,9 @@ def _ssd_bwd_chunk_kernel(
         tl.store(dcb_ptr + slot * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
 
 
+_CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 @triton.jit
 def _ssd_bwd_dbdc_kernel(
     dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
@@ -489,6 +500,9 @@ def _ssd_bwd_dbdc_kernel(
                  mask=mqn)
         tl.store(dC_ptr + tok[:, None] * s_dC_t + g * s_dC_g + offs_n[None, :], accC.to(dC_ptr.dtype.element_ty),
                  mask=mqn)
+
+
+_DBDC = fast_launch(_ssd_bwd_dbdc_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
 def _last_contig(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
@@ -559,7 +573,7 @@ def dt_cache(
     T, H = dt.shape
     nseq = cu_seqlens.shape[0] - 1
     out = torch.empty((3, H, T), device=dt.device, dtype=torch.float32)
-    _ssd_dt_cache_kernel[(T // block_q + nseq, H)](
+    _DT_CACHE[(T // block_q + nseq, H)](
         dt, A, dt_bias if dt_bias is not None else dt, cu_seqlens, out, T, H * T, nseq,
         _n_search(nseq), dt.stride(0), dt.stride(1), float(dt_limit[0]), float(dt_limit[1]),
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), BLOCK_Q=block_q, num_warps=1,
@@ -592,7 +606,7 @@ def dstate_walk(
     dummy = dinit if dinit is not None else dstates
     nseq = cu_seqlens.shape[0] - 1
     scan_bp = _tuned_block("scan_block_p", block_p, block_p)
-    _ssd_bwd_dstate_kernel[(nseq, H, cdiv(P, scan_bp))](
+    _DSTATE[(nseq, H, cdiv(P, scan_bp))](
         dout, z if z is not None else dout, dtc, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else dummy,
         dstates if dstates is not None else dummy, dinit if dinit is not None else dummy,
@@ -727,7 +741,7 @@ def ssd_bwd(
     num_warps = BWD_TUNING.get("num_warps") or 8
     num_stages = BWD_TUNING.get("num_stages") or 2
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
-    _ssd_bwd_chunk_kernel[(n_rows, G * NHB, NPB)](
+    _CHUNK[(n_rows, G * NHB, NPB)](
         dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates,
         dx, dz, ddt_part, dcb, red,
@@ -749,7 +763,7 @@ def ssd_bwd(
     # rows) 154 -> 175 (H100, dev-runs/s7-call6)
     wide = busy_rows * G >= 64
     block_nb = _tuned_block("block_nb", 128 if wide else 64, BLOCK_N)
-    _ssd_bwd_dbdc_kernel[(n_rows, G, cdiv(N, block_nb))](
+    _DBDC[(n_rows, G, cdiv(N, block_nb))](
         dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
         T, H * T, P, N, G, HPG, n_slot, H * P * N, nseq, n_search,

@@ -47,6 +47,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.launch import fast_launch
+
 from samkern.backend import cdiv, next_pow2, tuning_from_env
 from samkern.checks import check_tensor
 
@@ -235,6 +237,9 @@ def _ssd_fwd_kernel(
         tl.store(final_ptr + pid_s.to(tl.int64) * HPN + pid_h * P * N + st_off, ST, mask=mask_np)
 
 
+_FWD = fast_launch(_ssd_fwd_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 def chunk_state_dtype(x_dtype: torch.dtype) -> torch.dtype:
     """Storage dtype of the states entering every chunk (written by the forward for the backward,
     and of the backward's ``dstates``): bf16 for bf16 inputs, fp32 otherwise.
@@ -374,7 +379,7 @@ def ssd_fwd(
     nw = FWD_TUNING.get("num_warps") or (8 if block_q >= 128 else 4)
     ns = FWD_TUNING.get("num_stages") or 2
     grid = (nseq, H, cdiv(P, BLOCK_P))
-    _ssd_fwd_kernel[grid](
+    _FWD[grid](
         x, dt, A, B, C,
         D if D is not None else dummy,
         z if z is not None else dummy,

@@ -50,6 +50,8 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.launch import fast_launch
+
 from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
 
@@ -121,6 +123,9 @@ def _stitch_kernel(src_ptr, ell_ptr, seed_ptr, dst_ptr, K, H, E, REVERSE: tl.con
         acc = tl.exp(tl.load(ell_ptr + row)) * acc + tl.load(src_ptr + row * E + offs, mask=m, other=0.0)
 
 
+_STITCH = fast_launch(_stitch_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
 def _stitch(src: torch.Tensor, ell: torch.Tensor, seed: Optional[torch.Tensor], batch: int, K: int,
             reverse: bool) -> torch.Tensor:
     """``_stitch_kernel`` over (batch·K, H, P, N) fp32 ``src``; ``seed`` (batch, H, P, N) or None."""
@@ -128,7 +133,7 @@ def _stitch(src: torch.Tensor, ell: torch.Tensor, seed: Optional[torch.Tensor], 
     E = P * N
     dst = torch.empty_like(src)
     block_e = 1024
-    _stitch_kernel[(batch, H, cdiv(E, block_e))](
+    _STITCH[(batch, H, cdiv(E, block_e))](
         src, ell, seed.contiguous() if seed is not None else src, dst, K, H, E,
         REVERSE=reverse, HAS_SEED=seed is not None, BLOCK_E=block_e, num_warps=4,
     )
