@@ -49,7 +49,9 @@ def _run(fn, x, w, b, seq, act, dout, **kw):
 @pytest.mark.parametrize("seq", [False, True])
 @pytest.mark.parametrize("channel_last,bias", [(True, True), (False, False)])
 def test_matches_reference_fp32(kernel_device, width, act, seq, channel_last, bias):
-    bsz, dim, length = 2, 20, 45  # 20 channels < BLOCK_D (masked), 45 tokens = 2 L-blocks
+    # 20 channels < the D-blocks (masked); 130 tokens: 5 forward L-blocks, 3 overlapping backward
+    # tiles (a dx row's g can sit in the next tile's rows: the halo)
+    bsz, dim, length = 2, 20, 130
     x, w, b = _make(bsz, dim, length, width, torch.float32, kernel_device, channel_last, bias)
     s = _seq_idx(bsz, length, kernel_device) if seq else None
     dout = torch.randn(bsz, dim, length, dtype=torch.float64, device=kernel_device)

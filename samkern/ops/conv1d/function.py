@@ -49,7 +49,7 @@ class CausalConv1dFunction(torch.autograd.Function):
         x, w, bias, seq = ctx.saved_tensors
         dx, dw, db = causal_conv1d_bwd_triton(dout, x, w, bias, seq, ctx.silu)
         need = ctx.needs_input_grad
-        return (dx if need[0] else None, dw.to(ctx.w_dtype) if need[1] else None,
+        return (dx if need[0] else None, dw.to(ctx.w_dtype, memory_format=torch.contiguous_format) if need[1] else None,
                 db.to(bias.dtype) if (db is not None and need[2]) else None, None, None)
 
 

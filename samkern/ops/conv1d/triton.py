@@ -15,9 +15,10 @@ padding tokens):
 Kernels (grid: L-blocks × D-blocks × batch; x and dy take any strides, channels ideally unit
 stride, i.e. the (B, L, D) activations of the block seen as (B, D, L)):
 * ``_conv_fwd_kernel``: y.
-* ``_conv_bwd_g_kernel``: recomputes pre, writes g (fp32) and per-program partial sums of dw and
-  dbias (summed by torch afterwards: deterministic, no atomics).
-* ``_conv_bwd_dx_kernel``: dx from g (a second pass so no program needs its neighbours' g).
+* ``_conv_bwd_kernel``: dx, and per-program partial sums of dw and dbias (summed by torch
+  afterwards: deterministic, no atomics). Programs overlap by W-1 rows so that the g each dx row
+  needs is inside the program's own tile (``tl.gather``): nothing but dx and the partials is
+  written.
 All arithmetic in fp32; y and dx in x's dtype.
 """
 from __future__ import annotations
@@ -28,12 +29,16 @@ import torch
 import triton
 import triton.language as tl
 
+from samkern.backend import next_pow2
 from samkern.launch import fast_launch
 
 __all__ = ["causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"]
 
 BLOCK_L = 32
 BLOCK_D = 128
+# the backward's tile: 64 rows of g (61 output rows at width 4) x 64 channels
+BWD_BLOCK_L = 64
+BWD_BLOCK_D = 64
 
 
 @triton.jit
@@ -96,81 +101,70 @@ _CONV_FWD = fast_launch(_conv_fwd_kernel)  # cheaper eager launches (samkern/lau
 
 
 @triton.jit
-def _conv_bwd_g_kernel(
-    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, g_ptr, dw_part_ptr, db_part_ptr,
-    L, D, n_lblk,
-    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_sb,
+def _conv_bwd_kernel(
+    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+    L, D,
+    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dxb, s_dxl, s_sb,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
+    """dx, and this program's partial sums of dw and dbias, of one tile of rows.
+
+    dx[s] reads g at the W-1 rows after s. A program computes g for BLOCK_L rows and outputs the
+    first STEP = BLOCK_L - (W-1) of them (the last W-1 are a halo the next program outputs), so
+    the shifted g comes from the tile itself through ``tl.gather``: nothing but dx and the
+    partials is written. (The earlier designs: g stored in fp32 and read back by a second kernel,
+    2.2-2.6x slower than causal-conv1d's backward; g recomputed for each of the W shifts, slower
+    still, ``dev-runs/s8-call5-*``, ``s8-call6-*``.)"""
+    STEP: tl.constexpr = BLOCK_L - (W - 1)
     pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    r = tl.arange(0, BLOCK_L)
+    offs_l = pid_l * STEP + r
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     lmask = offs_l < L
     dmask = offs_d < D
+    own = lmask & (r < STEP)  # the rows this program outputs and sums
     x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
     seq_row = seq_ptr + b * s_sb
     if HAS_SEQ:
         sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
     else:
         sid = offs_l  # unused without seq_idx
-    dy = tl.load(dy_ptr + b * s_dyb + offs_d[None, :].to(tl.int64) * s_dyd + offs_l[:, None].to(tl.int64) * s_dyl,
-                 mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    g = tl.load(dy_ptr + b * s_dyb + offs_d[None, :].to(tl.int64) * s_dyd + offs_l[:, None].to(tl.int64) * s_dyl,
+                mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
     if SILU:
         # recompute the pre-activation: act'(pre) = σ(pre)·(1 + pre·(1 - σ(pre)))
         pre = _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lmask, dmask,
                               W, HAS_BIAS, HAS_SEQ, BLOCK_L, BLOCK_D)
         sig = tl.sigmoid(pre)
-        g = dy * sig * (1.0 + pre * (1.0 - sig))
-    else:
-        g = dy
+        g = g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SEQ:
-        g = tl.where((sid < 0)[:, None], 0.0, g)
+        g = tl.where((sid < 0)[:, None], 0.0, g)  # padding tokens have no gradient
     g = tl.where(lmask[:, None] & dmask[None, :], g, 0.0)
-    tl.store(g_ptr + b * L * D + offs_l[:, None].to(tl.int64) * D + offs_d[None, :], g,
-             mask=lmask[:, None] & dmask[None, :])
-    # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers
-    part = b * n_lblk + pid_l
+
+    # dx[t] = Σ_j w[W-1-j] · g[t+j] · same(t+j, t); rows t < STEP find t+j inside the tile
+    dx = g * tl.load(w_ptr + offs_d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)[None, :]
+    for j in tl.static_range(1, W):
+        src = tl.minimum(r + j, BLOCK_L - 1)  # clamped only for halo rows, whose dx is not stored
+        gj = tl.gather(g, src[:, None] + tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.int32), axis=0)
+        if HAS_SEQ:
+            gj = tl.where((tl.gather(sid, src, axis=0) != sid)[:, None], 0.0, gj)
+        dx += gj * tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=dmask, other=0.0).to(tl.float32)[None, :]
+    dx_ptrs = dx_ptr + b * s_dxb + offs_l[:, None].to(tl.int64) * s_dxl + offs_d[None, :]
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=own[:, None] & dmask[None, :])
+
+    # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers,
+    # (W, D) per row so that the stores run along the channels
+    g = tl.where(own[:, None], g, 0.0)
+    part = b * tl.num_programs(0) + pid_l
     if HAS_BIAS:
         tl.store(db_part_ptr + part * D + offs_d, tl.sum(g, axis=0), mask=dmask)
     for k in tl.static_range(W):
         xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
-        tl.store(dw_part_ptr + (part * D + offs_d) * W + k, tl.sum(g * xv, axis=0), mask=dmask)
+        tl.store(dw_part_ptr + (part * W + k) * D + offs_d, tl.sum(g * xv, axis=0), mask=dmask)
 
 
-_CONV_BWD_G = fast_launch(_conv_bwd_g_kernel)  # cheaper eager launches (samkern/launch.py)
-
-
-@triton.jit
-def _conv_bwd_dx_kernel(
-    g_ptr, w_ptr, seq_ptr, dx_ptr,
-    L, D,
-    s_dxb, s_dxl, s_sb,
-    W: tl.constexpr, HAS_SEQ: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    lmask = offs_l < L
-    dmask = offs_d < D
-    if HAS_SEQ:
-        sid = tl.load(seq_ptr + b * s_sb + offs_l, mask=lmask, other=-1)
-    acc = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    for k in tl.static_range(W):
-        dst = offs_l + (W - 1) - k  # the output that read token s through tap k
-        ok = lmask & (dst < L)
-        if HAS_SEQ:
-            ok = ok & (tl.load(seq_ptr + b * s_sb + dst, mask=ok, other=-2) == sid)
-        gv = tl.load(g_ptr + b * L * D + dst[:, None].to(tl.int64) * D + offs_d[None, :],
-                     mask=ok[:, None] & dmask[None, :], other=0.0)
-        wk = tl.load(w_ptr + offs_d * W + k, mask=dmask, other=0.0)
-        acc += gv * wk.to(tl.float32)[None, :]
-    dx_ptrs = dx_ptr + b * s_dxb + offs_l[:, None].to(tl.int64) * s_dxl + offs_d[None, :]
-    tl.store(dx_ptrs, acc.to(dx_ptr.dtype.element_ty), mask=lmask[:, None] & dmask[None, :])
-
-
-_CONV_BWD_DX = fast_launch(_conv_bwd_dx_kernel)  # cheaper eager launches (samkern/launch.py)
+_CONV_BWD = fast_launch(_conv_bwd_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
 def _grid(batch: int, L: int, D: int):
@@ -200,28 +194,26 @@ def causal_conv1d_bwd_triton(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
     seq_idx: Optional[torch.Tensor], silu: bool,
 ) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """dy, x (B, D, L) any strides -> dx (B, D, L) (channel-last view), dweight (D, W) fp32,
-    dbias (D,) fp32 or None (cast to the parameters' dtype by the caller)."""
+    """dy, x (B, D, L) any strides -> dx (B, D, L) (channel-last view), dweight (D, W) fp32 (a
+    transposed view of a (W, D) tensor), dbias (D,) fp32 or None (cast to the parameters' dtype and
+    layout by the caller)."""
     batch, D, L = x.shape
     W = weight.shape[1]
-    n_lblk = triton.cdiv(L, BLOCK_L)
-    g = torch.empty((batch, L, D), device=x.device, dtype=torch.float32)
-    dw_part = torch.empty((batch * n_lblk, D, W), device=x.device, dtype=torch.float32)
+    # rows of g per program: a power of two; each program outputs all but the last W-1 of them
+    block_l = max(BWD_BLOCK_L, next_pow2(2 * W))
+    n_lblk = triton.cdiv(L, block_l - (W - 1))
+    dx = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
+    dw_part = torch.empty((batch * n_lblk, W, D), device=x.device, dtype=torch.float32)
     db_part = torch.empty((batch * n_lblk, D), device=x.device, dtype=torch.float32) if bias is not None else None
     seq = seq_idx if seq_idx is not None else x
-    s_sb = seq_idx.stride(0) if seq_idx is not None else 0
-    _CONV_BWD_G[_grid(batch, L, D)](
-        x, weight, bias if bias is not None else weight, seq, dy, g, dw_part,
-        db_part if db_part is not None else dw_part, L, D, n_lblk,
-        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), s_sb,
+    _CONV_BWD[(n_lblk, triton.cdiv(D, BWD_BLOCK_D), batch)](
+        x, weight, bias if bias is not None else weight, seq, dy, dx, dw_part,
+        db_part if db_part is not None else dw_part, L, D,
+        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), dx.stride(0), dx.stride(1),
+        seq_idx.stride(0) if seq_idx is not None else 0,
         W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
-        BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
+        BLOCK_L=block_l, BLOCK_D=BWD_BLOCK_D, num_warps=4,
     )
-    dx = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
-    _CONV_BWD_DX[_grid(batch, L, D)](
-        g, weight, seq, dx, L, D, dx.stride(0), dx.stride(1), s_sb,
-        W=W, HAS_SEQ=seq_idx is not None, BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
-    )
-    dw = dw_part.sum(0)
+    dw = dw_part.sum(0).t()
     db = db_part.sum(0) if db_part is not None else None
     return dx.transpose(1, 2), dw, db
