@@ -7,21 +7,13 @@ the SSD forward kernel and of the LoRA GEMM kernels, then replays it through eac
 """
 from __future__ import annotations
 
-import time
+import os
+import sys
 
 import torch
 
-
-def host_us(fn, n: int = 400) -> float:
-    for _ in range(20):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return 1e6 * (t1 - t0) / n
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from gpu_host_overhead import host_us  # noqa: E402
 
 
 def record(jit_fn, call):

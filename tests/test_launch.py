@@ -229,23 +229,18 @@ def test_gpu_ssd_and_lora_take_the_direct_path():
         assert torch.equal(y, outs[0][0]) and torch.equal(g, outs[0][1])
     assert fwd._FWD.hits >= 2 and bwd._CHUNK.hits >= 2 and bwd._DBDC.hits >= 2 and bwd._DSTATE.hits >= 2
 
-    xl = torch.randn(64, 72, device="cuda", dtype=torch.bfloat16)[:, :71]  # odd K, strided rows
-    W = torch.randn(40, 71, device="cuda", dtype=torch.bfloat16)
     u = torch.randn(64, 8, device="cuda", dtype=torch.bfloat16)
     Bl = torch.randn(40, 8, device="cuda", dtype=torch.bfloat16)
     cfg = dict(BLOCK_M=64, BLOCK_N=64, BLOCK_K=32, num_warps=4, num_stages=2)
-    before = lt._PTR.hits
-    ys = [lt.lora_gemm(xl, W.t(), u, Bl.t(), config=cfg, use_tma=False) for _ in range(3)]
-    assert lt._PTR.hits >= before + 2
-    ref = (xl.float() @ W.float().t() + u.float() @ Bl.float().t())
-    for y in ys:
-        torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
-        assert torch.equal(y, ys[0])
-    # the TMA kernel (host descriptors in the key): 16-byte rows
-    xt, Wt = torch.randn(64, 72, device="cuda", dtype=torch.bfloat16), torch.randn(40, 72, device="cuda", dtype=torch.bfloat16)
-    before = lt._TMA.hits
-    ys = [lt.lora_gemm(xt, Wt.t(), u, Bl.t(), config=cfg, use_tma=True) for _ in range(3)]
-    assert lt._TMA.hits >= before + 2
-    ref = (xt.float() @ Wt.float().t() + u.float() @ Bl.float().t())
-    for y in ys:
-        torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+    # the pointer kernel (odd K, strided rows) and the TMA kernel (16-byte rows; host descriptors
+    # in the key)
+    for kernel, K, tma in ((lt._PTR, 71, False), (lt._TMA, 72, True)):
+        xl = torch.randn(64, 72, device="cuda", dtype=torch.bfloat16)[:, :K]
+        W = torch.randn(40, K, device="cuda", dtype=torch.bfloat16)
+        before = kernel.hits
+        ys = [lt.lora_gemm(xl, W.t(), u, Bl.t(), config=cfg, use_tma=tma) for _ in range(3)]
+        assert kernel.hits >= before + 2, tma
+        ref = xl.float() @ W.float().t() + u.float() @ Bl.float().t()
+        for y in ys:
+            torch.testing.assert_close(y.float(), ref, rtol=2e-2, atol=2e-2)
+            assert torch.equal(y, ys[0])
