@@ -1,0 +1,44 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Registers / spills / shared memory of the conv1d backward kernel for sm_90, compiled on a
+machine without a GPU (ptxas), over a few tile shapes: occupancy is what a memory-bound kernel
+lives on (65,536 registers per SM: 244 registers x 128 threads leaves room for 2 programs, 8 warps).
+
+    python scripts/conv_regs_offline.py           # CPU machine; needs ptxas (Triton bundles one)
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from ssd_regs_offline import compile_report  # noqa: E402
+
+# (BLOCK_L, BLOCK_D, num_warps); the first is what causal_conv1d_bwd_triton launches
+TILES = [(64, 64, 4), (32, 128, 4), (64, 64, 8), (64, 64, 16), (32, 64, 8), (32, 32, 4)]
+
+
+def main() -> None:
+    import samkern.ops.conv1d.triton as ct
+
+    batch, L, D, W = 16, 192, 5376, 4  # 2.7b B16 L192: conv_dim = 5120 + 2 * 128
+    x = torch.zeros(batch, L, D, dtype=torch.bfloat16).transpose(1, 2)  # channel-last, as in the block
+    w, b = torch.zeros(D, W, dtype=torch.bfloat16), torch.zeros(D, dtype=torch.bfloat16)
+    dx = torch.zeros(batch, L, D, dtype=torch.bfloat16)
+    dw_part, db_part = torch.zeros(64, W, D), torch.zeros(64, D)
+    args = (x, w, b, x, x, dx, dw_part, db_part, L, D, x.stride(0), x.stride(1), x.stride(2),
+            x.stride(0), x.stride(1), x.stride(2), dx.stride(0), dx.stride(1), 0)
+    for bl, bd, nw in TILES:
+        kw = dict(W=W, HAS_BIAS=True, HAS_SEQ=False, SILU=True, BLOCK_L=bl, BLOCK_D=bd, num_warps=nw)
+        r = compile_report(ct._conv_bwd_kernel, args, kw)
+        r.update(block_l=bl, block_d=bd, programs_per_sm=65536 // (r["regs"] * 32 * nw) if r["regs"] else None)
+        print(json.dumps(r), flush=True)
+
+
+if __name__ == "__main__":
+    main()
