@@ -72,29 +72,10 @@ class FastLaunch:
 
     def launch(self, grid, *args, **kwargs) -> None:
         """``kernel[grid](*args, **kwargs)``, through the direct path where the key allows it."""
-        if not (ENABLED and self._ok) or type(grid) is not tuple or len(args) != self.n_runtime or _hooks_installed():
+        key = self._key(grid, args, kwargs)
+        if key is None:
             self.fn[grid](*args, **kwargs)
             return
-        try:
-            key = [a if type(a) is int else (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
-                   else _other_spec(a) for a in args]
-            cvals = [kwargs[name] for name in self.constexpr_names]
-        except _Unkeyed:  # an argument Triton's binder has to look at
-            self.fn[grid](*args, **kwargs)
-            return
-        except KeyError:  # a constexpr left to its default
-            self.fn[grid](*args, **kwargs)
-            return
-        n_opts = ("num_warps" in kwargs) + ("num_stages" in kwargs)
-        if len(kwargs) != len(cvals) + n_opts:  # another launch option (num_ctas, ...)
-            self.fn[grid](*args, **kwargs)
-            return
-        device = _DRIVER_FNS[0]() if _DRIVER_FNS else _driver_fns()[0]()
-        key += cvals
-        key.append(kwargs.get("num_warps", 4))
-        key.append(kwargs.get("num_stages", 3))
-        key.append(device)
-        key = tuple(key)
         kernel = self._cache.get(key)
         if kernel is None:
             kernel = self.fn[grid](*args, **kwargs)
@@ -105,9 +86,29 @@ class FastLaunch:
             self._cache[key] = kernel
             return
         n = len(grid)
-        kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _DRIVER_FNS[1](device),
-                   kernel.function, kernel.packed_metadata, None, None, None, *args, *cvals)
+        kernel.run(grid[0], grid[1] if n > 1 else 1, grid[2] if n > 2 else 1, _DRIVER_FNS[1](key[-1]),
+                   kernel.function, kernel.packed_metadata, None, None, None, *args,
+                   *key[len(args):len(args) + len(self.constexpr_names)])
         self.hits += 1
+
+    def _key(self, grid, args: tuple, kwargs: dict):
+        """Everything Triton specialises this launch on (module docstring), the device last; None
+        when the launch must go through Triton's own path."""
+        if not (ENABLED and self._ok) or type(grid) is not tuple or len(args) != self.n_runtime or _hooks_installed():
+            return None
+        try:
+            key = [a if type(a) is int else (a.dtype, a.data_ptr() & 15 == 0) if isinstance(a, torch.Tensor)
+                   else _other_spec(a) for a in args]
+            key += [kwargs[name] for name in self.constexpr_names]
+        except (_Unkeyed, KeyError):  # an argument Triton's binder has to look at, a defaulted constexpr
+            return None
+        n_opts = ("num_warps" in kwargs) + ("num_stages" in kwargs)
+        if len(kwargs) != len(self.constexpr_names) + n_opts:  # another launch option (num_ctas, ...)
+            return None
+        key.append(kwargs.get("num_warps", 4))
+        key.append(kwargs.get("num_stages", 3))
+        key.append(_DRIVER_FNS[0]() if _DRIVER_FNS else _driver_fns()[0]())
+        return tuple(key)
 
 
 class _Unkeyed(Exception):

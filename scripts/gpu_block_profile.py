@@ -10,31 +10,14 @@ from __future__ import annotations
 
 import os
 import sys
-from collections import defaultdict
 
 import torch
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.bench_blocks import SHAPES, _fwdbwd  # noqa: E402
-
-ITERS = 5
-
-
-def profile(fn) -> dict:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        for _ in range(ITERS):
-            fn()
-        torch.cuda.synchronize()
-    per = defaultdict(lambda: [0.0, 0])
-    for ev in prof.events():
-        if ev.device_type == torch.autograd.DeviceType.CUDA:
-            per[ev.name][0] += ev.device_time_total / ITERS if hasattr(ev, "device_time_total") else ev.cuda_time_total / ITERS
-            per[ev.name][1] += 1
-    return dict(per)
+from gpu_ssd_profile import kernel_times  # noqa: E402
 
 
 def main() -> None:
@@ -52,11 +35,12 @@ def main() -> None:
         u = torch.randn(batch, seqlen, d_model, **kw, requires_grad=True)
         g = torch.randn(batch, seqlen, d_model, **kw)
         for name, block in (("samkern", ours), ("mamba-ssm", peer)):
-            per = profile(_fwdbwd(block, u, g))
-            total = sum(v[0] for v in per.values())
-            print(f"\n== {shape} {name}: {total:.0f} us of kernels per fwd+bwd, {sum(v[1] for v in per.values()) // ITERS} launches")
-            for k, (t, n) in sorted(per.items(), key=lambda kv: -kv[1][0])[:16]:
-                print(f"  {t:8.1f} us  x{n // ITERS:<3d} {k[:110]}")
+            counts: dict = {}
+            per = kernel_times(_fwdbwd(block, u, g), counts=counts)
+            print(f"\n== {shape} {name}: {sum(per.values()):.0f} us of kernels per fwd+bwd, "
+                  f"{sum(counts.values())} launches")
+            for k, t in list(per.items())[:16]:
+                print(f"  {t:8.1f} us  x{counts[k]:<3d} {k}")
 
 
 if __name__ == "__main__":

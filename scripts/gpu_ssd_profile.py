@@ -18,6 +18,7 @@ import json
 import os
 import sys
 from collections import defaultdict
+from typing import Optional
 
 import torch
 
@@ -39,8 +40,9 @@ SWEEP = json.loads(os.environ.get("SSD_PROFILE_SWEEP", json.dumps(
     [{"num_warps": w, "num_stages": s} for w in (4, 8) for s in (1, 2)])))
 
 
-def kernel_times(fn, iters: int = 5) -> dict:
-    """CUDA time per call of each kernel name (us), from torch.profiler."""
+def kernel_times(fn, iters: int = 5, counts: Optional[dict] = None) -> dict:
+    """CUDA time per call of each kernel name (us), from torch.profiler; ``counts``, if given,
+    receives the launches per call of each name."""
     fn()
     torch.cuda.synchronize()
     from torch.profiler import ProfilerActivity, profile
@@ -54,6 +56,8 @@ def kernel_times(fn, iters: int = 5) -> dict:
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
         if t:
             acc[ev.key[:70]] += t / iters
+            if counts is not None:
+                counts[ev.key[:70]] = counts.get(ev.key[:70], 0) + ev.count // iters
     return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
 
 

@@ -25,9 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.launch import fast_launch
-
 from samkern.backend import num_sms
+from samkern.launch import fast_launch
 
 __all__ = ["rmsnorm_gated_fwd_triton", "rmsnorm_gated_bwd_triton"]
 

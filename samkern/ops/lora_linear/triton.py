@@ -31,9 +31,8 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.launch import fast_launch
-
 from samkern.backend import cdiv, next_pow2, num_sms
+from samkern.launch import fast_launch
 
 __all__ = ["lora_gemm", "tuning_choices", "INTERPRET"]
 

@@ -70,10 +70,9 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.launch import fast_launch
-
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
+from samkern.launch import fast_launch
 from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "dt_cache", "BWD_TUNING"]

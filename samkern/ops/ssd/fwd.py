@@ -47,10 +47,9 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.launch import fast_launch
-
 from samkern.backend import cdiv, next_pow2, tuning_from_env
 from samkern.checks import check_tensor
+from samkern.launch import fast_launch
 
 __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "FWD_TUNING"]
 

@@ -50,10 +50,9 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.launch import fast_launch
-
 from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
+from samkern.launch import fast_launch
 
 __all__ = ["segment_layout", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
 
