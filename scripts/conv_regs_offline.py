@@ -20,7 +20,7 @@ import torch  # noqa: E402
 from ssd_regs_offline import compile_report  # noqa: E402
 
 # (BLOCK_L, BLOCK_D, num_warps); the first is what causal_conv1d_bwd_triton launches
-TILES = [(64, 64, 4), (32, 128, 4), (64, 64, 8), (64, 64, 16), (32, 64, 8), (32, 32, 4)]
+TILES = [(64, 64, 4), (32, 64, 4), (32, 64, 8), (32, 32, 4), (32, 128, 4), (16, 128, 4), (64, 32, 4)]
 
 
 def main() -> None:
@@ -31,13 +31,17 @@ def main() -> None:
     w, b = torch.zeros(D, W, dtype=torch.bfloat16), torch.zeros(D, dtype=torch.bfloat16)
     dx = torch.zeros(batch, L, D, dtype=torch.bfloat16)
     dw_part, db_part = torch.zeros(64, W, D), torch.zeros(64, D)
-    args = (x, w, b, x, x, dx, dw_part, db_part, L, D, x.stride(0), x.stride(1), x.stride(2),
-            x.stride(0), x.stride(1), x.stride(2), dx.stride(0), dx.stride(1), 0)
-    for bl, bd, nw in TILES:
-        kw = dict(W=W, HAS_BIAS=True, HAS_SEQ=False, SILU=True, BLOCK_L=bl, BLOCK_D=bd, num_warps=nw)
-        r = compile_report(ct._conv_bwd_kernel, args, kw)
-        r.update(block_l=bl, block_d=bd, programs_per_sm=65536 // (r["regs"] * 32 * nw) if r["regs"] else None)
-        print(json.dumps(r), flush=True)
+    xs = (x.stride(0), x.stride(1), x.stride(2))
+    args = (x, w, b, x, x, x, x, dx, dw_part, db_part, L, D, D - 256, D - 128, *xs, *xs, *xs, *xs,
+            dx.stride(0), dx.stride(1), 0)
+    for split in (False, True):
+        for bl, bd, nw in TILES:
+            kw = dict(W=W, HAS_BIAS=True, HAS_SEQ=False, SILU=True, SPLIT_DY=split, NEED_DW=True,
+                      BLOCK_L=bl, BLOCK_D=bd, num_warps=nw)
+            r = compile_report(ct._conv_bwd_kernel, args, kw)
+            r.update(block_l=bl, block_d=bd, split_dy=split,
+                     programs_per_sm=65536 // (r["regs"] * 32 * nw) if r["regs"] else None)
+            print(json.dumps(r), flush=True)
 
 
 if __name__ == "__main__":

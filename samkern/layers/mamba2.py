@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from samkern.checks import check_cu_seqlens, check_tensor
 from samkern.layers.lora_linear import LoRALinear
-from samkern.ops.conv1d.function import causal_conv1d
+from samkern.ops.conv1d.function import conv_split
 from samkern.ops.conv1d.ref import causal_conv1d_update_ref, causal_conv1d_varlen_states_ref
 from samkern.ops.gated_rmsnorm.ref import RMSNormGated
 
@@ -232,10 +232,14 @@ class Mamba2Block(nn.Module):
     def conv_dim(self) -> int:
         return self.d_ssm + 2 * self.ngroups * self.d_state
 
-    def _split_proj(self, zxbcdt: torch.Tensor):
+    def _proj_sizes(self, zxbcdt: torch.Tensor) -> List[int]:
+        """Widths of in_proj's output parts z0, x0 (the optional MLP half), z, xBC, dt."""
         d_mlp = (zxbcdt.shape[-1] - 2 * self.d_ssm - 2 * self.ngroups * self.d_state - self.nheads) // 2
-        parts = torch.split(zxbcdt, [d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads], dim=-1)
-        return d_mlp, parts
+        return [d_mlp, d_mlp, self.d_ssm, self.conv_dim, self.nheads]
+
+    def _split_proj(self, zxbcdt: torch.Tensor):
+        sizes = self._proj_sizes(zxbcdt)
+        return sizes[0], torch.split(zxbcdt, sizes, dim=-1)
 
     def _D(self) -> torch.Tensor:
         return self.D.view(self.nheads, self.headdim) if self.D_has_hdim else self.D
@@ -317,21 +321,24 @@ class Mamba2Block(nn.Module):
         if seqlen_og is not None:
             zxbcdt = zxbcdt.view(batch, seqlen, -1)
         A = -torch.exp(self.A_log.float())  # (H,), fp32 so an fp16 A_log cannot give -inf
-        d_mlp, (z0, x0, z, xBC, dt) = self._split_proj(zxbcdt)
+        sizes = self._proj_sizes(zxbcdt)
+        d_mlp = sizes[0]
 
-        xBC_t = xBC.transpose(1, 2)  # (B, conv_dim, L)
         if conv_state is not None:
+            xBC_t = zxbcdt[..., 2 * d_mlp + self.d_ssm:2 * d_mlp + self.d_ssm + self.conv_dim].transpose(1, 2)
             with torch.no_grad():
                 if cu_seqlens is None:
                     # Last W raw inputs, zero-padded in front when L < W.
                     conv_state.copy_(F.pad(xBC_t, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
                                      else xBC_t[:, :, seqlen - self.d_conv:])
                 else:
-                    conv_state.copy_(causal_conv1d_varlen_states_ref(xBC[0], cu_seqlens, self.d_conv))
-        # Triton kernel on CUDA (reads the channel-last xBC in place), the reference elsewhere
-        xBC = causal_conv1d(xBC_t, self._conv_weight(), self.conv1d.bias, seq_idx=seq_idx,
-                            activation=self.activation, backend=self.scan_backend).transpose(1, 2)  # (B, L, conv_dim)
-        x, B, C = torch.split(xBC, [self.d_ssm, self.ngroups * self.d_state, self.ngroups * self.d_state], dim=-1)
+                    conv_state.copy_(causal_conv1d_varlen_states_ref(xBC_t.transpose(1, 2)[0], cu_seqlens, self.d_conv))
+        # split -> conv of xBC -> split of x, B, C: on CUDA one autograd node whose backward writes
+        # d zxbcdt once (no gradient concatenations), the reference composition elsewhere
+        gn = self.ngroups * self.d_state
+        z0, x0, z, x, B, C, dt = conv_split(zxbcdt, sizes, 3, [self.d_ssm, gn, gn], self._conv_weight(),
+                                            self.conv1d.bias, seq_idx=seq_idx, activation=self.activation,
+                                            backend=self.scan_backend)
 
         from samkern.ops import ssd_chunk_scan  # resolved lazily: keeps `import samkern` light
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkern.ops.conv1d.function import causal_conv1d
+from samkern.ops.conv1d.function import causal_conv1d, conv_split
 from samkern.ops.conv1d.ref import causal_conv1d_ref
 from samkern.testing import assert_close, assert_close_lowp
 from tests.ops.test_conv1d_ref import loop_conv
@@ -114,6 +114,71 @@ def test_dispatch_and_errors(kernel_device):
 
 
 # ------------------------------------------------------------------------------------------
+# conv_split: the block's split -> conv -> split as one node (dx, dB, dC read in place, d zxbcdt
+# written once), against the torch.split composition of the reference backend
+
+
+def _conv_split_case(dtype, device, bsz=2, length=70, d_mlp=3, d_ssm=24, gn=8, heads=3, width=4, seq=False):
+    sizes = [d_mlp, d_mlp, d_ssm, d_ssm + 2 * gn, heads]
+    conv_sizes = [d_ssm, gn, gn]
+    # the in_proj output: a (B, L, Dp) tensor, here a column slice of a wider one (row stride > Dp)
+    proj = torch.randn(bsz, length, sum(sizes) + 5, device=device).to(dtype)[..., 2:2 + sum(sizes)]
+    w = (torch.randn(d_ssm + 2 * gn, width, device=device) / width ** 0.5).to(dtype)
+    b = torch.randn(d_ssm + 2 * gn, device=device).to(dtype)
+    s = _seq_idx(bsz, length, device) if seq else None
+    return proj, w, b, s, sizes, conv_sizes
+
+
+def _run_split(backend, proj, w, b, s, sizes, conv_sizes, used, grads, act="silu"):
+    leaves = [t.detach().clone().requires_grad_(True) for t in (proj, w, b)]
+    parts = conv_split(leaves[0], sizes, 3, conv_sizes, leaves[1], leaves[2], seq_idx=s, activation=act,
+                       backend=backend)
+    torch.autograd.backward([parts[i] for i in used], [grads[i].to(parts[i].dtype) for i in used])
+    return list(parts), [t.grad for t in leaves]
+
+
+@pytest.mark.parametrize("used", [(0, 1, 2, 3, 4, 5, 6), (2, 3, 5, 6), (3, 4), (0, 6)])
+@pytest.mark.parametrize("seq,act", [(False, "silu"), (True, None)])
+def test_conv_split_matches_split_composition(kernel_device, used, seq, act):
+    """Every subset of used parts (unused ones get no gradient: zeros in d proj), packed sequences."""
+    proj, w, b, s, sizes, conv_sizes = _conv_split_case(torch.float32, kernel_device, seq=seq)
+    shapes = [(*proj.shape[:2], n) for n in sizes[:3] + conv_sizes + sizes[4:]]
+    grads = [torch.randn(sh, device=kernel_device) for sh in shapes]
+    got_parts, got = _run_split("triton", proj, w, b, s, sizes, conv_sizes, used, grads, act)
+    ref_parts, ref = _run_split("ref", proj.double(), w.double(), b.double(), s, sizes, conv_sizes, used,
+                                [g.double() for g in grads], act)
+    for i, (g, r) in enumerate(zip(got_parts, ref_parts)):
+        assert g.shape == r.shape and g.dtype == proj.dtype
+        assert_close(f"part {i}", g, r, 2e-5)
+    assert_close("d proj", got[0], ref[0], 2e-5)
+    if any(i in used for i in (3, 4, 5)):
+        assert_close("dweight", got[1], ref[1], 2e-5)
+        assert_close("dbias", got[2], ref[2], 2e-5)
+        assert got[1].dtype == w.dtype and got[2].dtype == b.dtype
+    else:  # no conv output used: no gradient reaches the conv
+        assert got[1] is None and got[2] is None and ref[1] is None
+
+
+def test_conv_split_frozen_conv_and_errors(kernel_device):
+    """A frozen conv (LoRA fine-tuning) skips dw/db; bad splits are refused."""
+    proj, w, b, s, sizes, conv_sizes = _conv_split_case(torch.float32, kernel_device, d_mlp=0)
+    p1 = proj.detach().clone().requires_grad_(True)
+    parts = conv_split(p1, sizes, 3, conv_sizes, w, b, activation="silu", backend="triton")
+    grads = [torch.randn_like(t) for t in parts]
+    torch.autograd.backward(parts, grads)
+    p2 = proj.detach().clone().double().requires_grad_(True)
+    ref = conv_split(p2, sizes, 3, conv_sizes, w.double(), b.double(), activation="silu", backend="ref")
+    torch.autograd.backward(ref, [g.double() for g in grads])
+    assert_close("d proj (frozen conv)", p1.grad, p2.grad, 2e-5)
+    with pytest.raises(ValueError, match="split into"):
+        conv_split(proj, [1] + sizes, 3, conv_sizes, w, b)
+    with pytest.raises(ValueError, match="conv_sizes"):
+        conv_split(proj, sizes, 3, conv_sizes[:2], w, b)
+    with pytest.raises(ValueError, match="weight"):
+        conv_split(proj, sizes, 3, conv_sizes, w[:5], b, backend="triton")
+
+
+# ------------------------------------------------------------------------------------------
 # GPU: bf16 at a Mamba-2 block's shapes; the causal-conv1d package is the peer
 
 @pytest.mark.gpu
@@ -144,3 +209,22 @@ def test_gpu_bf16_vs_reference_and_peer(shape, seq):
             keep = (s >= 0).unsqueeze(1)
             g, p, r = g * keep, p * keep, r * keep
         assert_close_lowp(f"vs causal-conv1d {name}", g, r, p, factor=2.0, floor=2.0 ** -9)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("seq", [False, True])
+def test_gpu_conv_split_bf16(seq):
+    """A 2.7b-like split at B2 L640 in bf16: against the reference composition in fp64 and its
+    own bf16 rounding."""
+    proj, w, b, s, sizes, conv_sizes = _conv_split_case(torch.bfloat16, "cuda", bsz=2, length=640, d_mlp=0,
+                                                        d_ssm=1280, gn=128, heads=20, seq=seq)
+    shapes = [(*proj.shape[:2], n) for n in sizes[:3] + conv_sizes + sizes[4:]]
+    grads = [torch.randn(sh, device="cuda") for sh in shapes]
+    used = tuple(range(7))
+    got_parts, got = _run_split("triton", proj, w, b, s, sizes, conv_sizes, used, grads)
+    low_parts, low = _run_split("ref", proj, w, b, s, sizes, conv_sizes, used, grads)
+    ref_parts, ref = _run_split("ref", proj.double(), w.double(), b.double(), s, sizes, conv_sizes, used,
+                                [g.double() for g in grads])
+    for name, g, r, lo in zip(("out x", "out B", "out C", "d proj", "dweight", "dbias"),
+                              got_parts[3:6] + got, ref_parts[3:6] + ref, low_parts[3:6] + low):
+        assert_close_lowp(name, g, r, lo, floor=2.0 ** -9)

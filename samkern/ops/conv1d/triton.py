@@ -23,7 +23,7 @@ All arithmetic in fp32; y and dx in x's dtype.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple, Union
 
 import torch
 import triton
@@ -36,9 +36,11 @@ __all__ = ["causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"]
 
 BLOCK_L = 32
 BLOCK_D = 128
-# the backward's tile: 64 rows of g (61 output rows at width 4) x 64 channels
+# the backward's tile: 64 rows of g (61 output rows at width 4) x 64 channels, 4 warps
 BWD_BLOCK_L = 64
 BWD_BLOCK_D = 64
+BWD_NUM_WARPS = 4
+REDUCE_BLOCK_D = 64  # channels per program of the dw/db reduction
 
 
 @triton.jit
@@ -101,11 +103,19 @@ _CONV_FWD = fast_launch(_conv_fwd_kernel)  # cheaper eager launches (samkern/lau
 
 
 @triton.jit
+def _load_dy_segment(dy_ptr, s_b, s_d, s_l, b, offs_l, ch, ok):
+    """dy at channels ``ch`` (relative to the segment's first) of the rows offs_l, fp32, 0 off ``ok``."""
+    ptrs = dy_ptr + b * s_b + ch[None, :].to(tl.int64) * s_d + offs_l[:, None].to(tl.int64) * s_l
+    return tl.load(ptrs, mask=ok, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _conv_bwd_kernel(
-    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-    L, D,
-    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dxb, s_dxl, s_sb,
+    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dy1_ptr, dy2_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+    L, D, D1, D2,
+    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_dxb, s_dxl, s_sb,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+    SPLIT_DY: tl.constexpr, NEED_DW: tl.constexpr,
     BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     """dx, and this program's partial sums of dw and dbias, of one tile of rows.
@@ -115,7 +125,11 @@ def _conv_bwd_kernel(
     the shifted g comes from the tile itself through ``tl.gather``: nothing but dx and the
     partials is written. (The earlier designs: g stored in fp32 and read back by a second kernel,
     2.2-2.6x slower than causal-conv1d's backward; g recomputed for each of the W shifts, slower
-    still, ``dev-runs/s8-call5-*``, ``s8-call6-*``.)"""
+    still, ``dev-runs/s8-call5-*``, ``s8-call6-*``.)
+
+    With SPLIT_DY the output gradient arrives as three tensors, channels [0, D1) in dy, [D1, D2)
+    in dy1 and [D2, D) in dy2 (the x, B and C of a Mamba-2 block, split after the conv): read in
+    place, so the split's backward needs no concatenation. Without NEED_DW only dx is made."""
     STEP: tl.constexpr = BLOCK_L - (W - 1)
     pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     r = tl.arange(0, BLOCK_L)
@@ -130,8 +144,15 @@ def _conv_bwd_kernel(
         sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
     else:
         sid = offs_l  # unused without seq_idx
-    g = tl.load(dy_ptr + b * s_dyb + offs_d[None, :].to(tl.int64) * s_dyd + offs_l[:, None].to(tl.int64) * s_dyl,
-                mask=lmask[:, None] & dmask[None, :], other=0.0).to(tl.float32)
+    ok = lmask[:, None] & dmask[None, :]
+    if SPLIT_DY:
+        # masked loads: each channel is read from exactly one of the three tensors
+        g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok & (offs_d < D1)[None, :])
+        g += _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1,
+                              ok & ((offs_d >= D1) & (offs_d < D2))[None, :])
+        g += _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok & (offs_d >= D2)[None, :])
+    else:
+        g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
     if SILU:
         # recompute the pre-activation: act'(pre) = σ(pre)·(1 + pre·(1 - σ(pre)))
         pre = _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lmask, dmask,
@@ -140,7 +161,7 @@ def _conv_bwd_kernel(
         g = g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SEQ:
         g = tl.where((sid < 0)[:, None], 0.0, g)  # padding tokens have no gradient
-    g = tl.where(lmask[:, None] & dmask[None, :], g, 0.0)
+    g = tl.where(ok, g, 0.0)
 
     # dx[t] = Σ_j w[W-1-j] · g[t+j] · same(t+j, t); rows t < STEP find t+j inside the tile
     dx = g * tl.load(w_ptr + offs_d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)[None, :]
@@ -153,18 +174,45 @@ def _conv_bwd_kernel(
     dx_ptrs = dx_ptr + b * s_dxb + offs_l[:, None].to(tl.int64) * s_dxl + offs_d[None, :]
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=own[:, None] & dmask[None, :])
 
-    # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers,
-    # (W, D) per row so that the stores run along the channels
-    g = tl.where(own[:, None], g, 0.0)
-    part = b * tl.num_programs(0) + pid_l
-    if HAS_BIAS:
-        tl.store(db_part_ptr + part * D + offs_d, tl.sum(g, axis=0), mask=dmask)
-    for k in tl.static_range(W):
-        xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
-        tl.store(dw_part_ptr + (part * W + k) * D + offs_d, tl.sum(g * xv, axis=0), mask=dmask)
+    if NEED_DW:
+        # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers,
+        # (W, D) per row so that the stores run along the channels
+        g = tl.where(own[:, None], g, 0.0)
+        part = b * tl.num_programs(0) + pid_l
+        if HAS_BIAS:
+            tl.store(db_part_ptr + part * D + offs_d, tl.sum(g, axis=0), mask=dmask)
+        for k in tl.static_range(W):
+            xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
+            tl.store(dw_part_ptr + (part * W + k) * D + offs_d, tl.sum(g * xv, axis=0), mask=dmask)
 
 
 _CONV_BWD = fast_launch(_conv_bwd_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
+@triton.jit
+def _conv_dw_reduce_kernel(
+    dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, P, D,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dw[d, k] = Σ_p dw_part[p, k, d] and db[d] = Σ_p db_part[p, d] (fp32 sums, in order: the
+    same bits every run), stored in the parameters' dtype and (D, W) layout: one launch in place
+    of a sum, a transpose-copy and a cast for each of the two."""
+    offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
+    offs_k = tl.arange(0, BLOCK_W)
+    dmask = offs_d < D
+    mask = (offs_k < W)[:, None] & dmask[None, :]
+    acc = tl.zeros((BLOCK_W, BLOCK_D), dtype=tl.float32)
+    acc_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
+    for p in range(P):
+        acc += tl.load(dw_part_ptr + (p * W + offs_k[:, None]) * D + offs_d[None, :], mask=mask, other=0.0)
+        if HAS_BIAS:
+            acc_b += tl.load(db_part_ptr + p * D + offs_d, mask=dmask, other=0.0)
+    tl.store(dw_ptr + offs_d[None, :] * W + offs_k[:, None], acc.to(dw_ptr.dtype.element_ty), mask=mask)
+    if HAS_BIAS:
+        tl.store(db_ptr + offs_d, acc_b.to(db_ptr.dtype.element_ty), mask=dmask)
+
+
+_CONV_DW_REDUCE = fast_launch(_conv_dw_reduce_kernel)
 
 
 def _grid(batch: int, L: int, D: int):
@@ -191,29 +239,56 @@ def causal_conv1d_fwd_triton(
 
 
 def causal_conv1d_bwd_triton(
-    dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
-    seq_idx: Optional[torch.Tensor], silu: bool,
-) -> Tuple[torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
-    """dy, x (B, D, L) any strides -> dx (B, D, L) (channel-last view), dweight (D, W) fp32 (a
-    transposed view of a (W, D) tensor), dbias (D,) fp32 or None (cast to the parameters' dtype and
-    layout by the caller)."""
+    dy: Union[torch.Tensor, Sequence[torch.Tensor]], x: torch.Tensor, weight: torch.Tensor,
+    bias: Optional[torch.Tensor], seq_idx: Optional[torch.Tensor], silu: bool, *,
+    need_dw: bool = True, dx_out: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """Gradients of the conv.
+
+    dy: (B, D, L) any strides, or three (B, D_k, L) tensors holding channels in order (split
+    outputs' gradients: read in place). x (B, D, L) any strides. ``dx_out``: a (B, L, D) tensor
+    with unit channel stride (e.g. a column slice of a larger gradient) to write dx into; else a
+    new one. Returns dx (B, D, L) (channel-last view), dweight (D, W) and dbias (D,) in the
+    weight's and bias's dtypes, or None for both when ``need_dw`` is False (dbias also None
+    without a bias)."""
     batch, D, L = x.shape
     W = weight.shape[1]
+    dys = tuple(dy) if isinstance(dy, (tuple, list)) else (dy,)
+    if len(dys) not in (1, 3) or sum(t.shape[1] for t in dys) != D:
+        raise ValueError(f"dy must be one (B, D, L) tensor or three splitting D={D}, got {[tuple(t.shape) for t in dys]}")
+    split = len(dys) == 3
+    d1 = dys[0].shape[1]
+    d2 = d1 + (dys[1].shape[1] if split else 0)
+    dy0, dy1, dy2 = dys if split else (dys[0], dys[0], dys[0])
+    block_l_min, block_d, warps = BWD_BLOCK_L, BWD_BLOCK_D, BWD_NUM_WARPS  # module globals: sweeps set them
     # rows of g per program: a power of two; each program outputs all but the last W-1 of them
-    block_l = max(BWD_BLOCK_L, next_pow2(2 * W))
+    block_l = max(block_l_min, next_pow2(2 * W))
     n_lblk = triton.cdiv(L, block_l - (W - 1))
-    dx = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
-    dw_part = torch.empty((batch * n_lblk, W, D), device=x.device, dtype=torch.float32)
-    db_part = torch.empty((batch * n_lblk, D), device=x.device, dtype=torch.float32) if bias is not None else None
+    if dx_out is None:
+        dx_out = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
+    elif dx_out.shape != (batch, L, D) or dx_out.stride(2) != 1:
+        raise ValueError(f"dx_out must be ({batch}, {L}, {D}) with unit channel stride, got {tuple(dx_out.shape)} "
+                         f"strides {dx_out.stride()}")
+    if need_dw:
+        dw_part = torch.empty((batch * n_lblk, W, D), device=x.device, dtype=torch.float32)
+        db_part = torch.empty((batch * n_lblk, D), device=x.device, dtype=torch.float32) if bias is not None else dw_part
+    else:
+        dw_part = db_part = dx_out  # never touched (NEED_DW is a constexpr)
     seq = seq_idx if seq_idx is not None else x
-    _CONV_BWD[(n_lblk, triton.cdiv(D, BWD_BLOCK_D), batch)](
-        x, weight, bias if bias is not None else weight, seq, dy, dx, dw_part,
-        db_part if db_part is not None else dw_part, L, D,
-        x.stride(0), x.stride(1), x.stride(2), dy.stride(0), dy.stride(1), dy.stride(2), dx.stride(0), dx.stride(1),
-        seq_idx.stride(0) if seq_idx is not None else 0,
-        W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
-        BLOCK_L=block_l, BLOCK_D=BWD_BLOCK_D, num_warps=4,
+    _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
+        x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part, L, D, d1, d2,
+        x.stride(0), x.stride(1), x.stride(2), dy0.stride(0), dy0.stride(1), dy0.stride(2),
+        dy1.stride(0), dy1.stride(1), dy1.stride(2), dy2.stride(0), dy2.stride(1), dy2.stride(2),
+        dx_out.stride(0), dx_out.stride(1), seq_idx.stride(0) if seq_idx is not None else 0,
+        W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split, NEED_DW=need_dw,
+        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
     )
-    dw = dw_part.sum(0).t()
-    db = db_part.sum(0) if db_part is not None else None
-    return dx.transpose(1, 2), dw, db
+    dw = db = None
+    if need_dw:
+        dw = torch.empty((D, W), device=x.device, dtype=weight.dtype)
+        db = torch.empty((D,), device=x.device, dtype=bias.dtype) if bias is not None else None
+        _CONV_DW_REDUCE[(triton.cdiv(D, REDUCE_BLOCK_D),)](
+            dw_part, db_part, dw, db if db is not None else dw, batch * n_lblk, D,
+            W=W, HAS_BIAS=bias is not None, BLOCK_W=next_pow2(W), BLOCK_D=REDUCE_BLOCK_D, num_warps=4,
+        )
+    return dx_out.transpose(1, 2), dw, db

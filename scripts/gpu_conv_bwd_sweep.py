@@ -1,0 +1,155 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The conv1d backward's tile, and the block's split -> conv -> split node, A/B in one process.
+
+1. Tile sweep: ``causal_conv1d_bwd_triton`` alone (CUDA-graph replay, bf16, SiLU, bias) for each
+   (BWD_BLOCK_L, BWD_BLOCK_D, num_warps) candidate at the conv shapes of the block benchmarks;
+   every candidate's dx / dweight / dbias checked against an fp64 reference (relative error) and
+   against the shipped tile. Beside them: the causal-conv1d package (peer) fwd+bwd and fwd alone.
+2. Block A/B: ``Mamba2Block`` fwd+bwd under CUDA graphs with ``conv_split`` (one node) against
+   the previous composition (torch.split + causal_conv1d + torch.split), alternating rounds, and
+   mamba-ssm's Mamba2 on the same weights; the fastest correct tile of step 1 installed.
+
+    python3 scripts/gpu_conv_bwd_sweep.py     # on the GPU machine (peers kit sourced)
+Prints one JSON line per measurement (prefix ``JSON``) and a summary.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.harness import time_graph  # noqa: E402
+
+CONV_SHAPES = {  # name: (batch, L, conv_dim)
+    "130m-B32-L192": (32, 192, 1792),
+    "2.7b-B16-L192": (16, 192, 5376),
+    "2.7b-B8-L640": (8, 640, 5376),
+    "2.7b-B1-L16384": (1, 16384, 5376),
+}
+TILES = [(64, 64, 4), (32, 64, 4), (32, 64, 8), (32, 32, 4), (32, 128, 4), (32, 128, 8), (16, 128, 4),
+         (64, 32, 4), (64, 128, 8)]
+
+
+def emit(**row) -> None:
+    print("JSON " + json.dumps(row), flush=True)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
+
+
+def sweep() -> dict:
+    import samkern.ops.conv1d.triton as ct
+    from samkern.ops.conv1d.ref import causal_conv1d_ref
+
+    try:
+        from causal_conv1d import causal_conv1d_fn
+    except ImportError:
+        causal_conv1d_fn = None
+    best = {}
+    for shape, (batch, L, dim) in CONV_SHAPES.items():
+        torch.manual_seed(0)
+        x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
+        b = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
+        g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+        ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
+        shipped = None
+        results = []
+        for bl, bd, warps in TILES:
+            ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = bl, bd, warps
+            try:
+                got = ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)
+                torch.cuda.synchronize()
+            except Exception as e:  # noqa: BLE001 - a tile that does not compile is reported, not fatal
+                emit(kind="tile", shape=shape, tile=[bl, bd, warps], error=repr(e)[:200])
+                continue
+            errs = [rel(a, r) for a, r in zip(got, ref)]
+            if shipped is None:
+                shipped = [t.clone() for t in got]
+            vs_shipped = [rel(a, s) for a, s in zip(got, shipped)]
+            us = time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True))
+            dys = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in torch.split(g, [dim - 256, 128, 128], 1)]
+            us_split = time_graph(lambda: ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True))
+            us_nodw = time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True, need_dw=False))
+            ok = max(errs) < 1e-2 and max(vs_shipped) < 1e-2
+            emit(kind="tile", shape=shape, tile=[bl, bd, warps], bwd_us=us, bwd_split_dy_us=us_split,
+                 bwd_no_dw_us=us_nodw, rel_err_dx_dw_db=errs, rel_vs_shipped=vs_shipped, ok=ok)
+            if ok:
+                results.append((us, (bl, bd, warps)))
+        if causal_conv1d_fn is not None:
+            xs = x.detach().requires_grad_(True)
+            ws, bs = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
+            fwd = time_graph(lambda: causal_conv1d_fn(xs, ws, bs, activation="silu"))
+            fb = time_graph(lambda: torch.autograd.grad(causal_conv1d_fn(xs, ws, bs, activation="silu"), (xs, ws, bs), g))
+            emit(kind="peer", shape=shape, fwd_us=fwd, fwdbwd_us=fb, bwd_est_us=fb - fwd)
+        results.sort()
+        best[shape] = results[0][1] if results else None
+        emit(kind="best", shape=shape, tile=best[shape], us=results[0][0] if results else None)
+    ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = TILES[0]
+    return best
+
+
+def _old_conv_split(proj, sizes, conv_index, conv_sizes, weight, bias=None, seq_idx=None, activation=None, *,
+                    backend=None):
+    """The block's previous composition: torch.split, causal_conv1d, torch.split."""
+    from samkern.ops.conv1d.function import causal_conv1d
+
+    parts = list(torch.split(proj, list(sizes), dim=-1))
+    y = causal_conv1d(parts[conv_index].transpose(1, 2), weight, bias, seq_idx=seq_idx, activation=activation,
+                      backend=backend).transpose(1, 2)
+    return tuple(parts[:conv_index]) + tuple(torch.split(y, list(conv_sizes), dim=-1)) + tuple(parts[conv_index + 1:])
+
+
+def block_ab(tile) -> None:
+    import samkern.layers.mamba2 as m2
+    import samkern.ops.conv1d.triton as ct
+    from benchmarks.bench_blocks import SHAPES, _fwdbwd
+    from mamba_ssm.modules.mamba2 import Mamba2
+
+    if tile is not None:
+        ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = tile
+    new = m2.conv_split
+    for shape in os.environ.get("AB_SHAPES", "130m-B32-L192,2.7b-B16-L192,2.7b-B8-L640").split(","):
+        d_model, batch, seqlen = SHAPES[shape]
+        kw = dict(device="cuda", dtype=torch.bfloat16)
+        torch.manual_seed(0)
+        peer = Mamba2(d_model, d_state=128, headdim=64, **kw)
+        ours = m2.Mamba2Block(d_model, d_state=128, headdim=64, **kw)
+        ours.load_state_dict(peer.state_dict())
+        u = torch.randn(batch, seqlen, d_model, **kw, requires_grad=True)
+        g = torch.randn(batch, seqlen, d_model, **kw)
+        grads = {}
+        for name, fn in (("new", new), ("old", _old_conv_split)):
+            m2.conv_split = fn
+            grads[name] = _fwdbwd(ours, u, g)()
+        m2.conv_split = new
+        ref = _fwdbwd(peer, u, g)()
+        diff = max(rel(a, b) for a, b in zip(grads["new"], grads["old"]))
+        vs_peer = max(rel(a, b) for a, b in zip(grads["new"], ref))
+        times = {"new": [], "old": [], "mamba-ssm": []}
+        for _ in range(3):
+            for name, fn in (("new", new), ("old", _old_conv_split)):
+                m2.conv_split = fn
+                times[name].append(time_graph(_fwdbwd(ours, u, g)))
+            m2.conv_split = new
+            times["mamba-ssm"].append(time_graph(_fwdbwd(peer, u, g)))
+        emit(kind="block", shape=shape, tile=list(tile) if tile else None, graph_us={k: sorted(v) for k, v in times.items()},
+             max_rel_new_vs_old=diff, max_rel_new_vs_peer=vs_peer)
+
+
+def main() -> None:
+    best = sweep() if os.environ.get("SKIP_SWEEP", "0") != "1" else {}
+    tile = best.get("2.7b-B16-L192")
+    if os.environ.get("AB_TILE"):
+        tile = tuple(int(v) for v in os.environ["AB_TILE"].split(","))
+    block_ab(tile)
+
+
+if __name__ == "__main__":
+    main()
