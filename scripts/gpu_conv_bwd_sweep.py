@@ -30,8 +30,8 @@ CONV_SHAPES = {  # name: (batch, L, conv_dim)
     "2.7b-B8-L640": (8, 640, 5376),
     "2.7b-B1-L16384": (1, 16384, 5376),
 }
-TILES = [(64, 64, 4), (32, 64, 4), (32, 64, 8), (32, 32, 4), (32, 128, 4), (32, 128, 8), (16, 128, 4),
-         (64, 32, 4), (64, 128, 8)]
+TILES = [(64, 64, 4), (64, 32, 4), (32, 128, 4), (32, 64, 4), (64, 128, 8)]
+REDUCE = [(32, 32), (16, 64), (64, 32), (32, 64), (8, 128), (64, 16)]  # (REDUCE_BLOCK_P, REDUCE_BLOCK_D)
 
 
 def emit(**row) -> None:
@@ -89,8 +89,21 @@ def sweep() -> dict:
             fb = time_graph(lambda: torch.autograd.grad(causal_conv1d_fn(xs, ws, bs, activation="silu"), (xs, ws, bs), g))
             emit(kind="peer", shape=shape, fwd_us=fwd, fwdbwd_us=fb, bwd_est_us=fb - fwd)
         results.sort()
-        best[shape] = results[0][1] if results else None
+        best[shape] = results[0][1] if results else TILES[0]
         emit(kind="best", shape=shape, tile=best[shape], us=results[0][0] if results else None)
+        # the dw/db reduction's blocking, with this shape's best tile
+        ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = best[shape]
+        red = []
+        for rp, rd in REDUCE:
+            ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D = rp, rd
+            got = ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)
+            errs = [rel(a, r) for a, r in zip(got[1:], ref[1:])]
+            us = time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True))
+            emit(kind="reduce", shape=shape, tile=best[shape], reduce=[rp, rd], bwd_us=us, rel_err_dw_db=errs)
+            if max(errs) < 1e-2:
+                red.append((us, (rp, rd)))
+        ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D = REDUCE[0]
+        best[shape + "/reduce"] = min(red)[1] if red else REDUCE[0]
     ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = TILES[0]
     return best
 
@@ -144,10 +157,15 @@ def block_ab(tile) -> None:
 
 
 def main() -> None:
+    import samkern.ops.conv1d.triton as ct
+
     best = sweep() if os.environ.get("SKIP_SWEEP", "0") != "1" else {}
     tile = best.get("2.7b-B16-L192")
     if os.environ.get("AB_TILE"):
         tile = tuple(int(v) for v in os.environ["AB_TILE"].split(","))
+    if best.get("2.7b-B16-L192/reduce"):
+        ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D = best["2.7b-B16-L192/reduce"]
+    emit(kind="ab-settings", tile=tile, reduce=[ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D])
     block_ab(tile)
 
 

@@ -82,6 +82,17 @@ def test_fp16_and_many_blocks(kernel_device):
         assert_close_lowp(name, g, r, lo, floor=2.0 ** -11)
 
 
+def test_many_partial_rows(kernel_device):
+    """36 backward programs along (batch, L): the dw/db reduction takes more than one step of rows."""
+    bsz, dim, length = 12, 8, 130
+    x, w, b = _make(bsz, dim, length, 4, torch.float32, kernel_device, True, True)
+    dout = torch.randn(bsz, dim, length, dtype=torch.float64, device=kernel_device)
+    got = _run(causal_conv1d, x, w, b, None, "silu", dout, backend="triton")
+    ref = _run(causal_conv1d_ref, x.double(), w.double(), b.double(), None, "silu", dout)
+    for name, g, r in zip(("out", "dx", "dweight", "dbias"), got, ref):
+        assert_close(name, g, r, 2e-5)
+
+
 def test_padding_tokens_are_zero_and_sequences_do_not_leak(kernel_device):
     bsz, dim, length = 1, 8, 40
     x, w, b = _make(bsz, dim, length, 4, torch.float32, kernel_device, True, True)

@@ -40,7 +40,9 @@ BLOCK_D = 128
 BWD_BLOCK_L = 64
 BWD_BLOCK_D = 64
 BWD_NUM_WARPS = 4
-REDUCE_BLOCK_D = 64  # channels per program of the dw/db reduction
+# the dw/db reduction: channels per program, partial rows per step
+REDUCE_BLOCK_D = 32
+REDUCE_BLOCK_P = 32
 
 
 @triton.jit
@@ -192,24 +194,30 @@ _CONV_BWD = fast_launch(_conv_bwd_kernel)  # cheaper eager launches (samkern/lau
 @triton.jit
 def _conv_dw_reduce_kernel(
     dw_part_ptr, db_part_ptr, dw_ptr, db_ptr, P, D,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_D: tl.constexpr,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dw[d, k] = Σ_p dw_part[p, k, d] and db[d] = Σ_p db_part[p, d] (fp32 sums, in order: the
+    """dw[d, k] = Σ_p dw_part[p, k, d] and db[d] = Σ_p db_part[p, d] (fp32, a fixed order: the
     same bits every run), stored in the parameters' dtype and (D, W) layout: one launch in place
-    of a sum, a transpose-copy and a cast for each of the two."""
+    of a sum, a transpose-copy and a cast for each of the two. BLOCK_P partial rows per step:
+    a loop of one row per step left the loads latency-bound (100+ us at 130m B32 L192, 128
+    partial rows, ``dev-runs/s9-call1-*``)."""
     offs_d = tl.program_id(0) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_k = tl.arange(0, BLOCK_W)
+    offs_p = tl.arange(0, BLOCK_P)
     dmask = offs_d < D
-    mask = (offs_k < W)[:, None] & dmask[None, :]
-    acc = tl.zeros((BLOCK_W, BLOCK_D), dtype=tl.float32)
-    acc_b = tl.zeros((BLOCK_D,), dtype=tl.float32)
-    for p in range(P):
-        acc += tl.load(dw_part_ptr + (p * W + offs_k[:, None]) * D + offs_d[None, :], mask=mask, other=0.0)
-        if HAS_BIAS:
-            acc_b += tl.load(db_part_ptr + p * D + offs_d, mask=dmask, other=0.0)
-    tl.store(dw_ptr + offs_d[None, :] * W + offs_k[:, None], acc.to(dw_ptr.dtype.element_ty), mask=mask)
+    for k in tl.static_range(W):
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            rows = p0 + offs_p
+            m = (rows < P)[:, None] & dmask[None, :]
+            acc += tl.sum(tl.load(dw_part_ptr + (rows[:, None] * W + k) * D + offs_d[None, :], mask=m, other=0.0), axis=0)
+        tl.store(dw_ptr + offs_d * W + k, acc.to(dw_ptr.dtype.element_ty), mask=dmask)
     if HAS_BIAS:
-        tl.store(db_ptr + offs_d, acc_b.to(db_ptr.dtype.element_ty), mask=dmask)
+        acc = tl.zeros((BLOCK_D,), dtype=tl.float32)
+        for p0 in range(0, P, BLOCK_P):
+            rows = p0 + offs_p
+            m = (rows < P)[:, None] & dmask[None, :]
+            acc += tl.sum(tl.load(db_part_ptr + rows[:, None] * D + offs_d[None, :], mask=m, other=0.0), axis=0)
+        tl.store(db_ptr + offs_d, acc.to(db_ptr.dtype.element_ty), mask=dmask)
 
 
 _CONV_DW_REDUCE = fast_launch(_conv_dw_reduce_kernel)
@@ -289,6 +297,6 @@ def causal_conv1d_bwd_triton(
         db = torch.empty((D,), device=x.device, dtype=bias.dtype) if bias is not None else None
         _CONV_DW_REDUCE[(triton.cdiv(D, REDUCE_BLOCK_D),)](
             dw_part, db_part, dw, db if db is not None else dw, batch * n_lblk, D,
-            W=W, HAS_BIAS=bias is not None, BLOCK_W=next_pow2(W), BLOCK_D=REDUCE_BLOCK_D, num_warps=4,
+            W=W, HAS_BIAS=bias is not None, BLOCK_P=REDUCE_BLOCK_P, BLOCK_D=REDUCE_BLOCK_D, num_warps=4,
         )
     return dx_out.transpose(1, 2), dw, db
