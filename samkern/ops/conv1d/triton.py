@@ -41,8 +41,8 @@ BWD_BLOCK_L = 64
 BWD_BLOCK_D = 64
 BWD_NUM_WARPS = 4
 # the dw/db reduction: channels per program, partial rows per step
-REDUCE_BLOCK_D = 32
-REDUCE_BLOCK_P = 32
+REDUCE_BLOCK_D = 16
+REDUCE_BLOCK_P = 64
 
 
 @triton.jit
