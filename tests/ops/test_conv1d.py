@@ -44,7 +44,7 @@ def _run(fn, x, w, b, seq, act, dout, **kw):
     return [out] + [t.grad if t is not None else None for t in leaves]
 
 
-@pytest.mark.parametrize("width", [2, 4])
+@pytest.mark.parametrize("width", [2, 4, 5])  # 5: taps past the four held in registers
 @pytest.mark.parametrize("act", [None, "silu"])
 @pytest.mark.parametrize("seq", [False, True])
 @pytest.mark.parametrize("channel_last,bias", [(True, True), (False, False)])

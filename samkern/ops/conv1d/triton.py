@@ -73,6 +73,32 @@ def _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lm
 
 
 @triton.jit
+def _tap_or(fallback, x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k: tl.constexpr, W: tl.constexpr,
+            HAS_SEQ: tl.constexpr):
+    """Tap k (``_load_tap``) when the conv has one, else ``fallback`` (never used then)."""
+    out = fallback
+    if k < W:
+        out = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
+    return out
+
+
+@triton.jit
+def _tap_dot(g, xk, w_ptr, offs_d, dmask, k: tl.constexpr, W: tl.constexpr):
+    """Σ_k w[k] · tap_k term of tap k (0 when the conv has no tap k)."""
+    out = tl.zeros_like(g)
+    if k < W:
+        out = xk * tl.load(w_ptr + offs_d * W + k, mask=dmask, other=0.0).to(tl.float32)[None, :]
+    return out
+
+
+@triton.jit
+def _store_dw_part(dw_row, D, g, xk, offs_d, dmask, k: tl.constexpr, W: tl.constexpr):
+    """Σ_rows g · tap_k into row k of this program's (W, D) partial block (nothing without tap k)."""
+    if k < W:
+        tl.store(dw_row + k * D + offs_d, tl.sum(g * xk, axis=0), mask=dmask)
+
+
+@triton.jit
 def _conv_fwd_kernel(
     x_ptr, w_ptr, b_ptr, seq_ptr, y_ptr,
     L, D,
@@ -155,15 +181,49 @@ def _conv_bwd_kernel(
         g += _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok & (offs_d >= D2)[None, :])
     else:
         g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
+    # The first four taps (all of a Mamba-2 conv) are loaded once and held: the pre-activation
+    # and the dw sums both need them (reloading them for dw doubled the kernel's time: the
+    # "no_reload" variant of ``dev-runs/s9-call3-*``); taps past the fourth are reloaded.
+    TAPS: tl.constexpr = SILU or NEED_DW
+    x0 = g
+    x1 = g
+    x2 = g
+    x3 = g
+    if TAPS:
+        x0 = _tap_or(g, x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, 0, W, HAS_SEQ)
+        x1 = _tap_or(g, x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, 1, W, HAS_SEQ)
+        x2 = _tap_or(g, x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, 2, W, HAS_SEQ)
+        x3 = _tap_or(g, x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, 3, W, HAS_SEQ)
     if SILU:
         # recompute the pre-activation: act'(pre) = σ(pre)·(1 + pre·(1 - σ(pre)))
-        pre = _pre_activation(x_base, s_xl, w_ptr, b_ptr, seq_row, sid, offs_l, offs_d, lmask, dmask,
-                              W, HAS_BIAS, HAS_SEQ, BLOCK_L, BLOCK_D)
+        pre = (_tap_dot(g, x0, w_ptr, offs_d, dmask, 0, W) + _tap_dot(g, x1, w_ptr, offs_d, dmask, 1, W)
+               + _tap_dot(g, x2, w_ptr, offs_d, dmask, 2, W) + _tap_dot(g, x3, w_ptr, offs_d, dmask, 3, W))
+        for k in tl.static_range(4, W):
+            xk = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
+            pre += _tap_dot(g, xk, w_ptr, offs_d, dmask, k, W)
+        if HAS_BIAS:
+            pre += tl.load(b_ptr + offs_d, mask=dmask, other=0.0).to(tl.float32)[None, :]
         sig = tl.sigmoid(pre)
         g = g * sig * (1.0 + pre * (1.0 - sig))
     if HAS_SEQ:
         g = tl.where((sid < 0)[:, None], 0.0, g)  # padding tokens have no gradient
     g = tl.where(ok, g, 0.0)
+
+    if NEED_DW:
+        # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers,
+        # (W, D) per row so that the stores run along the channels
+        g_own = tl.where(own[:, None], g, 0.0)
+        part = b * tl.num_programs(0) + pid_l
+        if HAS_BIAS:
+            tl.store(db_part_ptr + part * D + offs_d, tl.sum(g_own, axis=0), mask=dmask)
+        dw_row = dw_part_ptr + part * W * D
+        _store_dw_part(dw_row, D, g_own, x0, offs_d, dmask, 0, W)
+        _store_dw_part(dw_row, D, g_own, x1, offs_d, dmask, 1, W)
+        _store_dw_part(dw_row, D, g_own, x2, offs_d, dmask, 2, W)
+        _store_dw_part(dw_row, D, g_own, x3, offs_d, dmask, 3, W)
+        for k in tl.static_range(4, W):
+            xk = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
+            _store_dw_part(dw_row, D, g_own, xk, offs_d, dmask, k, W)
 
     # dx[t] = Σ_j w[W-1-j] · g[t+j] · same(t+j, t); rows t < STEP find t+j inside the tile
     dx = g * tl.load(w_ptr + offs_d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)[None, :]
@@ -175,17 +235,6 @@ def _conv_bwd_kernel(
         dx += gj * tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=dmask, other=0.0).to(tl.float32)[None, :]
     dx_ptrs = dx_ptr + b * s_dxb + offs_l[:, None].to(tl.int64) * s_dxl + offs_d[None, :]
     tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=own[:, None] & dmask[None, :])
-
-    if NEED_DW:
-        # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers,
-        # (W, D) per row so that the stores run along the channels
-        g = tl.where(own[:, None], g, 0.0)
-        part = b * tl.num_programs(0) + pid_l
-        if HAS_BIAS:
-            tl.store(db_part_ptr + part * D + offs_d, tl.sum(g, axis=0), mask=dmask)
-        for k in tl.static_range(W):
-            xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
-            tl.store(dw_part_ptr + (part * W + k) * D + offs_d, tl.sum(g * xv, axis=0), mask=dmask)
 
 
 _CONV_BWD = fast_launch(_conv_bwd_kernel)  # cheaper eager launches (samkern/launch.py)
