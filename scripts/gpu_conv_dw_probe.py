@@ -26,39 +26,24 @@ from gpu_ssd_profile import kernel_times  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samkern", "ops", "conv1d", "triton.py")
 
-DW_BLOCK = '''        g = tl.where(own[:, None], g, 0.0)
-        part = b * tl.num_programs(0) + pid_l
-        if HAS_BIAS:
-            tl.store(db_part_ptr + part * D + offs_d, tl.sum(g, axis=0), mask=dmask)
-        for k in tl.static_range(W):
-            xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
-            tl.store(dw_part_ptr + (part * W + k) * D + offs_d, tl.sum(g * xv, axis=0), mask=dmask)
-'''
+JOINED = """        prods = tl.join(tl.join(g_own * x0, g_own * x1), tl.join(g_own * x2, g_own * x3))
+        sums = tl.sum(prods, axis=0)  # [BLOCK_D, 2, 2]
+        ij = tl.arange(0, 2)
+        tap = ij[None, :, None] + 2 * ij[None, None, :]
+        tl.store(dw_row + tap * D + offs_d[:, None, None], sums, mask=dmask[:, None, None] & (tap < W))
+"""
 
 VARIANTS = {
     "base": [],
-    # timing only: dw from g*g (no reload of the x taps)
-    "no_reload": [("            xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)\n",
-                   "            xv = g\n")],
-    # timing only: the four products summed elementwise, one reduction
-    "one_reduce": [(DW_BLOCK, '''        g = tl.where(own[:, None], g, 0.0)
-        part = b * tl.num_programs(0) + pid_l
-        acc = g * 0.0
-        for k in tl.static_range(W):
-            xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
-            acc += g * xv
-        tl.store(dw_part_ptr + (part * W) * D + offs_d, tl.sum(acc, axis=0), mask=dmask)
-''')],
-    # timing only: no reductions, products stored (wrong shape of result: row 0 of the tile)
-    "no_reduce": [(DW_BLOCK, '''        g = tl.where(own[:, None], g, 0.0)
-        part = b * tl.num_programs(0) + pid_l
-        acc = g * 0.0
-        for k in tl.static_range(W):
-            xv = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
-            acc += g * xv
-        tl.store(dw_part_ptr + (part * W) * D + offs_d[None, :] + r[:, None] * 0, acc, mask=(r == 0)[:, None] & dmask[None, :])
-''')],
+    # the held taps' dw sums as four separate reductions (s9-call4's kernel)
+    "four_reductions": [(JOINED, """        _store_dw_part(dw_row, D, g_own, x0, offs_d, dmask, 0, W)
+        _store_dw_part(dw_row, D, g_own, x1, offs_d, dmask, 1, W)
+        _store_dw_part(dw_row, D, g_own, x2, offs_d, dmask, 2, W)
+        _store_dw_part(dw_row, D, g_own, x3, offs_d, dmask, 3, W)
+""")],
 }
+# Variants of s9-call3 (kernel of 50d2d1a, taps reloaded for dw): "no_reload" (dw from g*g),
+# "one_reduce" (the four products summed, one reduction), "no_reduce"; see git history.
 
 
 def load_variant(name: str, edits):
@@ -78,7 +63,7 @@ def load_variant(name: str, edits):
 
 def main() -> None:
     shapes = {"130m-B32-L192": (32, 192, 1792), "2.7b-B16-L192": (16, 192, 5376)}
-    tiles = [(64, 32, 4), (32, 128, 4), (64, 64, 4)]
+    tiles = [(64, 64, 4), (64, 32, 4)]
     mods = {name: load_variant(name, edits) for name, edits in VARIANTS.items()}
     for shape, (batch, L, dim) in shapes.items():
         torch.manual_seed(0)

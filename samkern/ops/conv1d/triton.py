@@ -217,10 +217,14 @@ def _conv_bwd_kernel(
         if HAS_BIAS:
             tl.store(db_part_ptr + part * D + offs_d, tl.sum(g_own, axis=0), mask=dmask)
         dw_row = dw_part_ptr + part * W * D
-        _store_dw_part(dw_row, D, g_own, x0, offs_d, dmask, 0, W)
-        _store_dw_part(dw_row, D, g_own, x1, offs_d, dmask, 1, W)
-        _store_dw_part(dw_row, D, g_own, x2, offs_d, dmask, 2, W)
-        _store_dw_part(dw_row, D, g_own, x3, offs_d, dmask, 3, W)
+        # the four held taps' sums in one reduction over a [rows, channels, 2, 2] stack (four
+        # separate cross-warp reductions cost ~50 us more at 130m B32 L192, s9-call3 probe):
+        # element [.., d, i, j] is tap 2j + i
+        prods = tl.join(tl.join(g_own * x0, g_own * x1), tl.join(g_own * x2, g_own * x3))
+        sums = tl.sum(prods, axis=0)  # [BLOCK_D, 2, 2]
+        ij = tl.arange(0, 2)
+        tap = ij[None, :, None] + 2 * ij[None, None, :]
+        tl.store(dw_row + tap * D + offs_d[:, None, None], sums, mask=dmask[:, None, None] & (tap < W))
         for k in tl.static_range(4, W):
             xk = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
             _store_dw_part(dw_row, D, g_own, xk, offs_d, dmask, k, W)
