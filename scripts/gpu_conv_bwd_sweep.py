@@ -10,6 +10,7 @@
    mamba-ssm's Mamba2 on the same weights; the fastest correct tile of step 1 installed.
 
     python3 scripts/gpu_conv_bwd_sweep.py     # on the GPU machine (peers kit sourced)
+    SWEEP_TILES="64,64,4;64,32,4" SKIP_AB=1 python3 scripts/gpu_conv_bwd_sweep.py
 Prints one JSON line per measurement (prefix ``JSON``) and a summary.
 """
 from __future__ import annotations
@@ -61,7 +62,9 @@ def sweep() -> dict:
         ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
         shipped = None
         results = []
-        for bl, bd, warps in TILES:
+        tiles = [tuple(int(v) for v in t.split(",")) for t in os.environ["SWEEP_TILES"].split(";")] \
+            if os.environ.get("SWEEP_TILES") else TILES
+        for bl, bd, warps in tiles:
             ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = bl, bd, warps
             try:
                 got = ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)
@@ -166,7 +169,8 @@ def main() -> None:
     if best.get("2.7b-B16-L192/reduce"):
         ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D = best["2.7b-B16-L192/reduce"]
     emit(kind="ab-settings", tile=tile, reduce=[ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D])
-    block_ab(tile)
+    if os.environ.get("SKIP_AB", "0") != "1":
+        block_ab(tile)
 
 
 if __name__ == "__main__":

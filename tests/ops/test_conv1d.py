@@ -148,11 +148,20 @@ def _run_split(backend, proj, w, b, s, sizes, conv_sizes, used, grads, act="silu
     return list(parts), [t.grad for t in leaves]
 
 
-@pytest.mark.parametrize("used", [(0, 1, 2, 3, 4, 5, 6), (2, 3, 5, 6), (3, 4), (0, 6)])
-@pytest.mark.parametrize("seq,act", [(False, "silu"), (True, None)])
-def test_conv_split_matches_split_composition(kernel_device, used, seq, act):
-    """Every subset of used parts (unused ones get no gradient: zeros in d proj), packed sequences."""
-    proj, w, b, s, sizes, conv_sizes = _conv_split_case(torch.float32, kernel_device, seq=seq)
+_ALL = (0, 1, 2, 3, 4, 5, 6)
+_SPLIT_CASES = (
+    # subsets of used parts (unused ones get no gradient: zeros in d proj), packed sequences;
+    # x/B/C = 24/8/8 channels: every 64-channel tile of the backward spans the split points
+    [(used, seq, act, 24, 8) for used in (_ALL, (2, 3, 5, 6), (3, 4), (0, 6))
+     for seq, act in ((False, "silu"), (True, None))]
+    # 128/64/64: each tile inside one part; 72/40/40: both kinds of tiles
+    + [(_ALL, False, "silu", 128, 64), (_ALL, True, "silu", 72, 40)]
+)
+
+
+@pytest.mark.parametrize("used,seq,act,d_ssm,gn", _SPLIT_CASES)
+def test_conv_split_matches_split_composition(kernel_device, used, seq, act, d_ssm, gn):
+    proj, w, b, s, sizes, conv_sizes = _conv_split_case(torch.float32, kernel_device, seq=seq, d_ssm=d_ssm, gn=gn)
     shapes = [(*proj.shape[:2], n) for n in sizes[:3] + conv_sizes + sizes[4:]]
     grads = [torch.randn(sh, device=kernel_device) for sh in shapes]
     got_parts, got = _run_split("triton", proj, w, b, s, sizes, conv_sizes, used, grads, act)

@@ -174,11 +174,22 @@ def _conv_bwd_kernel(
         sid = offs_l  # unused without seq_idx
     ok = lmask[:, None] & dmask[None, :]
     if SPLIT_DY:
-        # masked loads: each channel is read from exactly one of the three tensors
-        g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok & (offs_d < D1)[None, :])
-        g += _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1,
-                              ok & ((offs_d >= D1) & (offs_d < D2))[None, :])
-        g += _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok & (offs_d >= D2)[None, :])
+        # a tile inside one of the three tensors (all of them when the split points are multiples
+        # of BLOCK_D, as in every Mamba-2 size) loads from it alone; a tile across a split point
+        # takes three masked loads, each channel read from exactly one tensor
+        d_lo = pid_d * BLOCK_D
+        if d_lo + BLOCK_D <= D1:
+            g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
+        elif d_lo >= D1 and d_lo + BLOCK_D <= D2:
+            g = _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1, ok)
+        elif d_lo >= D2:
+            g = _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok)
+        else:
+            g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok & (offs_d < D1)[None, :])
+            g += _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1,
+                                  ok & ((offs_d >= D1) & (offs_d < D2))[None, :])
+            g += _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2,
+                                  ok & (offs_d >= D2)[None, :])
     else:
         g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
     # The first four taps (all of a Mamba-2 conv) are loaded once and held: the pre-activation
