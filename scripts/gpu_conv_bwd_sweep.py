@@ -33,6 +33,8 @@ CONV_SHAPES = {  # name: (batch, L, conv_dim)
 }
 TILES = [(64, 64, 4), (64, 32, 4), (32, 128, 4), (32, 64, 4), (32, 32, 4)]
 REDUCE = [(64, 16), (32, 32)]  # (REDUCE_BLOCK_P, REDUCE_BLOCK_D)
+# the separate dw/db kernel (convs of <= 4 taps): (DW_BLOCK_L, DW_BLOCK_D, DW_NUM_WARPS, DW_ROWS)
+DW = [(32, 64, 4, 256), (16, 64, 4, 256), (32, 64, 8, 256), (32, 32, 4, 256), (16, 64, 4, 128), (16, 64, 4, 512)]
 
 
 def emit(**row) -> None:
@@ -94,8 +96,20 @@ def sweep() -> dict:
         results.sort()
         best[shape] = results[0][1] if results else TILES[0]
         emit(kind="best", shape=shape, tile=best[shape], us=results[0][0] if results else None)
-        # the dw/db reduction's blocking, with this shape's best tile
         ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = best[shape]
+        # the dw kernel's tiling, with this shape's best dx tile
+        dws = []
+        for cand in DW:
+            ct.DW_BLOCK_L, ct.DW_BLOCK_D, ct.DW_NUM_WARPS, ct.DW_ROWS = cand
+            got = ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)
+            errs = [rel(a, r) for a, r in zip(got, ref)]
+            us = time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True))
+            emit(kind="dw", shape=shape, dw=list(cand), bwd_us=us, rel_err_dx_dw_db=errs)
+            if max(errs) < 1e-2:
+                dws.append((us, cand))
+        best[shape + "/dw"] = min(dws)[1] if dws else DW[0]
+        ct.DW_BLOCK_L, ct.DW_BLOCK_D, ct.DW_NUM_WARPS, ct.DW_ROWS = best[shape + "/dw"]
+        # the dw/db reduction's blocking, with this shape's best tiles
         red = []
         for rp, rd in REDUCE:
             ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D = rp, rd
@@ -106,6 +120,7 @@ def sweep() -> dict:
             if max(errs) < 1e-2:
                 red.append((us, (rp, rd)))
         ct.REDUCE_BLOCK_P, ct.REDUCE_BLOCK_D = REDUCE[0]
+        ct.DW_BLOCK_L, ct.DW_BLOCK_D, ct.DW_NUM_WARPS, ct.DW_ROWS = DW[0]
         best[shape + "/reduce"] = min(red)[1] if red else REDUCE[0]
     ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = TILES[0]
     return best

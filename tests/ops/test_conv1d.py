@@ -82,13 +82,20 @@ def test_fp16_and_many_blocks(kernel_device):
         assert_close_lowp(name, g, r, lo, floor=2.0 ** -11)
 
 
-def test_many_partial_rows(kernel_device):
-    """36 backward programs along (batch, L): the dw/db reduction takes more than one step of rows."""
-    bsz, dim, length = 12, 8, 130
+@pytest.mark.parametrize("seq", [False, True])
+def test_many_partial_rows(kernel_device, monkeypatch, seq):
+    """dw/db summed by programs of 32 rows (5 per sequence of 130, the last ragged) into 20 partial
+    rows, reduced 16 rows per step: the multi-program and multi-step paths at a small size."""
+    import samkern.ops.conv1d.triton as ct
+
+    monkeypatch.setattr(ct, "DW_ROWS", 32)
+    monkeypatch.setattr(ct, "REDUCE_BLOCK_P", 16)
+    bsz, dim, length = 4, 8, 130
     x, w, b = _make(bsz, dim, length, 4, torch.float32, kernel_device, True, True)
+    s = _seq_idx(bsz, length, kernel_device) if seq else None
     dout = torch.randn(bsz, dim, length, dtype=torch.float64, device=kernel_device)
-    got = _run(causal_conv1d, x, w, b, None, "silu", dout, backend="triton")
-    ref = _run(causal_conv1d_ref, x.double(), w.double(), b.double(), None, "silu", dout)
+    got = _run(causal_conv1d, x, w, b, s, "silu", dout, backend="triton")
+    ref = _run(causal_conv1d_ref, x.double(), w.double(), b.double(), s, "silu", dout)
     for name, g, r in zip(("out", "dx", "dweight", "dbias"), got, ref):
         assert_close(name, g, r, 2e-5)
 

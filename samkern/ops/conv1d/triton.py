@@ -40,6 +40,12 @@ BLOCK_D = 128
 BWD_BLOCK_L = 64
 BWD_BLOCK_D = 64
 BWD_NUM_WARPS = 4
+# the dw/db partial sums (convs of <= 4 taps): a program sums DW_ROWS rows (fewer for shorter
+# sequences) in tiles of DW_BLOCK_L rows x DW_BLOCK_D channels
+DW_BLOCK_L = 32
+DW_BLOCK_D = 64
+DW_NUM_WARPS = 4
+DW_ROWS = 256
 # the dw/db reduction: channels per program, partial rows per step
 REDUCE_BLOCK_D = 16
 REDUCE_BLOCK_P = 64
@@ -138,46 +144,24 @@ def _load_dy_segment(dy_ptr, s_b, s_d, s_l, b, offs_l, ch, ok):
 
 
 @triton.jit
-def _conv_bwd_kernel(
-    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dy1_ptr, dy2_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-    L, D, D1, D2,
-    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_dxb, s_dxl, s_sb,
+def _grad_tile(
+    x_base, s_xl, w_ptr, b_ptr, seq_row, sid, dy_ptr, dy1_ptr, dy2_ptr, b,
+    s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, D1, D2,
+    offs_l, offs_d, d_lo, lmask, dmask,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-    SPLIT_DY: tl.constexpr, NEED_DW: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT_DY: tl.constexpr, TAPS: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    """dx, and this program's partial sums of dw and dbias, of one tile of rows.
+    """g = dy · act'(pre) of a [rows, channels] tile (fp32; 0 on padding and off the masks), and the
+    tile's first four x taps (loaded once, held: the pre-activation and the dw sums both need
+    them; ``g`` stands in for taps not loaded). Taps past the fourth are reloaded where used.
 
-    dx[s] reads g at the W-1 rows after s. A program computes g for BLOCK_L rows and outputs the
-    first STEP = BLOCK_L - (W-1) of them (the last W-1 are a halo the next program outputs), so
-    the shifted g comes from the tile itself through ``tl.gather``: nothing but dx and the
-    partials is written. (The earlier designs: g stored in fp32 and read back by a second kernel,
-    2.2-2.6x slower than causal-conv1d's backward; g recomputed for each of the W shifts, slower
-    still, ``dev-runs/s8-call5-*``, ``s8-call6-*``.)
-
-    With SPLIT_DY the output gradient arrives as three tensors, channels [0, D1) in dy, [D1, D2)
-    in dy1 and [D2, D) in dy2 (the x, B and C of a Mamba-2 block, split after the conv): read in
-    place, so the split's backward needs no concatenation. Without NEED_DW only dx is made."""
-    STEP: tl.constexpr = BLOCK_L - (W - 1)
-    pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    r = tl.arange(0, BLOCK_L)
-    offs_l = pid_l * STEP + r
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    lmask = offs_l < L
-    dmask = offs_d < D
-    own = lmask & (r < STEP)  # the rows this program outputs and sums
-    x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
-    seq_row = seq_ptr + b * s_sb
-    if HAS_SEQ:
-        sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
-    else:
-        sid = offs_l  # unused without seq_idx
+    With SPLIT_DY, dy arrives as three tensors: channels [0, D1) in dy, [D1, D2) in dy1, [D2, D)
+    in dy2 (the x, B and C of a Mamba-2 block, split after the conv), read in place."""
     ok = lmask[:, None] & dmask[None, :]
     if SPLIT_DY:
         # a tile inside one of the three tensors (all of them when the split points are multiples
         # of BLOCK_D, as in every Mamba-2 size) loads from it alone; a tile across a split point
         # takes three masked loads, each channel read from exactly one tensor
-        d_lo = pid_d * BLOCK_D
         if d_lo + BLOCK_D <= D1:
             g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
         elif d_lo >= D1 and d_lo + BLOCK_D <= D2:
@@ -192,10 +176,6 @@ def _conv_bwd_kernel(
                                   ok & (offs_d >= D2)[None, :])
     else:
         g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
-    # The first four taps (all of a Mamba-2 conv) are loaded once and held: the pre-activation
-    # and the dw sums both need them (reloading them for dw doubled the kernel's time: the
-    # "no_reload" variant of ``dev-runs/s9-call3-*``); taps past the fourth are reloaded.
-    TAPS: tl.constexpr = SILU or NEED_DW
     x0 = g
     x1 = g
     x2 = g
@@ -219,23 +199,67 @@ def _conv_bwd_kernel(
     if HAS_SEQ:
         g = tl.where((sid < 0)[:, None], 0.0, g)  # padding tokens have no gradient
     g = tl.where(ok, g, 0.0)
+    return g, x0, x1, x2, x3
+
+
+@triton.jit
+def _store_dw_sums(dw_row, db_row, D, s0, s1, s2, s3, sb, offs_d, dmask, W: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """Row sums of the tap products s0..s3 (and of g, ``sb``) into one (W, D) partial row: the four
+    in one reduction over a [rows, channels, 2, 2] stack (four separate cross-warp reductions cost
+    ~7 us more at 130m B32 L192, ``dev-runs/s9-call5-*``); element [.., d, i, j] is tap 2j + i."""
+    sums = tl.sum(tl.join(tl.join(s0, s1), tl.join(s2, s3)), axis=0)  # [BLOCK_D, 2, 2]
+    ij = tl.arange(0, 2)
+    tap = ij[None, :, None] + 2 * ij[None, None, :]
+    tl.store(dw_row + tap * D + offs_d[:, None, None], sums, mask=dmask[:, None, None] & (tap < W))
+    if HAS_BIAS:
+        tl.store(db_row + offs_d, tl.sum(sb, axis=0), mask=dmask)
+
+
+@triton.jit
+def _conv_bwd_kernel(
+    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dy1_ptr, dy2_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
+    L, D, D1, D2,
+    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_dxb, s_dxl, s_sb,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+    SPLIT_DY: tl.constexpr, NEED_DW: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """dx of one tile of rows (and with NEED_DW this program's partial sums of dw and dbias: the
+    fused form, used for convs wider than 4 taps; ``_conv_dw_kernel`` makes them otherwise).
+
+    dx[s] reads g at the W-1 rows after s. A program computes g for BLOCK_L rows and outputs the
+    first STEP = BLOCK_L - (W-1) of them (the last W-1 are a halo the next program outputs), so
+    the shifted g comes from the tile itself through ``tl.gather``: nothing but dx (and the
+    partials) is written. (The earlier designs: g stored in fp32 and read back by a second kernel,
+    2.2-2.6x slower than causal-conv1d's backward; g recomputed for each of the W shifts, slower
+    still, ``dev-runs/s8-call5-*``, ``s8-call6-*``.)"""
+    STEP: tl.constexpr = BLOCK_L - (W - 1)
+    pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    r = tl.arange(0, BLOCK_L)
+    offs_l = pid_l * STEP + r
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    lmask = offs_l < L
+    dmask = offs_d < D
+    own = lmask & (r < STEP)  # the rows this program outputs and sums
+    x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
+    seq_row = seq_ptr + b * s_sb
+    if HAS_SEQ:
+        sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
+    else:
+        sid = offs_l  # unused without seq_idx
+    g, x0, x1, x2, x3 = _grad_tile(
+        x_base, s_xl, w_ptr, b_ptr, seq_row, sid, dy_ptr, dy1_ptr, dy2_ptr, b,
+        s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, D1, D2,
+        offs_l, offs_d, pid_d * BLOCK_D, lmask, dmask, W, HAS_BIAS, HAS_SEQ, SILU, SPLIT_DY, SILU or NEED_DW, BLOCK_D)
 
     if NEED_DW:
         # this program's share of dw and dbias: row (b * n_lblk + pid_l) of the partial buffers,
         # (W, D) per row so that the stores run along the channels
         g_own = tl.where(own[:, None], g, 0.0)
         part = b * tl.num_programs(0) + pid_l
-        if HAS_BIAS:
-            tl.store(db_part_ptr + part * D + offs_d, tl.sum(g_own, axis=0), mask=dmask)
         dw_row = dw_part_ptr + part * W * D
-        # the four held taps' sums in one reduction over a [rows, channels, 2, 2] stack (four
-        # separate cross-warp reductions cost ~50 us more at 130m B32 L192, s9-call3 probe):
-        # element [.., d, i, j] is tap 2j + i
-        prods = tl.join(tl.join(g_own * x0, g_own * x1), tl.join(g_own * x2, g_own * x3))
-        sums = tl.sum(prods, axis=0)  # [BLOCK_D, 2, 2]
-        ij = tl.arange(0, 2)
-        tap = ij[None, :, None] + 2 * ij[None, None, :]
-        tl.store(dw_row + tap * D + offs_d[:, None, None], sums, mask=dmask[:, None, None] & (tap < W))
+        _store_dw_sums(dw_row, db_part_ptr + part * D, D, g_own * x0, g_own * x1, g_own * x2, g_own * x3, g_own,
+                       offs_d, dmask, W, HAS_BIAS)
         for k in tl.static_range(4, W):
             xk = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
             _store_dw_part(dw_row, D, g_own, xk, offs_d, dmask, k, W)
@@ -253,6 +277,54 @@ def _conv_bwd_kernel(
 
 
 _CONV_BWD = fast_launch(_conv_bwd_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
+@triton.jit
+def _conv_dw_kernel(
+    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dy1_ptr, dy2_ptr, dw_part_ptr, db_part_ptr,
+    L, D, D1, D2, ROWS,
+    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_sb,
+    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
+    SPLIT_DY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """Partial sums of dw and dbias over ROWS rows (a multiple of BLOCK_L) of one batch row and
+    one channel block, for convs of at most four taps: g and the taps are recomputed tile by tile
+    (``_grad_tile``) and the products accumulated elementwise, so the cross-warp row reduction
+    runs once per program, not once per tile. (Summing inside the dx kernel cost that kernel 2.3x
+    its dx-only time at 130m B32 L192: ``dev-runs/s9-call6-*``.)"""
+    pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
+    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
+    dmask = offs_d < D
+    x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
+    seq_row = seq_ptr + b * s_sb
+    a0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    a1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    a2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    a3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    ab = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
+    start = pid_l * ROWS
+    for r0 in range(0, ROWS, BLOCK_L):
+        offs_l = start + r0 + tl.arange(0, BLOCK_L)
+        lmask = offs_l < L
+        if HAS_SEQ:
+            sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
+        else:
+            sid = offs_l  # unused without seq_idx
+        g, x0, x1, x2, x3 = _grad_tile(
+            x_base, s_xl, w_ptr, b_ptr, seq_row, sid, dy_ptr, dy1_ptr, dy2_ptr, b,
+            s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, D1, D2,
+            offs_l, offs_d, pid_d * BLOCK_D, lmask, dmask, W, HAS_BIAS, HAS_SEQ, SILU, SPLIT_DY, True, BLOCK_D)
+        a0 += g * x0
+        a1 += g * x1
+        a2 += g * x2
+        a3 += g * x3
+        ab += g
+    part = b * tl.num_programs(0) + pid_l
+    _store_dw_sums(dw_part_ptr + part * W * D, db_part_ptr + part * D, D, a0, a1, a2, a3, ab, offs_d, dmask,
+                   W, HAS_BIAS)
+
+
+_CONV_DW = fast_launch(_conv_dw_kernel)
 
 
 @triton.jit
@@ -341,26 +413,42 @@ def causal_conv1d_bwd_triton(
     elif dx_out.shape != (batch, L, D) or dx_out.stride(2) != 1:
         raise ValueError(f"dx_out must be ({batch}, {L}, {D}) with unit channel stride, got {tuple(dx_out.shape)} "
                          f"strides {dx_out.stride()}")
+    # dw/db: the fused sums of the dx kernel only for convs wider than the four held taps
+    fused_dw = need_dw and W > 4
+    if fused_dw:
+        n_part = n_lblk
+    elif need_dw:
+        dw_bl, dw_bd, dw_warps = DW_BLOCK_L, DW_BLOCK_D, DW_NUM_WARPS
+        rows = min(triton.cdiv(DW_ROWS, dw_bl), triton.cdiv(L, dw_bl)) * dw_bl
+        n_part = triton.cdiv(L, rows)
     if need_dw:
-        dw_part = torch.empty((batch * n_lblk, W, D), device=x.device, dtype=torch.float32)
-        db_part = torch.empty((batch * n_lblk, D), device=x.device, dtype=torch.float32) if bias is not None else dw_part
+        dw_part = torch.empty((batch * n_part, W, D), device=x.device, dtype=torch.float32)
+        db_part = torch.empty((batch * n_part, D), device=x.device, dtype=torch.float32) if bias is not None else dw_part
     else:
-        dw_part = db_part = dx_out  # never touched (NEED_DW is a constexpr)
+        dw_part = db_part = dx_out  # never touched
     seq = seq_idx if seq_idx is not None else x
+    dy_strides = (dy0.stride(0), dy0.stride(1), dy0.stride(2), dy1.stride(0), dy1.stride(1), dy1.stride(2),
+                  dy2.stride(0), dy2.stride(1), dy2.stride(2))
+    s_sb = seq_idx.stride(0) if seq_idx is not None else 0
     _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
         x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part, L, D, d1, d2,
-        x.stride(0), x.stride(1), x.stride(2), dy0.stride(0), dy0.stride(1), dy0.stride(2),
-        dy1.stride(0), dy1.stride(1), dy1.stride(2), dy2.stride(0), dy2.stride(1), dy2.stride(2),
-        dx_out.stride(0), dx_out.stride(1), seq_idx.stride(0) if seq_idx is not None else 0,
-        W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split, NEED_DW=need_dw,
+        x.stride(0), x.stride(1), x.stride(2), *dy_strides, dx_out.stride(0), dx_out.stride(1), s_sb,
+        W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split, NEED_DW=fused_dw,
         BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
     )
+    if need_dw and not fused_dw:
+        _CONV_DW[(n_part, triton.cdiv(D, dw_bd), batch)](
+            x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dw_part, db_part, L, D, d1, d2, rows,
+            x.stride(0), x.stride(1), x.stride(2), *dy_strides, s_sb,
+            W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split,
+            BLOCK_L=dw_bl, BLOCK_D=dw_bd, num_warps=dw_warps,
+        )
     dw = db = None
     if need_dw:
         dw = torch.empty((D, W), device=x.device, dtype=weight.dtype)
         db = torch.empty((D,), device=x.device, dtype=bias.dtype) if bias is not None else None
         _CONV_DW_REDUCE[(triton.cdiv(D, REDUCE_BLOCK_D),)](
-            dw_part, db_part, dw, db if db is not None else dw, batch * n_lblk, D,
+            dw_part, db_part, dw, db if db is not None else dw, batch * n_part, D,
             W=W, HAS_BIAS=bias is not None, BLOCK_P=REDUCE_BLOCK_P, BLOCK_D=REDUCE_BLOCK_D, num_warps=4,
         )
     return dx_out.transpose(1, 2), dw, db
