@@ -26,24 +26,28 @@ from gpu_ssd_profile import kernel_times  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samkern", "ops", "conv1d", "triton.py")
 
-JOINED = """        prods = tl.join(tl.join(g_own * x0, g_own * x1), tl.join(g_own * x2, g_own * x3))
-        sums = tl.sum(prods, axis=0)  # [BLOCK_D, 2, 2]
-        ij = tl.arange(0, 2)
-        tap = ij[None, :, None] + 2 * ij[None, None, :]
-        tl.store(dw_row + tap * D + offs_d[:, None, None], sums, mask=dmask[:, None, None] & (tap < W))
-"""
+SPLIT_BRANCHES = """        if d_lo + BLOCK_D <= D1:
+            g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
+        elif d_lo >= D1 and d_lo + BLOCK_D <= D2:
+            g = _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1, ok)
+        elif d_lo >= D2:
+            g = _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok)
+        else:
+            g = _load_dy_segment"""
 
 VARIANTS = {
-    "base": [],
-    # the held taps' dw sums as four separate reductions (s9-call4's kernel)
-    "four_reductions": [(JOINED, """        _store_dw_part(dw_row, D, g_own, x0, offs_d, dmask, 0, W)
-        _store_dw_part(dw_row, D, g_own, x1, offs_d, dmask, 1, W)
-        _store_dw_part(dw_row, D, g_own, x2, offs_d, dmask, 2, W)
-        _store_dw_part(dw_row, D, g_own, x3, offs_d, dmask, 3, W)
-""")],
+    "branches": [],
+    # three masked loads for every tile (s9-call4's form)
+    "masked": [(SPLIT_BRANCHES, """        if True:
+            g = _load_dy_segment""")],
+    # one branch: inside the first tensor, or three masked loads
+    "two_way": [(SPLIT_BRANCHES, """        if d_lo + BLOCK_D <= D1:
+            g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
+        else:
+            g = _load_dy_segment""")],
 }
-# Variants of s9-call3 (kernel of 50d2d1a, taps reloaded for dw): "no_reload" (dw from g*g),
-# "one_reduce" (the four products summed, one reduction), "no_reduce"; see git history.
+# Earlier variants: s9-call3 (taps reloaded for dw: "no_reload", "one_reduce", "no_reduce") and
+# s9-call5 ("four_reductions"); see git history.
 
 
 def load_variant(name: str, edits):
@@ -62,25 +66,33 @@ def load_variant(name: str, edits):
 
 
 def main() -> None:
-    shapes = {"130m-B32-L192": (32, 192, 1792), "2.7b-B16-L192": (16, 192, 5376)}
-    tiles = [(64, 64, 4), (64, 32, 4)]
+    """The split-dy backward (three gradient tensors, as conv_split passes them) per load variant,
+    beside the single-tensor backward and torch.cat + single-tensor."""
+    shapes = {"130m-B32-L192": (32, 192, 1792), "2.7b-B16-L192": (16, 192, 5376), "2.7b-B8-L640": (8, 640, 5376)}
     mods = {name: load_variant(name, edits) for name, edits in VARIANTS.items()}
     for shape, (batch, L, dim) in shapes.items():
         torch.manual_seed(0)
         x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
         b = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
-        g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        for tile in tiles:
-            for name, ct in mods.items():
-                ct.BWD_BLOCK_L, ct.BWD_BLOCK_D, ct.BWD_NUM_WARPS = tile
-                for bias in (b, None):
-                    fn = (lambda ct=ct, bias=bias: ct.causal_conv1d_bwd_triton(g, x, w, bias, None, True))
-                    us = time_graph(fn)
-                    per = kernel_times(fn, iters=10)
-                    print("JSON " + json.dumps(dict(shape=shape, tile=tile, variant=name, bias=bias is not None,
-                                                    graph_us=us, kernels={k: round(v, 1) for k, v in per.items()})),
-                          flush=True)
+        parts = [torch.randn(batch, L, n, device="cuda", dtype=torch.bfloat16) for n in (dim - 256, 128, 128)]
+        dys = [t.transpose(1, 2) for t in parts]
+        g = torch.cat(parts, -1).transpose(1, 2)
+        ref = mods["branches"].causal_conv1d_bwd_triton(g, x, w, b, None, True)
+        for name, ct in mods.items():
+            runs = {"split": lambda ct=ct: ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True),
+                    "single": lambda ct=ct: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True),
+                    "cat+single": lambda ct=ct: ct.causal_conv1d_bwd_triton(torch.cat(parts, -1).transpose(1, 2), x, w,
+                                                                            b, None, True)}
+            for mode, fn in runs.items():
+                if name != "branches" and mode != "split":
+                    continue
+                got = fn()
+                diff = [float((a.float() - r.float()).norm() / r.float().norm()) for a, r in zip(got, ref)]
+                us = time_graph(fn)
+                per = kernel_times(fn, iters=10)
+                print("JSON " + json.dumps(dict(shape=shape, variant=name, mode=mode, graph_us=us, rel_vs_single=diff,
+                                                kernels={k: round(v, 1) for k, v in per.items()})), flush=True)
 
 
 if __name__ == "__main__":

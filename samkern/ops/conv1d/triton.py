@@ -36,16 +36,17 @@ __all__ = ["causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"]
 
 BLOCK_L = 32
 BLOCK_D = 128
-# the backward's tile: 64 rows of g (61 output rows at width 4) x 64 channels, 4 warps
-BWD_BLOCK_L = 64
-BWD_BLOCK_D = 64
+# the dx kernel's tile: 32 rows of g (29 output rows at width 4) x 128 channels, 4 warps (of
+# 64x64, 32x128, 64x32: fastest at three of four shapes, 1 us behind 64x64 at B8 L640, s9-call7)
+BWD_BLOCK_L = 32
+BWD_BLOCK_D = 128
 BWD_NUM_WARPS = 4
 # the dw/db partial sums (convs of <= 4 taps): a program sums DW_ROWS rows (fewer for shorter
 # sequences) in tiles of DW_BLOCK_L rows x DW_BLOCK_D channels
-DW_BLOCK_L = 32
+DW_BLOCK_L = 16
 DW_BLOCK_D = 64
 DW_NUM_WARPS = 4
-DW_ROWS = 256
+DW_ROWS = 256  # (16, 64, 4 warps, 256): fastest or within 2 % at all four shapes (s9-call7)
 # the dw/db reduction: channels per program, partial rows per step
 REDUCE_BLOCK_D = 16
 REDUCE_BLOCK_P = 64
