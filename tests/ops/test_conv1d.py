@@ -199,6 +199,12 @@ def test_conv_split_frozen_conv_and_errors(kernel_device):
     assert_close("d proj (frozen conv)", p1.grad, p2.grad, 2e-5)
     with pytest.raises(ValueError, match="split into"):
         conv_split(proj, [1] + sizes, 3, conv_sizes, w, b)
+    with pytest.raises(ValueError, match="proj must have 3"):
+        conv_split(proj[0], sizes, 3, conv_sizes, w, b)
+    with pytest.raises(ValueError, match="proj is empty"):
+        conv_split(proj[:0], sizes, 3, conv_sizes, w, b, backend="triton")
+    with pytest.raises(ValueError, match="non-negative"):
+        conv_split(proj, [-1, 1] + sizes[2:], 3, conv_sizes, w, b)
     with pytest.raises(ValueError, match="conv_sizes"):
         conv_split(proj, sizes, 3, conv_sizes[:2], w, b)
     with pytest.raises(ValueError, match="weight"):

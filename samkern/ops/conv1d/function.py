@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from samkern.backend import pick_backend, register, triton_float_verifier
+from samkern.checks import check_tensor
 from samkern.ops.conv1d.ref import causal_conv1d_ref, check_conv1d_inputs
 
 __all__ = ["causal_conv1d", "CausalConv1dFunction", "conv_split", "ConvSplitFunction"]
@@ -183,7 +184,10 @@ def conv_split(
     ``[d_ssm, G·N, G·N]``. Same values and gradients as ``torch.split`` + :func:`causal_conv1d` +
     ``torch.split``; on the triton backend one autograd node (no gradient concatenations)."""
     sizes, conv_sizes = tuple(int(n) for n in sizes), tuple(int(n) for n in conv_sizes)
-    if proj.dim() != 3 or sum(sizes) != proj.shape[-1]:
+    if any(n < 0 for n in sizes + conv_sizes):
+        raise ValueError(f"split sizes must be non-negative, got sizes {list(sizes)}, conv_sizes {list(conv_sizes)}")
+    check_tensor("proj", proj, ndim=3)
+    if sum(sizes) != proj.shape[-1]:
         raise ValueError(f"proj must be (B, L, {sum(sizes)}) to split into {list(sizes)}, got {tuple(proj.shape)}")
     if not 0 <= conv_index < len(sizes) or sum(conv_sizes) != sizes[conv_index]:
         raise ValueError(f"conv_sizes {list(conv_sizes)} must split part {conv_index} of {list(sizes)}")
