@@ -1,10 +1,13 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Where the conv1d backward's dw/db partial sums spend their time (development aid).
+"""Variants of the conv1d backward built by source edits, timed side by side (development aid).
 
-The backward with dw/db takes ~3x its dx-only time (``dev-runs/s9-call2-*``). This builds
-variants of ``samkern/ops/conv1d/triton.py`` by source edits (some compute wrong dw on purpose,
-timing only), imports each as its own module and reports, per variant: CUDA-graph time of
-``causal_conv1d_bwd_triton`` and per-kernel CUDA time (torch.profiler).
+Builds variants of ``samkern/ops/conv1d/triton.py`` by string edits (``VARIANTS``: the shipped
+source plus edited copies; a variant may compute wrong results on purpose, timing only), imports
+each as its own module and reports per variant: CUDA-graph time of ``causal_conv1d_bwd_triton``,
+per-kernel CUDA time (torch.profiler) and the relative difference from the shipped source. Its
+session-9 uses: where the dw/db sums spent their time (``dev-runs/s9-call3-*``, ``s9-call5-*``)
+and, as it stands, the three-tensor (split dy) load forms (``s9-call8-*``). When the shipped
+source changes, an edit whose target is gone raises: update the variants first.
 
     python3 scripts/gpu_conv_dw_probe.py      # on the GPU machine
 """
@@ -26,25 +29,25 @@ from gpu_ssd_profile import kernel_times  # noqa: E402
 
 SRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "samkern", "ops", "conv1d", "triton.py")
 
-SPLIT_BRANCHES = """        if d_lo + BLOCK_D <= D1:
+MASKED = """        g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok & (offs_d < D1)[None, :])
+        g += _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1,
+                              ok & ((offs_d >= D1) & (offs_d < D2))[None, :])
+        g += _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok & (offs_d >= D2)[None, :])
+"""
+
+VARIANTS = {
+    "masked": [],  # the shipped form: three masked loads for every tile
+    # branch on the tile's place: one load for a tile inside one tensor (s9-call6/7's form; the
+    # kernels pass no d_lo any more, so it is recomputed from offs_d)
+    "branches": [(MASKED, """        d_lo = tl.min(offs_d, axis=0)
+        if d_lo + offs_d.shape[0] <= D1:
             g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
-        elif d_lo >= D1 and d_lo + BLOCK_D <= D2:
+        elif d_lo >= D1 and d_lo + offs_d.shape[0] <= D2:
             g = _load_dy_segment(dy1_ptr, s_dy1b, s_dy1d, s_dy1l, b, offs_l, offs_d - D1, ok)
         elif d_lo >= D2:
             g = _load_dy_segment(dy2_ptr, s_dy2b, s_dy2d, s_dy2l, b, offs_l, offs_d - D2, ok)
         else:
-            g = _load_dy_segment"""
-
-VARIANTS = {
-    "branches": [],
-    # three masked loads for every tile (s9-call4's form)
-    "masked": [(SPLIT_BRANCHES, """        if True:
-            g = _load_dy_segment""")],
-    # one branch: inside the first tensor, or three masked loads
-    "two_way": [(SPLIT_BRANCHES, """        if d_lo + BLOCK_D <= D1:
-            g = _load_dy_segment(dy_ptr, s_dyb, s_dyd, s_dyl, b, offs_l, offs_d, ok)
-        else:
-            g = _load_dy_segment""")],
+""" + MASKED.replace("        g", "            g").replace("                              ok", "                                  ok"))],
 }
 # Earlier variants: s9-call3 (taps reloaded for dw: "no_reload", "one_reduce", "no_reduce") and
 # s9-call5 ("four_reductions"); see git history.
@@ -78,14 +81,14 @@ def main() -> None:
         parts = [torch.randn(batch, L, n, device="cuda", dtype=torch.bfloat16) for n in (dim - 256, 128, 128)]
         dys = [t.transpose(1, 2) for t in parts]
         g = torch.cat(parts, -1).transpose(1, 2)
-        ref = mods["branches"].causal_conv1d_bwd_triton(g, x, w, b, None, True)
+        ref = mods["masked"].causal_conv1d_bwd_triton(g, x, w, b, None, True)
         for name, ct in mods.items():
             runs = {"split": lambda ct=ct: ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True),
                     "single": lambda ct=ct: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True),
                     "cat+single": lambda ct=ct: ct.causal_conv1d_bwd_triton(torch.cat(parts, -1).transpose(1, 2), x, w,
                                                                             b, None, True)}
             for mode, fn in runs.items():
-                if name != "branches" and mode != "split":
+                if name != "masked" and mode != "split":
                     continue
                 got = fn()
                 diff = [float((a.float() - r.float()).norm() / r.float().norm()) for a, r in zip(got, ref)]
