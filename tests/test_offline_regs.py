@@ -36,3 +36,21 @@ def test_ssd_kernel_compiles_offline_with_register_report():
     r = rows[0]
     assert r["shape"] == "130m-B32-L192" and r["warps"] == 4 and r["grid"] == [32, 24, 1], r
     assert 0 < r["regs"] <= 255 and r["spill_store_bytes"] >= 0 and r["smem_bytes"] > 0, r
+
+
+def test_conv_ptx_fingerprint_ignores_line_info_only():
+    """scripts/conv_ptx_fingerprint.py's normalisation: source-line moves (``.loc`` lines, the debug
+    sections) do not change a fingerprint, an instruction does. In a fresh interpreter: importing
+    the script drops TRITON_INTERPRET."""
+    code = (
+        "import conv_ptx_fingerprint as f\n"
+        "a = '.visible .entry k()\\n\\t.loc\\t1 276 0\\n\\tadd.s32 %r1, %r2, 1;\\n.section\\t.debug_info\\n.b8 53'\n"
+        "b = '.visible .entry k()\\n\\t.loc\\t1 277 0\\n\\tadd.s32 %r1, %r2, 1;\\n.section\\t.debug_info\\n.b8 54'\n"
+        "c = '.visible .entry k()\\n\\t.loc\\t1 276 0\\n\\tadd.s32 %r1, %r2, 2;\\n.section\\t.debug_info\\n.b8 53'\n"
+        "assert f.normalised_ptx(a) == f.normalised_ptx(b) != f.normalised_ptx(c)\n"
+        "print('ok')\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.join(ROOT, "scripts"), ROOT, env.get("PYTHONPATH", "")])
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
