@@ -401,3 +401,28 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     assert [k for k, _ in lt.tuning_choices(eager=True).values()] == ["ptr"]
     monkeypatch.setattr(lt, "_capturing", lambda t: True)
     assert call(40) == "cublas" and len(timed) == n_ptr + 1
+
+
+def test_fast_validation_never_accepts_what_the_detailed_checks_reject():
+    """validate_lora_linear takes a one-pass check on valid calls and runs the detailed, message-
+    naming checks only when it fails: every single-argument corruption must fail the fast pass."""
+    from samkern.ops.lora_linear.function import _valid_fast, _validate_detailed
+
+    N, K, r = 6, 5, 3
+    base = dict(x=torch.randn(4, K), W=torch.nn.Parameter(torch.randn(N, K)), b=torch.randn(N),
+                A=torch.nn.Parameter(torch.randn(r, K)), B=torch.randn(N, r), scale=2.0, dropout_x=torch.randn(4, K))
+    bad = {"x": [torch.randn(4, K + 1), torch.randn(4, K).double(), torch.randn(0, K), 3.0, torch.tensor(1.0)],
+           "W": [torch.randn(N, K + 1), torch.randn(N, K, 1), torch.randn(N, K).half()],
+           "b": [torch.randn(N + 1), torch.randn(N).half()],
+           "A": [torch.randn(r, K + 1), torch.randn(r, K).double(), torch.randn(0, K)],
+           "B": [torch.randn(N, r + 1), torch.randn(N + 1, r)],
+           "scale": [float("nan"), float("inf"), torch.tensor(2.0), "2"],
+           "dropout_x": [torch.randn(4, K + 1), torch.randn(4, K).half()]}
+    assert _valid_fast(**base)
+    _validate_detailed(**base)
+    for key, values in bad.items():
+        for v in values:
+            kw = dict(base, **{key: v})
+            with pytest.raises(ValueError):
+                _validate_detailed(**kw)
+            assert not _valid_fast(**kw), (key, v)

@@ -46,6 +46,30 @@ def validate_lora_linear(
     NaN/inf in the LoRA factors follows ``samkern.checks.check_finite``: always on the CPU, on a
     GPU only with ``SAMKERN_SYNC_CHECKS=1`` (the check needs a host sync every training step).
     """
+    # Valid calls (every training step, twice per block) take one cheap pass; the detailed checks
+    # below, which name the argument at fault, run only when that pass fails.
+    if not _valid_fast(x, W, b, A, B, scale, dropout_x):
+        _validate_detailed(x, W, b, A, B, scale, dropout_x)
+    check_finite(A=A, B=B)
+
+
+def _valid_fast(x, W, b, A, B, scale, dropout_x) -> bool:
+    """True when every check of ``_validate_detailed`` passes (False may still pass there)."""
+    ts = (x, W, A, B) + ((b,) if b is not None else ()) + ((dropout_x,) if dropout_x is not None else ())
+    if not all(isinstance(t, torch.Tensor) for t in ts) or type(scale) not in (int, float) or not math.isfinite(scale):
+        return False
+    dt, dev = x.dtype, x.device
+    if dt not in DTYPES or any(t.dtype != dt or t.device != dev or t.numel() == 0 for t in ts):
+        return False
+    if x.dim() < 1 or W.dim() != 2 or A.dim() != 2 or B.dim() != 2:
+        return False
+    N, K = W.shape
+    r = A.shape[0]
+    return (x.shape[-1] == K and A.shape[1] == K and B.shape == (N, r)
+            and (b is None or b.shape == (N,)) and (dropout_x is None or dropout_x.shape == x.shape))
+
+
+def _validate_detailed(x, W, b, A, B, scale, dropout_x) -> None:
     check_tensor("x", x, dtypes=DTYPES)
     if x.dim() < 1:
         raise ValueError(f"x must have at least 1 dimension (..., K), got shape {tuple(x.shape)}")
@@ -67,7 +91,6 @@ def validate_lora_linear(
     check_same_device(x=x, W=W, b=b, A=A, B=B, dropout_x=dropout_x)
     if isinstance(scale, torch.Tensor) or not isinstance(scale, (int, float)) or not math.isfinite(float(scale)):
         raise ValueError(f"scale must be a finite python number, got {scale!r}")
-    check_finite(A=A, B=B)
 
 
 def lora_linear(
