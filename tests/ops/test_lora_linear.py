@@ -426,3 +426,18 @@ def test_fast_validation_never_accepts_what_the_detailed_checks_reject():
             with pytest.raises(ValueError):
                 _validate_detailed(**kw)
             assert not _valid_fast(**kw), (key, v)
+
+
+def test_tma_able_matches_its_definition():
+    """``_tma_able`` (host TMA descriptor rules) on contiguous, transposed, sliced, offset and
+    empty operands against the rules written out: unit last stride, 16-byte base and row pitch."""
+    from samkern.ops.lora_linear.triton import _tma_able
+
+    base = torch.randn(40, 48).to(torch.bfloat16)
+    cases = [base, base.t(), base[:, 8:40], base[:, 1:33], base[1:, :], base[:, :0], base[::2], base[0],
+             torch.randn(40, 12).to(torch.bfloat16), torch.randn(4, 6, 8).to(torch.bfloat16)]
+    for t in cases:
+        want = (t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0
+                and (t.stride(0) * t.element_size()) % 16 == 0 and t.shape[0] > 0 and t.shape[1] > 0)
+        assert _tma_able(t) == want, (tuple(t.shape), t.stride())
+    assert _tma_able(base) and not _tma_able(base.t()) and not _tma_able(base[:, 1:33])

@@ -259,11 +259,13 @@ def _m_bucket(M: int) -> int:
 
 
 def _tma_able(t: torch.Tensor) -> bool:
-    es = t.element_size()
-    return (
-        t.dim() == 2 and t.stride(1) == 1 and t.data_ptr() % 16 == 0
-        and (t.stride(0) * es) % 16 == 0 and t.shape[0] > 0 and t.shape[1] > 0
-    )
+    """A 2-D operand a host TMA descriptor can take: unit stride along rows, 16-byte aligned base
+    and row pitch, no empty dimension. (One ``stride()`` and one ``shape`` read: this runs up to
+    five times per eager call.)"""
+    if t.dim() != 2:
+        return False
+    (s0, s1), (m, n) = t.stride(), t.shape
+    return s1 == 1 and m > 0 and n > 0 and (s0 * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
 _TMA_DEVICES: Dict[int, bool] = {}
@@ -345,9 +347,7 @@ def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int) -> None:
     _PTR[grid](
         a1, b1, a2_, b2_, bias if bias is not None else out, out,
         M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
-        a1.stride(0), a1.stride(1), b1.stride(0), b1.stride(1),
-        a2_.stride(0), a2_.stride(1), b2_.stride(0), b2_.stride(1),
-        out.stride(0), out.stride(1),
+        *a1.stride(), *b1.stride(), *a2_.stride(), *b2_.stride(), *out.stride(),
         HAS_BIAS=bias is not None, HAS_LORA=has_lora, EVEN_K1=K1 % bk == 0, PRECISION=_precision(a1.dtype),
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, num_warps=warps, num_stages=stages,
     )
