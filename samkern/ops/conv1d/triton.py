@@ -15,10 +15,14 @@ padding tokens):
 Kernels (grid: L-blocks × D-blocks × batch; x and dy take any strides, channels ideally unit
 stride, i.e. the (B, L, D) activations of the block seen as (B, D, L)):
 * ``_conv_fwd_kernel``: y.
-* ``_conv_bwd_kernel``: dx, and per-program partial sums of dw and dbias (summed by torch
-  afterwards: deterministic, no atomics). Programs overlap by W-1 rows so that the g each dx row
-  needs is inside the program's own tile (``tl.gather``): nothing but dx and the partials is
-  written.
+* ``_conv_bwd_kernel``: dx. Programs overlap by W-1 rows so that the g each dx row needs is
+  inside the program's own tile (``tl.gather``): nothing but dx is written (for convs wider than
+  four taps it also writes the dw/dbias partial sums).
+* ``_conv_dw_kernel``: per-program partial sums of dw and dbias over 256-row spans (convs of at
+  most four taps), products accumulated elementwise, one reduction per program.
+* ``_conv_dw_reduce_kernel``: the partials summed in a fixed order (deterministic, no atomics)
+  into the parameters' dtype and (D, W) layout.
+The gradient may arrive as three tensors (x, B, C of a block: ``conv_split``), read in place.
 All arithmetic in fp32; y and dx in x's dtype.
 """
 from __future__ import annotations
