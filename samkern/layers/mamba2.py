@@ -325,14 +325,15 @@ class Mamba2Block(nn.Module):
         d_mlp = sizes[0]
 
         if conv_state is not None:
-            xBC_t = zxbcdt[..., 2 * d_mlp + self.d_ssm:2 * d_mlp + self.d_ssm + self.conv_dim].transpose(1, 2)
+            xBC = zxbcdt[..., sum(sizes[:3]):sum(sizes[:4])]  # the raw conv input (B, L, conv_dim)
+            xBC_t = xBC.transpose(1, 2)
             with torch.no_grad():
                 if cu_seqlens is None:
                     # Last W raw inputs, zero-padded in front when L < W.
                     conv_state.copy_(F.pad(xBC_t, (self.d_conv - seqlen, 0)) if seqlen < self.d_conv
                                      else xBC_t[:, :, seqlen - self.d_conv:])
                 else:
-                    conv_state.copy_(causal_conv1d_varlen_states_ref(xBC_t.transpose(1, 2)[0], cu_seqlens, self.d_conv))
+                    conv_state.copy_(causal_conv1d_varlen_states_ref(xBC[0], cu_seqlens, self.d_conv))
         # split -> conv of xBC -> split of x, B, C: on CUDA one autograd node whose backward writes
         # d zxbcdt once (no gradient concatenations), the reference composition elsewhere
         gn = self.ngroups * self.d_state

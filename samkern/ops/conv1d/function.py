@@ -152,11 +152,11 @@ class ConvSplitFunction(torch.autograd.Function):
         for k, g in enumerate(conv_grads):
             if g is None:  # a split output nobody used: its gradient is zero
                 conv_grads[k] = proj.new_zeros((*conv_out_shape, ctx.conv_sizes[k]))
-        dys = [g.transpose(-1, -2) for g in conv_grads]
+        # three pieces (x, B, C) are read in place by the kernels; other splits are concatenated
+        dy = [g.transpose(1, 2) for g in conv_grads] if n_conv == 3 else _cat_last(conv_grads).transpose(1, 2)
         xbc = proj[..., cols[ci]:cols[ci + 1]].transpose(1, 2)
         dx_out = d_proj[..., cols[ci]:cols[ci + 1]] if d_proj is not None else None
-        _, dw, db = causal_conv1d_bwd_triton(dys if n_conv == 3 else _cat_last(conv_grads).transpose(1, 2), xbc, w,
-                                             bias, seq, ctx.silu, need_dw=need_dw, dx_out=dx_out)
+        _, dw, db = causal_conv1d_bwd_triton(dy, xbc, w, bias, seq, ctx.silu, need_dw=need_dw, dx_out=dx_out)
         return d_proj, dw if need[1] else None, db if need[2] else None, None, None, None, None, None
 
 

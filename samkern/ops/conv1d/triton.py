@@ -424,8 +424,7 @@ def causal_conv1d_bwd_triton(
     else:
         dw_part = db_part = dx_out  # never touched
     seq = seq_idx if seq_idx is not None else x
-    dy_strides = (dy0.stride(0), dy0.stride(1), dy0.stride(2), dy1.stride(0), dy1.stride(1), dy1.stride(2),
-                  dy2.stride(0), dy2.stride(1), dy2.stride(2))
+    dy_strides = (*dy0.stride(), *dy1.stride(), *dy2.stride())
     s_sb = seq_idx.stride(0) if seq_idx is not None else 0
     _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
         x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part, L, D, d1, d2,
