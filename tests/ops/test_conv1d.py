@@ -186,6 +186,23 @@ def test_conv_split_matches_split_composition(kernel_device, used, seq, act, d_s
         assert got[1] is None and got[2] is None and ref[1] is None
 
 
+def test_conv_split_other_piece_counts(kernel_device):
+    """A conv part split into one or two pieces (the gradient is concatenated, not read in place)."""
+    proj, w, b, s, sizes, _ = _conv_split_case(torch.float32, kernel_device, d_mlp=0)
+    dc = sizes[3]
+    for conv_sizes in ([dc], [dc - 8, 8]):
+        shapes = [(*proj.shape[:2], n) for n in sizes[:3] + conv_sizes + sizes[4:]]
+        grads = [torch.randn(sh, device=kernel_device) for sh in shapes]
+        used = tuple(range(len(shapes)))
+        got_parts, got = _run_split("triton", proj, w, b, None, sizes, conv_sizes, used, grads)
+        ref_parts, ref = _run_split("ref", proj.double(), w.double(), b.double(), None, sizes, conv_sizes, used,
+                                    [g.double() for g in grads])
+        for i, (g, r) in enumerate(zip(got_parts, ref_parts)):
+            assert_close(f"part {i} ({len(conv_sizes)} pieces)", g, r, 2e-5)
+        for name, g, r in zip(("d proj", "dweight", "dbias"), got, ref):
+            assert_close(f"{name} ({len(conv_sizes)} pieces)", g, r, 2e-5)
+
+
 def test_conv_split_frozen_conv_and_errors(kernel_device):
     """A frozen conv (LoRA fine-tuning) skips dw/db; bad splits are refused."""
     proj, w, b, s, sizes, conv_sizes = _conv_split_case(torch.float32, kernel_device, d_mlp=0)
