@@ -189,6 +189,42 @@ def test_lora_gemm_kernels(kernel_device, dtype, kind):
     assert_close("no lora", y0, d(x) @ d(W).T, tol)
 
 
+@pytest.mark.parametrize("kind", ["ptr", "tma", "ptma"])
+@pytest.mark.parametrize("r", [1, 8, 20, 80])
+def test_lora_proj_gemm_kernels(kernel_device, kind, r):
+    """``lora_proj_gemm`` (u_s = s·a1 p, C = a1 b1 + u_s b2) on every kernel and both layouts.
+
+    r <= FUSE_MAX_R makes the projection inside the K loop (FUSE_PROJ; r = 1 and 20 have rows TMA
+    cannot take, so those run the pointer kernel); r = 80 takes the split path. Both outputs start
+    as NaN (unwritten elements fail), two column panels (only the first writes u_s), ragged M."""
+    if kernel_device == "cpu" and not INTERPRET:
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    from samkern.ops.lora_linear.triton import lora_proj_gemm
+
+    M, K, N = 37, 48, 40
+    cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
+           "persistent": kind == "ptma"}
+    dev, dt = kernel_device, torch.float16
+    x, W, A = torch.randn(M, K, device=dev), torch.randn(N, K, device=dev) / 4, torch.randn(r, K, device=dev) / 4
+    B, b, dy = torch.randn(N, r, device=dev) / 4, torch.randn(N, device=dev), torch.randn(M, N, device=dev)
+    x, W, A, B, b, dy = (t.to(dt) for t in (x, W, A, B, b, dy))
+    d = lambda t: t.double()  # noqa: E731
+    s = 0.75
+
+    def call(a1, b1, p, b2, bias):
+        out = torch.full((M, b1.shape[1]), float("nan"), device=dev, dtype=dt)
+        u = torch.full((M, r), float("nan"), device=dev, dtype=dt)
+        return lora_proj_gemm(a1, b1, p, b2, s, bias, config=cfg, use_tma=kind != "ptr", out=out, u_out=u)
+
+    y, u_s = call(x, W.t(), A.t(), B.t(), b)  # forward layout (K-major views)
+    u_ref = s * d(x) @ d(A).T
+    assert_close("u_s", u_s, u_ref, 2e-3)
+    assert_close("y", y, d(x) @ d(W).T + d(u_s) @ d(B).T + d(b), 2e-3)
+    dx, g_s = call(dy, W, B, A, None)  # backward layout (row-major)
+    assert_close("g_s", g_s, s * d(dy) @ d(B), 2e-3)
+    assert_close("dx", dx, d(dy) @ d(W) + d(g_s) @ d(A), 2e-3)
+
+
 def test_triton_noncontiguous_and_no_dx(kernel_device):
     if kernel_device == "cpu" and not INTERPRET:
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
@@ -293,6 +329,43 @@ def test_gpu_sam_shapes_bf16(K, N, r):
     assert_close_lowp("dB", gB, rB, lB)
 
 
+def _shipped_configs():
+    """Every (kind, config) the tuner can pick for lora_proj_gemm on Hopper."""
+    import samkern.ops.lora_linear.triton as lt
+
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "GROUP_M")
+    out = [("tma", dict(zip(names, c))) for c in lt.TMA_CANDIDATES]
+    out += [("ptma", dict(zip(names, c), persistent=True)) for c in lt.PTMA_CANDIDATES]
+    out += [("ptr", dict(zip(names, c))) for c in lt.PTR_CANDIDATES]
+    return out
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("r", [8, 64])
+@pytest.mark.parametrize("kind,cfg", _shipped_configs(), ids=lambda v: v if isinstance(v, str) else
+                         "x".join(str(v[k]) for k in ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages")))
+def test_gpu_fused_projection_every_shipped_config(kind, cfg, r):
+    """The fused-projection kernels at every block size the tuner ships (Triton 3.6 on Hopper has
+    miscompiled at particular block sizes), bf16, both layouts, ragged M, against fp64 by the 2x
+    rule (the same math by torch in bf16); outputs poisoned with NaN."""
+    from samkern.ops.lora_linear.triton import PTMA_MAX_R, lora_proj_gemm
+
+    if kind == "ptma" and r > PTMA_MAX_R:
+        pytest.skip("the persistent kernel is a candidate only for r <= PTMA_MAX_R")
+    M, K, N, s, dt = 1111, 1536, 768, 2.0, torch.bfloat16
+    x, W, A, B, dy = (torch.randn(*sh, device="cuda").to(dt) for sh in ((M, K), (N, K), (r, K), (N, r), (M, N)))
+    W, A, B = W * K ** -0.5, A * K ** -0.5, B * r ** -0.5
+    for name, (a1, b1, p, b2) in {"fwd": (x, W.t(), A.t(), B.t()), "bwd": (dy, W, B, A)}.items():
+        out = torch.full((M, b1.shape[1]), float("nan"), device="cuda", dtype=dt)
+        u = torch.full((M, r), float("nan"), device="cuda", dtype=dt)
+        lora_proj_gemm(a1, b1, p, b2, s, config=cfg, use_tma=kind != "ptr", out=out, u_out=u)
+        u_hi = s * a1.double() @ p.double()
+        u_lp = s * (a1 @ p)
+        assert_close_lowp(f"{name} u_s", u, u_hi, u_lp)
+        y_hi = a1.double() @ b1.double() + u.double() @ b2.double()
+        assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("train_base", [False, True])
 def test_gpu_cuda_graph(train_base):
@@ -375,7 +448,7 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
         return timer
 
     monkeypatch.setattr(lt, "INTERPRET", False)
-    monkeypatch.setattr(lt, "_launch_ptr", lambda a1, b1, a2, b2, bias, out, cfg, br: fake_launch("ptr")(a1, b1, a2, b2, bias, out))
+    monkeypatch.setattr(lt, "_launch_ptr", lambda a1, b1, a2, b2, bias, out, *rest: fake_launch("ptr")(a1, b1, a2, b2, bias, out))
     monkeypatch.setattr(lt, "_launch_cublas", fake_cublas)
     monkeypatch.setattr(lt, "_bench_ms", fake_timer(timed, {"ptr": 1.0, "cublas": 0.5}))  # cuBLAS wins on the GPU
     monkeypatch.setattr(lt, "_wall_ms", fake_timer(walled, {"ptr": 1.0, "cublas": 1.5}))  # ptr wins eager
@@ -401,6 +474,48 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     assert [k for k, _ in lt.tuning_choices(eager=True).values()] == ["ptr"]
     monkeypatch.setattr(lt, "_capturing", lambda t: True)
     assert call(40) == "cublas" and len(timed) == n_ptr + 1
+
+
+def test_proj_tuner_weighs_the_fused_kernel_against_the_split_path(monkeypatch):
+    """``lora_proj_gemm``'s tuner on the CPU with fake launches and timings: the candidates are the
+    split path (cuBLAS projection + GEMM, first: what an untuned capture runs) and the fused
+    kernels; each winner is kept and reused, and every path returns the same (C, u_s)."""
+    import samkern.ops.lora_linear.triton as lt
+
+    ran = []
+
+    def fake_ptr(a1, b1, a2, b2, bias, out, cfg, br, proj=None, scale=1.0):
+        ran.append("ptr+proj" if proj is not None else "ptr")
+        if proj is not None:
+            a2.copy_(scale * (a1 @ proj))
+        out.copy_(a1 @ b1 + a2 @ b2 + (bias if bias is not None else 0))
+
+    def fake_timer(cost):
+        def timer(fn):
+            n = len(ran)
+            fn()
+            return cost["ptr+proj" if "ptr+proj" in ran[n:] else "split"]
+        return timer
+
+    monkeypatch.setattr(lt, "INTERPRET", False)
+    monkeypatch.setattr(lt, "_launch_ptr", fake_ptr)
+    monkeypatch.setattr(lt, "_bench_ms", fake_timer({"ptr+proj": 2.0, "split": 1.0}))  # split wins on the GPU
+    monkeypatch.setattr(lt, "_wall_ms", fake_timer({"ptr+proj": 1.0, "split": 3.0}))  # fused wins eager
+    monkeypatch.setattr(lt, "_CHOICE", {})
+    monkeypatch.setattr(lt, "_EAGER_CHOICE", {})
+    M, K, N, r = 33, 24, 40, 4
+    a1, b1, p, b2 = (torch.randn(*s).half() for s in ((M, K), (K, N), (K, r), (r, N)))
+    ran.clear()
+    out, u = lt.lora_proj_gemm(a1, b1, p, b2, 0.5, use_tma=False, path="triton")
+    u_ref = (0.5 * (a1.float() @ p.float())).half()
+    assert_close("u_s", u.float(), u_ref.float(), 1e-2)
+    assert_close("C", out.float(), a1.float() @ b1.float() + u_ref.float() @ b2.float(), 1e-2)
+    fused = {k: v for k, v in lt.tuning_choices(eager=True).items() if k[-1]}
+    assert [v[0] for v in fused.values()] == ["ptr+proj"]
+    assert [v[0] for k, v in lt.tuning_choices().items() if k[-1]] == ["split"]
+    ran.clear()
+    lt.lora_proj_gemm(a1, b1, p, b2, 0.5, use_tma=False, path="triton")
+    assert ran == ["ptr+proj"]  # reused, nothing timed
 
 
 def test_fast_validation_never_accepts_what_the_detailed_checks_reject():

@@ -122,11 +122,12 @@ def lora_linear(
 # kernels (autograd attached with register_autograd); eager calls go through LoRALinearFunction,
 # which runs the same implementations without the custom-op dispatch overhead.
 #
-#   fwd:  u_s = s·(x' Aᵀ)                       (M, r)  one small cuBLAS GEMM, saved for backward
-#         y   = x Wᵀ + u_s Bᵀ + b               (M, N)  one Triton kernel (K loop, then r loop)
-#   bwd:  g_s = s·(dy B)                        (M, r)  small cuBLAS GEMM
-#         dx  = dy W + g_s A                    (M, K)  one Triton kernel (x' = x), else dy W
-#         dx' = g_s A                           (M, K)  only with dropout (x' != x)
+#   fwd:  u_s = s·(x' Aᵀ)                       (M, r)  saved for backward
+#         y   = x Wᵀ + u_s Bᵀ + b               (M, N)  with x' = x both in ONE Triton kernel
+#                                                         (lora_proj_gemm), else cuBLAS + kernel
+#   bwd:  g_s = s·(dy B)                        (M, r)
+#         dx  = dy W + g_s A                    (M, K)  with x' = x both in one kernel, as above
+#         dx' = g_s A                           (M, K)  only with dropout (x' != x); dx = dy W
 #         dA  = g_sᵀ x'                         (r, K)  cuBLAS
 #         dB  = dyᵀ u_s                         (N, r)  cuBLAS
 #         dW  = dyᵀ x, db = Σ_m dy              only when the base is trained
@@ -158,6 +159,10 @@ def _gemm2(a1: Tensor, b1: Tensor, a2: Optional[Tensor], b2: Optional[Tensor], b
 def _fwd_impl(x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, scale: float,
               xd: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """x (M, K), W (N, K), b (N,)?, A (r, K), B (N, r), xd (M, K)? -> y (M, N), u_s = s·xd Aᵀ (M, r)."""
+    if xd is None and _use_kernel(x):
+        from samkern.ops.lora_linear.triton import lora_proj_gemm
+
+        return lora_proj_gemm(x, W.t(), A.t(), B.t(), scale, b)
     u_s = _scaled_mm(x if xd is None else xd, A.t(), scale)
     y = _gemm2(x, W.t(), u_s, B.t(), b)
     return y, u_s
@@ -166,11 +171,16 @@ def _fwd_impl(x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, s
 def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tensor, scale: float,
               xd: Optional[Tensor], need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout)."""
+    # placeholders for gradients not computed: distinct tensors (custom-op outputs may not alias)
+    if xd is None and need_dx and _use_kernel(dy):
+        from samkern.ops.lora_linear.triton import lora_proj_gemm
+
+        dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
+        return dx, g_s.t() @ x, dy.t() @ u_s, x.new_empty((0,))
     g_s = _scaled_mm(dy, B, scale)
     xl = x if xd is None else xd
     dA = g_s.t() @ xl
     dB = dy.t() @ u_s
-    # placeholders for gradients not computed: distinct tensors (custom-op outputs may not alias)
     if xd is None:
         dx = _gemm2(dy, W, g_s, A, None) if need_dx else x.new_empty((0,))
         dxd = x.new_empty((0,))

@@ -25,7 +25,7 @@ Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used instead.
 from __future__ import annotations
 
 import os
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import torch
 import triton
@@ -34,23 +34,26 @@ import triton.language as tl
 from samkern.backend import cdiv, next_pow2, num_sms
 from samkern.launch import fast_launch
 
-__all__ = ["lora_gemm", "tuning_choices", "INTERPRET"]
+__all__ = ["lora_gemm", "lora_proj_gemm", "tuning_choices", "INTERPRET", "FUSE_MAX_R"]
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
 def _lora_gemm_kernel(
-    a1_ptr, b1_ptr, a2_ptr, b2_ptr, bias_ptr, c_ptr,
-    M, N, K1, K2, M_BUCKET,
+    a1_ptr, b1_ptr, a2_ptr, b2_ptr, bias_ptr, c_ptr, p_ptr,
+    M, N, K1, K2, M_BUCKET, scale,
     s_a1m, s_a1k, s_b1k, s_b1n,
     s_a2m, s_a2k, s_b2k, s_b2n,
-    s_cm, s_cn,
-    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, EVEN_K1: tl.constexpr,
+    s_cm, s_cn, s_pk, s_pr,
+    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, FUSE_PROJ: tl.constexpr, EVEN_K1: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
+    """FUSE_PROJ: a2 is an OUTPUT, ``a2 = scale · a1 p`` (p (K1, K2), K2 <= BLOCK_R), accumulated in
+    the K loop from the a1 tiles already loaded and written by the programs of the first column
+    panel; then ``C += a2 b2`` from registers."""
     # grouped ordering of output tiles: GROUP_M row-tiles share each column panel of B1 in L2
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -69,24 +72,40 @@ def _lora_gemm_kernel(
     rn = tl.max_contiguous(tl.multiple_of(offs_n % N, BLOCK_N), BLOCK_N)
     rk = tl.arange(0, BLOCK_K)
 
+    rr = tl.arange(0, BLOCK_R)
     a_ptrs = a1_ptr + rm[:, None] * s_a1m + rk[None, :] * s_a1k
     b_ptrs = b1_ptr + rk[:, None] * s_b1k + rn[None, :] * s_b1n
+    p_ptrs = p_ptr + rk[:, None] * s_pk + rr[None, :] * s_pr
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for k in range(0, tl.cdiv(K1, BLOCK_K)):
         if EVEN_K1:
             a = tl.load(a_ptrs)
             b = tl.load(b_ptrs)
+            if FUSE_PROJ:
+                p = tl.load(p_ptrs, mask=rr[None, :] < K2, other=0.0)
         else:
             k_left = K1 - k * BLOCK_K
             a = tl.load(a_ptrs, mask=rk[None, :] < k_left, other=0.0)
             b = tl.load(b_ptrs, mask=rk[:, None] < k_left, other=0.0)
+            if FUSE_PROJ:
+                p = tl.load(p_ptrs, mask=(rk[:, None] < k_left) & (rr[None, :] < K2), other=0.0)
         acc = tl.dot(a, b, acc, input_precision=PRECISION)
+        if FUSE_PROJ:
+            u = tl.dot(a, p, u, input_precision=PRECISION)
+            p_ptrs += BLOCK_K * s_pk
         a_ptrs += BLOCK_K * s_a1k
         b_ptrs += BLOCK_K * s_b1k
 
-    if HAS_LORA:
+    if FUSE_PROJ:
+        u_s = (u * scale).to(a1_ptr.dtype.element_ty)
+        if pid_n == 0:  # one column panel writes the projection (rows past M are wrapped: masked)
+            mu = (offs_m[:, None] < M) & (rr[None, :] < K2)
+            tl.store(a2_ptr + offs_m[:, None] * s_a2m + rr[None, :] * s_a2k, u_s, mask=mu)
+        b2 = tl.load(b2_ptr + rr[:, None] * s_b2k + rn[None, :] * s_b2n, mask=rr[:, None] < K2, other=0.0)
+        acc = tl.dot(u_s, b2, acc, input_precision=PRECISION)
+    elif HAS_LORA:
         # the rank-r tail of the reduction; r is tiny (1..256), blocks padded to >= 16 and masked
-        rr = tl.arange(0, BLOCK_R)
         a2_ptrs = a2_ptr + rm[:, None] * s_a2m + rr[None, :] * s_a2k
         b2_ptrs = b2_ptr + rr[:, None] * s_b2k + rn[None, :] * s_b2n
         for j in range(0, tl.cdiv(K2, BLOCK_R)):
@@ -110,17 +129,42 @@ _PTR = fast_launch(_lora_gemm_kernel)  # cheaper eager launches (samkern/launch.
 
 
 @triton.jit
+def _tma_step(a, b_desc, off_n, off_k, acc, B_KMAJOR: tl.constexpr, PRECISION: tl.constexpr):
+    """``acc += a · b`` for one K step, the [BLOCK_K, n] tile of b read from a descriptor over its
+    storage: (n, K) when B_KMAJOR (loaded [n, BLOCK_K] and transposed), else (K, n)."""
+    if B_KMAJOR:
+        b = b_desc.load([off_n, off_k])
+        return tl.dot(a, b.T, acc, input_precision=PRECISION)
+    b = b_desc.load([off_k, off_n])
+    return tl.dot(a, b, acc, input_precision=PRECISION)
+
+
+@triton.jit
+def _proj_epilogue(u, scale, a2_desc, b2_desc, off_m, off_n, write, acc, B_KMAJOR: tl.constexpr,
+                   PRECISION: tl.constexpr):
+    """FUSE_PROJ's end of a tile: round ``scale · u`` to the input dtype (what the unfused path's
+    cuBLAS call stores), write it when ``write`` (one column panel), return ``acc + u_s · b2``.
+    u_s is a dot result fed to a dot without a transpose (the Triton 3.6 Hopper miscompile needs
+    ``tl.trans`` of such a value)."""
+    u_s = (u * scale).to(a2_desc.dtype)
+    if write:
+        a2_desc.store([off_m, 0], u_s)
+    return _tma_step(u_s, b2_desc, off_n, 0, acc, B_KMAJOR, PRECISION)
+
+
+@triton.jit
 def _lora_gemm_tma_kernel(
-    a1_desc, b1_desc, a2_desc, b2_desc, c_desc, bias_ptr,
-    M, N, K1, K2, M_BUCKET,
-    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, B_KMAJOR: tl.constexpr,
+    a1_desc, b1_desc, a2_desc, b2_desc, c_desc, p_desc, bias_ptr,
+    M, N, K1, K2, M_BUCKET, scale,
+    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, FUSE_PROJ: tl.constexpr, B_KMAJOR: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr,
 ):
     """Same contraction as ``_lora_gemm_kernel`` with TMA (Hopper) tiles: the descriptors zero-fill
     out-of-range rows/columns, so edges need no masks and the store clips itself.
-    B_KMAJOR: b1/b2 are stored (N, K) (the forward's W and B), else (K, N) (the backward's W and A)."""
+    B_KMAJOR: b1/b2/p are stored (N, K) (the forward's W, B and A), else (K, N) (the backward's W, A
+    and B). FUSE_PROJ as in ``_lora_gemm_kernel`` (a2 is the projection's output)."""
     pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -134,23 +178,18 @@ def _lora_gemm_tma_kernel(
     off_n = pid_n * BLOCK_N
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
     for k in range(0, tl.cdiv(K1, BLOCK_K)):
         a = a1_desc.load([off_m, k * BLOCK_K])
-        if B_KMAJOR:
-            b = b1_desc.load([off_n, k * BLOCK_K])
-            acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-        else:
-            b = b1_desc.load([k * BLOCK_K, off_n])
-            acc = tl.dot(a, b, acc, input_precision=PRECISION)
-    if HAS_LORA:
+        acc = _tma_step(a, b1_desc, off_n, k * BLOCK_K, acc, B_KMAJOR, PRECISION)
+        if FUSE_PROJ:
+            u = _tma_step(a, p_desc, 0, k * BLOCK_K, u, B_KMAJOR, PRECISION)
+    if FUSE_PROJ:
+        acc = _proj_epilogue(u, scale, a2_desc, b2_desc, off_m, off_n, pid_n == 0, acc, B_KMAJOR, PRECISION)
+    elif HAS_LORA:
         for j in range(0, tl.cdiv(K2, BLOCK_R)):
             a2 = a2_desc.load([off_m, j * BLOCK_R])
-            if B_KMAJOR:
-                b2 = b2_desc.load([off_n, j * BLOCK_R])
-                acc = tl.dot(a2, b2.T, acc, input_precision=PRECISION)
-            else:
-                b2 = b2_desc.load([j * BLOCK_R, off_n])
-                acc = tl.dot(a2, b2, acc, input_precision=PRECISION)
+            acc = _tma_step(a2, b2_desc, off_n, j * BLOCK_R, acc, B_KMAJOR, PRECISION)
     if HAS_BIAS:
         offs_n = off_n + tl.arange(0, BLOCK_N)
         bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
@@ -163,9 +202,9 @@ _TMA = fast_launch(_lora_gemm_tma_kernel)  # cheaper eager launches (samkern/lau
 
 @triton.jit
 def _lora_gemm_tma_persistent_kernel(
-    a1_desc, b1_desc, a2_desc, b2_desc, c_desc, bias_ptr,
-    M, N, K1, K2, M_BUCKET,
-    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, B_KMAJOR: tl.constexpr,
+    a1_desc, b1_desc, a2_desc, b2_desc, c_desc, p_desc, bias_ptr,
+    M, N, K1, K2, M_BUCKET, scale,
+    HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, FUSE_PROJ: tl.constexpr, B_KMAJOR: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, R_TILES: tl.constexpr, FLATTEN: tl.constexpr,
@@ -173,7 +212,8 @@ def _lora_gemm_tma_persistent_kernel(
     """Persistent variant of ``_lora_gemm_tma_kernel``: NUM_SMS programs walk the output tiles, so
     the next tile's loads can overlap this tile's epilogue (FLATTEN lets the pipeliner fuse the
     tile and K loops). The rank-r part (R_TILES = cdiv(r, BLOCK_R) steps, unrolled) runs first
-    in each tile, then the K loop."""
+    in each tile, then the K loop; with FUSE_PROJ the projection is made in the K loop and applied
+    after it, as in ``_lora_gemm_tma_kernel``."""
     start_pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
@@ -189,23 +229,18 @@ def _lora_gemm_tma_persistent_kernel(
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        if HAS_LORA:
+        if HAS_LORA and not FUSE_PROJ:
             for j in tl.static_range(R_TILES):
                 a2 = a2_desc.load([off_m, j * BLOCK_R])
-                if B_KMAJOR:
-                    b2 = b2_desc.load([off_n, j * BLOCK_R])
-                    acc = tl.dot(a2, b2.T, acc, input_precision=PRECISION)
-                else:
-                    b2 = b2_desc.load([j * BLOCK_R, off_n])
-                    acc = tl.dot(a2, b2, acc, input_precision=PRECISION)
+                acc = _tma_step(a2, b2_desc, off_n, j * BLOCK_R, acc, B_KMAJOR, PRECISION)
+        u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
         for ki in range(k_tiles):
             a = a1_desc.load([off_m, ki * BLOCK_K])
-            if B_KMAJOR:
-                b = b1_desc.load([off_n, ki * BLOCK_K])
-                acc = tl.dot(a, b.T, acc, input_precision=PRECISION)
-            else:
-                b = b1_desc.load([ki * BLOCK_K, off_n])
-                acc = tl.dot(a, b, acc, input_precision=PRECISION)
+            acc = _tma_step(a, b1_desc, off_n, ki * BLOCK_K, acc, B_KMAJOR, PRECISION)
+            if FUSE_PROJ:
+                u = _tma_step(a, p_desc, 0, ki * BLOCK_K, u, B_KMAJOR, PRECISION)
+        if FUSE_PROJ:
+            acc = _proj_epilogue(u, scale, a2_desc, b2_desc, off_m, off_n, pid_n == 0, acc, B_KMAJOR, PRECISION)
         if HAS_BIAS:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
@@ -232,6 +267,9 @@ TMA_CANDIDATES = [
 # does not fit; so it competes only when r <= 16.
 PTMA_CANDIDATES = [(128, 256, 64, 8, 3, 8)]
 PTMA_MAX_R = 16
+# lora_proj_gemm makes the projection inside the GEMM up to this rank (one rank block): above it
+# the recomputation per column panel (r / BLOCK_N more MMA work) is not worth one launch
+FUSE_MAX_R = 64
 PTR_CANDIDATES = [
     (128, 256, 64, 8, 3, 8),
     (256, 128, 64, 8, 3, 8),
@@ -280,76 +318,66 @@ def _tma_enabled(device: torch.device) -> bool:
     return _TMA_DEVICES[idx]
 
 
-def _tma_layout(b1: torch.Tensor, b2: Optional[torch.Tensor]):
-    """(b1 storage, b2 storage, kmajor) when every B operand can be a TMA descriptor, else None."""
+def _tma_layout(b1: torch.Tensor, b2: Optional[torch.Tensor], proj: Optional[torch.Tensor] = None):
+    """(b1, b2, proj storages, kmajor) when every B-side operand can be a TMA descriptor in one
+    common layout, else None."""
     for kmajor in (True, False):
-        s1 = b1.t() if kmajor else b1
-        s2 = (b2.t() if kmajor else b2) if b2 is not None else None
-        if _tma_able(s1) and (s2 is None or _tma_able(s2)):
-            return s1, s2, kmajor
+        st = [None if t is None else (t.t() if kmajor else t) for t in (b1, b2, proj)]
+        if all(t is None or _tma_able(t) for t in st):
+            return st[0], st[1], st[2], kmajor
     return None
 
 
-def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int) -> None:
+def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0,
+                persistent: bool = False, flatten: bool = False) -> None:
+    """The TMA kernel (or its persistent variant) on storages from ``_tma_layout``; with ``proj``
+    (its storage) a2 is the projection's output (FUSE_PROJ)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    bm, bn, bk, warps, stages, group = cfg
-    M, K1 = a1.shape
-    N = out.shape[1]
-    has_lora = a2 is not None
-    d_a1 = TensorDescriptor.from_tensor(a1, [bm, bk])
-    d_b1 = TensorDescriptor.from_tensor(s1, [bn, bk] if kmajor else [bk, bn])
-    # without LoRA the a2/b2 slots repeat a1/b1 (never read: HAS_LORA is a constexpr)
-    d_a2 = TensorDescriptor.from_tensor(a2, [bm, block_r]) if has_lora else d_a1
-    d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
-    d_c = TensorDescriptor.from_tensor(out, [bm, bn])
-    grid = (cdiv(M, bm) * cdiv(N, bn),)
-    _TMA[grid](
-        d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
-        M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
-        HAS_BIAS=bias is not None, HAS_LORA=has_lora, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, num_warps=warps, num_stages=stages,
-    )
-
-
-def _launch_ptma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, flatten: bool = False) -> None:
-    from triton.tools.tensor_descriptor import TensorDescriptor
-
+    desc = TensorDescriptor.from_tensor
     bm, bn, bk, warps, stages, group = cfg
     M, K1 = a1.shape
     N = out.shape[1]
     has_lora = a2 is not None
     K2 = a2.shape[1] if has_lora else 0
-    d_a1 = TensorDescriptor.from_tensor(a1, [bm, bk])
-    d_b1 = TensorDescriptor.from_tensor(s1, [bn, bk] if kmajor else [bk, bn])
-    d_a2 = TensorDescriptor.from_tensor(a2, [bm, block_r]) if has_lora else d_a1
-    d_b2 = (TensorDescriptor.from_tensor(s2, [bn, block_r] if kmajor else [block_r, bn])) if has_lora else d_b1
-    d_c = TensorDescriptor.from_tensor(out, [bm, bn])
-    n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
-    grid = (max(1, min(n_sms, cdiv(M, bm) * cdiv(N, bn))),)
-    _PTMA[grid](
-        d_a1, d_b1, d_a2, d_b2, d_c, bias if bias is not None else out,
-        M, N, K1, K2, _m_bucket(M),
-        HAS_BIAS=bias is not None, HAS_LORA=has_lora, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, NUM_SMS=grid[0],
-        R_TILES=cdiv(K2, block_r), FLATTEN=flatten, num_warps=warps, num_stages=stages,
-    )
+    d_a1 = desc(a1, [bm, bk])
+    d_b1 = desc(s1, [bn, bk] if kmajor else [bk, bn])
+    # unused slots repeat a1/b1's descriptors (never read: HAS_LORA / FUSE_PROJ are constexprs)
+    d_a2 = desc(a2, [bm, block_r]) if has_lora else d_a1
+    d_b2 = desc(s2, [bn, block_r] if kmajor else [block_r, bn]) if has_lora else d_b1
+    d_p = desc(proj, [block_r, bk] if kmajor else [bk, block_r]) if proj is not None else d_a1
+    d_c = desc(out, [bm, bn])
+    args = (d_a1, d_b1, d_a2, d_b2, d_c, d_p, bias if bias is not None else out, M, N, K1, K2, _m_bucket(M),
+            float(scale))
+    meta = dict(HAS_BIAS=bias is not None, HAS_LORA=has_lora, FUSE_PROJ=proj is not None, B_KMAJOR=kmajor,
+                PRECISION=_precision(a1.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group)
+    tiles = cdiv(M, bm) * cdiv(N, bn)
+    if persistent:
+        n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
+        grid = (max(1, min(n_sms, tiles)),)
+        _PTMA[grid](*args, **meta, NUM_SMS=grid[0], R_TILES=cdiv(K2, block_r), FLATTEN=flatten, num_warps=warps,
+                    num_stages=stages)
+    else:
+        _TMA[(tiles,)](*args, **meta, num_warps=warps, num_stages=stages)
 
 
-def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int) -> None:
+def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0) -> None:
+    """The pointer kernel; with ``proj`` (K1, K2) a2 is the projection's output (FUSE_PROJ)."""
     bm, bn, bk, warps, stages, group = cfg
     M, K1 = a1.shape
     N = out.shape[1]
     has_lora = a2 is not None
     a2_ = a2 if has_lora else a1
     b2_ = b2 if has_lora else b1
+    p_ = proj if proj is not None else a1
     grid = (cdiv(M, bm) * cdiv(N, bn),)
     _PTR[grid](
-        a1, b1, a2_, b2_, bias if bias is not None else out, out,
-        M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M),
-        *a1.stride(), *b1.stride(), *a2_.stride(), *b2_.stride(), *out.stride(),
-        HAS_BIAS=bias is not None, HAS_LORA=has_lora, EVEN_K1=K1 % bk == 0, PRECISION=_precision(a1.dtype),
-        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, num_warps=warps, num_stages=stages,
+        a1, b1, a2_, b2_, bias if bias is not None else out, out, p_,
+        M, N, K1, a2.shape[1] if has_lora else 0, _m_bucket(M), float(scale),
+        *a1.stride(), *b1.stride(), *a2_.stride(), *b2_.stride(), *out.stride(), *p_.stride(),
+        HAS_BIAS=bias is not None, HAS_LORA=has_lora, FUSE_PROJ=proj is not None, EVEN_K1=K1 % bk == 0,
+        PRECISION=_precision(a1.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group,
+        num_warps=warps, num_stages=stages,
     )
 
 
@@ -430,68 +458,125 @@ def lora_gemm(
 
     On Hopper, operands whose rows are 16-byte aligned go through the TMA kernel, others through
     the pointer kernel. Block sizes: ``config`` (dict of BLOCK_M/N/K, GROUP_M, num_warps,
-    num_stages) if given, a fixed small config in the interpreter, else the tuner: the first
-    eager call of each (token bucket, N, K1, K2, layout, dtype) times the candidate tiles, plus
-    the two-call cuBLAS composite when ``SAMKERN_LORA_GEMM`` is ``auto`` (default), and keeps the
-    fastest. A call made while a CUDA graph is being captured never tunes (it takes the first
-    candidate): warm up eagerly before capturing. ``path`` forces "triton" or "cublas".
+    num_stages, optionally persistent/flatten) if given, a fixed small config in the interpreter,
+    else the tuner: the first eager call of each (token bucket, N, K1, K2, layout, dtype) times the
+    candidate tiles, plus the two-call cuBLAS composite when ``SAMKERN_LORA_GEMM`` is ``auto``
+    (default), and keeps the fastest. A call made while a CUDA graph is being captured never tunes
+    (it takes the first candidate): warm up eagerly before capturing. ``path`` forces "triton" or
+    "cublas".
     """
+    M = a1.shape[0]
+    if out is None:
+        out = torch.empty((M, b1.shape[1]), device=a1.device, dtype=a1.dtype)
+    _gemm(a1, b1, a2, b2, bias, out, None, 1.0, config, use_tma, path)
+    return out
+
+
+def lora_proj_gemm(
+    a1: torch.Tensor,
+    b1: torch.Tensor,
+    proj: torch.Tensor,
+    b2: torch.Tensor,
+    scale: float,
+    bias: Optional[torch.Tensor] = None,
+    config: Optional[dict] = None,
+    use_tma: Optional[bool] = None,
+    path: Optional[str] = None,
+    out: Optional[torch.Tensor] = None,
+    u_out: Optional[torch.Tensor] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``u_s = scale · a1 @ proj`` and ``C = a1 @ b1 + u_s @ b2 + bias``; returns (C, u_s).
+
+    a1 (M, K1), b1 (K1, N), proj (K1, r), b2 (r, N), bias (N,) or None; any strides. The LoRA
+    forward (a1 = x, b1 = Wᵀ, proj = Aᵀ, b2 = Bᵀ) and the dx of its backward (a1 = dy, b1 = W,
+    proj = B, b2 = A) are this call. For r <= ``FUSE_MAX_R`` the projection can be made inside
+    the GEMM's K loop from the a1 tiles it loads anyway (FUSE_PROJ: one launch, no second read of
+    a1; each column panel of tiles recomputes it, r / BLOCK_N more MMA work); the tuner times
+    those kernels against the split path (one cuBLAS GEMM for u_s, then ``lora_gemm``), by GPU
+    time and by wall time per eager call as in ``lora_gemm``. ``out`` / ``u_out``: preallocated
+    (M, N) / (M, r) outputs (tests poison them).
+    """
+    M, r = a1.shape[0], proj.shape[1]
+    if out is None:
+        out = torch.empty((M, b1.shape[1]), device=a1.device, dtype=a1.dtype)
+    u_s = torch.empty((M, r), device=a1.device, dtype=a1.dtype) if u_out is None else u_out
+    _gemm(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path)
+    return out, u_s
+
+
+def _split_proj(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path) -> None:
+    """The unfused projection: ``u_s = scale · a1 proj`` by cuBLAS (alpha = scale), then the GEMM."""
+    torch.addmm(u_s, a1, proj, beta=0, alpha=scale, out=u_s)
+    _gemm(a1, b1, u_s, b2, bias, out, None, 1.0, config, use_tma, path)
+
+
+def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None:
+    """``lora_gemm`` / ``lora_proj_gemm`` into ``out`` (and ``a2`` when ``proj`` is given)."""
     M, K1 = a1.shape
     N = b1.shape[1]
     has_lora = a2 is not None
     K2 = a2.shape[1] if has_lora else 0
-    if out is None:
-        out = torch.empty((M, N), device=a1.device, dtype=a1.dtype)
     block_r = min(max(16, next_pow2(max(K2, 1))), 64)
+    fusable = proj is not None and K2 <= FUSE_MAX_R
 
     if use_tma is None:
         use_tma = _tma_enabled(a1.device)
     layout = None
     if use_tma and _tma_able(a1) and _tma_able(out) and (not has_lora or _tma_able(a2)):
-        layout = _tma_layout(b1, b2)
+        layout = _tma_layout(b1, b2, proj if fusable else None)
 
     def run(choice) -> None:
         kind, cfg = choice
-        if kind == "cublas":
+        fused = kind.endswith("+proj")
+        kind = kind[:-5] if fused else kind
+        pj, sc = (proj, scale) if fused else (None, 1.0)
+        if kind == "split":
+            _split_proj(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path)
+        elif kind == "cublas":
             _launch_cublas(a1, b1, a2, b2, bias, out)
-        elif kind == "tma":
-            _launch_tma(a1, layout[0], a2, layout[1], layout[2], bias, out, cfg, block_r)
-        elif kind in ("ptma", "ptma_flat"):
-            _launch_ptma(a1, layout[0], a2, layout[1], layout[2], bias, out, cfg, block_r, kind == "ptma_flat")
-        else:
-            _launch_ptr(a1, b1, a2, b2, bias, out, cfg, block_r)
+        elif kind == "ptr":
+            _launch_ptr(a1, b1, a2, b2, bias, out, cfg, block_r, pj, sc)
+        else:  # tma, ptma, ptma_flat
+            _launch_tma(a1, layout[0], a2, layout[1], layout[3], bias, out, cfg, block_r, layout[2] if fused else None,
+                        sc, kind != "tma", kind == "ptma_flat")
 
     kind = "tma" if layout is not None else "ptr"
+    sfx = "+proj" if fusable else ""
     if config is not None:
         c = dict(config)
         if layout is not None and c.pop("persistent", False):
             kind = "ptma_flat" if c.pop("flatten", False) else "ptma"
-        run((kind, (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c.get("num_warps", 4), c.get("num_stages", 3),
-                    c.get("GROUP_M", 8))))
-        return out
+        cfg = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c.get("num_warps", 4), c.get("num_stages", 3),
+               c.get("GROUP_M", 8))
+        run((kind + sfx, cfg) if fusable or proj is None else ("split", None))
+        return
     if INTERPRET:
-        run(("ptr" if layout is None else kind, _INTERPRET_CONFIG))
-        return out
+        run((kind + sfx, _INTERPRET_CONFIG) if fusable or proj is None else ("split", None))
+        return
 
     mode = path or os.environ.get("SAMKERN_LORA_GEMM", "auto")
     if mode == "cublas" or (a1.dtype == torch.float32 and mode == "auto"):
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
-        run(("cublas", None))
-        return out
-    key = (a1.device.index, a1.dtype, kind, layout[2] if layout is not None else (b1.stride(0) == 1),
-           _m_bucket(M), N, K1, K2, bias is not None, mode)
+        run(("split", None) if proj is not None else ("cublas", None))
+        return
+    if proj is not None and not fusable:
+        run(("split", None))  # the inner call tunes the GEMM
+        return
+    key = (a1.device.index, a1.dtype, kind, layout[3] if layout is not None else (b1.stride(0) == 1),
+           _m_bucket(M), N, K1, K2, bias is not None, mode, fusable)
     capturing = _capturing(a1)
     choice = (_CHOICE if capturing else _EAGER_CHOICE).get(key)
     if choice is None:
         # candidates are built only on a miss: a tuned call's host path stays short
-        cands = [(kind, c) for c in _prune(TMA_CANDIDATES if layout is not None else PTR_CANDIDATES, M, N)]
+        cands = [] if not fusable else [("split", None)]  # first: what an untuned capture runs
+        cands += [(kind + sfx, c) for c in _prune(TMA_CANDIDATES if layout is not None else PTR_CANDIDATES, M, N)]
         if layout is not None and 0 < K2 <= PTMA_MAX_R:
-            cands += [("ptma", c) for c in _prune(PTMA_CANDIDATES, M, N)]
+            cands += [("ptma" + sfx, c) for c in _prune(PTMA_CANDIDATES, M, N)]
         if layout is not None:
             # slower on the GPU than TMA, but its launch costs less than half the host time
-            cands += [("ptr", c) for c in _prune(PTR_CANDIDATES, M, N)]
-        if mode == "auto":
-            cands.append(("cublas", None))
+            cands += [("ptr" + sfx, c) for c in _prune(PTR_CANDIDATES, M, N)]
+        if mode == "auto" and not fusable:
+            cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:
             choice = cands[0]
         else:
@@ -501,4 +586,3 @@ def lora_gemm(
             _CHOICE[key] = cands[min(range(len(cands)), key=gpu.__getitem__)]
             choice = _EAGER_CHOICE[key] = cands[min(range(len(cands)), key=wall.__getitem__)]
     run(choice)
-    return out
