@@ -56,7 +56,7 @@ def main() -> None:
     from samkern.ops.lora_linear.function import lora_linear
 
     old = _load_old(os.environ.get("LORA_OLD_DIR", ".gpu-kit/old_lora"))
-    rounds = int(os.environ.get("AB_ROUNDS", "3"))
+    rounds = int(os.environ.get("AB_ROUNDS", "5"))
     T, dt = 6144, torch.bfloat16
     shapes = [(768, 3352, 8), (1536, 768, 8), (1536, 6448, 8), (3072, 1536, 8), (2560, 10576, 8), (5120, 2560, 8),
               (768, 3352, 256), (1536, 768, 256)]
@@ -89,6 +89,33 @@ def main() -> None:
                     row[f"{mode} graph {k}"] = round(time_graph(fns[k]), 1)
         res[f"{K}x{N} r{r}"] = row
         print(f"{K}x{N} r{r}: " + "  ".join(f"{k} {v}" for k, v in row.items()), flush=True)
+    # host time alone: 64 tokens (the GPU idles), wall time per call of 200 back-to-back calls
+    import time
+
+    for K, N, r in ((768, 3352, 8), (1536, 768, 256)):
+        x = torch.randn(64, K, device="cuda", dtype=dt, requires_grad=True)
+        W = torch.randn(N, K, device="cuda", dtype=dt)
+        A = torch.randn(r, K, device="cuda", dtype=dt, requires_grad=True)
+        B = torch.randn(N, r, device="cuda", dtype=dt, requires_grad=True)
+        g = torch.randn(64, N, device="cuda", dtype=dt)
+        fns = {"new": lambda: torch.autograd.grad(lora_linear(x, W, None, A, B, 2.0), (x, A, B), g),
+               "old": lambda: torch.autograd.grad(old.lora_linear(x, W, None, A, B, 2.0), (x, A, B), g),
+               "peft": lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g)}
+        host = {k: [] for k in fns}
+        for _ in range(rounds):
+            for k, f in fns.items():
+                for _ in range(20):
+                    f()
+                torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                for _ in range(200):
+                    f()
+                t1 = time.perf_counter()
+                torch.cuda.synchronize()
+                host[k].append(1e6 * (t1 - t0) / 200)
+        row = {f"host fwdbwd {k}": round(statistics.median(v), 1) for k, v in host.items()}
+        res[f"host M64 {K}x{N} r{r}"] = row
+        print(f"host M64 {K}x{N} r{r}: {row}", flush=True)
     print("eager choices (new):", {k[2:]: v for k, v in lt.tuning_choices(eager=True).items()})
     print("graph choices (new):", {k[2:]: v for k, v in lt.tuning_choices().items()})
     with open(os.path.join(os.environ.get("OUT", "/tmp"), "lora-ab.json"), "w") as f:

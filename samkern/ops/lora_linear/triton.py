@@ -25,6 +25,7 @@ Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used instead.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -132,11 +133,12 @@ _PTR = fast_launch(_lora_gemm_kernel)  # cheaper eager launches (samkern/launch.
 def _tma_step(a, b_desc, off_n, off_k, acc, B_KMAJOR: tl.constexpr, PRECISION: tl.constexpr):
     """``acc += a · b`` for one K step, the [BLOCK_K, n] tile of b read from a descriptor over its
     storage: (n, K) when B_KMAJOR (loaded [n, BLOCK_K] and transposed), else (K, n)."""
+    # if / else, not an early return: Triton compiles the code after a constexpr-true return too
     if B_KMAJOR:
-        b = b_desc.load([off_n, off_k])
-        return tl.dot(a, b.T, acc, input_precision=PRECISION)
-    b = b_desc.load([off_k, off_n])
-    return tl.dot(a, b, acc, input_precision=PRECISION)
+        acc = tl.dot(a, b_desc.load([off_n, off_k]).T, acc, input_precision=PRECISION)
+    else:
+        acc = tl.dot(a, b_desc.load([off_k, off_n]), acc, input_precision=PRECISION)
+    return acc
 
 
 @triton.jit
@@ -406,9 +408,15 @@ def _prune(cands, M: int, N: int):
 def _bench_ms(fn) -> float:
     from triton.testing import do_bench
 
+    from triton.runtime.errors import OutOfResources
+
     try:
         return do_bench(fn, warmup=5, rep=20, return_mode="median")
-    except Exception:  # noqa: BLE001 - a config that fails to compile (resources) is just not chosen
+    except OutOfResources:  # a tile too large for this GPU is just not chosen
+        return float("inf")
+    except Exception as e:  # noqa: BLE001 - not chosen either, but a kernel bug must not pass unseen
+        warnings.warn(f"lora_gemm tuner: a candidate failed and is skipped: {type(e).__name__}: "
+                      f"{str(e).strip().splitlines()[-1] if str(e).strip() else ''}", RuntimeWarning, stacklevel=2)
         return float("inf")
 
 

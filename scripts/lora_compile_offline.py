@@ -1,0 +1,95 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Compile every LoRA GEMM kernel variant the tuner can launch (pointer / TMA / persistent TMA,
+fused projection or not, both operand layouts, every shipped tile) for sm_90 on a machine without
+a GPU, and report registers, spills and shared memory per variant: compile errors and shared-memory
+overruns show up here instead of on the device (the CPU interpreter does not check the block
+shapes a compiled kernel needs).
+
+    python scripts/lora_compile_offline.py [--r 8] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+os.environ.pop("TRITON_INTERPRET", None)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from ssd_regs_offline import compile_report  # noqa: E402
+
+SMEM_LIMIT = 232448  # bytes of shared memory one H100 program may use
+
+
+def capture(call) -> list:
+    """(kernel, args, kwargs) of the launches ``call()`` makes, run on CPU tensors."""
+    import samkern.ops.lora_linear.triton as lt
+
+    launches = []
+
+    class _Capture:
+        def __init__(self, fl):
+            self.fn = fl.fn
+
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launches.append((self.fn, a, kw))
+
+    saved = {n: getattr(lt, n) for n in ("_PTR", "_TMA", "_PTMA")}
+    try:
+        for n, fl in saved.items():
+            setattr(lt, n, _Capture(fl))
+        call()
+    finally:
+        for n, fl in saved.items():
+            setattr(lt, n, fl)
+    return launches
+
+
+def main() -> None:
+    import samkern.ops.lora_linear.triton as lt
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--r", type=int, nargs="+", default=[8, 64])
+    ap.add_argument("--quick", action="store_true", help="first tile of each kind only")
+    args = ap.parse_args()
+    names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "GROUP_M")
+    kinds = [("tma", dict(zip(names, c))) for c in lt.TMA_CANDIDATES]
+    kinds += [("ptma", dict(zip(names, c), persistent=True)) for c in lt.PTMA_CANDIDATES]
+    kinds += [("ptr", dict(zip(names, c))) for c in lt.PTR_CANDIDATES]
+    if args.quick:
+        kinds = [k for i, k in enumerate(kinds) if i == 0 or k[0] != kinds[i - 1][0]]
+    M, K, N, dt = 1024, 1536, 768, torch.bfloat16
+    bad = 0
+    for r in args.r:
+        x, W, A, B, dy = (torch.zeros(*s, dtype=dt) for s in ((M, K), (N, K), (r, K), (N, r), (M, N)))
+        for kind, cfg in kinds:
+            if kind == "ptma" and r > lt.PTMA_MAX_R:
+                continue
+            for layout, (a1, b1, p, b2) in {"fwd": (x, W.t(), A.t(), B.t()), "bwd": (dy, W, B, A)}.items():
+                for fused in (True, False):
+                    if fused:
+                        call = lambda: lt.lora_proj_gemm(a1, b1, p, b2, 2.0, config=cfg, use_tma=kind != "ptr")  # noqa: E731
+                    else:
+                        u = torch.zeros(M, r, dtype=dt)
+                        call = lambda: lt.lora_gemm(a1, b1, u, b2, config=cfg, use_tma=kind != "ptr")  # noqa: E731
+                    for fn, a, kw in capture(call):
+                        row = dict(kind=kind, layout=layout, fused=fused, r=r,
+                                   tile=[cfg[k] for k in names[:5]])
+                        try:
+                            row.update(compile_report(fn, a, kw))
+                            row["fits"] = row["smem_bytes"] <= SMEM_LIMIT
+                            bad += not row["fits"]
+                        except Exception as e:  # noqa: BLE001 - reported, counted
+                            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
+                            bad += 1
+                        print(json.dumps(row), flush=True)
+    print(f"{bad} variant(s) failed to compile or exceed shared memory")
+    sys.exit(1 if bad else 0)
+
+
+if __name__ == "__main__":
+    main()
