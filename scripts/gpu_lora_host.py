@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where the LoRA linear's eager host time goes, on the GPU machine at 64 tokens (the GPU idles):
+us per call of each layer of the call stack beside the torch primitives it is built from, then
+cProfile's top entries of a forward+backward. Development aid for the eager path.
+
+    python3 scripts/gpu_lora_host.py
+"""
+from __future__ import annotations
+
+import cProfile
+import os
+import pstats
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def host_us(fn, n: int = 300) -> float:
+    import torch
+
+    for _ in range(20):
+        fn()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(n):
+            fn()
+        best = min(best, 1e6 * (time.perf_counter() - t0) / n)
+        torch.cuda.synchronize()
+    return best
+
+
+
+
+def main() -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from samkern.ops.lora_linear import function as lf
+    from samkern.ops.lora_linear import triton as lt
+
+    class Ident(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, A, B):
+            ctx.save_for_backward(x, A, B)
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            ctx.saved_tensors
+            return g, None, None
+
+    dev, dt = "cuda", torch.bfloat16
+    M, K, N, r = 64, 768, 3352, 8
+    x = torch.randn(M, K, device=dev, dtype=dt, requires_grad=True)
+    W = torch.randn(N, K, device=dev, dtype=dt) * 0.03
+    A = (torch.randn(r, K, device=dev, dtype=dt) * 0.03).requires_grad_(True)
+    B = (torch.randn(N, r, device=dev, dtype=dt) * 0.3).requires_grad_(True)
+    g = torch.randn(M, N, device=dev, dtype=dt)
+    gk = torch.randn(M, K, device=dev, dtype=dt)
+    xd, Ad, Bd = x.detach(), A.detach(), B.detach()
+    u = torch.randn(M, r, device=dev, dtype=dt)
+    rows = {
+        "torch.empty (M, N)": lambda: torch.empty((M, N), device=dev, dtype=dt),
+        "W.t() (a view)": lambda: W.t(),
+        "torch.mm x Aᵀ": lambda: torch.mm(xd, Ad.t()),
+        "torch.addmm beta=0 alpha=2 out=": lambda: torch.addmm(u, xd, Ad.t(), beta=0, alpha=2.0, out=u),
+        "autograd.Function identity fwd+bwd": lambda: torch.autograd.grad(Ident.apply(gk.requires_grad_(True), A, B),
+                                                                          (gk,), gk),
+        "validate_lora_linear": lambda: lf.validate_lora_linear(x, W, None, A, B, 2.0),
+        "lora_proj_gemm fwd (tuned)": lambda: lt.lora_proj_gemm(xd, W.t(), Ad.t(), Bd.t(), 2.0),
+        "lora_proj_gemm bwd (tuned)": lambda: lt.lora_proj_gemm(g, W, Bd, Ad, 2.0),
+        "lora_gemm fwd unfused (tuned)": lambda: lt.lora_gemm(xd, W.t(), u, Bd.t()),
+    }
+    out = {k: host_us(f) for k, f in rows.items()}
+    with torch.no_grad():
+        out["lora_linear fwd (no grad)"] = host_us(lambda: lf.lora_linear(x, W, None, A, B, 2.0))
+        out["peft-style fwd (no grad)"] = host_us(lambda: F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0)
+    fb = lambda: torch.autograd.grad(lf.lora_linear(x, W, None, A, B, 2.0), (x, A, B), g)  # noqa: E731
+    out["lora_linear fwd+bwd"] = host_us(fb)
+    out["peft-style fwd+bwd"] = host_us(
+        lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g))
+    print("host us/call (64 tokens, best of 3 x 300):")
+    for k, v in out.items():
+        print(f"  {k:40s} {v:8.1f}")
+    print("eager choices:", {k[2:]: v for k, v in lt.tuning_choices(eager=True).items()})
+    pr = cProfile.Profile()
+    pr.enable()
+    for _ in range(200):
+        fb()
+    pr.disable()
+    torch.cuda.synchronize()
+    print("\n=== cProfile lora_linear fwd+bwd, 200 calls, top by tottime")
+    pstats.Stats(pr).sort_stats("tottime").print_stats(30)
+
+
+if __name__ == "__main__":
+    main()
