@@ -60,6 +60,8 @@ def main() -> None:
     T, dt = 6144, torch.bfloat16
     shapes = [(768, 3352, 8), (1536, 768, 8), (1536, 6448, 8), (3072, 1536, 8), (2560, 10576, 8), (5120, 2560, 8),
               (768, 3352, 256), (1536, 768, 256)]
+    if "AB_SHAPES" in os.environ:  # "K,N,r;K,N,r" or "" (host-time section only)
+        shapes = [tuple(int(v) for v in t.split(",")) for t in os.environ["AB_SHAPES"].split(";") if t]
     res = {}
     for K, N, r in shapes:
         x = torch.randn(T, K, device="cuda", dtype=dt, requires_grad=True)

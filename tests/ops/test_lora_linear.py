@@ -265,6 +265,28 @@ def test_autograd_paths(kernel_device, path):
         assert_close(n, gg, gr, 2e-5)
 
 
+@pytest.mark.parametrize("lead", [(13,), (2, 7)])
+def test_eager_autograd_graph_has_no_view_nodes(kernel_device, lead):
+    """Host cost of eager training: the layer is ONE autograd node whose inputs are the caller's
+    tensors (the flattening happens inside the Function), for 2-D and 3-D inputs; gradients come
+    back in the inputs' shapes (dropout's x' included)."""
+    if kernel_device == "cpu" and not INTERPRET:
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    x, W, b, A, B, s, xd = _inputs(lead, 16, 24, 4, torch.float32, kernel_device, dropout=True)
+    y = lora_linear_triton(x, W, b, A, B, s, xd)
+    assert type(y.grad_fn).__name__ == "LoRALinearFunctionBackward", y.grad_fn
+    assert y.shape == (*lead, 24)
+    g = torch.randn_like(y)
+    gx, gA, gB = torch.autograd.grad(y, (x, A, B), g)
+    xh, Ah, Bh = _hi(x), _hi(A), _hi(B)
+    xdh = xh * (xd.detach().double() / x.detach().double()).nan_to_num(0.0)
+    y_ref = lora_linear_ref(xh, W.double(), b.double(), Ah, Bh, s, xdh)
+    rx, rA, rB = torch.autograd.grad(y_ref, (xh, Ah, Bh), g.double())
+    assert gx.shape == x.shape
+    for n, a, r in (("y", y, y_ref), ("dx", gx, rx), ("dA", gA, rA), ("dB", gB, rB)):
+        assert_close(n, a, r, 2e-5)
+
+
 @pytest.mark.parametrize("with_bias_dropout", [False, True])
 def test_opcheck(kernel_device, with_bias_dropout):
     """Schema, fake (meta) impl, autograd registration and AOT dispatch of both custom ops.

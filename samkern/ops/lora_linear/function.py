@@ -244,35 +244,42 @@ _lora_linear_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 class LoRALinearFunction(torch.autograd.Function):
-    """The same forward/backward as an ``autograd.Function`` on 2-D inputs, calling the
-    implementations directly: the eager path (the custom ops' dispatch costs ~100-200 us of
-    host time per call, which short-sequence training cannot hide).
+    """The same forward/backward as an ``autograd.Function``, calling the implementations directly:
+    the eager path (the custom ops' dispatch costs ~100-200 us of host time per call, which
+    short-sequence training cannot hide). It takes the caller's tensors of any rank and flattens
+    inside, so the autograd graph is this one node (reshapes outside it would add two ViewBackward
+    nodes, each a few tens of us of engine time on the H100 box).
 
-    apply(x (M, K), W (N, K), b (N,)?, A (r, K), B (N, r), scale, xd (M, K)?) -> y (M, N)
+    apply(x (..., K), W (N, K), b (N,)?, A (r, K), B (N, r), scale, xd (..., K)?) -> y (..., N)
     """
 
     @staticmethod
     def forward(ctx, x, W, b, A, B, scale, xd=None):
-        y, u_s = _fwd_impl(x, W, b, A, B, float(scale), xd)
-        _setup_context(ctx, (x, W, b, A, B, float(scale), xd), (y, u_s))
-        return y
+        K = x.shape[-1]
+        x2, xd2 = as_rows(x, K), as_rows(xd, K)
+        y, u_s = _fwd_impl(x2, W, b, A, B, float(scale), xd2)
+        _setup_context(ctx, (x2, W, b, A, B, float(scale), xd2), (y, u_s))
+        ctx.x_shape = x.shape
+        return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[1])
 
     @staticmethod
     def backward(ctx, dy):
-        return _backward_with(_bwd_impl, ctx, dy)
+        grads = list(_backward_with(_bwd_impl, ctx, as_rows(dy, dy.shape[-1])))
+        for i in (0, 6):  # dx, dxd: back to the input's shape
+            if grads[i] is not None and len(ctx.x_shape) != 2:
+                grads[i] = grads[i].view(ctx.x_shape)
+        return tuple(grads)
 
 
 def lora_linear_triton(
     x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, scale: float, dropout_x: Optional[Tensor] = None
 ) -> Tensor:
     """Triton path of :func:`lora_linear` (no validation; shapes as there)."""
+    if not torch.compiler.is_compiling():
+        return LoRALinearFunction.apply(x, W, b, A, B, float(scale), dropout_x)
+    # traced: the custom op is an opaque node with a fake impl and registered autograd
     K = x.shape[-1]
-    x2, xd2 = as_rows(x, K), as_rows(dropout_x, K)
-    if torch.compiler.is_compiling():
-        # traced: the custom op is an opaque node with a fake impl and registered autograd
-        y, _ = torch.ops.samkern.lora_linear_fwd(x2, W, b, A, B, float(scale), xd2)
-    else:
-        y = LoRALinearFunction.apply(x2, W, b, A, B, float(scale), xd2)
+    y, _ = torch.ops.samkern.lora_linear_fwd(as_rows(x, K), W, b, A, B, float(scale), as_rows(dropout_x, K))
     return y.reshape(*x.shape[:-1], W.shape[0])
 
 
