@@ -52,6 +52,22 @@ def main() -> None:
             ctx.saved_tensors
             return g, None, None
 
+    class IdentMM(torch.autograd.Function):
+        """The identity, with a backward that makes one GEMM and two allocations (CUDA work
+        launched from the autograd engine's device thread)."""
+
+        @staticmethod
+        def forward(ctx, x, A, B):
+            ctx.save_for_backward(x, A, B)
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            x, A, B = ctx.saved_tensors
+            torch.empty_like(g)
+            torch.empty_like(A)
+            return g, torch.mm(A, x.t()) @ x, None
+
     dev, dt = "cuda", torch.bfloat16
     M, K, N, r = 64, 768, 3352, 8
     x = torch.randn(M, K, device=dev, dtype=dt, requires_grad=True)
@@ -69,6 +85,8 @@ def main() -> None:
         "torch.addmm beta=0 alpha=2 out=": lambda: torch.addmm(u, xd, Ad.t(), beta=0, alpha=2.0, out=u),
         "autograd.Function identity fwd+bwd": lambda: torch.autograd.grad(Ident.apply(gk.requires_grad_(True), A, B),
                                                                           (gk,), gk),
+        "autograd.Function identity+mm fwd+bwd": lambda: torch.autograd.grad(
+            IdentMM.apply(gk.requires_grad_(True), A, B), (gk, A), gk),
         "validate_lora_linear": lambda: lf.validate_lora_linear(x, W, None, A, B, 2.0),
         "lora_proj_gemm fwd (tuned)": lambda: lt.lora_proj_gemm(xd, W.t(), Ad.t(), Bd.t(), 2.0),
         "lora_proj_gemm bwd (tuned)": lambda: lt.lora_proj_gemm(g, W, Bd, Ad, 2.0),
@@ -79,6 +97,7 @@ def main() -> None:
         out["lora_linear fwd (no grad)"] = host_us(lambda: lf.lora_linear(x, W, None, A, B, 2.0))
         out["peft-style fwd (no grad)"] = host_us(lambda: F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0)
     fb = lambda: torch.autograd.grad(lf.lora_linear(x, W, None, A, B, 2.0), (x, A, B), g)  # noqa: E731
+    out["lora_linear fwd (grad mode, no bwd)"] = host_us(lambda: lf.lora_linear(x, W, None, A, B, 2.0))
     out["lora_linear fwd+bwd"] = host_us(fb)
     out["peft-style fwd+bwd"] = host_us(
         lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g))
@@ -86,6 +105,24 @@ def main() -> None:
     for k, v in out.items():
         print(f"  {k:40s} {v:8.1f}")
     print("eager choices:", {k[2:]: v for k, v in lt.tuning_choices(eager=True).items()})
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(10):
+        fb()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(50):
+            fb()
+        torch.cuda.synchronize()
+    print("\n=== torch.profiler, lora_linear fwd+bwd x 50, CPU self time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=50))
+    peft = lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g)  # noqa: E731
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(50):
+            peft()
+        torch.cuda.synchronize()
+    print("\n=== torch.profiler, peft-style fwd+bwd x 50, CPU self time")
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=50))
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(200):
