@@ -476,6 +476,7 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     monkeypatch.setattr(lt, "_wall_ms", fake_timer(walled, {"ptr": 1.0, "cublas": 1.5}))  # ptr wins eager
     monkeypatch.setattr(lt, "_CHOICE", {})
     monkeypatch.setattr(lt, "_EAGER_CHOICE", {})
+    monkeypatch.setattr(lt, "_PLANS", {})
     K, N, r = 24, 40, 4
     b1, b2, bias = torch.randn(K, N), torch.randn(r, N), torch.randn(N)
 
@@ -525,6 +526,7 @@ def test_proj_tuner_weighs_the_fused_kernel_against_the_split_path(monkeypatch):
     monkeypatch.setattr(lt, "_wall_ms", fake_timer({"ptr+proj": 1.0, "split": 3.0}))  # fused wins eager
     monkeypatch.setattr(lt, "_CHOICE", {})
     monkeypatch.setattr(lt, "_EAGER_CHOICE", {})
+    monkeypatch.setattr(lt, "_PLANS", {})
     M, K, N, r = 33, 24, 40, 4
     a1, b1, p, b2 = (torch.randn(*s).half() for s in ((M, K), (K, N), (K, r), (r, N)))
     ran.clear()

@@ -298,13 +298,16 @@ def _m_bucket(M: int) -> int:
     return min(next_pow2(M), 1 << 16)
 
 
-def _tma_able(t: torch.Tensor) -> bool:
-    """A 2-D operand a host TMA descriptor can take: unit stride along rows, 16-byte aligned base
-    and row pitch, no empty dimension. (One ``stride()`` and one ``shape`` read: this runs up to
-    five times per eager call.)"""
+def _tma_able(t: torch.Tensor, transposed: bool = False) -> bool:
+    """A 2-D operand a host TMA descriptor can take (of ``t``'s transpose when ``transposed``, read
+    from the strides: no view is made): unit stride along rows, 16-byte aligned base and row
+    pitch, no empty dimension. (One ``stride()`` and one ``shape`` read: this runs up to six times
+    per eager call.)"""
     if t.dim() != 2:
         return False
     (s0, s1), (m, n) = t.stride(), t.shape
+    if transposed:
+        s0, s1 = s1, s0
     return s1 == 1 and m > 0 and n > 0 and (s0 * t.element_size()) % 16 == 0 and t.data_ptr() % 16 == 0
 
 
@@ -321,34 +324,50 @@ def _tma_enabled(device: torch.device) -> bool:
 
 
 def _tma_layout(b1: torch.Tensor, b2: Optional[torch.Tensor], proj: Optional[torch.Tensor] = None):
-    """(b1, b2, proj storages, kmajor) when every B-side operand can be a TMA descriptor in one
-    common layout, else None."""
+    """``kmajor`` (True: the (K, n) operands b1, b2, proj are stored (n, K), as the forward's W, B,
+    A; False: stored as given) when every one can be a TMA descriptor in that common layout, else
+    None."""
     for kmajor in (True, False):
-        st = [None if t is None else (t.t() if kmajor else t) for t in (b1, b2, proj)]
-        if all(t is None or _tma_able(t) for t in st):
-            return st[0], st[1], st[2], kmajor
+        if all(t is None or _tma_able(t, kmajor) for t in (b1, b2, proj)):
+            return kmajor
     return None
 
 
-def _launch_tma(a1, s1, a2, s2, kmajor, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0,
-                persistent: bool = False, flatten: bool = False) -> None:
-    """The TMA kernel (or its persistent variant) on storages from ``_tma_layout``; with ``proj``
-    (its storage) a2 is the projection's output (FUSE_PROJ)."""
+def _desc(t: torch.Tensor, shape, strides, block):
+    """A host TMA descriptor over ``t``'s memory with the given (possibly transposed) shape and
+    strides, built without ``TensorDescriptor.__post_init__``'s checks: ``_tma_able`` made them
+    (alignment, unit last stride, non-empty), and the blocks are the tuner's powers of two. About
+    a third of an eager TMA launch's host time went to building six checked descriptors."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    desc = TensorDescriptor.from_tensor
+    d = TensorDescriptor.__new__(TensorDescriptor)
+    d.base, d.shape, d.strides, d.block_shape, d.padding = t, shape, strides, block, "zero"
+    return d
+
+
+def _b_desc(b: torch.Tensor, kmajor: bool, bn: int, bk: int):
+    """Descriptor of a (K, n) B-side operand: over its transpose's storage (n, K) with [bn, bk]
+    blocks when ``kmajor``, else over (K, n) with [bk, bn] blocks."""
+    (k, n), (sk, sn) = b.shape, b.stride()
+    return _desc(b, (n, k), (sn, sk), [bn, bk]) if kmajor else _desc(b, (k, n), (sk, sn), [bk, bn])
+
+
+def _launch_tma(a1, b1, a2, b2, kmajor, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0,
+                persistent: bool = False, flatten: bool = False) -> None:
+    """The TMA kernel (or its persistent variant) in the layout ``_tma_layout`` found; with ``proj``
+    (K1, r) a2 is the projection's output (FUSE_PROJ)."""
     bm, bn, bk, warps, stages, group = cfg
     M, K1 = a1.shape
     N = out.shape[1]
     has_lora = a2 is not None
     K2 = a2.shape[1] if has_lora else 0
-    d_a1 = desc(a1, [bm, bk])
-    d_b1 = desc(s1, [bn, bk] if kmajor else [bk, bn])
+    d_a1 = _desc(a1, (M, K1), a1.stride(), [bm, bk])
+    d_b1 = _b_desc(b1, kmajor, bn, bk)
     # unused slots repeat a1/b1's descriptors (never read: HAS_LORA / FUSE_PROJ are constexprs)
-    d_a2 = desc(a2, [bm, block_r]) if has_lora else d_a1
-    d_b2 = desc(s2, [bn, block_r] if kmajor else [block_r, bn]) if has_lora else d_b1
-    d_p = desc(proj, [block_r, bk] if kmajor else [bk, block_r]) if proj is not None else d_a1
-    d_c = desc(out, [bm, bn])
+    d_a2 = _desc(a2, (M, K2), a2.stride(), [bm, block_r]) if has_lora else d_a1
+    d_b2 = _b_desc(b2, kmajor, bn, block_r) if has_lora else d_b1
+    d_p = _b_desc(proj, kmajor, block_r, bk) if proj is not None else d_a1
+    d_c = _desc(out, (M, N), out.stride(), [bm, bn])
     args = (d_a1, d_b1, d_a2, d_b2, d_c, d_p, bias if bias is not None else out, M, N, K1, K2, _m_bucket(M),
             float(scale))
     meta = dict(HAS_BIAS=bias is not None, HAS_LORA=has_lora, FUSE_PROJ=proj is not None, B_KMAJOR=kmajor,
@@ -518,8 +537,53 @@ def _split_proj(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path) 
     _gemm(a1, b1, u_s, b2, bias, out, None, 1.0, config, use_tma, path)
 
 
+# eager host path: (call signature) -> (layout, block_r, choice), so that a repeated call (every
+# training step) skips the layout checks, the environment reads and the tuner's key building
+_PLANS: Dict[tuple, tuple] = {}
+_MAX_PLANS = 4096
+
+
+def _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path) -> tuple:
+    """Everything ``_gemm``'s decisions depend on: shapes, strides, 16-byte alignment of every
+    base, dtype, device, bias / LoRA / projection presence, the switches and the capture state."""
+    ptrs = a1.data_ptr() | b1.data_ptr() | out.data_ptr()
+    if a2 is not None:
+        ptrs |= a2.data_ptr() | b2.data_ptr()
+    if proj is not None:
+        ptrs |= proj.data_ptr()
+    return (a1.shape, a1.stride(), b1.shape, b1.stride(), out.stride(),
+            None if a2 is None else (a2.shape, a2.stride(), b2.stride()), None if proj is None else proj.stride(),
+            ptrs & 15 == 0, bias is not None, a1.dtype, a1.device, use_tma, path,
+            os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), _capturing(a1))
+
+
+def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None:
+    """Launch ``plan`` = (layout, block_r, (kind, tile)); ``kind`` ends in "+proj" for the fused
+    projection; "split" is cuBLAS's projection then ``_gemm``, "cublas" the two-call composite."""
+    layout, block_r, (kind, cfg) = plan
+    fused = kind.endswith("+proj")
+    if fused:
+        kind = kind[:-5]
+    pj, sc = (proj, scale) if fused else (None, 1.0)
+    if kind == "ptr":
+        _launch_ptr(a1, b1, a2, b2, bias, out, cfg, block_r, pj, sc)
+    elif kind == "split":
+        _split_proj(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path)
+    elif kind == "cublas":
+        _launch_cublas(a1, b1, a2, b2, bias, out)
+    else:  # tma, ptma, ptma_flat
+        _launch_tma(a1, b1, a2, b2, layout, bias, out, cfg, block_r, pj, sc, kind != "tma", kind == "ptma_flat")
+
+
 def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None:
     """``lora_gemm`` / ``lora_proj_gemm`` into ``out`` (and ``a2`` when ``proj`` is given)."""
+    sig = None
+    if config is None and not INTERPRET:
+        sig = _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path)
+        plan = _PLANS.get(sig)
+        if plan is not None:
+            _run(plan, a1, b1, a2, b2, bias, out, proj, scale, None, use_tma, path)
+            return
     M, K1 = a1.shape
     N = b1.shape[1]
     has_lora = a2 is not None
@@ -533,20 +597,13 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     if use_tma and _tma_able(a1) and _tma_able(out) and (not has_lora or _tma_able(a2)):
         layout = _tma_layout(b1, b2, proj if fusable else None)
 
-    def run(choice) -> None:
-        kind, cfg = choice
-        fused = kind.endswith("+proj")
-        kind = kind[:-5] if fused else kind
-        pj, sc = (proj, scale) if fused else (None, 1.0)
-        if kind == "split":
-            _split_proj(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path)
-        elif kind == "cublas":
-            _launch_cublas(a1, b1, a2, b2, bias, out)
-        elif kind == "ptr":
-            _launch_ptr(a1, b1, a2, b2, bias, out, cfg, block_r, pj, sc)
-        else:  # tma, ptma, ptma_flat
-            _launch_tma(a1, layout[0], a2, layout[1], layout[3], bias, out, cfg, block_r, layout[2] if fused else None,
-                        sc, kind != "tma", kind == "ptma_flat")
+    def run(choice, remember: bool = False) -> None:
+        plan = (layout, block_r, choice)
+        if remember and sig is not None:
+            if len(_PLANS) >= _MAX_PLANS:
+                _PLANS.clear()
+            _PLANS[sig] = plan
+        _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path)
 
     kind = "tma" if layout is not None else "ptr"
     sfx = "+proj" if fusable else ""
@@ -565,12 +622,12 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     mode = path or os.environ.get("SAMKERN_LORA_GEMM", "auto")
     if mode == "cublas" or (a1.dtype == torch.float32 and mode == "auto"):
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
-        run(("split", None) if proj is not None else ("cublas", None))
+        run(("split", None) if proj is not None else ("cublas", None), remember=True)
         return
     if proj is not None and not fusable:
-        run(("split", None))  # the inner call tunes the GEMM
+        run(("split", None), remember=True)  # the inner call tunes the GEMM
         return
-    key = (a1.device.index, a1.dtype, kind, layout[3] if layout is not None else (b1.stride(0) == 1),
+    key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, fusable)
     capturing = _capturing(a1)
     choice = (_CHOICE if capturing else _EAGER_CHOICE).get(key)
@@ -586,11 +643,12 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         if mode == "auto" and not fusable:
             cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:
-            choice = cands[0]
-        else:
-            gpu = [_bench_ms(lambda c=c: run(c)) for c in cands]
-            # wall time only for the candidates that can run (a failed compile is inf already)
-            wall = [_wall_ms(lambda c=c: run(c)) if t < float("inf") else t for c, t in zip(cands, gpu)]
-            _CHOICE[key] = cands[min(range(len(cands)), key=gpu.__getitem__)]
-            choice = _EAGER_CHOICE[key] = cands[min(range(len(cands)), key=wall.__getitem__)]
-    run(choice)
+            # an untuned capture is not remembered: a later eager call tunes this key
+            run(cands[0], remember=len(cands) == 1)
+            return
+        gpu = [_bench_ms(lambda c=c: run(c)) for c in cands]
+        # wall time only for the candidates that can run (a failed compile is inf already)
+        wall = [_wall_ms(lambda c=c: run(c)) if t < float("inf") else t for c, t in zip(cands, gpu)]
+        _CHOICE[key] = cands[min(range(len(cands)), key=gpu.__getitem__)]
+        choice = _EAGER_CHOICE[key] = cands[min(range(len(cands)), key=wall.__getitem__)]
+    run(choice, remember=True)
