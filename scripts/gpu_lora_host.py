@@ -101,6 +101,45 @@ def main() -> None:
     out["lora_linear fwd+bwd"] = host_us(fb)
     out["peft-style fwd+bwd"] = host_us(
         lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g))
+    # the engine runs CUDA backward nodes on a per-device worker thread; without it (the calling
+    # thread runs them) the thread hand-offs go away
+    class Spin(torch.autograd.Function):
+        """Identity whose forward and backward each run the same pure-Python loop: Python speed on
+        the engine's worker thread against the caller's thread."""
+
+        @staticmethod
+        def forward(ctx, x):
+            ctx.t = _spin()
+            return x.view_as(x)
+
+        @staticmethod
+        def backward(ctx, g):
+            ctx.tb = _spin()
+            return g
+
+    def _spin(n: int = 2000) -> float:
+        t0 = time.perf_counter()
+        acc = 0
+        for i in range(n):
+            acc += i
+        return 1e6 * (time.perf_counter() - t0)
+
+    for _ in range(200):
+        torch.autograd.grad(Spin.apply(gk.requires_grad_(True)), (gk,), gk)
+    ctxs = []
+    for _ in range(50):
+        y = Spin.apply(gk)
+        node = y.grad_fn
+        torch.autograd.grad(y, (gk,), gk)
+        ctxs.append((node.t, node.tb))
+    out["pure-Python loop, forward (main thread) us"] = sorted(c[0] for c in ctxs)[25]
+    out["pure-Python loop, backward (engine thread) us"] = sorted(c[1] for c in ctxs)[25]
+    with torch.autograd.set_multithreading_enabled(False):
+        out["[no engine threads] identity fwd+bwd"] = host_us(
+            lambda: torch.autograd.grad(Ident.apply(gk.requires_grad_(True), A, B), (gk,), gk))
+        out["[no engine threads] lora_linear fwd+bwd"] = host_us(fb)
+        out["[no engine threads] peft-style fwd+bwd"] = host_us(
+            lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g))
     print("host us/call (64 tokens, best of 3 x 300):")
     for k, v in out.items():
         print(f"  {k:40s} {v:8.1f}")

@@ -527,7 +527,10 @@ def lora_proj_gemm(
     if out is None:
         out = torch.empty((M, b1.shape[1]), device=a1.device, dtype=a1.dtype)
     u_s = torch.empty((M, r), device=a1.device, dtype=a1.dtype) if u_out is None else u_out
-    _gemm(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path)
+    if r > FUSE_MAX_R:  # never fused: straight to the split path (one plan lookup, not two)
+        _split_proj(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path)
+    else:
+        _gemm(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path)
     return out, u_s
 
 
