@@ -16,6 +16,13 @@
 * Multi-process: under ``torchrun`` (see :mod:`samkern.train.distributed`) the model is wrapped
   in DDP (or FSDP2) and each process takes its slice of every global batch; gradients are
   averaged over processes, so N processes x (B / N) equal one process x B.
+* Single-process CUDA training runs each backward on the calling thread
+  (``torch.autograd.set_multithreading_enabled(False)``, :func:`single_thread_backward`): the
+  engine's per-device worker thread costs a hand-off per backward that short-sequence steps,
+  bound by host time, cannot hide (on the H100 box at 64 tokens: an identity autograd.Function
+  fwd+bwd 94 -> 54 us, the LoRA linear 875 -> 577 us, peft-style LoRA 646 -> 438 us;
+  ``benchmarks/results/dev-runs/s10-call7-lora-host.log``). Multi-process runs keep PyTorch's
+  default (DDP / FSDP reduce gradients from autograd hooks).
 * A progress bar (tqdm when installed, else a line every ``log_every`` steps) with the loss and
   tokens/s, TensorBoard scalars when ``torch.utils.tensorboard`` imports, and ``loss.png``
   (matplotlib, else a built-in PNG writer) + ``losses.json`` at the end.
@@ -556,6 +563,7 @@ class Trainer:
         self.collate_fn = collate_fn or (lambda items: items)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
+        self._single_thread_backward = single_thread_backward(self.device, self.world_size)
         if config.batch_size % (self.world_size * config.grad_accum):
             raise ValueError(f"batch_size {config.batch_size} must be divisible by world_size x grad_accum = "
                              f"{self.world_size} x {config.grad_accum}")
@@ -631,7 +639,8 @@ class Trainer:
             ctx = self.wrapped.no_sync() if (self.world_size > 1 and not sync and hasattr(self.wrapped, "no_sync")) else _null()
             with ctx:
                 loss, ntok = self._forward(batch)
-                (loss / len(micro)).backward()
+                with torch.autograd.set_multithreading_enabled(not self._single_thread_backward):
+                    (loss / len(micro)).backward()
             total_loss = total_loss + loss.detach().double() / len(micro)
             tokens += ntok
         local_loss = float(total_loss)  # the step's one sync
@@ -794,6 +803,12 @@ class Trainer:
         if cfg.save_final and cfg.out_dir is not None:
             self.save_checkpoint()
         return self.history
+
+
+def single_thread_backward(device: torch.device, world_size: int) -> bool:
+    """Whether the trainer runs backward on the calling thread: single-process CUDA training
+    (module docstring). On the CPU the engine already does; multi-process runs keep the default."""
+    return device.type == "cuda" and world_size == 1
 
 
 class _null:

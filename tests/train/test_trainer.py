@@ -280,3 +280,23 @@ def test_tensorboard_scalars_written(tmp_path):
     loss = acc.Scalars("toy/loss")
     assert [e.step for e in loss] == [h["step"] for h in hist]
     assert [e.value for e in loss] == pytest.approx([h["loss"] for h in hist], rel=1e-6)
+
+
+def test_single_thread_backward_only_for_single_process_cuda():
+    """The trainer runs backward on the calling thread for single-process CUDA training only (the
+    engine's device threads cost host time there); CPU and multi-process runs keep the default.
+    The switch itself must not change results: the same step with and without it."""
+    from samkern.train.trainer import single_thread_backward
+
+    assert single_thread_backward(torch.device("cuda", 0), 1)
+    assert not single_thread_backward(torch.device("cuda", 0), 2)
+    assert not single_thread_backward(torch.device("cpu"), 1)
+    lin = torch.nn.Linear(4, 3)
+    x = torch.randn(5, 4)
+    grads = []
+    for threads in (True, False):
+        lin.zero_grad()
+        with torch.autograd.set_multithreading_enabled(threads):
+            lin(x).square().sum().backward()
+        grads.append(lin.weight.grad.clone())
+    assert torch.equal(grads[0], grads[1])
