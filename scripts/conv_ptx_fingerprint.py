@@ -39,7 +39,7 @@ def normalised_ptx(ptx: str) -> str:
 def fingerprint(fn, args, kwargs) -> str:
     sig, constexprs, attrs = _signature(fn, args, kwargs)
     ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32),
-                        options={"num_warps": kwargs["num_warps"]})
+                        options={k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs})
     return hashlib.sha1(normalised_ptx(ck.asm["ptx"]).encode()).hexdigest()[:16]
 
 

@@ -52,14 +52,9 @@ def main() -> None:
             ctx.saved_tensors
             return g, None, None
 
-    class IdentMM(torch.autograd.Function):
+    class IdentMM(Ident):
         """The identity, with a backward that makes one GEMM and two allocations (CUDA work
         launched from the autograd engine's device thread)."""
-
-        @staticmethod
-        def forward(ctx, x, A, B):
-            ctx.save_for_backward(x, A, B)
-            return x.view_as(x)
 
         @staticmethod
         def backward(ctx, g):

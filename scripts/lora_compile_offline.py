@@ -55,6 +55,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--r", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--quick", action="store_true", help="first tile of each kind only")
+    ap.add_argument("--fingerprint", action="store_true",
+                    help="also print each variant's normalised PTX hash (identical hashes = identical GPU code)")
     args = ap.parse_args()
     names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "GROUP_M")
     kinds = [("tma", dict(zip(names, c))) for c in lt.TMA_CANDIDATES]
@@ -81,6 +83,10 @@ def main() -> None:
                                    tile=[cfg[k] for k in names[:5]])
                         try:
                             row.update(compile_report(fn, a, kw))
+                            if args.fingerprint:
+                                from conv_ptx_fingerprint import fingerprint
+
+                                row["ptx"] = fingerprint(fn, a, kw)
                             row["fits"] = row["smem_bytes"] <= SMEM_LIMIT
                             bad += not row["fits"]
                         except Exception as e:  # noqa: BLE001 - reported, counted
