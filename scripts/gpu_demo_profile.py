@@ -28,6 +28,10 @@ OUT = os.environ.get("OUT", "/tmp")
 BATCHES = [int(b) for b in os.environ.get("DEMO_PROFILE_BATCHES", "32,128").split(",")]
 STEPS = int(os.environ.get("DEMO_PROFILE_STEPS", "60"))
 PRECISION = os.environ.get("DEMO_PROFILE_PRECISION", "fp32")
+# DEMO_PROFILE_AB_THREADS=1: alternate the trainer's backward on the calling thread (its default on
+# one GPU) and on the autograd engine's device thread (PyTorch's default), rounds of STEPS steps
+# each, instead of the profile
+AB_THREADS = os.environ.get("DEMO_PROFILE_AB_THREADS", "0") == "1"
 
 
 def _sync() -> None:
@@ -61,6 +65,20 @@ def profile_steps(trainer, n: int = 10) -> dict:
     }
 
 
+def ab_threads(trainer, rounds: int = 3) -> dict:
+    """Median step ms with the backward on the calling thread vs the engine's device thread."""
+    for _ in range(10):  # warm-up (tuning, allocator)
+        trainer.train_step()
+    ms = {"calling_thread": [], "engine_thread": []}
+    for _ in range(rounds):
+        for mode in ms:
+            trainer._single_thread_backward = mode == "calling_thread"
+            for _ in range(STEPS):
+                _sync()
+                ms[mode].append(trainer.train_step()["time"] * 1e3)
+    return {k: round(statistics.median(v), 2) for k, v in ms.items()}
+
+
 def main() -> None:
     cfg = demo.DemoConfig()
     dev = torch.device(os.environ.get("DEMO_PROFILE_DEVICE", "cuda"))
@@ -77,6 +95,10 @@ def main() -> None:
                                       1e-3, 5, "/tmp/demo-profile", "none")
         trainer.config.precision = PRECISION
         trainer.autocast_dtype = trainer._autocast_dtype()
+        if AB_THREADS:
+            result["runs"][bs] = ab_threads(trainer)
+            print(f"== batch {bs}: {result['runs'][bs]}", flush=True)
+            continue
         times, toks = [], []
         for _ in range(STEPS):
             _sync()
