@@ -16,13 +16,14 @@
 * Multi-process: under ``torchrun`` (see :mod:`samkern.train.distributed`) the model is wrapped
   in DDP (or FSDP2) and each process takes its slice of every global batch; gradients are
   averaged over processes, so N processes x (B / N) equal one process x B.
-* Single-process CUDA training runs each backward on the calling thread
-  (``torch.autograd.set_multithreading_enabled(False)``, :func:`single_thread_backward`): the
-  engine's per-device worker thread costs a hand-off per backward that short-sequence steps,
-  bound by host time, cannot hide (on the H100 box at 64 tokens: an identity autograd.Function
-  fwd+bwd 94 -> 54 us, the LoRA linear 875 -> 577 us, peft-style LoRA 646 -> 438 us;
-  ``benchmarks/results/dev-runs/s10-call7-lora-host.log``). Multi-process runs keep PyTorch's
-  default (DDP / FSDP reduce gradients from autograd hooks).
+* ``backward_on_calling_thread=True`` runs single-process CUDA backward on the calling thread
+  (``torch.autograd.set_multithreading_enabled(False)``, :func:`single_thread_backward`) instead
+  of the engine's per-device worker thread, whose hand-off is host time. Measured on the H100
+  box: at 64 tokens an identity autograd.Function fwd+bwd 94 -> 54 us, the LoRA linear 875 ->
+  577 us, peft-style LoRA 646 -> 438 us (``benchmarks/results/dev-runs/s10-call7-lora-host.log``);
+  but a whole demo training step only moved 38.3 -> 34.1 ms at batch 128 and 20.9 -> 22.2 ms at
+  batch 32 (``s10-call9``), so it is off by default. CPU and multi-process runs ignore it (DDP /
+  FSDP reduce gradients from autograd hooks).
 * A progress bar (tqdm when installed, else a line every ``log_every`` steps) with the loss and
   tokens/s, TensorBoard scalars when ``torch.utils.tensorboard`` imports, and ``loss.png``
   (matplotlib, else a built-in PNG writer) + ``losses.json`` at the end.
@@ -82,7 +83,9 @@ class TrainerConfig:
     ``max_steps`` optimizer steps are run. ``checkpoint_every`` = 0 saves only at the end
     (``save_final``). ``precision``: "auto" (bf16 autocast on CUDA, fp32 elsewhere), "fp32",
     "bf16" (autocast on any device). ``progress``: "auto" (tqdm if installed and stderr is a
-    terminal, else log lines), "tqdm", "log", "none".
+    terminal, else log lines), "tqdm", "log", "none". ``backward_on_calling_thread``: run each
+    backward on the calling thread instead of the autograd engine's device thread (single-process
+    CUDA runs only; module docstring for what it measured).
     """
 
     max_steps: int = 100
@@ -108,6 +111,7 @@ class TrainerConfig:
     drop_last: bool = True
     num_workers: int = 0
     name: str = "train"
+    backward_on_calling_thread: bool = False
 
     def __post_init__(self) -> None:
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
@@ -563,7 +567,8 @@ class Trainer:
         self.collate_fn = collate_fn or (lambda items: items)
         self.device = torch.device(device) if device is not None else next(model.parameters()).device
         self.rank, self.world_size = dist_utils.rank(), dist_utils.world_size()
-        self._single_thread_backward = single_thread_backward(self.device, self.world_size)
+        self._single_thread_backward = config.backward_on_calling_thread and single_thread_backward(
+            self.device, self.world_size)
         if config.batch_size % (self.world_size * config.grad_accum):
             raise ValueError(f"batch_size {config.batch_size} must be divisible by world_size x grad_accum = "
                              f"{self.world_size} x {config.grad_accum}")
@@ -806,8 +811,9 @@ class Trainer:
 
 
 def single_thread_backward(device: torch.device, world_size: int) -> bool:
-    """Whether the trainer runs backward on the calling thread: single-process CUDA training
-    (module docstring). On the CPU the engine already does; multi-process runs keep the default."""
+    """Whether ``backward_on_calling_thread`` applies: single-process CUDA training (module
+    docstring). On the CPU the engine already runs backward there; multi-process runs keep the
+    default."""
     return device.type == "cuda" and world_size == 1
 
 

@@ -283,11 +283,12 @@ def test_tensorboard_scalars_written(tmp_path):
 
 
 def test_single_thread_backward_only_for_single_process_cuda():
-    """The trainer runs backward on the calling thread for single-process CUDA training only (the
-    engine's device threads cost host time there); CPU and multi-process runs keep the default.
-    The switch itself must not change results: the same step with and without it."""
-    from samkern.train.trainer import single_thread_backward
+    """``backward_on_calling_thread`` applies to single-process CUDA training only (the engine's
+    device threads cost host time there); CPU and multi-process runs keep the default. The switch
+    itself must not change results: the same step with and without it."""
+    from samkern.train.trainer import TrainerConfig, single_thread_backward
 
+    assert TrainerConfig().backward_on_calling_thread is False  # off by default (the demo step did not gain)
     assert single_thread_backward(torch.device("cuda", 0), 1)
     assert not single_thread_backward(torch.device("cuda", 0), 2)
     assert not single_thread_backward(torch.device("cpu"), 1)
