@@ -144,19 +144,14 @@ def main() -> None:
     for _ in range(10):
         fb()
     torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(50):
-            fb()
-        torch.cuda.synchronize()
-    print("\n=== torch.profiler, lora_linear fwd+bwd x 50, CPU self time")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30, max_name_column_width=50))
     peft = lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0, (x, A, B), g)  # noqa: E731
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(50):
-            peft()
-        torch.cuda.synchronize()
-    print("\n=== torch.profiler, peft-style fwd+bwd x 50, CPU self time")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=50))
+    for name, fn, rows in (("lora_linear", fb, 30), ("peft-style", peft, 20)):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            for _ in range(50):
+                fn()
+            torch.cuda.synchronize()
+        print(f"\n=== torch.profiler, {name} fwd+bwd x 50, CPU self time")
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=50))
     pr = cProfile.Profile()
     pr.enable()
     for _ in range(200):

@@ -644,7 +644,8 @@ class Trainer:
             ctx = self.wrapped.no_sync() if (self.world_size > 1 and not sync and hasattr(self.wrapped, "no_sync")) else _null()
             with ctx:
                 loss, ntok = self._forward(batch)
-                with torch.autograd.set_multithreading_enabled(not self._single_thread_backward):
+                # only when asked: otherwise the caller's own autograd threading setting stands
+                with torch.autograd.set_multithreading_enabled(False) if self._single_thread_backward else _null():
                     (loss / len(micro)).backward()
             total_loss = total_loss + loss.detach().double() / len(micro)
             tokens += ntok

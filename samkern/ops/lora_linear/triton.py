@@ -540,7 +540,7 @@ def _split_proj(a1, b1, u_s, b2, bias, out, proj, scale, config, use_tma, path) 
     _gemm(a1, b1, u_s, b2, bias, out, None, 1.0, config, use_tma, path)
 
 
-# eager host path: (call signature) -> (layout, block_r, choice), so that a repeated call (every
+# eager host path: (call signature) -> _plan(...), so that a repeated call (every
 # training step) skips the layout checks, the environment reads and the tuner's key building
 _PLANS: Dict[tuple, tuple] = {}
 _MAX_PLANS = 4096
@@ -560,13 +560,18 @@ def _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path) -> tuple:
             os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), _capturing(a1))
 
 
-def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None:
-    """Launch ``plan`` = (layout, block_r, (kind, tile)); ``kind`` ends in "+proj" for the fused
-    projection; "split" is cuBLAS's projection then ``_gemm``, "cublas" the two-call composite."""
-    layout, block_r, (kind, cfg) = plan
+def _plan(layout, block_r: int, choice: tuple) -> tuple:
+    """(layout, block_r, kind, fused, tile) from a tuner choice (kind, tile), whose kind ends in
+    "+proj" for the fused projection: parsed once, not on every call."""
+    kind, cfg = choice
     fused = kind.endswith("+proj")
-    if fused:
-        kind = kind[:-5]
+    return layout, block_r, kind[:-5] if fused else kind, fused, cfg
+
+
+def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None:
+    """Launch a ``_plan``: "split" is cuBLAS's projection then ``_gemm``, "cublas" the two-call
+    composite, the others a Triton kernel (with the projection inside when ``fused``)."""
+    layout, block_r, kind, fused, cfg = plan
     pj, sc = (proj, scale) if fused else (None, 1.0)
     if kind == "ptr":
         _launch_ptr(a1, b1, a2, b2, bias, out, cfg, block_r, pj, sc)
@@ -592,16 +597,16 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     has_lora = a2 is not None
     K2 = a2.shape[1] if has_lora else 0
     block_r = min(max(16, next_pow2(max(K2, 1))), 64)
-    fusable = proj is not None and K2 <= FUSE_MAX_R
+    fusable = proj is not None  # lora_proj_gemm sends ranks above FUSE_MAX_R to the split path
 
     if use_tma is None:
         use_tma = _tma_enabled(a1.device)
     layout = None
     if use_tma and _tma_able(a1) and _tma_able(out) and (not has_lora or _tma_able(a2)):
-        layout = _tma_layout(b1, b2, proj if fusable else None)
+        layout = _tma_layout(b1, b2, proj)
 
     def run(choice, remember: bool = False) -> None:
-        plan = (layout, block_r, choice)
+        plan = _plan(layout, block_r, choice)
         if remember and sig is not None:
             if len(_PLANS) >= _MAX_PLANS:
                 _PLANS.clear()
@@ -616,19 +621,16 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
             kind = "ptma_flat" if c.pop("flatten", False) else "ptma"
         cfg = (c["BLOCK_M"], c["BLOCK_N"], c["BLOCK_K"], c.get("num_warps", 4), c.get("num_stages", 3),
                c.get("GROUP_M", 8))
-        run((kind + sfx, cfg) if fusable or proj is None else ("split", None))
+        run((kind + sfx, cfg))
         return
     if INTERPRET:
-        run((kind + sfx, _INTERPRET_CONFIG) if fusable or proj is None else ("split", None))
+        run((kind + sfx, _INTERPRET_CONFIG))
         return
 
     mode = path or os.environ.get("SAMKERN_LORA_GEMM", "auto")
     if mode == "cublas" or (a1.dtype == torch.float32 and mode == "auto"):
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
-        run(("split", None) if proj is not None else ("cublas", None), remember=True)
-        return
-    if proj is not None and not fusable:
-        run(("split", None), remember=True)  # the inner call tunes the GEMM
+        run(("split", None) if fusable else ("cublas", None), remember=True)
         return
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, fusable)
