@@ -142,16 +142,29 @@ def _tma_step(a, b_desc, off_n, off_k, acc, B_KMAJOR: tl.constexpr, PRECISION: t
 
 
 @triton.jit
-def _proj_epilogue(u, scale, a2_desc, b2_desc, off_m, off_n, write, acc, B_KMAJOR: tl.constexpr,
-                   PRECISION: tl.constexpr):
+def _b_tile(b_desc, off_n, off_k, B_KMAJOR: tl.constexpr):
+    """The [BLOCK_K, n] tile of a B-side operand at (off_k, off_n), stored as in ``_tma_step``."""
+    if B_KMAJOR:
+        t = b_desc.load([off_n, off_k]).T
+    else:
+        t = b_desc.load([off_k, off_n])
+    return t
+
+
+@triton.jit
+def _proj_epilogue(u, scale, a2_desc, b2_tile, off_m, write, acc, PRECISION: tl.constexpr):
     """FUSE_PROJ's end of a tile: round ``scale · u`` to the input dtype (what the unfused path's
     cuBLAS call stores), write it when ``write`` (one column panel), return ``acc + u_s · b2``.
-    u_s is a dot result fed to a dot without a transpose (the Triton 3.6 Hopper miscompile needs
+    With EARLY_B2 the kernels load ``b2_tile`` before the K loop, so its latency hides behind the
+    loop (loaded after it, it stalls every tile); it then holds BLOCK_R x BLOCK_N of shared memory
+    through the loop, so the host sets it only for BLOCK_R = 16 (r <= 16; at r = 64 the 4-stage
+    128x256 / 256x128 tiles would no longer fit, ``scripts/lora_compile_offline.py``). u_s is a
+    dot result fed to a dot without a transpose (the Triton 3.6 Hopper miscompile needs
     ``tl.trans`` of such a value)."""
     u_s = (u * scale).to(a2_desc.dtype)
     if write:
         a2_desc.store([off_m, 0], u_s)
-    return _tma_step(u_s, b2_desc, off_n, 0, acc, B_KMAJOR, PRECISION)
+    return tl.dot(u_s, b2_tile, acc, input_precision=PRECISION)
 
 
 @triton.jit
@@ -161,7 +174,7 @@ def _lora_gemm_tma_kernel(
     HAS_BIAS: tl.constexpr, HAS_LORA: tl.constexpr, FUSE_PROJ: tl.constexpr, B_KMAJOR: tl.constexpr,
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
-    GROUP_M: tl.constexpr,
+    GROUP_M: tl.constexpr, EARLY_B2: tl.constexpr,
 ):
     """Same contraction as ``_lora_gemm_kernel`` with TMA (Hopper) tiles: the descriptors zero-fill
     out-of-range rows/columns, so edges need no masks and the store clips itself.
@@ -181,13 +194,17 @@ def _lora_gemm_tma_kernel(
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    if FUSE_PROJ and EARLY_B2:
+        b2_tile = _b_tile(b2_desc, off_n, 0, B_KMAJOR)  # used after the K loop: load it before
     for k in range(0, tl.cdiv(K1, BLOCK_K)):
         a = a1_desc.load([off_m, k * BLOCK_K])
         acc = _tma_step(a, b1_desc, off_n, k * BLOCK_K, acc, B_KMAJOR, PRECISION)
         if FUSE_PROJ:
             u = _tma_step(a, p_desc, 0, k * BLOCK_K, u, B_KMAJOR, PRECISION)
     if FUSE_PROJ:
-        acc = _proj_epilogue(u, scale, a2_desc, b2_desc, off_m, off_n, pid_n == 0, acc, B_KMAJOR, PRECISION)
+        if not EARLY_B2:
+            b2_tile = _b_tile(b2_desc, off_n, 0, B_KMAJOR)
+        acc = _proj_epilogue(u, scale, a2_desc, b2_tile, off_m, pid_n == 0, acc, PRECISION)
     elif HAS_LORA:
         for j in range(0, tl.cdiv(K2, BLOCK_R)):
             a2 = a2_desc.load([off_m, j * BLOCK_R])
@@ -210,6 +227,7 @@ def _lora_gemm_tma_persistent_kernel(
     PRECISION: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
     GROUP_M: tl.constexpr, NUM_SMS: tl.constexpr, R_TILES: tl.constexpr, FLATTEN: tl.constexpr,
+    EARLY_B2: tl.constexpr,
 ):
     """Persistent variant of ``_lora_gemm_tma_kernel``: NUM_SMS programs walk the output tiles, so
     the next tile's loads can overlap this tile's epilogue (FLATTEN lets the pipeliner fuse the
@@ -236,13 +254,17 @@ def _lora_gemm_tma_persistent_kernel(
                 a2 = a2_desc.load([off_m, j * BLOCK_R])
                 acc = _tma_step(a2, b2_desc, off_n, j * BLOCK_R, acc, B_KMAJOR, PRECISION)
         u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        if FUSE_PROJ and EARLY_B2:
+            b2_tile = _b_tile(b2_desc, off_n, 0, B_KMAJOR)  # used after the K loop: load it before
         for ki in range(k_tiles):
             a = a1_desc.load([off_m, ki * BLOCK_K])
             acc = _tma_step(a, b1_desc, off_n, ki * BLOCK_K, acc, B_KMAJOR, PRECISION)
             if FUSE_PROJ:
                 u = _tma_step(a, p_desc, 0, ki * BLOCK_K, u, B_KMAJOR, PRECISION)
         if FUSE_PROJ:
-            acc = _proj_epilogue(u, scale, a2_desc, b2_desc, off_m, off_n, pid_n == 0, acc, B_KMAJOR, PRECISION)
+            if not EARLY_B2:
+                b2_tile = _b_tile(b2_desc, off_n, 0, B_KMAJOR)
+            acc = _proj_epilogue(u, scale, a2_desc, b2_tile, off_m, pid_n == 0, acc, PRECISION)
         if HAS_BIAS:
             offs_n = off_n + tl.arange(0, BLOCK_N)
             bias = tl.load(bias_ptr + offs_n, mask=offs_n < N, other=0.0).to(tl.float32)
@@ -255,7 +277,11 @@ _PTMA = fast_launch(_lora_gemm_tma_persistent_kernel)  # cheaper eager launches 
 
 # Candidate tiles (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M), chosen from a sweep on
 # an H100 (bf16, 6144 tokens, SAM's six projection shapes, r = 8 and 256; scripts/gpu_lora.py):
-# these five were within 5% of the best somewhere; 64x128 stays for small token counts.
+# these five were within 5% of the best somewhere; 64x128 stays for small token counts. The two
+# 128x128 tiles at 2-3 stages (~100 KB of shared memory, 154-170 registers at 4 warps) fit two
+# programs per SM, so one program's epilogue overlaps the other's K loop: 5-14 % faster than
+# every other tile on the narrow shapes (K or N = 768, 3072->1536 dx; scripts/gpu_lora_tiles.py,
+# dev-runs/s11-call3).
 TMA_CANDIDATES = [
     (128, 256, 64, 8, 4, 8),
     (128, 256, 64, 8, 3, 8),
@@ -263,6 +289,8 @@ TMA_CANDIDATES = [
     (256, 128, 64, 8, 3, 8),
     (128, 128, 64, 4, 4, 8),
     (64, 128, 64, 4, 4, 8),
+    (128, 128, 64, 4, 3, 8),
+    (128, 128, 64, 4, 2, 8),
 ]
 # Persistent TMA (not flattened): best on the large shapes with r <= 16 (4-7% over TMA); with
 # r = 256 its unrolled rank loads exceed shared memory, and the flattened variant is slower or
@@ -371,7 +399,8 @@ def _launch_tma(a1, b1, a2, b2, kmajor, bias, out, cfg: tuple, block_r: int, pro
     args = (d_a1, d_b1, d_a2, d_b2, d_c, d_p, bias if bias is not None else out, M, N, K1, K2, _m_bucket(M),
             float(scale))
     meta = dict(HAS_BIAS=bias is not None, HAS_LORA=has_lora, FUSE_PROJ=proj is not None, B_KMAJOR=kmajor,
-                PRECISION=_precision(a1.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group)
+                PRECISION=_precision(a1.dtype), BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group,
+                EARLY_B2=proj is not None and block_r <= 16)
     tiles = cdiv(M, bm) * cdiv(N, bn)
     if persistent:
         n_sms = 1 if a1.device.type != "cuda" else num_sms(a1.device)
