@@ -542,6 +542,92 @@ def test_proj_tuner_weighs_the_fused_kernel_against_the_split_path(monkeypatch):
     assert ran == ["ptr+proj"]  # reused, nothing timed
 
 
+def test_proj_tuner_times_the_split_path_with_its_inner_gpu_choice(monkeypatch):
+    """The split path's inner GEMM keeps two choices (by GPU time, by eager wall time). When the
+    outer tuner times "split" by GPU time, the inner GEMM must run its GPU-time choice (what a
+    captured graph replays), not its eager one: here the eager choice (a cheap-launch kernel) is
+    5x slower on the GPU, which made the fused kernel win by mistake before."""
+    import samkern.ops.lora_linear.triton as lt
+
+    ran = []
+
+    def fake_ptr(a1, b1, a2, b2, bias, out, cfg, br, proj=None, scale=1.0):
+        ran.append("ptr+proj" if proj is not None else "ptr")
+        if proj is not None:
+            a2.copy_(scale * (a1 @ proj))
+        out.copy_(a1 @ b1 + a2 @ b2 + (bias if bias is not None else 0))
+
+    def fake_cublas(a1, b1, a2, b2, bias, out):
+        ran.append("cublas")
+        out.copy_(a1 @ b1 + a2 @ b2 + (bias if bias is not None else 0))
+
+    def fake_timer(cost):
+        def timer(fn):
+            fn()  # a first call may tune a nested key: time the steady state
+            n = len(ran)
+            fn()
+            return sum(cost[k] for k in ran[n:])
+        return timer
+
+    monkeypatch.setattr(lt, "INTERPRET", False)
+    monkeypatch.setattr(lt, "_launch_ptr", fake_ptr)
+    monkeypatch.setattr(lt, "_launch_cublas", fake_cublas)
+    monkeypatch.setattr(lt, "_bench_ms", fake_timer({"ptr+proj": 3.0, "ptr": 5.0, "cublas": 1.0}))
+    monkeypatch.setattr(lt, "_wall_ms", fake_timer({"ptr+proj": 2.0, "ptr": 1.0, "cublas": 5.0}))
+    monkeypatch.setattr(lt, "_CHOICE", {})
+    monkeypatch.setattr(lt, "_EAGER_CHOICE", {})
+    monkeypatch.setattr(lt, "_PLANS", {})
+    monkeypatch.delenv("SAMKERN_LORA_GEMM", raising=False)
+    M, K, N, r = 33, 24, 40, 4
+    a1, b1, p, b2 = (torch.randn(*s).half() for s in ((M, K), (K, N), (K, r), (r, N)))
+    lt.lora_proj_gemm(a1, b1, p, b2, 0.5, use_tma=False)
+    gpu, eager = lt.tuning_choices(), lt.tuning_choices(eager=True)
+    inner = [k for k in gpu if not k[-1]]
+    assert [gpu[k][0] for k in inner] == ["cublas"] and [eager[k][0] for k in inner] == ["ptr"]
+    # split by GPU time: projection + inner cuBLAS (1.0) beats the fused kernel (3.0); timed with
+    # the inner eager choice it would have cost 5.0 and lost
+    assert [v[0] for k, v in gpu.items() if k[-1]] == ["split"]
+    assert [v[0] for k, v in eager.items() if k[-1]] == ["split"]  # eager: inner ptr (1.0) < fused (2.0)
+    assert lt._GPU_TIMING == [False]
+    ran.clear()
+    lt.lora_proj_gemm(a1, b1, p, b2, 0.5, use_tma=False)
+    assert ran == ["ptr"]  # an eager call runs the inner eager choice, nothing timed
+
+
+def test_tuner_retimes_close_candidates(monkeypatch):
+    """Candidates within 10 % of the best GPU time are timed twice more and keep their best
+    median, so one lucky median does not decide; a candidate far behind is not re-timed."""
+    import samkern.ops.lora_linear.triton as lt
+
+    ran, timed = [], []
+    monkeypatch.setattr(lt, "INTERPRET", False)
+    monkeypatch.setattr(lt, "_launch_ptr", lambda *a, **k: ran.append("ptr"))
+    monkeypatch.setattr(lt, "_launch_cublas", lambda *a, **k: ran.append("cublas"))
+    series = {"ptr": [1.05, 0.9, 0.95], "cublas": [1.0, 1.1, 1.1]}  # cublas only looks faster once
+
+    def timer(fn):
+        n = len(ran)
+        fn()
+        timed.append(ran[n])
+        return series[ran[n]][sum(1 for k in timed if k == ran[n]) - 1]
+
+    monkeypatch.setattr(lt, "_bench_ms", timer)
+    monkeypatch.setattr(lt, "_wall_ms", lambda fn: 1.0)
+    for d in ("_CHOICE", "_EAGER_CHOICE", "_PLANS"):
+        monkeypatch.setattr(lt, d, {})
+    monkeypatch.delenv("SAMKERN_LORA_GEMM", raising=False)
+    a1, b1 = torch.randn(33, 24).half(), torch.randn(24, 40).half()
+    lt.lora_gemm(a1, b1, use_tma=False)
+    assert sorted(timed) == ["cublas"] * 3 + ["ptr"] * 3
+    assert [v[0] for v in lt.tuning_choices().values()] == ["ptr"]
+    series.update(ptr=[2.0], cublas=[1.0])  # far apart: one timing each
+    for d in ("_CHOICE", "_EAGER_CHOICE", "_PLANS"):
+        monkeypatch.setattr(lt, d, {})
+    timed.clear()
+    lt.lora_gemm(a1, b1, use_tma=False)
+    assert sorted(timed) == ["cublas", "ptr"] and [v[0] for v in lt.tuning_choices().values()] == ["cublas"]
+
+
 def test_fast_validation_never_accepts_what_the_detailed_checks_reject():
     """validate_lora_linear takes a one-pass check on valid calls and runs the detailed, message-
     naming checks only when it fails: every single-argument corruption must fail the fast pass."""
