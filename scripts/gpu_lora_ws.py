@@ -1,10 +1,15 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Device experiment: warp-specialised (Triton 3.6 Hopper autoWS) LoRA GEMM kernels against the
-shipped TMA kernels and cuBLAS at #4's six shapes, both operand layouts, plain and with the fused
-rank-8 projection. Correctness first (NaN-poisoned outputs vs an fp32 reference), then CUDA-graph
-timings (triton's do_bench_cudagraph, same process, same inputs).
+"""Experiment (session 11, not shipped): warp-specialised LoRA GEMM kernels through Triton 3.6's
+Hopper auto-warp-specialisation (``tl.range(..., warp_specialize=True)``) against the shipped TMA
+kernels and cuBLAS at #4's six shapes, both operand layouts, plain and with the fused rank-8
+projection. Correctness first (NaN-poisoned outputs vs an fp32 reference), then CUDA-graph timings.
 
-    python scripts/gpu_lora_ws.py            # env: WS_SHAPES="768x3352,1536x768", WS_OUT=path.json
+Outcome: the kernels compile for sm_90 at 4 warps (a producer and two consumer warp groups, 12 warps,
+``setmaxnreg``; pointer stores in the epilogue: a descriptor store fails in the WS pass) but the
+first one launched on the H100 never finished (``benchmarks/results/dev-runs/s11-call2-lora-ws.log``).
+
+    python scripts/gpu_lora_ws.py --offline  # compile report, no GPU needed
+    python scripts/gpu_lora_ws.py            # device; env WS_SHAPES="768x3352", WS_VERBOSE=1, WS_OUT=...
 """
 from __future__ import annotations
 
@@ -14,18 +19,167 @@ import sys
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scratch"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import torch  # noqa: E402
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+from triton import cdiv  # noqa: E402
 from triton.testing import do_bench_cudagraph  # noqa: E402
 
 import samkern.ops.lora_linear.triton as lt  # noqa: E402
-from ws_lora import launch_ws  # noqa: E402
+from samkern.ops.lora_linear.triton import _b_desc, _desc, _precision, _tma_step  # noqa: E402
+
+
+@triton.jit
+def _lora_gemm_ws_kernel(
+    a1_desc, b1_desc, b2_desc, p_desc, a2_ptr, c_ptr, bias_ptr,
+    M, N, K1, scale, stride_cm, stride_um,
+    HAS_BIAS: tl.constexpr, FUSE_PROJ: tl.constexpr, B_KMAJOR: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, R: tl.constexpr,
+):
+    pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    num_pid_in_group = GROUP_M * num_pid_n
+    group_id = pid // num_pid_in_group
+    first_pid_m = group_id * GROUP_M
+    group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+    pid_m = first_pid_m + ((pid % num_pid_in_group) % group_size_m)
+    pid_n = (pid % num_pid_in_group) // group_size_m
+    off_m = pid_m * BLOCK_M
+    off_n = pid_n * BLOCK_N
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+    for k in tl.range(0, tl.cdiv(K1, BLOCK_K), num_stages=NUM_STAGES, warp_specialize=True):
+        a = a1_desc.load([off_m, k * BLOCK_K])
+        acc = _tma_step(a, b1_desc, off_n, k * BLOCK_K, acc, B_KMAJOR, PRECISION)
+        if FUSE_PROJ:
+            u = _tma_step(a, p_desc, 0, k * BLOCK_K, u, B_KMAJOR, PRECISION)
+    rm = off_m + tl.arange(0, BLOCK_M)
+    rm64 = rm.to(tl.int64)
+    if FUSE_PROJ:
+        u_s = (u * scale).to(a2_ptr.dtype.element_ty)
+        if pid_n == 0:
+            rr = tl.arange(0, BLOCK_R)
+            tl.store(a2_ptr + rm64[:, None] * stride_um + rr[None, :], u_s, mask=(rm[:, None] < M) & (rr[None, :] < R))
+        acc = _tma_step(u_s, b2_desc, off_n, 0, acc, B_KMAJOR, PRECISION)
+    rn = off_n + tl.arange(0, BLOCK_N)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+        acc += bias[None, :]
+    tl.store(c_ptr + rm64[:, None] * stride_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty),
+             mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+@triton.jit
+def _lora_gemm_pws_kernel(
+    a1_desc, b1_desc, b2_desc, p_desc, a2_ptr, c_ptr, bias_ptr,
+    M, N, K1, scale, stride_cm, stride_um,
+    HAS_BIAS: tl.constexpr, FUSE_PROJ: tl.constexpr, B_KMAJOR: tl.constexpr, PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_R: tl.constexpr,
+    GROUP_M: tl.constexpr, NUM_STAGES: tl.constexpr, R: tl.constexpr, NUM_SMS: tl.constexpr,
+):
+    start_pid = tl.program_id(0)
+    num_pid_m = tl.cdiv(M, BLOCK_M)
+    num_pid_n = tl.cdiv(N, BLOCK_N)
+    k_tiles = tl.cdiv(K1, BLOCK_K)
+    num_tiles = num_pid_m * num_pid_n
+    num_pid_in_group = GROUP_M * num_pid_n
+    for tile_id in tl.range(start_pid, num_tiles, NUM_SMS, flatten=False, warp_specialize=True,
+                            num_stages=NUM_STAGES):
+        group_id = tile_id // num_pid_in_group
+        first_pid_m = group_id * GROUP_M
+        group_size_m = min(num_pid_m - first_pid_m, GROUP_M)
+        pid_m = first_pid_m + (tile_id % group_size_m)
+        pid_n = (tile_id % num_pid_in_group) // group_size_m
+        off_m = pid_m * BLOCK_M
+        off_n = pid_n * BLOCK_N
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        u = tl.zeros((BLOCK_M, BLOCK_R), dtype=tl.float32)
+        for k in range(k_tiles):
+            a = a1_desc.load([off_m, k * BLOCK_K])
+            acc = _tma_step(a, b1_desc, off_n, k * BLOCK_K, acc, B_KMAJOR, PRECISION)
+            if FUSE_PROJ:
+                u = _tma_step(a, p_desc, 0, k * BLOCK_K, u, B_KMAJOR, PRECISION)
+        rm = off_m + tl.arange(0, BLOCK_M)
+        rm64 = rm.to(tl.int64)
+        if FUSE_PROJ:
+            u_s = (u * scale).to(a2_ptr.dtype.element_ty)
+            if pid_n == 0:
+                rr = tl.arange(0, BLOCK_R)
+                tl.store(a2_ptr + rm64[:, None] * stride_um + rr[None, :], u_s, mask=(rm[:, None] < M) & (rr[None, :] < R))
+            acc = _tma_step(u_s, b2_desc, off_n, 0, acc, B_KMAJOR, PRECISION)
+        rn = off_n + tl.arange(0, BLOCK_N)
+        if HAS_BIAS:
+            bias = tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)
+            acc += bias[None, :]
+        tl.store(c_ptr + rm64[:, None] * stride_cm + rn[None, :], acc.to(c_ptr.dtype.element_ty),
+                 mask=(rm[:, None] < M) & (rn[None, :] < N))
+
+
+def launch_ws(a1, b1, proj, b2, scale, bias, out, u_out, kmajor, cfg, launcher=None, persistent=False, n_sms=132):
+    bm, bn, bk, warps, stages, group = cfg
+    M, K1 = a1.shape
+    N = out.shape[1]
+    fuse = proj is not None
+    r = proj.shape[1] if fuse else 0
+    block_r = max(16, triton.next_power_of_2(max(r, 1)))
+    d_a1 = _desc(a1, (M, K1), a1.stride(), [bm, bk])
+    d_b1 = _b_desc(b1, kmajor, bn, bk)
+    d_b2 = _b_desc(b2, kmajor, bn, block_r) if fuse else d_b1
+    d_p = _b_desc(proj, kmajor, block_r, bk) if fuse else d_a1
+    u = u_out if fuse else out
+    tiles = cdiv(M, bm) * cdiv(N, bn)
+    extra = {}
+    if persistent:
+        grid = (min(tiles, n_sms),)
+        extra = dict(NUM_SMS=grid[0])
+    else:
+        grid = (tiles,)
+    kern = launcher or (_lora_gemm_pws_kernel if persistent else _lora_gemm_ws_kernel)
+    kern[grid](
+        d_a1, d_b1, d_b2, d_p, u, out, bias if bias is not None else out,
+        M, N, K1, float(scale), out.stride(0), u.stride(0),
+        HAS_BIAS=bias is not None, FUSE_PROJ=fuse, B_KMAJOR=kmajor, PRECISION=_precision(a1.dtype),
+        BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, BLOCK_R=block_r, GROUP_M=group, NUM_STAGES=stages, R=r,
+        num_warps=warps, num_stages=stages, **extra)
+
+
 
 SHAPES = [(768, 3352), (1536, 768), (1536, 6448), (3072, 1536), (2560, 10576), (5120, 2560)]
 WS_PLAIN = [(128, 256, 64, 4, 3, 8), (128, 256, 64, 4, 4, 8), (128, 128, 64, 4, 4, 8), (128, 128, 64, 4, 5, 8)]
 WS_FUSED = [(128, 256, 64, 4, 2, 8), (128, 128, 64, 4, 4, 8)]
 M, R, SCALE = 6144, 8, 2.0
+
+
+def offline():
+    """Compile every variant for sm_90 here (no GPU): registers, spills, shared memory."""
+    from ssd_regs_offline import compile_report  # noqa: E402
+    launches = []
+
+    class Cap:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launches.append((a, kw))
+
+    M, K, N, r, dt = 1024, 1536, 768, 8, torch.bfloat16
+    x, W, A, B, dy = (torch.zeros(*s, dtype=dt) for s in ((M, K), (N, K), (r, K), (N, r), (M, N)))
+    bias = torch.zeros(N, dtype=dt)
+    for cfg, pers in [(c, p) for p in (False, True) for c in WS_PLAIN + WS_FUSED]:
+        for layout, (a1, b1, p, b2, out) in {"fwd": (x, W.t(), A.t(), B.t(), dy.clone()),
+                                             "bwd": (dy, W, B, A, x.clone())}.items():
+            for fused in (True, False):
+                launches.clear()
+                u = torch.zeros(M, r, dtype=dt)
+                launch_ws(a1, b1, p if fused else None, b2, 2.0, bias if layout == "fwd" else None, out, u,
+                          layout == "fwd", cfg, launcher=Cap(), persistent=pers)
+                a, kw = launches[0]
+                try:
+                    rep = compile_report(_lora_gemm_pws_kernel if pers else _lora_gemm_ws_kernel, a, kw)
+                    print(cfg, "P" if pers else "-", layout, "fused" if fused else "plain", rep["regs"], rep["spill_store_bytes"], rep["smem_bytes"])
+                except Exception as e:
+                    print(cfg, "P" if pers else "-", layout, "fused" if fused else "plain", "FAIL", type(e).__name__, str(e)[-300:])
 
 
 def rel(a, b):
@@ -131,4 +285,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    offline() if "--offline" in sys.argv else main()
