@@ -146,16 +146,13 @@ def gluon_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: tuple, 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, buffers, GROUP_M, programs per SM)
 CONFIGS = [(128, 256, 64, 8, 3, 8, 1), (256, 128, 64, 8, 3, 8, 1), (128, 128, 64, 4, 4, 8, 1),
            (128, 128, 64, 4, 2, 8, 2), (128, 128, 64, 8, 4, 8, 1)]
-M_TOKENS = 6144
 
 
-def _operands(K, N, dev="cuda"):
-    g = torch.Generator(device=dev).manual_seed(K * 7 + N)
-    bf = torch.bfloat16
-    x = torch.randn(M_TOKENS, K, device=dev, dtype=bf, generator=g)
-    W = torch.randn(N, K, device=dev, dtype=bf, generator=g) / K ** 0.5
-    dy = torch.randn(M_TOKENS, N, device=dev, dtype=bf, generator=g)
-    return {"fwd": (x, W.t()), "bwd": (dy, W)}
+def _operands(K, N):
+    """(a, b) of the plain GEMM in both LoRA layouts: x Wᵀ (W stored (N, K)) and dy W."""
+    from gpu_lora_tiles import operands
+
+    return {layout: ops[:2] for layout, ops in operands(K, N).items()}
 
 
 def check(ci: int) -> None:

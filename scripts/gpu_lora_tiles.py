@@ -50,6 +50,19 @@ def cfg_of(c):
     return dict(zip(NAMES, c[1:]), persistent=c[0] == "P")
 
 
+def operands(K: int, N: int, dev: str = "cuda") -> dict:
+    """#4's bf16 operands at one shape, seeded by it: {"fwd": (x, Wᵀ, Aᵀ, Bᵀ), "bwd": (dy, W, B, A)}
+    as (a1, b1, proj, b2) of ``lora_proj_gemm`` (W stored (N, K): the forward's b1 is K-major)."""
+    g = torch.Generator(device=dev).manual_seed(K * 7 + N)
+    bf = torch.bfloat16
+    x = torch.randn(M, K, device=dev, dtype=bf, generator=g)
+    W = torch.randn(N, K, device=dev, dtype=bf, generator=g) / K ** 0.5
+    A = torch.randn(R, K, device=dev, dtype=bf, generator=g) / K ** 0.5
+    B = torch.randn(N, R, device=dev, dtype=bf, generator=g) / R ** 0.5
+    dy = torch.randn(M, N, device=dev, dtype=bf, generator=g)
+    return {"fwd": (x, W.t(), A.t(), B.t()), "bwd": (dy, W, B, A)}
+
+
 def main() -> None:
     import faulthandler
     faulthandler.dump_traceback_later(float(os.environ.get("TILES_DUMP_AFTER", "540")), exit=True)
@@ -59,13 +72,7 @@ def main() -> None:
     shipped, new = cands(lt.TMA_CANDIDATES, lt.PTMA_CANDIDATES), cands(NEW_TMA, NEW_PTMA)
     rows, t0 = [], time.time()
     for K, N in shapes:
-        g = torch.Generator(device=dev).manual_seed(K * 7 + N)
-        x = torch.randn(M, K, device=dev, dtype=bf, generator=g)
-        W = torch.randn(N, K, device=dev, dtype=bf, generator=g) / K ** 0.5
-        A = torch.randn(R, K, device=dev, dtype=bf, generator=g) / K ** 0.5
-        B = torch.randn(N, R, device=dev, dtype=bf, generator=g) / R ** 0.5
-        dy = torch.randn(M, N, device=dev, dtype=bf, generator=g)
-        for layout, (a1, b1, proj, b2) in {"fwd": (x, W.t(), A.t(), B.t()), "bwd": (dy, W, B, A)}.items():
+        for layout, (a1, b1, proj, b2) in operands(K, N, dev).items():
             out = torch.empty(M, b1.shape[1], device=dev, dtype=bf)
             u = torch.empty(M, R, device=dev, dtype=bf)
             ref_plain = a1.float() @ b1.float()

@@ -499,6 +499,17 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     assert call(40) == "cublas" and len(timed) == n_ptr + 1
 
 
+def _fake_ptr_launch(ran: list):
+    """A CPU stand-in for the tuner tests' ``_launch_ptr``: logs "ptr" / "ptr+proj" into ``ran`` and
+    computes the kernel's result (and the projection it writes) in torch."""
+    def launch(a1, b1, a2, b2, bias, out, cfg, br, proj=None, scale=1.0):
+        ran.append("ptr+proj" if proj is not None else "ptr")
+        if proj is not None:
+            a2.copy_(scale * (a1 @ proj))
+        out.copy_(a1 @ b1 + a2 @ b2 + (bias if bias is not None else 0))
+    return launch
+
+
 def test_proj_tuner_weighs_the_fused_kernel_against_the_split_path(monkeypatch):
     """``lora_proj_gemm``'s tuner on the CPU with fake launches and timings: the candidates are the
     split path (cuBLAS projection + GEMM, first: what an untuned capture runs) and the fused
@@ -507,11 +518,7 @@ def test_proj_tuner_weighs_the_fused_kernel_against_the_split_path(monkeypatch):
 
     ran = []
 
-    def fake_ptr(a1, b1, a2, b2, bias, out, cfg, br, proj=None, scale=1.0):
-        ran.append("ptr+proj" if proj is not None else "ptr")
-        if proj is not None:
-            a2.copy_(scale * (a1 @ proj))
-        out.copy_(a1 @ b1 + a2 @ b2 + (bias if bias is not None else 0))
+    fake_ptr = _fake_ptr_launch(ran)
 
     def fake_timer(cost):
         def timer(fn):
@@ -551,11 +558,7 @@ def test_proj_tuner_times_the_split_path_with_its_inner_gpu_choice(monkeypatch):
 
     ran = []
 
-    def fake_ptr(a1, b1, a2, b2, bias, out, cfg, br, proj=None, scale=1.0):
-        ran.append("ptr+proj" if proj is not None else "ptr")
-        if proj is not None:
-            a2.copy_(scale * (a1 @ proj))
-        out.copy_(a1 @ b1 + a2 @ b2 + (bias if bias is not None else 0))
+    fake_ptr = _fake_ptr_launch(ran)
 
     def fake_cublas(a1, b1, a2, b2, bias, out):
         ran.append("cublas")
