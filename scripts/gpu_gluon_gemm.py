@@ -267,7 +267,7 @@ def main() -> None:
     good = []
     for ci, cfg in enumerate(CONFIGS):
         try:
-            res = subprocess.run([sys.executable, __file__, "--check", str(ci)], capture_output=True, text=True, timeout=120)
+            res = subprocess.run([sys.executable, __file__, "--check", str(ci)], capture_output=True, text=True, timeout=90)
             lines = [ln for ln in res.stdout.splitlines() if ln.startswith("CHECK")]
             errs = [float(ln.split()[-1]) for ln in lines]
             ok = res.returncode == 0 and len(errs) == 2 * len(SHAPES) and max(errs) < 1e-2
@@ -275,7 +275,7 @@ def main() -> None:
                   flush=True)
         except subprocess.TimeoutExpired:
             ok = False
-            print(cfg, "HUNG (killed after 120 s)", flush=True)
+            print(cfg, "HUNG (killed after 90 s)", flush=True)
         if ok:
             good.append(cfg)
     names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "GROUP_M")
