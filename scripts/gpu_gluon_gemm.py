@@ -178,7 +178,8 @@ def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c_smem, M
 
 @gluon.jit
 def _ws_gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
-                    GROUP_M: gl.constexpr, num_warps: gl.constexpr):
+                    GROUP_M: gl.constexpr, PRODUCER_WARPS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                    PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
     """``_gemm_kernel``'s contraction, warp-specialised: a one-warp TMA producer and two 4-warp
     wgmma consumers taking alternate tiles (the default partition is consumer 0)."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
@@ -201,7 +202,7 @@ def _ws_gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM
                         GROUP_M, BM, BN, BK)),
         (_ws_producer, (a_desc, b_desc, ready, empty, a_bufs, b_bufs, M, N, K, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN,
                         BK)),
-    ], [4, 1], [232, 40])
+    ], [4, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
 
 
 def gluon_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: tuple, n_sms: int = 132,
@@ -223,8 +224,11 @@ def gluon_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: tuple, 
     assert triton.cdiv(K, bk) >= nbuf - 1
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     grid = (min(tiles, per_sm * n_sms),)
+    extra = {}
+    if kernel is _ws_gemm_kernel:  # (producer warps, consumer registers, producer registers)
+        extra = dict(zip(("PRODUCER_WARPS", "CONSUMER_REGS", "PRODUCER_REGS"), cfg[8] if len(cfg) > 8 else (1, 232, 40)))
     (launcher or kernel)[grid](a_d, b_d, c_d, M, N, K, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
-                               num_warps=warps)
+                               num_warps=warps, **extra)
     return out
 
 
@@ -232,7 +236,12 @@ def gluon_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: tuple, 
 CONFIGS = [(128, 256, 64, 8, 3, 8, 1), (256, 128, 64, 8, 3, 8, 1), (128, 128, 64, 4, 4, 8, 1),
            (128, 128, 64, 4, 2, 8, 2), (128, 128, 64, 8, 4, 8, 1),
            # warp-specialised ping-pong: 4-warp consumers hold a 128x128 fp32 accumulator each
-           (128, 128, 64, 4, 4, 8, 1, "ws"), (128, 128, 64, 4, 5, 8, 1, "ws")]
+           # (s11-call9: one producer warp with setmaxnreg -> "unspecified launch failure"; Hopper's
+           # setmaxnreg is per warp group, so the producer gets a whole warp group below)
+           (128, 128, 64, 4, 4, 8, 1, "ws", (4, 232, 40)), (128, 128, 64, 4, 4, 8, 1, "ws", (4, 168, 168)),
+           (128, 128, 64, 4, 5, 8, 1, "ws", (4, 232, 40))]
+if os.environ.get("GLUON_ONLY_WS") == "1":
+    CONFIGS = [c for c in CONFIGS if len(c) > 7]
 
 
 def _operands(K, N):
