@@ -53,6 +53,20 @@ def _load(count, a_desc, b_desc, off_m, off_n, k, bars, a_bufs, b_bufs, B_KMAJOR
 
 
 @gluon.jit
+def _mma_step(acc, ready, a_bufs, b_bufs, n, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr):
+    """Wait for ring load ``n`` to land, issue its wgmma, and wait until at most that one is in
+    flight (so the previous step's slot may be refilled)."""
+    slot = n % NUM_BUF
+    mbarrier.wait(ready.index(slot), (n // NUM_BUF) & 1)
+    if B_KMAJOR:
+        b_op = b_bufs.index(slot).permute((1, 0))
+    else:
+        b_op = b_bufs.index(slot)
+    acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
+    return warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+
+
+@gluon.jit
 def _gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
                  GROUP_M: gl.constexpr, num_warps: gl.constexpr):
     """C = A B, A (M, K) row-major, B (K, N) given as (N, K) storage when B_KMAJOR; persistent:
@@ -86,16 +100,8 @@ def _gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM_BU
     for t in range(my_tiles):
         acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
         for k in range(k_tiles):
-            slot = cons % NUM_BUF
-            mbarrier.wait(bars.index(slot), (cons // NUM_BUF) & 1)
+            acc = _mma_step(acc, bars, a_bufs, b_bufs, cons, B_KMAJOR, NUM_BUF)
             cons += 1
-            if B_KMAJOR:
-                b_op = b_bufs.index(slot).permute((1, 0))
-            else:
-                b_op = b_bufs.index(slot)
-            acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
-            # at most this MMA in flight: the previous one is done, so its slot can be refilled
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             if k + NUM_BUF - 1 < k_tiles:
                 prod = _load(prod, a_desc, b_desc, off_m, off_n, (k + NUM_BUF - 1) * BK, bars, a_bufs, b_bufs,
                              B_KMAJOR, NUM_BUF)
@@ -157,14 +163,7 @@ def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c_smem, M
         n0 = j * k_tiles
         acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
         for k in range(k_tiles):
-            slot = (n0 + k) % NUM_BUF
-            mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
-            if B_KMAJOR:
-                b_op = b_bufs.index(slot).permute((1, 0))
-            else:
-                b_op = b_bufs.index(slot)
-            acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            acc = _mma_step(acc, ready, a_bufs, b_bufs, n0 + k, B_KMAJOR, NUM_BUF)
             if k > 0:  # the previous step's MMA is done: its slot can be refilled
                 mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
