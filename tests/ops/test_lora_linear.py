@@ -591,10 +591,28 @@ def test_proj_tuner_times_the_split_path_with_its_inner_gpu_choice(monkeypatch):
     # the inner eager choice it would have cost 5.0 and lost
     assert [v[0] for k, v in gpu.items() if k[-1]] == ["split"]
     assert [v[0] for k, v in eager.items() if k[-1]] == ["split"]  # eager: inner ptr (1.0) < fused (2.0)
-    assert lt._GPU_TIMING == [False]
+    assert not lt._gpu_timing()
     ran.clear()
     lt.lora_proj_gemm(a1, b1, p, b2, 0.5, use_tma=False)
     assert ran == ["ptr"]  # an eager call runs the inner eager choice, nothing timed
+
+
+def test_gpu_timing_flag_is_per_thread():
+    """The tuner's "timing by GPU time" flag steers nested calls on the tuning thread only: a call
+    made meanwhile on another thread (an autograd worker, say) keeps its eager choice."""
+    import threading
+
+    import samkern.ops.lora_linear.triton as lt
+
+    seen = []
+    lt._GPU_TIMING.on = True
+    try:
+        t = threading.Thread(target=lambda: seen.append(lt._gpu_timing()))
+        t.start()
+        t.join()
+        assert lt._gpu_timing() and seen == [False]
+    finally:
+        lt._GPU_TIMING.on = False
 
 
 def test_tuner_retimes_close_candidates(monkeypatch):

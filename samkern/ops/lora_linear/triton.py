@@ -25,6 +25,7 @@ Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used instead.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -316,8 +317,13 @@ _EAGER_CHOICE: Dict[tuple, tuple] = {}
 # True while the tuner times candidates by GPU time: a nested call (the split path's inner GEMM)
 # then runs its own GPU-time choice, as it will inside a captured graph; with its eager choice (a
 # pointer kernel picked for its cheap launch, say) the split path was timed slower than it runs
-# in a graph, and the fused kernel won where split was ~8 % faster (5120->2560 r8 fwd, s11-call4/5)
-_GPU_TIMING = [False]
+# in a graph, and the fused kernel won where split was ~8 % faster (5120->2560 r8 fwd, s11-call4/5).
+# Per thread: the nested call runs on the tuning thread; another thread's calls are not affected.
+_GPU_TIMING = threading.local()
+
+
+def _gpu_timing() -> bool:
+    return getattr(_GPU_TIMING, "on", False)
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -591,7 +597,7 @@ def _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path) -> tuple:
     return (a1.shape, a1.stride(), b1.shape, b1.stride(), out.stride(),
             None if a2 is None else (a2.shape, a2.stride(), b2.stride()), None if proj is None else proj.stride(),
             ptrs & 15 == 0, bias is not None, a1.dtype, a1.device, use_tma, path,
-            os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), _capturing(a1), _GPU_TIMING[0])
+            os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), _capturing(a1), _gpu_timing())
 
 
 def _plan(layout, block_r: int, choice: tuple) -> tuple:
@@ -669,7 +675,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, fusable)
     capturing = _capturing(a1)
-    by_gpu = capturing or _GPU_TIMING[0]
+    by_gpu = capturing or _gpu_timing()
     choice = (_CHOICE if by_gpu else _EAGER_CHOICE).get(key)
     if choice is None:
         # candidates are built only on a miss: a tuned call's host path stays short
@@ -686,7 +692,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
             # an untuned capture is not remembered: a later eager call tunes this key
             run(cands[0], remember=len(cands) == 1)
             return
-        outer, _GPU_TIMING[0] = _GPU_TIMING[0], True
+        outer, _GPU_TIMING.on = _gpu_timing(), True
         try:
             gpu = [_bench_ms(lambda c=c: run(c)) for c in cands]
             # candidates within 10 % of the best are timed twice more, interleaved, keeping each
@@ -698,7 +704,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
                 for i in close:
                     gpu[i] = min(gpu[i], _bench_ms(lambda c=cands[i]: run(c)))
         finally:
-            _GPU_TIMING[0] = outer
+            _GPU_TIMING.on = outer
         # wall time only for the candidates that can run (a failed compile is inf already)
         wall = [_wall_ms(lambda c=c: run(c)) if t < float("inf") else t for c, t in zip(cands, gpu)]
         _CHOICE[key] = cands[min(range(len(cands)), key=gpu.__getitem__)]
