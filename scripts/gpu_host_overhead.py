@@ -43,19 +43,25 @@ def profile(name, fn, n=200):
     pstats.Stats(pr).sort_stats("tottime").print_stats(22)
 
 
-def main() -> None:
-    prof = "--profile" in sys.argv
-    from samkern.ops.lora_linear import function as lf
-    from samkern.ops.lora_linear import triton as lt
-
-    dev, dt = "cuda", torch.bfloat16
-    M, K, N, r = 64, 768, 3352, 8
+def tiny_lora_operands(dev: str = "cuda", M: int = 64, K: int = 768, N: int = 3352, r: int = 8):
+    """bf16 (x, W, A, B, g, u) of a LoRA linear at a token count so small that the GPU idles:
+    x, A, B require grad; g (M, N) is the output gradient, u (M, r) a projection buffer."""
+    dt = torch.bfloat16
     x = torch.randn(M, K, device=dev, dtype=dt, requires_grad=True)
     W = torch.randn(N, K, device=dev, dtype=dt) * 0.03
     A = (torch.randn(r, K, device=dev, dtype=dt) * 0.03).requires_grad_(True)
     B = (torch.randn(N, r, device=dev, dtype=dt) * 0.3).requires_grad_(True)
     g = torch.randn(M, N, device=dev, dtype=dt)
     u = torch.randn(M, r, device=dev, dtype=dt)
+    return x, W, A, B, g, u
+
+
+def main() -> None:
+    prof = "--profile" in sys.argv
+    from samkern.ops.lora_linear import function as lf
+    from samkern.ops.lora_linear import triton as lt
+
+    x, W, A, B, g, u = tiny_lora_operands()
     rows = {}
     rows["torch.mm (one cuBLAS launch)"] = host_us(lambda: torch.mm(x.detach(), W.t()))
     rows["peft-style fwd (no grad)"] = host_us(lambda: torch.nn.functional.linear(x.detach(), W) + torch.nn.functional.linear(torch.nn.functional.linear(x.detach(), A.detach()), B.detach()) * 2.0)

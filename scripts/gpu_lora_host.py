@@ -63,18 +63,14 @@ def main() -> None:
             torch.empty_like(A)
             return g, torch.mm(A, x.t()) @ x, None
 
-    dev, dt = "cuda", torch.bfloat16
-    M, K, N, r = 64, 768, 3352, 8
-    x = torch.randn(M, K, device=dev, dtype=dt, requires_grad=True)
-    W = torch.randn(N, K, device=dev, dtype=dt) * 0.03
-    A = (torch.randn(r, K, device=dev, dtype=dt) * 0.03).requires_grad_(True)
-    B = (torch.randn(N, r, device=dev, dtype=dt) * 0.3).requires_grad_(True)
-    g = torch.randn(M, N, device=dev, dtype=dt)
-    gk = torch.randn(M, K, device=dev, dtype=dt)
+    from gpu_host_overhead import tiny_lora_operands
+
+    x, W, A, B, g, u = tiny_lora_operands()
+    M, N = g.shape
+    gk = torch.randn_like(x.detach())
     xd, Ad, Bd = x.detach(), A.detach(), B.detach()
-    u = torch.randn(M, r, device=dev, dtype=dt)
     rows = {
-        "torch.empty (M, N)": lambda: torch.empty((M, N), device=dev, dtype=dt),
+        "torch.empty (M, N)": lambda: torch.empty((M, N), device=g.device, dtype=g.dtype),
         "W.t() (a view)": lambda: W.t(),
         "torch.mm x Aᵀ": lambda: torch.mm(xd, Ad.t()),
         "torch.addmm beta=0 alpha=2 out=": lambda: torch.addmm(u, xd, Ad.t(), beta=0, alpha=2.0, out=u),
