@@ -62,7 +62,7 @@ def _signature(fn, args, kwargs):
 def compile_report(fn, args, kwargs, arch: int = 90) -> dict:
     """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes."""
     sig, constexprs, attrs = _signature(fn, args, kwargs)
-    opts = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
+    opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
     ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
     ptxas = shutil.which("ptxas") or os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
@@ -78,9 +78,11 @@ def compile_report(fn, args, kwargs, arch: int = 90) -> dict:
             "spill_load_bytes": int(spill.group(2)) if spill else None, "smem_bytes": ck.metadata.shared}
 
 
-def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Optional[dict] = None) -> list:
+def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Optional[dict] = None,
+                     with_z: bool = True) -> list:
     """(kernel, grid, args, kwargs) of every SSD launch of one bf16 training step at a benchmark
-    shape (z, per-head D, dt_bias, softplus: SAM's block), from the host code on CPU tensors."""
+    shape (per-head D, dt_bias, softplus; z unless ``with_z=False``, as the benchmark: SAM's block
+    gates in its RMSNorm instead), from the host code on CPU tensors."""
     from benchmarks.ops.bench_ssd import G, N, P, SHAPES
     import samkern.ops.ssd.bwd as bwd_mod
     import samkern.ops.ssd.fwd as fwd_mod
@@ -117,7 +119,8 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         fwd_mod.FWD_TUNING.update(fwd_tuning or {})
         batch, L, H = SHAPES[shape]
         T, bf = batch * L, torch.bfloat16
-        x, z = torch.zeros(T, H, P, dtype=bf), torch.zeros(T, H, P, dtype=bf)
+        x = torch.zeros(T, H, P, dtype=bf)
+        z = torch.zeros_like(x) if with_z else None
         Bm, Cm = torch.zeros(T, G, N, dtype=bf), torch.zeros(T, G, N, dtype=bf)
         dt, A, D, dtb = torch.zeros(T, H), -torch.ones(H), torch.ones(H), torch.zeros(H)
         cu = torch.arange(batch + 1, dtype=torch.int32) * L

@@ -286,13 +286,15 @@ def test_bwd_head_blocks(heads_per_program, scan_block_p, kernel_device):
             check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
-def test_bwd_n_blocks(kernel_device):
-    """d_state streamed in N-blocks of 16 (N = 40: three blocks, the last ragged) by the chunk
-    kernel, and dB/dC split over three N-block programs, with z and two groups."""
-    case = make_case([37, 20], H=4, G=2, P=16, N=40, D="channel", z=True, dt_bias=True, softplus=True,
+@pytest.mark.parametrize("tiles_fp32", [False, True])
+def test_bwd_n_blocks(tiles_fp32, kernel_device):
+    """dB/dC split over three N-block programs (N = 40, the last ragged), the dS walk over two
+    P-blocks (its Σ dS ∘ S_in partials summed by the chunk kernel) and the walk's state tiles in
+    the input dtype or fp32, with z and two groups."""
+    case = make_case([37, 20], H=4, G=2, P=32, N=40, D="channel", z=True, dt_bias=True, softplus=True,
                      n_init=2, init_idx=[1, 0], dfinal=True)
     ref, cs = reference_grads(case, block_q=16)
-    with bwd_tuning(block_ns=16, block_nb=16):
+    with bwd_tuning(block_nb=16, scan_block_p=16, state_tiles_fp32=tiles_fp32):
         got = run_kernel(case, 16, cs, kernel_device)
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
@@ -404,7 +406,7 @@ def _valid_args(device="cpu"):
                 chunk_states=torch.randn(T // 16 + 1, H, P, N, device=device), block_q=16)
 
 
-@pytest.mark.parametrize("name,value", [("block_ns", 48), ("block_nb", 8), ("scan_block_p", 24)])
+@pytest.mark.parametrize("name,value", [("block_nb", 8), ("scan_block_p", 24)])
 def test_bwd_rejects_bad_tuning(name, value, kernel_device):
     """Launch overrides that Triton cannot compile are refused with a clear message."""
     case = make_case([20], H=2, G=1, P=16, N=16)

@@ -75,15 +75,16 @@ from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
 from samkern.launch import fast_launch
 from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
 
-__all__ = ["ssd_bwd", "dstate_walk", "dt_cache", "BWD_TUNING"]
+__all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 
 # Launch overrides read by ``ssd_bwd`` (for tuning sweeps and tests). ``None`` = heuristic.
-# block_p / num_warps / num_stages / block_ns (N-block of the streamed state tiles): the chunk
-# kernel; heads_per_program: heads of one group a chunk program loops over; scan_block_p /
-# scan_warps: the dS kernel; block_nb / dbdc_warps / dbdc_stages: the dB/dC kernel.
+# block_p / num_warps / num_stages: the chunk kernel; heads_per_program: heads of one group a chunk
+# program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
+# input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
+# dbdc_stages: the dB/dC kernel.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
-                    "block_ns": None, "scan_block_p": None, "scan_warps": None, "block_nb": None,
-                    "dbdc_warps": None, "dbdc_stages": None}
+                    "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
+                    "block_nb": None, "dbdc_warps": None, "dbdc_stages": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -172,14 +173,18 @@ def _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mask, s_dout_t, s_dout_h, s_z_t, s
 
 @triton.jit
 def _ssd_bwd_dstate_kernel(
-    dout_ptr, z_ptr, dtc_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr,
-    ds_ptr, dinit_ptr,
-    T, HT, P, N, HPG, HPN,
-    s_dout_t, s_dout_h, s_z_t, s_z_h, s_C_t, s_C_g,
+    dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr, cs_ptr,
+    ds_ptr, dinit_ptr, bds_ptr, csin_ptr, sds_ptr,
+    T, HT, H, P, N, HPG, HPN, NPBW,
+    s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
+    """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
+    chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
+    tiles instead of streaming two [P, N] states per head): ``B dSᵀ`` and ``C S_inᵀ`` as (T, H, P)
+    tiles, and the partial ``Σ dS ∘ S_in`` of this P-block."""
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
@@ -207,13 +212,26 @@ def _ssd_bwd_dstate_kernel(
         tok = start + c * BLOCK_Q + offs_q
         mq = tok < end
         mqp = mq[:, None] & mp[None, :]
+        mqn = mq[:, None] & mn[None, :]
+        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
         if WRITE_DS:  # off in the sequence split's first pass, which needs only d initial_states
-            tl.store(ds_ptr + (row0 + c) * HPN + state_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn)
+            row_off = (row0 + c) * HPN + state_off
+            tl.store(ds_ptr + row_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn)
+            # the chunk kernel's state terms, from dS leaving this chunk and the state entering it
+            # (both rounded to the input dtype as dot operands, as the stored copies are). dS is
+            # the left operand as it is: no tl.trans of a dot result (Triton 3.6 Hopper miscompile)
+            Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+            S_in = tl.load(cs_ptr + row_off, mask=mpn, other=0.0)
+            tl.store(sds_ptr + ((row0 + c) * H + pid_h) * NPBW + pid_p, tl.sum(tl.sum(dS * S_in.to(tl.float32), 1), 0))
+            bds_t = tl.dot(dS.to(in_ty), tl.trans(Bm), input_precision=PREC)  # [P, Q] = (B dSᵀ)ᵀ
+            cs_t = tl.dot(S_in.to(in_ty), tl.trans(Cm), input_precision=PREC)  # [P, Q] = (C S_inᵀ)ᵀ
+            tile = tok[None, :] * (H * P) + pid_h * P + offs_p[:, None]
+            mpq = mp[:, None] & mq[None, :]
+            tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq)
+            tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq)
         last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
         _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
         dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
-        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mq[:, None] & mn[None, :],
-                     other=0.0)
         # (exp(a) ∘ dy)ᵀ C: the transposed operand is a loaded value, not a dot result
         dS = tl.exp(a_last) * dS + tl.dot(tl.trans((dy * tl.exp(a)[:, None]).to(in_ty)), Cm,
                                           input_precision=PREC)
@@ -277,17 +295,17 @@ _DT_CACHE = fast_launch(_ssd_dt_cache_kernel)  # cheaper eager launches (samkern
 @triton.jit
 def _ssd_bwd_chunk_kernel(
     # inputs
-    dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr,
+    dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cu_ptr, bds_ptr, csin_ptr, sds_ptr,
     # outputs
     dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
     # sizes
-    T, HT, H, P, N, G, HPG, HB, NHB, NPB, RED_W, HPN, NSEQ, n_search,
+    T, HT, H, P, N, G, HPG, HB, NHB, NPB, NPBW, RED_W, NSEQ, n_search,
     # strides (last dims are contiguous; these are the token / head / group strides)
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
     s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
     # meta
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_NS: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_gh = tl.program_id(1)
@@ -334,26 +352,11 @@ def _ssd_bwd_chunk_kernel(
             to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
             w = to_end * dtv
 
-            # the state terms, streamed over N-blocks so no [P, N] tile is ever resident:
-            # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P]) and sdS = Σ dS ∘ S_in
-            BdS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)
-            CS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)
-            # Σ dS ∘ S_in: per-row partial sums across the N-blocks, the cross-warp sum over P once
-            sdS_p = tl.zeros([BLOCK_P], dtype=tl.float32)
-            st_row = row.to(tl.int64) * HPN + h * P * N
-            for n0 in range(0, N, BLOCK_NS):
-                offs_ns = n0 + tl.arange(0, BLOCK_NS)
-                mns = offs_ns < N
-                mqs = mq[:, None] & mns[None, :]
-                Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_ns[None, :], mask=mqs, other=0.0)
-                Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_ns[None, :], mask=mqs, other=0.0)
-                so = st_row + offs_p[:, None] * N + offs_ns[None, :]
-                mps = mp[:, None] & mns[None, :]
-                dSn = tl.load(ds_ptr + so, mask=mps, other=0.0)
-                Sn = tl.load(cs_ptr + so, mask=mps, other=0.0)
-                sdS_p += tl.sum(dSn.to(tl.float32) * Sn.to(tl.float32), axis=1)
-                BdS += tl.dot(Bn, tl.trans(dSn.to(in_ty)), input_precision=PREC)
-                CS += tl.dot(Cn, tl.trans(Sn.to(in_ty)), input_precision=PREC)
+            # the state terms, from the dS walk's tiles (no [P, N] state is read here):
+            # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P])
+            tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
+            BdS = tl.load(bds_ptr + tile, mask=mqp, other=0.0).to(tl.float32)
+            CS = tl.load(csin_ptr + tile, mask=mqp, other=0.0).to(tl.float32)
 
             x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
             dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
@@ -410,7 +413,11 @@ def _ssd_bwd_chunk_kernel(
             ddt_dir += u * to_end
             uw = u * w
             da -= uw
-            da_last = tl.sum(uw, axis=0) + tl.exp(a_last) * tl.sum(sdS_p, axis=0)
+            da_last = tl.sum(uw, axis=0)
+            if pid_p == 0:  # Σ dS ∘ S_in over the whole head (the walk's P-block partials), counted once
+                sds_row = sds_ptr + (row.to(tl.int64) * H + h) * NPBW
+                da_last += tl.exp(a_last) * tl.sum(tl.load(sds_row + tl.arange(0, 16), mask=tl.arange(0, 16) < NPBW,
+                                                           other=0.0), axis=0)
             da += tl.where(is_last, da_last, 0.0)
 
             # ---- cumsum backward, then chain through clamp / softplus / bias (the forward's
@@ -583,7 +590,8 @@ def dt_cache(
 def dstate_walk(
     dout: torch.Tensor, z: Optional[torch.Tensor], dtc: torch.Tensor, C: torch.Tensor, cu_seqlens: torch.Tensor,
     init_idx: torch.Tensor, n_init: int, dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *,
-    P: int, block_q: int, block_p: int, zero_fill: bool = True,
+    P: int, block_q: int, block_p: int, zero_fill: bool = True, B: Optional[torch.Tensor] = None,
+    chunk_states: Optional[torch.Tensor] = None, tiles: Optional[Tuple[torch.Tensor, ...]] = None,
 ) -> Optional[torch.Tensor]:
     """Launch the reverse dS walk (``_ssd_bwd_dstate_kernel``) on flat, last-dim-contiguous inputs.
 
@@ -593,6 +601,10 @@ def dstate_walk(
     ``n_init`` is 0). ``dfinal_states`` (nseq, H, P, N) seeds each sequence's walk (zeros if None).
     ``dtc`` is the dt cache (:func:`dt_cache`) of the same chunking. ``zero_fill=False`` skips
     zeroing d ``initial_states`` where every row seeds exactly one sequence (the sequence split).
+    With ``dstates``, ``B``, the forward's ``chunk_states`` and ``tiles = (bds, cs, sds)`` are
+    required: the walk also stores ``B dSᵀ`` and ``C S_inᵀ`` of every chunk into ``bds`` / ``cs``
+    ((T, H, P)) and ``Σ dS ∘ S_in`` per walk P-block into ``sds`` ((rows, H, walk P-blocks) fp32;
+    :func:`walk_p_blocks`).
     """
     H, T = dtc.shape[1], dtc.shape[2]
     G, N = C.shape[1], C.shape[2]
@@ -602,23 +614,34 @@ def dstate_walk(
     dinit = alloc((n_init, H, P, N), device=dev, dtype=torch.float32) if n_init else None
     if dinit is None and dstates is None:
         raise ValueError("dstate_walk needs dstates or initial-state rows to write")
+    if dstates is not None and (B is None or chunk_states is None or tiles is None):
+        raise ValueError("dstate_walk with dstates needs B, chunk_states and the tile buffers")
     dummy = dinit if dinit is not None else dstates
+    bds, cs_tile, sds = tiles if dstates is not None else (dummy, dummy, dummy)
     nseq = cu_seqlens.shape[0] - 1
     scan_bp = _tuned_block("scan_block_p", block_p, block_p)
+    Bt = B if B is not None else C
     _DSTATE[(nseq, H, cdiv(P, scan_bp))](
-        dout, z if z is not None else dout, dtc, C,
+        dout, z if z is not None else dout, dtc, Bt, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else dummy,
-        dstates if dstates is not None else dummy, dinit if dinit is not None else dummy,
-        T, H * T, P, N, H // G, H * P * N,
+        chunk_states if chunk_states is not None else dummy,
+        dstates if dstates is not None else dummy, dinit if dinit is not None else dummy, bds, cs_tile, sds,
+        T, H * T, H, P, N, H // G, H * P * N, cdiv(P, scan_bp),
         dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        C.stride(0), C.stride(1),
+        Bt.stride(0), Bt.stride(1), C.stride(0), C.stride(1),
         HAS_Z=z is not None,
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
-        num_warps=BWD_TUNING.get("scan_warps") or 4, num_stages=2,
+        num_warps=BWD_TUNING.get("scan_warps") or (8 if dstates is not None else 4),
+        num_stages=BWD_TUNING.get("scan_stages") or 2,
     )
     return dinit
+
+
+def walk_p_blocks(P: int, block_p: int) -> int:
+    """P-blocks of the dS walk (the last dimension of its ``Σ dS ∘ S_in`` partials)."""
+    return cdiv(P, _tuned_block("scan_block_p", block_p, block_p))
 
 
 def ssd_bwd(
@@ -715,11 +738,17 @@ def ssd_bwd(
     elif validate:
         check_f32_buffer("dt_cache_in", dtc, (3, H, T))
 
-    # 1. dS leaving every chunk (and d initial_states)
+    # 1. dS leaving every chunk (and d initial_states), and the chunk kernel's state terms
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
+    tile_dtype = torch.float32 if BWD_TUNING.get("state_tiles_fp32") else x.dtype
+    npbw = walk_p_blocks(P, BLOCK_P)
+    tiles = (torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # B dSᵀ
+             torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # C S_inᵀ
+             torch.empty((n_rows, H, npbw), device=dev, dtype=torch.float32))  # Σ dS ∘ S_in partials
     dinit = dstate_walk(dout, z, dtc, C, cu_seqlens, init_idx,
                         initial_states.shape[0] if initial_states is not None else 0, dfinal_states, dstates,
-                        P=P, block_q=block_q, block_p=BLOCK_P, zero_fill=not init_rows_all_seeded)
+                        P=P, block_q=block_q, block_p=BLOCK_P, zero_fill=not init_rows_all_seeded, B=B,
+                        chunk_states=chunk_states, tiles=tiles)
 
     # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
@@ -730,9 +759,6 @@ def ssd_bwd(
     red_w = P + 2 * NPB
     red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
     n_search = _n_search(nseq)
-    # N-block of the streamed state tiles: 32 beat 64 by 2-5 % at every benchmark shape with the
-    # 64-token chunk and bf16 states (H100, dev-runs/s7-call6; 64 had won at block_q 32, s3-call4)
-    block_ns = _tuned_block("block_ns", 32, BLOCK_N)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
     # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
     # dt / dB / dC gradients at N 64, an illegal address at N 256), fp32 is fine; 8 warps are
@@ -742,14 +768,14 @@ def ssd_bwd(
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     _CHUNK[(n_rows, G * NHB, NPB)](
         dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        cu_seqlens, chunk_states, dstates,
+        cu_seqlens, *tiles,
         dx, dz, ddt_part, dcb, red,
-        T, H * T, H, P, N, G, HPG, HB, NHB, NPB, red_w, H * P * N, nseq, n_search,
+        T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_w, nseq, n_search,
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         (D.stride(0) if D is not None else 0),
         HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, BLOCK_NS=block_ns,
+        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         num_warps=num_warps, num_stages=num_stages,
     )
 
