@@ -34,7 +34,7 @@ def test_ssd_kernel_compiles_offline_with_register_report():
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["kernel"] for r in rows] == ["_ssd_bwd_dstate_kernel"], out.stdout
     r = rows[0]
-    assert r["shape"] == "130m-B32-L192" and r["warps"] in (4, 8) and r["grid"] == [32, 24, 1], r
+    assert r["shape"] == "130m-B32-L192" and r["warps"] == 4 and r["grid"] == [32, 24, 1], r
     assert 0 < r["regs"] <= 255 and r["spill_store_bytes"] >= 0 and r["smem_bytes"] > 0, r
 
 

@@ -633,7 +633,9 @@ def dstate_walk(
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
-        num_warps=BWD_TUNING.get("scan_warps") or (8 if dstates is not None else 4),
+        # 4 warps (two programs per SM) beat 8 with the state tiles too: 130m B32 L192 walk 81 -> 65 us,
+        # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
+        num_warps=BWD_TUNING.get("scan_warps") or 4,
         num_stages=BWD_TUNING.get("scan_stages") or 2,
     )
     return dinit
