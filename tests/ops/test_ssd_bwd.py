@@ -299,6 +299,18 @@ def test_bwd_n_blocks(tiles_fp32, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+@pytest.mark.parametrize("split", [2, 5])
+def test_bwd_dbdc_head_split(split, kernel_device):
+    """dB/dC with the group's heads split over programs (5 heads per group: splits of 3 + 2, or
+    one head each), fp32 partial sums added on the host, the intra-chunk part in split 0 only."""
+    case = make_case([37, 20], H=10, G=2, P=16, N=24, D="head", z=True, dt_bias=True, softplus=True,
+                     n_init=2, init_idx=[1, 0], dfinal=True)
+    ref, cs = reference_grads(case, block_q=16)
+    with bwd_tuning(dbdc_split=split):
+        got = run_kernel(case, 16, cs, kernel_device)
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
+
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref
 def chunk_scan_ref_grads(case, layout):
     """fp64 autograd through :func:`ssd_chunk_scan_ref` (the project reference).

@@ -81,10 +81,10 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # block_p / num_warps / num_stages: the chunk kernel; heads_per_program: heads of one group a chunk
 # program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
-# dbdc_stages: the dB/dC kernel.
+# dbdc_stages / dbdc_split (head splits): the dB/dC kernel.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
-                    "block_nb": None, "dbdc_warps": None, "dbdc_stages": None}
+                    "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -143,6 +143,21 @@ def _min_wave_heads(hpg: int, busy_programs: int, sms: int) -> int:
         if best is None or cost < best[0]:
             best = (cost, hb)
     return best[1]
+
+
+def _pick_dbdc_split(hpg: int, programs: int, device: torch.device) -> int:
+    """Head splits of the dB/dC kernel. One program per (chunk, group, N-block) loops over all the
+    group's heads; with few chunks (2.7b B16 L192: 96 programs of 80 heads for 132 SMs) that leaves
+    SMs idle, so the heads are split until there are about two programs per SM, each split keeping
+    at least 8 heads (every program also pays the row search, the intra-chunk part of split 0 and
+    its stores). ``BWD_TUNING["dbdc_split"]`` overrides."""
+    v = BWD_TUNING.get("dbdc_split")
+    if v is not None:
+        return max(1, min(int(v), hpg))
+    if device.type != "cuda":
+        return 1
+    want = cdiv(2 * num_sms(device), max(1, programs))
+    return max(1, min(want, hpg // 8))
 
 
 @triton.jit
@@ -446,17 +461,21 @@ _CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/l
 def _ssd_bwd_dbdc_kernel(
     dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
     dB_ptr, dC_ptr,
-    T, HT, P, N, G, HPG, NSLOT, HPN, NSEQ, n_search,
+    T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-    s_dB_t, s_dB_g, s_dC_t, s_dC_g,
+    s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
     HAS_Z: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
-    (a GEMM over K = heads × P); one plain store per element, in the output dtype."""
+    (a GEMM over K = heads × P); one plain store per element, in the output dtype. With
+    ``NSPLIT`` > 1 the group's heads are split over programs (``HPS`` heads each: more programs
+    when there are few chunks) and each split stores its partial sums into its own fp32 slice
+    (``s_split`` apart), summed by the caller; the intra-chunk part goes with split 0."""
     row = tl.program_id(0)
-    g = tl.program_id(1)
+    g = tl.program_id(1) // NSPLIT
+    split = tl.program_id(1) % NSPLIT
     pid_n = tl.program_id(2)
     in_ty = x_ptr.dtype.element_ty
     start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
@@ -470,7 +489,7 @@ def _ssd_bwd_dbdc_kernel(
         mqn = mq[:, None] & mn[None, :]
         accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
-        for j in range(0, HPG):
+        for j in range(split * HPS, tl.minimum(split * HPS + HPS, HPG)):
             h = g * HPG + j
             dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
             w = tl.exp(a_last - a) * dtv
@@ -489,23 +508,24 @@ def _ssd_bwd_dbdc_kernel(
                 accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
                 accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
 
-        # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
-        qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
-        dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-        dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-        qq_t = offs_q[None, :] * BLOCK_Q + offs_q[:, None]  # the same tiles read transposed
-        base = (row.to(tl.int64) * G + g) * NSLOT
-        for k in range(0, NSLOT):
-            dCB += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq)
-            dCBT += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq_t)
-        Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
-        Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
-        accC += tl.dot(dCB.to(in_ty), Bn, input_precision=PREC)
-        accB += tl.dot(dCBT.to(in_ty), Cn, input_precision=PREC)
-        tl.store(dB_ptr + tok[:, None] * s_dB_t + g * s_dB_g + offs_n[None, :], accB.to(dB_ptr.dtype.element_ty),
-                 mask=mqn)
-        tl.store(dC_ptr + tok[:, None] * s_dC_t + g * s_dC_g + offs_n[None, :], accC.to(dC_ptr.dtype.element_ty),
-                 mask=mqn)
+        if split == 0:
+            # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
+            qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
+            dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+            dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+            qq_t = offs_q[None, :] * BLOCK_Q + offs_q[:, None]  # the same tiles read transposed
+            base = (row.to(tl.int64) * G + g) * NSLOT
+            for k in range(0, NSLOT):
+                dCB += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq)
+                dCBT += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq_t)
+            Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+            Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+            accC += tl.dot(dCB.to(in_ty), Bn, input_precision=PREC)
+            accB += tl.dot(dCBT.to(in_ty), Cn, input_precision=PREC)
+        out = split.to(tl.int64) * s_split + tok[:, None] * s_dB_t + g * s_dB_g + offs_n[None, :]
+        tl.store(dB_ptr + out, accB.to(dB_ptr.dtype.element_ty), mask=mqn)
+        out = split.to(tl.int64) * s_split + tok[:, None] * s_dC_t + g * s_dC_g + offs_n[None, :]
+        tl.store(dC_ptr + out, accC.to(dC_ptr.dtype.element_ty), mask=mqn)
 
 
 _DBDC = fast_launch(_ssd_bwd_dbdc_kernel)  # cheaper eager launches (samkern/launch.py)
@@ -782,24 +802,35 @@ def ssd_bwd(
     )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
-    dB = torch.empty_like(B)
-    dC = torch.empty_like(C)
     # Wide N-blocks (one program per chunk and group up to N 128, 8 warps for its two [Q, 128]
     # accumulators) read x and dy once instead of once per N-block; they need enough chunks to fill
     # the GPU: B1 L16384 549 -> 440 us, 130m B32 L192 70 -> 67, but 2.7b B16 L192 (48 busy chunk
     # rows) 154 -> 175 (H100, dev-runs/s7-call6)
     wide = busy_rows * G >= 64
     block_nb = _tuned_block("block_nb", 128 if wide else 64, BLOCK_N)
-    _DBDC[(n_rows, G, cdiv(N, block_nb))](
+    n_nb = cdiv(N, block_nb)
+    nsplit = _pick_dbdc_split(HPG, busy_rows * G * n_nb, dev)
+    hps = cdiv(HPG, nsplit)
+    nsplit = cdiv(HPG, hps)
+    if nsplit > 1:  # fp32 partial sums per head split, summed below (no atomics: deterministic)
+        part = torch.empty((2, nsplit, T, G, N), device=dev, dtype=torch.float32)
+        dB, dC = part[0], part[1]
+    else:
+        dB = torch.empty_like(B)
+        dC = torch.empty_like(C)
+    _DBDC[(n_rows, G * nsplit, n_nb)](
         dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
-        T, H * T, P, N, G, HPG, n_slot, H * P * N, nseq, n_search,
+        T, H * T, P, N, G, HPG, nsplit, hps, n_slot, H * P * N, nseq, n_search,
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
-        B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(0), dB.stride(1), dC.stride(0), dC.stride(1),
+        B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(-3), dB.stride(-2), dC.stride(-3),
+        dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
         HAS_Z=z is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
         num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
+    if nsplit > 1:
+        dB, dC = part.sum(1).to(B.dtype).unbind(0)
 
     # the small gradients: one reduction over rows, then views (NPB == 1) where possible; casts
     # only where the parameter is not fp32 (each torch call is host time in eager training)
