@@ -145,19 +145,21 @@ def _min_wave_heads(hpg: int, busy_programs: int, sms: int) -> int:
     return best[1]
 
 
-def _pick_dbdc_split(hpg: int, programs: int, device: torch.device) -> int:
+def _pick_dbdc_split(hpg: int, programs: int, wide: bool, device: torch.device) -> int:
     """Head splits of the dB/dC kernel. One program per (chunk, group, N-block) loops over all the
-    group's heads; with few chunks (2.7b B16 L192: 96 programs of 80 heads for 132 SMs) that leaves
-    SMs idle, so the heads are split until there are about two programs per SM, each split keeping
-    at least 8 heads (every program also pays the row search, the intra-chunk part of split 0 and
-    its stores). ``BWD_TUNING["dbdc_split"]`` overrides."""
+    group's heads; with few chunks that leaves SMs idle, so the narrow-block form (the one taken
+    when chunks are few) splits the heads until every SM has a program, each split keeping at least
+    8 heads. Measured (H100, dev-runs/s12-call5, dB/dC kernel us, splits 1 / 2 / 3 / 4 / 8):
+    2.7b B16 L192 (narrow, 96 programs) 155 / 109 / 129 / 120 / 121; the wide form gains nothing
+    (130m B32 L192 67 / 74 / 76 / 70 / 79, B8 L640 186 / 207 / - / 176 / 169, B1 L16384
+    442 / 457 / - / 484 / 517: the partial sums' traffic and their reduction eat the gain).
+    ``BWD_TUNING["dbdc_split"]`` overrides."""
     v = BWD_TUNING.get("dbdc_split")
     if v is not None:
         return max(1, min(int(v), hpg))
-    if device.type != "cuda":
+    if device.type != "cuda" or wide:
         return 1
-    want = cdiv(2 * num_sms(device), max(1, programs))
-    return max(1, min(want, hpg // 8))
+    return max(1, min(cdiv(num_sms(device), max(1, programs)), hpg // 8))
 
 
 @triton.jit
@@ -786,7 +788,11 @@ def ssd_bwd(
     # dt / dB / dC gradients at N 64, an illegal address at N 256), fp32 is fine; 8 warps are
     # correct at every P x N (benchmarks/results/dev-runs/s5-call4-ssd-diag-*.log)
     num_warps = BWD_TUNING.get("num_warps") or 8
-    num_stages = BWD_TUNING.get("num_stages") or 2
+    # 3 stages: the head loop is the innermost loop since the state terms come from the dS walk,
+    # and Triton's pipeliner now prefetches the next head's tiles (H100, dev-runs/s12-call5, chunk
+    # kernel us, 1 / 2 / 3 stages: 130m B32 L192 187 / 154 / 140, 2.7b B16 L192 305 / 251 / 222,
+    # B8 L640 511 / 418 / 376, B1 L16384 1578 / 1338 / 1152)
+    num_stages = BWD_TUNING.get("num_stages") or 3
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
     _CHUNK[(n_rows, G * NHB, NPB)](
         dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
@@ -809,7 +815,7 @@ def ssd_bwd(
     wide = busy_rows * G >= 64
     block_nb = _tuned_block("block_nb", 128 if wide else 64, BLOCK_N)
     n_nb = cdiv(N, block_nb)
-    nsplit = _pick_dbdc_split(HPG, busy_rows * G * n_nb, dev)
+    nsplit = _pick_dbdc_split(HPG, busy_rows * G * n_nb, wide, dev)
     hps = cdiv(HPG, nsplit)
     nsplit = cdiv(HPG, hps)
     if nsplit > 1:  # fp32 partial sums per head split, summed below (no atomics: deterministic)
