@@ -8,12 +8,15 @@ fwd+bwd with each variant swapped in, and reports the chunk kernel's CUDA time, 
 spills. The variants compute WRONG gradients on purpose; they only price each part:
 
 * ``base``: the shipped kernel (its time is the reference);
-* ``no_state``: the streamed state loop (B dSᵀ, C S_inᵀ, Σ dS∘S_in) removed;
-* ``state_tiles``: that loop replaced by two [Q, P] tile loads (what the kernel would read if the
-  forward stored C S_inᵀ and the dS walk stored B dSᵀ);
+* ``no_tiles``: the two state-tile loads (from the dS walk) replaced by zeros;
 * ``no_dx_dot``: the transposed set (exp of Lᵀ, Mᵀ, the Mᵀ dy dot) removed;
 * ``no_direct``: the direct set (exp of L, the dy xᵀ dot, the [Q, Q] reductions, Σ dCB) removed;
 * ``no_dcb``: only the Σ dCB accumulation removed.
+
+Session 12's run (``dev-runs/s12-call1-*``, at 1075063) priced the kernel as it was then, when it
+streamed both states per head: ``no_state`` (that loop removed) and ``state_tiles`` (the loop
+replaced by two [Q, P] tile loads) took it from 240 to 124 us at 130m B32 L192, which led to the
+state terms moving into the dS walk; those two variants are gone with the loop.
 
 Each variant is also run at a few heads-per-program settings and with a 128-register cap
 (``maxnreg``: two programs per SM instead of one, at the price of spills). Run (device): ``PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_ablate.py``;
@@ -36,13 +39,10 @@ import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 
-_NS_LOOP = "            for n0 in range(0, N, BLOCK_NS):"
-_X_LOAD = "            x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)\n"
-_TILE_LOADS = (
-    "            BdS = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,"
-    " other=0.0).to(tl.float32)\n"
-    "            CS = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp,"
-    " other=0.0).to(tl.float32)\n")
+_TILES = ("            BdS = tl.load(bds_ptr + tile, mask=mqp, other=0.0).to(tl.float32)\n"
+          "            CS = tl.load(csin_ptr + tile, mask=mqp, other=0.0).to(tl.float32)\n")
+_NO_TILES = ("            BdS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)\n"
+             "            CS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)\n")
 _DX = "            dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS"
 _DM = "            dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]"
 _DCB = "            dCB_sum += dML * dtv[None, :]"
@@ -50,8 +50,7 @@ _DCB = "            dCB_sum += dML * dtv[None, :]"
 # variant -> list of (old, new) edits inside the chunk kernel's source
 VARIANTS = {
     "base": [],
-    "no_state": [(_NS_LOOP, "            for n0 in range(0, 0, BLOCK_NS):")],
-    "state_tiles": [(_NS_LOOP, "            for n0 in range(0, 0, BLOCK_NS):"), (_X_LOAD, _TILE_LOADS + _X_LOAD)],
+    "no_tiles": [(_TILES, _NO_TILES)],
     "no_dx_dot": [(_DX, "            dx = w[:, None] * BdS")],
     "no_direct": [(_DM, "            dM = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)"), (_DCB, "")],
     "no_dcb": [(_DCB, "")],

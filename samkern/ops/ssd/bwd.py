@@ -13,22 +13,23 @@ chunks and does all the per-chunk work (the first design) needed 255 registers a
 its dB/dC were summed over heads with atomics. Now:
 
 1. ``_ssd_bwd_dstate_kernel`` — grid (nseq, H, P-blocks): walks a sequence's chunks in
-   reverse with only what ``dS`` needs (``exp(a)``, ``dy``, ``C``) and stores
-   ``dS`` leaving each chunk into ``dstates`` (layout and dtype of ``chunk_states``):
-   ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``, seeded by ``dfinal_states``; after the first
-   chunk ``dS`` is the gradient of the initial state.
+   reverse and stores ``dS`` leaving each chunk into ``dstates`` (layout and dtype of
+   ``chunk_states``): ``dS ← exp(a_last) dS + (exp(a) ∘ dy)ᵀ C``, seeded by ``dfinal_states``;
+   after the first chunk ``dS`` is the gradient of the initial state. At every chunk it also
+   forms what the chunk kernel needs from the states: ``B dSᵀ`` and ``C S_inᵀ`` ([Q, P] tiles,
+   stored into (T, H, P) buffers in the input dtype) and ``Σ dS∘S_in`` (per walk P-block).
 2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks): every chunk is now
    independent. A program forms ``C Bᵀ`` of its chunk once and loops over a block of heads of
-   one group; per head it streams ``S_in`` (``chunk_states``) and ``dS`` (``dstates``) in
-   N-blocks (no [P, N] tile is ever resident) into ``B dSᵀ``, ``C S_inᵀ`` and ``Σ dS∘S_in``, and
-   writes dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its
-   heads and stores that [Q, Q] tile per program (the dB/dC kernel reads it transposed from
-   memory for ``dCBᵀ``: no second dot, no ``tl.trans`` of a dot result).
-3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G, N-blocks): dB/dC of a chunk are sums over the
-   group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
+   one group; per head it loads the two state tiles (no state is read here) and writes dx, dz,
+   ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its heads and stores
+   that [Q, Q] tile per program (the dB/dC kernel reads it transposed from memory for ``dCBᵀ``:
+   no second dot, no ``tl.trans`` of a dot result).
+3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G · head-splits, N-blocks): dB/dC of a chunk are sums
+   over the group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
    Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
-   plain store in the output dtype. No atomics anywhere, so the backward is always
-   deterministic (bitwise reproducible) at no extra cost.
+   plain store in the output dtype (or fp32 partials per head split, summed by torch, when there
+   are few chunks). No atomics anywhere, so the backward is always deterministic (bitwise
+   reproducible) at no extra cost.
 
 Per-chunk gradients (t = output position, s = source position, ``a = cumsum(dt·A)``,
 ``L_ts = exp(a_t − a_s)`` on s ≤ t, ``M_ts = (C Bᵀ)_ts L_ts dt_s``, ``w_s = exp(a_last − a_s) dt_s``):
@@ -59,7 +60,8 @@ Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
 per (row, head) into one small zero-filled fp32 buffer summed by one torch reduction. Extra
-memory: ``dstates`` (as large as ``chunk_states``) and Q² fp32 per (row, group, slot).
+memory: ``dstates`` (as large as ``chunk_states``), the two state tiles (each as large as ``x``)
+and Q² fp32 per (row, group, slot).
 """
 from __future__ import annotations
 
