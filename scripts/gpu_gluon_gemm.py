@@ -146,11 +146,19 @@ def _ws_producer(a_desc, b_desc, ready, empty, a_bufs, b_bufs, M, N, K, B_KMAJOR
 
 
 @gluon.jit
-def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c_smem, M, N, K, WHICH: gl.constexpr,
+def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, turn, a_bufs, b_bufs, c_smem, M, N, K, WHICH: gl.constexpr,
                  B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
                  BN: gl.constexpr, BK: gl.constexpr):
     """One warp group: this program's tiles j = WHICH, WHICH + 2, ... (ping-pong with the other
-    consumer: its epilogue runs under the other's MMAs); releases each slot when its MMA is done."""
+    consumer: its epilogue runs under the other's MMAs); releases each slot when its MMA is done.
+
+    The two consumers' K loops take turns (``turn``: consumer c waits on ``turn[c]`` before its K
+    loop and arrives on ``turn[1 - c]`` after it), as CUTLASS's ping-pong orders them: the ``ready``
+    waits use phase parity only, which cannot tell ring rounds apart, and without the turns
+    consumer 1 would wait for slot ``k_tiles`` (a ring round or more ahead of the producer when
+    ``k_tiles >= NUM_BUF``) while consumer 0 still reads slot 0: it passes at once, reads unfilled
+    buffers and releases slots consumer 0 still uses. (Session 11's version had no turns and died
+    with "unspecified launch failure"; whether this was the cause is untested.)"""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BN, 16])
     num_pid_m = gl.cdiv(M, BM)
@@ -161,6 +169,8 @@ def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c_smem, M
     for j in range(WHICH, gl.cdiv(num_pid_m * num_pid_n - first, step), 2):
         pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
         n0 = j * k_tiles
+        # my turn: consumer 0's first wait passes at once (parity ^ 1, as the producer's first round)
+        mbarrier.wait(turn.index(WHICH), ((j // 2) & 1) ^ (1 - WHICH))
         acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
         for k in range(k_tiles):
             acc = _mma_step(acc, ready, a_bufs, b_bufs, n0 + k, B_KMAJOR, NUM_BUF)
@@ -168,6 +178,7 @@ def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c_smem, M
                 mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+        mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
         tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
@@ -191,14 +202,17 @@ def _ws_gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM
     c1 = gl.allocate_shared_memory(dtype, c_desc.block_type.shape, c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
+    for i in gl.static_range(2):
+        mbarrier.init(turn.index(i), count=1)
     gl.warp_specialize([
-        (_ws_consumer, (a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c0, M, N, K, 0, B_KMAJOR, NUM_BUF,
-                        GROUP_M, BM, BN, BK)),
-        (_ws_consumer, (a_desc, b_desc, c_desc, ready, empty, a_bufs, b_bufs, c1, M, N, K, 1, B_KMAJOR, NUM_BUF,
-                        GROUP_M, BM, BN, BK)),
+        (_ws_consumer, (a_desc, b_desc, c_desc, ready, empty, turn, a_bufs, b_bufs, c0, M, N, K, 0, B_KMAJOR,
+                        NUM_BUF, GROUP_M, BM, BN, BK)),
+        (_ws_consumer, (a_desc, b_desc, c_desc, ready, empty, turn, a_bufs, b_bufs, c1, M, N, K, 1, B_KMAJOR,
+                        NUM_BUF, GROUP_M, BM, BN, BK)),
         (_ws_producer, (a_desc, b_desc, ready, empty, a_bufs, b_bufs, M, N, K, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN,
                         BK)),
     ], [4, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
@@ -236,7 +250,8 @@ CONFIGS = [(128, 256, 64, 8, 3, 8, 1), (256, 128, 64, 8, 3, 8, 1), (128, 128, 64
            (128, 128, 64, 4, 2, 8, 2), (128, 128, 64, 8, 4, 8, 1),
            # warp-specialised ping-pong: 4-warp consumers hold a 128x128 fp32 accumulator each
            # (s11-call9: one producer warp with setmaxnreg -> "unspecified launch failure"; Hopper's
-           # setmaxnreg is per warp group, so the producer gets a whole warp group below)
+           # setmaxnreg is per warp group, so the producer gets a whole warp group below; s11-call10
+           # still failed; session 12 added the consumers' turns (see _ws_consumer), not yet run)
            (128, 128, 64, 4, 4, 8, 1, "ws", (4, 232, 40)), (128, 128, 64, 4, 4, 8, 1, "ws", (4, 168, 168)),
            (128, 128, 64, 4, 5, 8, 1, "ws", (4, 232, 40))]
 if os.environ.get("GLUON_ONLY_WS") == "1":
