@@ -427,6 +427,15 @@ def test_bwd_rejects_bad_tuning(name, value, kernel_device):
         run_kernel(case, 16, cs, kernel_device)
 
 
+def test_bwd_rejects_too_many_walk_p_blocks(kernel_device):
+    """More than 16 dS-walk P-blocks (here P 272 in blocks of 16) is refused with a clear message
+    rather than silently dropping Σ dS ∘ S_in partials."""
+    case = make_case([20], H=1, G=1, P=272, N=16)
+    _, cs = reference_grads(case, block_q=16)
+    with bwd_tuning(scan_block_p=16), pytest.raises(ValueError, match="dS-walk P-blocks"):
+        run_kernel(case, 16, cs, kernel_device)
+
+
 @pytest.mark.parametrize("bad, match", [
     (dict(x=torch.randn(32, 2)), "x must have 3 dimensions"),
     (dict(dout=torch.randn(32, 2, 8)), "dout must have shape"),

@@ -768,6 +768,8 @@ def ssd_bwd(
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
     tile_dtype = torch.float32 if BWD_TUNING.get("state_tiles_fp32") else x.dtype
     npbw = walk_p_blocks(P, BLOCK_P)
+    if npbw > 16:  # the chunk kernel sums the walk's Σ dS ∘ S_in partials as one 16-wide vector
+        raise ValueError(f"headdim {P} needs {npbw} dS-walk P-blocks; at most 16 are supported (raise scan_block_p)")
     tiles = (torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # B dSᵀ
              torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # C S_inᵀ
              torch.empty((n_rows, H, npbw), device=dev, dtype=torch.float32))  # Σ dS ∘ S_in partials
