@@ -19,7 +19,8 @@ replaced by two [Q, P] tile loads) took it from 240 to 124 us at 130m B32 L192, 
 state terms moving into the dS walk; those two variants are gone with the loop.
 
 Each variant is also run at a few heads-per-program settings and with a 128-register cap
-(``maxnreg``: two programs per SM instead of one, at the price of spills). Run (device): ``PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_ablate.py``;
+(``maxnreg``: two programs per SM instead of one, at the price of spills).
+Run (device): ``PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_ablate.py``;
 ``--offline`` compiles every variant for sm_90 here (registers and spills only, no GPU).
 Environment: ``SSD_ABLATE_SHAPES`` (``bench_ssd.SHAPES`` names), ``SSD_ABLATE_HB`` (JSON list of
 ``heads_per_program`` values, null = the heuristic), ``SSD_ABLATE_MAXNREG`` (JSON list of register
