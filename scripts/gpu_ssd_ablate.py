@@ -92,15 +92,6 @@ def build(name: str):
     return mod
 
 
-def _meta(fn) -> list:
-    out = []
-    for cache in fn.device_caches.values():
-        for ck in cache[0].values():
-            ck._init_handles()
-            out.append({"regs": ck.n_regs, "spills": ck.n_spills, "smem": ck.metadata.shared})
-    return out
-
-
 def offline() -> None:
     """Registers / spills of every variant at the 130m shape, compiled for sm_90 without a GPU
     (``ssd_regs_offline``'s capture of one training step's launches, no z as in the benchmark)."""
@@ -123,7 +114,7 @@ def main() -> None:
     import torch
     from benchmarks.harness import time_graph
     from benchmarks.ops.bench_ssd import SHAPES, fwdbwd_fn, make_inputs
-    from gpu_ssd_profile import kernel_times
+    from gpu_ssd_profile import kernel_meta, kernel_times
     from samkern.backend import num_sms
     from samkern.ops.ssd.chunk import ssd_chunk_scan
 
@@ -159,7 +150,7 @@ def main() -> None:
                 result.setdefault(shape, {})[f"{name}/maxnreg={cap}/hb={hb}"] = row
                 print(shape, name, "maxnreg", cap, "hb", hb, row, flush=True)
     for name, mod in mods.items():
-        result.setdefault("meta", {})[name] = _meta(mod._ssd_bwd_chunk_kernel)
+        result.setdefault("meta", {})[name] = kernel_meta(mod._ssd_bwd_chunk_kernel)
         print("meta", name, result["meta"][name], flush=True)
     with open(os.path.join(OUT, "ssd-ablate.json"), "w") as fh:
         json.dump(result, fh, indent=1)

@@ -61,21 +61,27 @@ def kernel_times(fn, iters: int = 5, counts: Optional[dict] = None) -> dict:
     return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
 
 
-def bwd_kernel_meta() -> list:
-    """Registers / spills / shared memory of every compiled variant of the backward kernels so far
-    (cumulative over the shapes and sweep settings of the run; variants are not labelled)."""
+def kernel_meta(fn) -> list:
+    """Registers / spills / warps / stages / shared memory of every compiled variant of one
+    ``@triton.jit`` kernel so far (variants are not labelled)."""
     out = []
-    for fn in (bwd_mod._ssd_bwd_dstate_kernel, bwd_mod._ssd_bwd_chunk_kernel, bwd_mod._ssd_bwd_dbdc_kernel):
-        for cache in fn.device_caches.values():
-            for ck in cache[0].values():
-                try:
-                    ck._init_handles()
-                    out.append({"kernel": fn.__name__, "regs": ck.n_regs, "spills": ck.n_spills,
-                                "warps": ck.metadata.num_warps, "stages": ck.metadata.num_stages,
-                                "smem": ck.metadata.shared})
-                except Exception as e:  # noqa: BLE001
-                    out.append({"kernel": fn.__name__, "error": repr(e)})
+    for cache in fn.device_caches.values():
+        for ck in cache[0].values():
+            try:
+                ck._init_handles()
+                out.append({"kernel": fn.__name__, "regs": ck.n_regs, "spills": ck.n_spills,
+                            "warps": ck.metadata.num_warps, "stages": ck.metadata.num_stages,
+                            "smem": ck.metadata.shared})
+            except Exception as e:  # noqa: BLE001
+                out.append({"kernel": fn.__name__, "error": repr(e)})
     return out
+
+
+def bwd_kernel_meta() -> list:
+    """:func:`kernel_meta` of the three backward kernels (cumulative over the shapes and sweep
+    settings of the run)."""
+    return [m for fn in (bwd_mod._ssd_bwd_dstate_kernel, bwd_mod._ssd_bwd_chunk_kernel,
+                         bwd_mod._ssd_bwd_dbdc_kernel) for m in kernel_meta(fn)]
 
 
 def main() -> None:

@@ -644,13 +644,14 @@ def dstate_walk(
     bds, cs_tile, sds = tiles if dstates is not None else (dummy, dummy, dummy)
     nseq = cu_seqlens.shape[0] - 1
     scan_bp = _tuned_block("scan_block_p", block_p, block_p)
+    n_pb = cdiv(P, scan_bp)  # = walk_p_blocks(P, block_p)
     Bt = B if B is not None else C
-    _DSTATE[(nseq, H, cdiv(P, scan_bp))](
+    _DSTATE[(nseq, H, n_pb)](
         dout, z if z is not None else dout, dtc, Bt, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else dummy,
         chunk_states if chunk_states is not None else dummy,
         dstates if dstates is not None else dummy, dinit if dinit is not None else dummy, bds, cs_tile, sds,
-        T, H * T, H, P, N, H // G, H * P * N, cdiv(P, scan_bp),
+        T, H * T, H, P, N, H // G, H * P * N, n_pb,
         dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
         Bt.stride(0), Bt.stride(1), C.stride(0), C.stride(1),
         HAS_Z=z is not None,
