@@ -86,6 +86,7 @@ def main() -> None:
     print("choices:", {k[2:]: v for k, v in lt.tuning_choices().items()})
 
     from samkern.ops.ssd.chunk import ssd_chunk_scan
+    dev, dt = "cuda", torch.bfloat16
     b, L, H, P, Nst = 1, 64, 4, 64, 128
     kw = dict(x=torch.randn(b, L, H, P, device=dev, dtype=dt), dt=torch.randn(b, L, H, device=dev) * 0.5,
               A=-(torch.rand(H, device=dev) + 0.5), B=torch.randn(b, L, 1, Nst, device=dev, dtype=dt),
