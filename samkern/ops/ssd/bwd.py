@@ -58,11 +58,12 @@ benchmark shapes (A/B in one device call, `dev-runs/s7-call2-*`). Its memory: 12
 
 Known-zero states. Without ``dfinal_states`` the dS leaving a sequence's last chunk is zero, and
 without ``initial_states`` the state entering its first chunk is zero: the walk does not store
-the former (nor read the latter) and the dB/dC kernel reads neither, through load / store masks
-(no traffic), not branches. At SAM's L192 (three chunks of 64) that is a third of the walk's
-state reads and dS writes and of the dB/dC state reads: fwd+bwd under graphs 366 -> 355 us
-(130m B32 L192), 581 -> 567 (2.7b B16 L192), 970 -> 963 (B8 L640) on an H100
-(``dev-runs/s13-call5-*``). Skipping the dots themselves behind ``if`` was slower (walk 65 -> 70
+the former (nor read the latter), nor the ``B dSᵀ`` / ``C S_inᵀ`` tiles made from them, and the
+chunk and dB/dC kernels read none of them, through load / store masks (no traffic), not
+branches. At SAM's L192 (three chunks of 64) that is a third of the walk's state reads, dS and
+tile writes, and of the dB/dC state and chunk-kernel tile reads: fwd+bwd under graphs 366 -> 349
+us (130m B32 L192), 581 -> 556 (2.7b B16 L192), 970 -> 964 (B8 L640) on an H100, no change at
+B1 L16384 (``dev-runs/s13-call5-*``, ``s13-call6-*``). Skipping the dots themselves behind ``if`` was slower (walk 65 -> 70
 us, forward 75 -> 113 with the same treatment): branches inside the chunk loop stop Triton's
 pipeliner from prefetching (``dev-runs/s13-call4-*``).
 
@@ -259,8 +260,8 @@ def _ssd_bwd_dstate_kernel(
             cs_t = tl.dot(S_in.to(in_ty), tl.trans(Cm), input_precision=PREC)  # [P, Q] = (C S_inᵀ)ᵀ
             tile = tok[None, :] * (H * P) + pid_h * P + offs_p[:, None]
             mpq = mp[:, None] & mq[None, :]
-            tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq)
-            tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq)
+            tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq & ((ci > 0) | HAS_DFINAL))
+            tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq & ((c > 0) | HAS_INIT))
         last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
         _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
         dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
@@ -336,7 +337,8 @@ def _ssd_bwd_chunk_kernel(
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
     s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
     # meta
-    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, PREC: tl.constexpr,
+    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -372,6 +374,9 @@ def _ssd_bwd_chunk_kernel(
         # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s: the dB/dC kernel turns it into the
         # intra-chunk parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
         dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+        # the walk stores no state tile where it is known to be zero (module docstring)
+        need_ds = (cstart + BLOCK_Q < end) | HAS_DFINAL
+        need_sin = (cstart > start) | HAS_INIT
 
         h0 = g * HPG + hb * HB
         n_h = tl.minimum(HB, HPG - hb * HB)
@@ -387,8 +392,8 @@ def _ssd_bwd_chunk_kernel(
             # the state terms, from the dS walk's tiles (no [P, N] state is read here):
             # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P])
             tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
-            BdS = tl.load(bds_ptr + tile, mask=mqp, other=0.0).to(tl.float32)
-            CS = tl.load(csin_ptr + tile, mask=mqp, other=0.0).to(tl.float32)
+            BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)
+            CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)
 
             x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
             dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
@@ -823,7 +828,8 @@ def ssd_bwd(
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         (D.stride(0) if D is not None else 0),
-        HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None, PREC=PREC,
+        HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
+        HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
         num_warps=num_warps, num_stages=num_stages,
     )
