@@ -633,8 +633,11 @@ def test_bwd_one_million_tokens_int64():
     n_chunks = T // bq  # T is a multiple of bq here
     cs_tail = torch.zeros(T_tail // bq + 1, H, P, N, device=dev)
     cs_tail[: T_tail // bq] = cs[n_chunks - T_tail // bq: n_chunks]
+    # the tail run's first chunk starts a sequence: its entering state must come as an initial
+    # state (without one the backward takes it as zero, which is what the forward stores there)
     tail = ssd_bwd(dout[-T_tail:], x[-T_tail:], dt[-T_tail:], A, B[-T_tail:], C[-T_tail:],
-                   torch.tensor([0, T_tail], dtype=torch.int32, device=dev), idx, cs_tail, bq)
+                   torch.tensor([0, T_tail], dtype=torch.int32, device=dev),
+                   torch.zeros(1, dtype=torch.int32, device=dev), cs_tail, bq, initial_states=cs_tail[:1].clone())
     for i, name in enumerate(("dx", "ddt")):
         assert bool(torch.isfinite(long[i]).all()), f"{name}: unwritten (NaN) elements"
         assert_close(name, long[i][-T_tail:], tail[i], rtol=1e-6)

@@ -729,6 +729,9 @@ def ssd_bwd(
         chunk_states: (T // block_q + nseq, H, P, N) fp32 or bf16 (what the forward stored, see
             ``fwd.chunk_state_dtype``), the state entering each internal chunk; sequence i's
             k-th chunk at row ``cu[i] // block_q + i + k``. ``dstates`` get the same dtype.
+            A sequence's first row is read only with ``initial_states``: without them the state
+            entering it is zero (what the forward stores there; module docstring, "Known-zero
+            states").
         block_q: internal chunk length used by the forward (power of two ≥ 16).
         D: (H,) or (H, P); z: (T, H, P); dt_bias: (H,); initial_states: (batch, H, P, N).
         dt_softplus, dt_limit: dt processing, as in the forward.
