@@ -40,8 +40,8 @@ import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 
-_TILES = ("            BdS = tl.load(bds_ptr + tile, mask=mqp, other=0.0).to(tl.float32)\n"
-          "            CS = tl.load(csin_ptr + tile, mask=mqp, other=0.0).to(tl.float32)\n")
+_TILES = ("            BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)\n"
+          "            CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)\n")
 _NO_TILES = ("            BdS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)\n"
              "            CS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)\n")
 _DX = "            dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS"
