@@ -57,15 +57,15 @@ in one extra launch for a backward called without them. Redoing that processing 
 benchmark shapes (A/B in one device call, `dev-runs/s7-call2-*`). Its memory: 12 bytes per (token, head).
 
 Known-zero states. Without ``dfinal_states`` the dS leaving a sequence's last chunk is zero, and
-without ``initial_states`` the state entering its first chunk is zero: the walk does not store
-the former (nor read the latter), nor the ``B dSᵀ`` / ``C S_inᵀ`` tiles made from them, and the
-chunk and dB/dC kernels read none of them, through load / store masks (no traffic), not
-branches. At SAM's L192 (three chunks of 64) that is a third of the walk's state reads, dS and
-tile writes, and of the dB/dC state and chunk-kernel tile reads: fwd+bwd under graphs 366 -> 349
-us (130m B32 L192), 581 -> 556 (2.7b B16 L192), 970 -> 964 (B8 L640) on an H100, no change at
-B1 L16384 (``dev-runs/s13-call5-*``, ``s13-call6-*``). Skipping the dots themselves behind ``if`` was slower (walk 65 -> 70
-us, forward 75 -> 113 with the same treatment): branches inside the chunk loop stop Triton's
-pipeliner from prefetching (``dev-runs/s13-call4-*``).
+without ``initial_states`` the state entering its first chunk is zero: the walk does not store the
+former (nor read the latter), nor the ``B dSᵀ`` / ``C S_inᵀ`` tiles made from them, and the chunk
+and dB/dC kernels read none of them, through load / store masks (no traffic), not branches. At
+SAM's L192 (three chunks of 64) that is a third of the walk's state reads, dS and tile writes, and
+of the dB/dC state and chunk-kernel tile reads: fwd+bwd under graphs 366 -> 349 us (130m B32 L192),
+581 -> 556 (2.7b B16 L192), 970 -> 964 (B8 L640) on an H100, no change at B1 L16384
+(``dev-runs/s13-call5-*``, ``s13-call6-*``). Skipping the dots themselves behind ``if`` was slower
+(walk 65 -> 70 us, forward 75 -> 113 with the same treatment): branches inside the chunk loop stop
+Triton's pipeliner from prefetching (``dev-runs/s13-call4-*``).
 
 Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``x dS``, so
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner

@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# A/B of the SSD kernels: a base commit against the working tree, both profiled in ONE device call
+# (per-kernel CUDA time and the fwd+bwd CUDA-graph total, scripts/gpu_ssd_profile.py), so that host
+# drift between calls cannot fake a difference (session 13 used it for every kernel change).
+#
+#   bash scripts/gpu_ssd_ab.sh prepare <base-rev>   # here: writes ./abbase/ (untracked, NOT ignored,
+#                                                   # so it travels with the tree; never commit it)
+#   bash scripts/gpu_ssd_ab.sh run                  # device, carry [".gpu-kit"]: logs in $OUT
+#   rm -rf abbase                                   # here, afterwards
+#
+# Environment: SSD_PROFILE_SHAPES (default: the four harness shapes), SSD_PROFILE_SWEEP (default
+# '[{}]': the shipped launch settings only), AB_LIMIT (seconds per tree, default 200).
+set -uo pipefail
+case ${1:-} in
+prepare)
+  rev=${2:?base revision}
+  rm -rf abbase && mkdir abbase && git archive "$rev" samkern scripts benchmarks | tar -x -C abbase
+  echo "abbase/ = $(git rev-parse --short=12 "$rev"); remove it after the device call"
+  ;;
+run)
+  OUT=${OUT:-/tmp/samkern-out}; mkdir -p "$OUT/base" "$OUT/tree"
+  [ -d abbase ] || { echo "no abbase/: run 'prepare <rev>' here first"; exit 1; }
+  source .gpu-kit/peers.sh >/dev/null
+  export PYTHONPATH="$PWD:$PYTHONPATH" PYTHONUNBUFFERED=1 SSD_PROFILE_PEER=0
+  export SSD_PROFILE_SHAPES=${SSD_PROFILE_SHAPES:-130m-B32-L192,2.7b-B16-L192,2.7b-B8-L640,2.7b-B1-L16384}
+  export SSD_PROFILE_SWEEP=${SSD_PROFILE_SWEEP:-'[{}]'}
+  python3 -m pip install -q --no-build-isolation --no-deps -e . >/dev/null 2>&1
+  # the profile script puts its own tree first on sys.path, so abbase/'s copy profiles the base
+  (cd abbase && OUT=$OUT/base timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py) >"$OUT/profile-base.log" 2>&1
+  echo "base rc $?"
+  OUT=$OUT/tree timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py >"$OUT/profile-tree.log" 2>&1
+  echo "tree rc $?"
+  for f in base tree; do echo "## $f"; grep -E "^==|fwdbwd_graph|Error" "$OUT/profile-$f.log" | cut -c1-250; done
+  ;;
+*) echo "usage: $0 prepare <base-rev> | run"; exit 2 ;;
+esac
