@@ -192,6 +192,25 @@ def test_bwd_matches_recurrence_fp32(name, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+def test_bwd_first_row_states_unread_without_initial_states(kernel_device):
+    """The known-zero contract (``bwd.py`` docstring, "Known-zero states"): without
+    ``initial_states`` the state entering a sequence's first chunk is zero and its chunk-state row
+    is never read. NaN in those rows must not reach any gradient, and the gradients must still be
+    the recurrence's (multi-chunk ragged sequences, no d final_states: the last-chunk masks too)."""
+    case = make_case(T_lens=[40, 23, 16], H=2, G=1, P=16, N=16, D="head", dt_bias=True, softplus=True)
+    ref, cs = reference_grads(case, block_q=16)
+    cu = case["cu"]
+    first_rows = [cu[i] // 16 + i for i in range(len(cu) - 1)]
+    assert all(bool((cs[r] == 0).all()) for r in first_rows)  # what the forward stores there
+    cs = cs.clone()
+    cs[first_rows] = float("nan")
+    got = run_kernel(case, 16, cs, kernel_device)
+    for name, g in got.items():
+        if g is not None:
+            assert bool(torch.isfinite(g).all()), f"{name}: a first-row state was read"
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
+
 @pytest.mark.parametrize("softplus,dt_limit", [(True, (0.06, 0.25)), (False, (0.0, math.inf))])
 def test_dt_cache_matches_reference(softplus, dt_limit, kernel_device):
     """The dt cache the forward stores (``ssd_fwd(dt_cache_out=...)``) and the one
