@@ -202,6 +202,14 @@ def _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mask, s_dout_t, s_dout_h, s_z_t, s
 
 
 @triton.jit
+def _may_be_nonzero(start, end, cstart, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, BLOCK_Q: tl.constexpr):
+    """(dS leaving the chunk at ``cstart`` may be nonzero, the state entering it may be nonzero):
+    the dS walk stores neither where it is known to be zero (module docstring, "Known-zero
+    states"), so the chunk and dB/dC kernels must not read them there."""
+    return (cstart + BLOCK_Q < end) | HAS_DFINAL, (cstart > start) | HAS_INIT
+
+
+@triton.jit
 def _ssd_bwd_dstate_kernel(
     dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr, cs_ptr,
     ds_ptr, dinit_ptr, bds_ptr, csin_ptr, sds_ptr,
@@ -374,9 +382,7 @@ def _ssd_bwd_chunk_kernel(
         # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s: the dB/dC kernel turns it into the
         # intra-chunk parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
         dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-        # the walk stores no state tile where it is known to be zero (module docstring)
-        need_ds = (cstart + BLOCK_Q < end) | HAS_DFINAL
-        need_sin = (cstart > start) | HAS_INIT
+        need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
 
         h0 = g * HPG + hb * HB
         n_h = tl.minimum(HB, HPG - hb * HB)
@@ -511,9 +517,7 @@ def _ssd_bwd_dbdc_kernel(
         mqn = mq[:, None] & mn[None, :]
         accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
-        # known zeros, as in the dS walk (which does not store dS leaving a last chunk there)
-        need_ds = (cstart + BLOCK_Q < end) | HAS_DFINAL
-        need_sin = (cstart > start) | HAS_INIT
+        need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
         for j in range(split * HPS, tl.minimum(split * HPS + HPS, HPG)):
             h = g * HPG + j
             dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
