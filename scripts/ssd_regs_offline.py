@@ -130,7 +130,7 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         if bwd_mod.BWD_TUNING.get("split_chunk"):  # (the keyword exists where the split form does)
             y_kw = {"y_out": torch.zeros_like(x)}
         fwd_mod.ssd_fwd(x, dt, A, Bm, Cm, cu, None, D=D, z=z, dt_bias=dtb, dt_softplus=True,
-                        want_chunk_states=True, block_q=bq, **y_kw)
+                        want_chunk_states=True, block_q=bq, skip_unread_rows=True, **y_kw)
         cs = torch.zeros(T // bq + batch, H, P, N)
         bwd_mod.ssd_bwd(torch.zeros_like(x), x, dt, A, Bm, Cm, cu, None, cs, bq, D=D, z=z, dt_bias=dtb,
                         dt_softplus=True, validate=False, **({"y_pre": y_kw["y_out"]} if y_kw else {}))

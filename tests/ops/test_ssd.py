@@ -230,6 +230,37 @@ def test_launcher_chunk_states_layout(block_q):
         assert_close(f"final seq {i}", fin[i], r_fin[0], 2e-5)
 
 
+def test_launcher_skip_unread_rows(monkeypatch):
+    """``skip_unread_rows`` (the autograd path): the rows the backward reads are the same as with
+    every row written; each sequence's first row (no initial states) and the rows past its last
+    chunk are left as allocated (NaN-poisoned here), i.e. not written at all."""
+    lens, Q = [37, 5, 40], 16
+    T, H, P, N = sum(lens), 2, 16, 16
+    cu = torch.tensor([0, 37, 42, 82], dtype=torch.int32, device=DEV)
+    x, dt = torch.randn(T, H, P, device=DEV), torch.rand(T, H, device=DEV) * 0.5
+    A = -(torch.rand(H, device=DEV) + 0.5)
+    B, C = torch.randn(T, 1, N, device=DEV), torch.randn(T, 1, N, device=DEV)
+    full = ssd_fwd(x, dt, A, B, C, cu, None, want_chunk_states=True, block_q=Q)[2]
+    real_empty = torch.empty
+
+    def poisoned_empty(*args, **kwargs):
+        t = real_empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    monkeypatch.setattr(fwd_mod.torch, "empty", poisoned_empty)
+    out, _, cst, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_chunk_states=True, block_q=Q, skip_unread_rows=True)
+    monkeypatch.undo()
+    read = []
+    for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
+        row0, n_chunks = s // Q + i, -(-(e - s) // Q)
+        read += range(row0 + 1, row0 + n_chunks)  # chunks 1.. (chunk 0's entering state is zero)
+    unread = sorted(set(range(cst.shape[0])) - set(read))
+    assert read and unread
+    assert_exact("read rows", cst[read], full[read])
+    assert bool(torch.isnan(cst[unread]).all()), "an unread row was written"
+    assert bool(torch.isfinite(out).all())
+
+
 GRAD_CASES = {
     "plain": (2, 35, 2, 16, 16, 1, dict(softplus=False)),
     "all_features": (2, 37, 4, 12, 10, 2, dict(D="head", z=True, dt_bias=True, init=True, dt_limit=(0.05, 1.5))),

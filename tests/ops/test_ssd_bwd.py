@@ -135,6 +135,22 @@ def bwd_tuning(**overrides):
         bwd_mod.BWD_TUNING.update(old)
 
 
+@contextlib.contextmanager
+def poisoned_empty():
+    """``torch.empty`` returns NaN-filled floating tensors (every buffer a kernel must fill)."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t
+
+    torch.empty = empty
+    try:
+        yield
+    finally:
+        torch.empty = real
+
+
 def run_kernel(case, block_q, cs, device, block_p=None):
     inp = {k: (None if v is None else v.to(device)) for k, v in case["inp"].items()}
     cu = torch.tensor(case["cu"], dtype=torch.int32, device=device)
@@ -295,14 +311,27 @@ def test_bwd_deterministic(kernel_device):
 @pytest.mark.parametrize("heads_per_program,scan_block_p", [(1, None), (2, 16), (3, None), (5, 16)])
 def test_bwd_head_blocks(heads_per_program, scan_block_p, kernel_device):
     """The chunk kernel's head loop: 5 heads of one group and 6 heads in 2 groups, split into
-    head-blocks of 1, 2 (ragged tail), 3 and 5 heads; the dS kernel with a narrower P-block."""
-    with bwd_tuning(heads_per_program=heads_per_program, scan_block_p=scan_block_p):
+    head-blocks of 1, 2 (ragged tail), 3 and 5 heads; the dS kernel with a narrower P-block.
+    Equal 24-token sequences leave a row past each sequence's end, whose programs must write zero
+    partials: buffers come NaN-poisoned, so anything a kernel leaves unwritten reaches a gradient."""
+    with bwd_tuning(heads_per_program=heads_per_program, scan_block_p=scan_block_p), poisoned_empty():
         for H, G in ((5, 1), (6, 2)):
-            case = make_case([21, 35], H=H, G=G, P=32, N=16, D="head", dt_bias=True, softplus=True,
-                             n_init=1, init_idx=[0, -1], dfinal=True)
-            ref, cs = reference_grads(case, block_q=16)
-            got = run_kernel(case, 16, cs, kernel_device)
-            check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+            for lens in ([21, 35], [24, 24, 24]):
+                case = make_case(lens, H=H, G=G, P=32, N=16, D="head", dt_bias=True, softplus=True,
+                                 n_init=1, init_idx=[0] + [-1] * (len(lens) - 1), dfinal=True)
+                ref, cs = reference_grads(case, block_q=16)
+                got = run_kernel(case, 16, cs, kernel_device)
+                check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
+
+def test_bwd_without_d_poisoned(kernel_device):
+    """No D, z, dt_bias (the partials buffer has no dD columns) and a row past each sequence's
+    end, with NaN-poisoned buffers."""
+    with poisoned_empty():
+        case = make_case([40, 40], H=4, G=2, P=16, N=16)
+        ref, cs = reference_grads(case, block_q=16)
+        got = run_kernel(case, 16, cs, kernel_device)
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
 @pytest.mark.parametrize("tiles_fp32", [False, True])

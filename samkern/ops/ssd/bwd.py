@@ -70,7 +70,8 @@ Triton's pipeliner from prefetching (``dev-runs/s13-call4-*``).
 Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``x dS``, so
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
-per (row, head) into one small zero-filled fp32 buffer summed by one torch reduction. Extra
+per (row, head) into one small fp32 buffer (rows past a sequence's end: zeros written by their
+programs, so no zero fill) summed by one torch reduction. Extra
 memory: ``dstates`` (as large as ``chunk_states``), the two state tiles (each as large as ``x``)
 and Q² fp32 per (row, group, slot).
 """
@@ -340,14 +341,14 @@ def _ssd_bwd_chunk_kernel(
     # outputs
     dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
     # sizes
-    T, HT, H, P, N, G, HPG, HB, NHB, NPB, NPBW, RED_W, NSEQ, n_search,
+    T, HT, H, P, N, G, HPG, HB, NHB, NPB, NPBW, RED_D, RED_W, NSEQ, n_search,
     # strides (last dims are contiguous; these are the token / head / group strides)
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
     s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
     # meta
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_gh = tl.program_id(1)
@@ -356,7 +357,7 @@ def _ssd_bwd_chunk_kernel(
     hb = pid_gh % NHB
     in_ty = x_ptr.dtype.element_ty
     start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
-    # rows past a sequence's last chunk hold no tokens (their red entries stay zero)
+    # rows past a sequence's last chunk hold no tokens: zero partials (the else branch)
     if cstart < end:
         offs_q = tl.arange(0, BLOCK_Q)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
@@ -469,17 +470,25 @@ def _ssd_bwd_chunk_kernel(
             ddt_pre = (ddt_dir + A_h * rc) * chain
             tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
 
-            # small per-(row, head) partials: [dD (P) | dA (NPB) | ddt_bias (NPB)]
+            # small per-(row, head) partials: [dD (RED_D = P, 0 without D) | dA (NPB) | ddt_bias (NPB)]
             red_base = (row.to(tl.int64) * H + h) * RED_W
             if HAS_D:
                 tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
-            tl.store(red_ptr + red_base + P + pid_p, tl.sum(dtv * rc, axis=0))
-            tl.store(red_ptr + red_base + P + NPB + pid_p, tl.sum(ddt_pre, axis=0))
+            tl.store(red_ptr + red_base + RED_D + pid_p, tl.sum(dtv * rc, axis=0))
+            tl.store(red_ptr + red_base + RED_D + NPB + pid_p, tl.sum(ddt_pre, axis=0))
 
         # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
         slot = (row.to(tl.int64) * G + g) * (NHB * NPB) + hb * NPB + pid_p
         qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
         tl.store(dcb_ptr + slot * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
+    elif pid_p == 0:
+        # the reduction over rows reads every row's partials: these programs write their zeros,
+        # which saves the buffer a zero fill (one launch fewer)
+        offs_w = tl.arange(0, RED_WP)
+        h0 = g * HPG + hb * HB
+        for j in range(0, tl.minimum(HB, HPG - hb * HB)):
+            tl.store(red_ptr + (row.to(tl.int64) * H + h0 + j) * RED_W + offs_w,
+                     tl.zeros([RED_WP], dtype=tl.float32), mask=offs_w < RED_W)
 
 
 _CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/launch.py)
@@ -813,8 +822,9 @@ def ssd_bwd(
     ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
     n_slot = NHB * NPB
     dcb = torch.empty((n_rows, G, n_slot, block_q, block_q), device=dev, dtype=torch.float32)
-    red_w = P + 2 * NPB
-    red = torch.zeros((n_rows, H, red_w), device=dev, dtype=torch.float32)
+    red_d = P if D is not None else 0
+    red_w = red_d + 2 * NPB
+    red = torch.empty((n_rows, H, red_w), device=dev, dtype=torch.float32)  # every element written
     n_search = _n_search(nseq)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
     # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
@@ -831,13 +841,13 @@ def ssd_bwd(
         dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         cu_seqlens, *tiles,
         dx, dz, ddt_part, dcb, red,
-        T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_w, nseq, n_search,
+        T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_d, red_w, nseq, n_search,
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1),
         (D.stride(0) if D is not None else 0),
         HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
         num_warps=num_warps, num_stages=num_stages,
     )
 
@@ -875,14 +885,14 @@ def ssd_bwd(
     # the small gradients: one reduction over rows, then views (NPB == 1) where possible; casts
     # only where the parameter is not fp32 (each torch call is host time in eager training)
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
-    red_sum = red.sum(0)  # (H, red_w) = [dD (P) | dA (NPB) | ddt_bias (NPB)]
-    dA = red_sum[:, P] if NPB == 1 else red_sum[:, P:P + NPB].sum(-1)
+    red_sum = red.sum(0)  # (H, red_w) = [dD (red_d = P, 0 without D) | dA (NPB) | ddt_bias (NPB)]
+    dA = red_sum[:, red_d] if NPB == 1 else red_sum[:, red_d:red_d + NPB].sum(-1)
     dD = None
     if D is not None:
         dD = _as_dtype(red_sum[:, :P] if D.dim() == 2 else red_sum[:, :P].sum(-1), D.dtype)
     ddt_bias = None
     if dt_bias is not None:
-        ddt_bias = _as_dtype(red_sum[:, P + 1] if NPB == 1 else red_sum[:, P + NPB:].sum(-1), dt_bias.dtype)
+        ddt_bias = _as_dtype(red_sum[:, red_d + 1] if NPB == 1 else red_sum[:, red_d + NPB:].sum(-1), dt_bias.dtype)
     dinitial = _as_dtype(dinit, initial_states.dtype) if initial_states is not None else None
     return (dx, _as_dtype(ddt, dt.dtype), _as_dtype(dA, A.dtype), dB, dC, dD,
             dz if z is not None else None, ddt_bias, dinitial)

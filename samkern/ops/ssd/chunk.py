@@ -241,7 +241,8 @@ class SSDChunkScanFunction(torch.autograd.Function):
             out, final, cstates, bq = ssd_fwd(
                 xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
                 dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
-                want_final_states=want_final, block_q=block_q, dt_cache_out=dtc)
+                want_final_states=want_final, block_q=block_q, dt_cache_out=dtc,
+                skip_unread_rows=True)  # cstates stay private to this function and its backward
         if final is None:
             final = x.new_empty((0,), dtype=torch.float32)
         if need_grad:

@@ -118,7 +118,7 @@ def _ssd_fwd_kernel(
     HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
     STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, WRITE_DECAY: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_UNREAD: tl.constexpr = False,
 ):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -172,7 +172,10 @@ def _ssd_fwd_kernel(
         offs_t = start + c * BLOCK_Q + offs_q
         mask_t = offs_t < end
         if WRITE_CHUNK:
-            tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty), mask=mask_np)
+            # SKIP_UNREAD: without initial states the state entering the first chunk is zero and
+            # the backward never reads it (bwd.py, "Known-zero states"): a mask, not a branch
+            tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty),
+                     mask=mask_np & ((c > 0) | HAS_INIT | (not SKIP_UNREAD)))
 
         # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
         # slower at the SAM shapes: dev-runs/s7-call2)
@@ -221,7 +224,7 @@ def _ssd_fwd_kernel(
         xw = (xm.to(tl.float32) * w[:, None]).to(xm.dtype)
         ST = ST * tl.exp(a_last) + tl.dot(tl.trans(Bm), xw, input_precision=DOT_PREC)
 
-    if WRITE_CHUNK:
+    if WRITE_CHUNK and not SKIP_UNREAD:
         # rows owned by this sequence but past its last chunk (at most 2): zero them, so that the
         # whole buffer is defined (deterministic outputs for opcheck / torch.compile comparisons)
         n_owned = (end // BLOCK_Q - start // BLOCK_Q + 1).to(tl.int32)
@@ -317,6 +320,7 @@ def ssd_fwd(
     states_only: bool = False,
     dt_cache_out: Optional[torch.Tensor] = None,
     decay_out: Optional[torch.Tensor] = None,
+    skip_unread_rows: bool = False,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """Launch the fused forward on flat (packed) inputs. No validation (the wrapper does it), no host sync.
 
@@ -339,6 +343,11 @@ def ssd_fwd(
             docstring; what ``bwd.dt_cache`` computes) for the backward, or None.
         decay_out: a contiguous (nseq, H) fp32 tensor to receive each sequence's total log-decay
             ``Σ_t dt_t·A`` (the sequence split's stitching), or None.
+        skip_unread_rows: leave the ``chunk_states`` rows that :func:`bwd.ssd_bwd` never reads
+            undefined (each sequence's first row without ``initial_states``, the rows past its
+            last chunk) instead of writing zeros there: at SAM's L192 (three chunks, four rows per
+            sequence) half the state bytes. For callers that keep ``chunk_states`` private (the
+            autograd function); the custom op returns the buffer and keeps every element defined.
 
     Returns:
         (out (T, H, P) in x.dtype or None, final_states or None, chunk_states or None, block_q used).
@@ -404,7 +413,7 @@ def ssd_fwd(
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_INIT=has_init,
         WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
         WRITE_DT=dt_cache_out is not None, WRITE_DECAY=decay_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
-        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N,
+        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, SKIP_UNREAD=bool(skip_unread_rows),
         num_warps=nw, num_stages=ns,
     )
     return out, final, cstates, block_q
