@@ -59,12 +59,18 @@ def _signature(fn, args, kwargs):
     return sig, constexprs, attrs
 
 
-def compile_report(fn, args, kwargs, arch: int = 90) -> dict:
-    """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes."""
+def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
+    """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes; with
+    ``ptx_dir``, also write its PTX there (``<kernel>-<n>.ptx``, for instruction-level diffs)."""
     sig, constexprs, attrs = _signature(fn, args, kwargs)
     opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
     ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
     ptxas = shutil.which("ptxas") or os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    if ptx_dir:
+        os.makedirs(ptx_dir, exist_ok=True)
+        n = sum(1 for f in os.listdir(ptx_dir) if f.startswith(fn.__name__ + "-"))
+        with open(os.path.join(ptx_dir, f"{fn.__name__}-{n}.ptx"), "w") as f:
+            f.write(ck.asm["ptx"])
     with tempfile.NamedTemporaryFile("w", suffix=".ptx", delete=False) as f:
         f.write(ck.asm["ptx"])
     res = subprocess.run([ptxas, "-v", f"-arch=sm_{arch}a", f.name, "-o", os.devnull], capture_output=True, text=True)
@@ -152,13 +158,14 @@ def main() -> None:
     ap.add_argument("--fwd-tuning", default="{}", help="JSON dict of FWD_TUNING overrides")
     ap.add_argument("--kernels", default="", help="comma-separated kernel names to compile (default: all)")
     ap.add_argument("--arch", type=int, default=90)
+    ap.add_argument("--ptx-dir", default="", help="also write each compiled kernel's PTX into this folder")
     args = ap.parse_args()
     tuning, fwd_tuning = json.loads(args.tuning), json.loads(args.fwd_tuning)
     want = {k for k in args.kernels.split(",") if k}
     for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning):
         if want and fn.__name__ not in want:
             continue
-        r = compile_report(fn, a, kw, args.arch)
+        r = compile_report(fn, a, kw, args.arch, args.ptx_dir)
         print(json.dumps({"shape": args.shape, "tuning": tuning, "fwd_tuning": fwd_tuning, "grid": list(grid), **r}),
               flush=True)
 

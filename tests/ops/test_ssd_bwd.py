@@ -151,14 +151,15 @@ def poisoned_empty():
         torch.empty = real
 
 
-def run_kernel(case, block_q, cs, device, block_p=None):
+def run_kernel(case, block_q, cs, device, block_p=None, factor_range=None):
     inp = {k: (None if v is None else v.to(device)) for k, v in case["inp"].items()}
     cu = torch.tensor(case["cu"], dtype=torch.int32, device=device)
     idx = torch.tensor(case["init_idx"], dtype=torch.int32, device=device)
     res = ssd_bwd(case["dout"].to(device), inp["x"], inp["dt"], inp["A"], inp["B"], inp["C"], cu, idx, cs.to(device),
                   block_q, D=inp["D"], z=inp["z"], dt_bias=inp["dt_bias"], initial_states=inp["initial_states"],
                   dt_softplus=case["dt_softplus"], dt_limit=case["dt_limit"],
-                  dfinal_states=None if case["dfinal"] is None else case["dfinal"].to(device), block_p=block_p)
+                  dfinal_states=None if case["dfinal"] is None else case["dfinal"].to(device), block_p=block_p,
+                  factor_range=factor_range)
     return dict(zip(GRAD_NAMES, res))
 
 
@@ -334,6 +335,24 @@ def test_bwd_without_d_poisoned(kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+@pytest.mark.parametrize("factor_range", [None, 0, 5, 80])
+def test_bwd_factored_decay(factor_range, kernel_device):
+    """The chunk kernel's factored decays (``bwd._factor_range``, two launches): heads decaying
+    from ~0.5 to ~600 over a 16-token chunk, in head blocks of 2, so that with the bound 80 some
+    blocks take the factored decays and others the [Q, Q] exp; None / 0 = every block the exp;
+    5 = only the slowest heads' blocks factored. Extreme decays must not overflow either path."""
+    case = make_case([37, 20], H=5, G=1, P=16, N=16, D="head", z=True, dt_bias=True, softplus=True,
+                     n_init=1, init_idx=[0, -1], dfinal=True)
+    case["inp"]["A"] = torch.tensor([-0.05, -0.5, -3.0, -20.0, -60.0])
+    ref, cs = reference_grads(case, block_q=16)
+    with bwd_tuning(heads_per_program=2), poisoned_empty():
+        got = run_kernel(case, 16, cs, kernel_device, factor_range=factor_range)
+    for name, g in got.items():
+        if g is not None:
+            assert bool(torch.isfinite(g).all()), name
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
+
 @pytest.mark.parametrize("tiles_fp32", [False, True])
 def test_bwd_n_blocks(tiles_fp32, kernel_device):
     """dB/dC split over three N-block programs (N = 40, the last ragged), the dS walk over two
@@ -466,7 +485,8 @@ def _valid_args(device="cpu"):
                 chunk_states=torch.randn(T // 16 + 1, H, P, N, device=device), block_q=16)
 
 
-@pytest.mark.parametrize("name,value", [("block_nb", 8), ("scan_block_p", 24)])
+@pytest.mark.parametrize("name,value", [("block_nb", 8), ("scan_block_p", 24), ("factor_range", 81.0),
+                                        ("factor_range", -1.0)])
 def test_bwd_rejects_bad_tuning(name, value, kernel_device):
     """Launch overrides that Triton cannot compile are refused with a clear message."""
     case = make_case([20], H=2, G=1, P=16, N=16)

@@ -95,10 +95,12 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # block_p / num_warps / num_stages: the chunk kernel; heads_per_program: heads of one group a chunk
 # program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
-# dbdc_stages / dbdc_split (head splits): the dB/dC kernel.
+# dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
+# ``factor_range`` (``_factor_range``; 0 = never).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
-                    "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None}
+                    "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
+                    "factor_range": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -109,6 +111,28 @@ def _pick_block_p(P: int) -> int:
         return max(16, min(int(bp), full))
     # the per-head [Q, P] tiles (x, dy, dx, B dSᵀ, C S_inᵀ) grow with the P-block: at most 64 wide
     return min(64, full)
+
+
+# The largest chunk decay |a_last| for which the factored transposed set is safe (``_factor_range``).
+FACTOR_RANGE = 80.0
+
+
+def _factor_range(requested: Optional[float]) -> float:
+    """The chunk kernel can factor the transposed set's decays, exp(a_t − a_s) = exp(a_t − c) ·
+    exp(c − a_s) with c = a_last / 2, for a head block whose every head decays by at most this
+    much over the chunk (|a_last|): the factors then stay within exp(±40), far from fp32 / bf16
+    overflow even after multiplying dy and summing 64 terms. ``FACTOR_RANGE`` (80) covers
+    Mamba-2's initialisation (A in [-16, -1], dt ≤ 0.1: at most 102 over 64 tokens, most heads far
+    less); blocks with a head beyond it take the [Q, Q] exp per head, in a second launch.
+    Measured (H100, ``dev-runs/s14-call7-*``, chunk kernel us, exp path / factored): B1 L16384
+    (the sequence split) 1158 / 1017; 130m B32 L192 138 / 140, 2.7b B16 L192 216 / 222, B8 L640
+    365 / 376. So only the sequence split asks for it. Returns the bound for the kernel, −1 = off
+    (``BWD_TUNING["factor_range"]`` overrides the caller: 0 = never)."""
+    v = BWD_TUNING.get("factor_range")
+    v = (requested or 0.0) if v is None else float(v)
+    if not 0.0 <= v <= FACTOR_RANGE:
+        raise ValueError(f"factor_range must be in [0, {FACTOR_RANGE}], got {v!r}")
+    return v if v > 0 else -1.0
 
 
 def _tuned_block(name: str, default: int, cap: int) -> int:
@@ -335,6 +359,122 @@ _DT_CACHE = fast_launch(_ssd_dt_cache_kernel)  # cheaper eager launches (samkern
 
 
 @triton.jit
+def _chunk_head(
+    dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, red_ptr,
+    h, row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
+    CB, CBT, dCB_sum,
+    T, HT, H, P, NPB, NPBW, RED_D, RED_W,
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
+    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, FACTORED: tl.constexpr,
+    PREC: tl.constexpr,
+):
+    """One head of the chunk kernel's loop: every gradient of head ``h`` in this chunk except
+    dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``FACTORED``: ``CBT`` is
+    ``(C Bᵀ)ᵀ`` already masked to s ≤ t and in the input dtype, and the transposed set uses the
+    factored decay (below); otherwise ``CBT`` is the fp32 ``(C Bᵀ)ᵀ``."""
+    in_ty = x_ptr.dtype.element_ty
+    dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
+    chain = tl.load(dtc_ptr + 2 * HT + h.to(tl.int64) * T + tok, mask=mq, other=0.0)
+    A_h = tl.load(A_ptr + h).to(tl.float32)
+    decay = tl.exp(a)  # exp(a_t)
+    to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
+    w = to_end * dtv
+
+    # the state terms, from the dS walk's tiles (no [P, N] state is read here):
+    # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P])
+    tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
+    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)
+    CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)
+
+    x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
+    dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
+                   other=0.0)
+    # [Q, Q] tiles are the register hogs: each is formed right before its uses, in an
+    # order that ends the transposed set (LT, MT) before the direct set (L, dM) starts
+    # ---- gate
+    if HAS_D:
+        if D_PER_CHANNEL:
+            Dv = tl.load(D_ptr + h * s_D_h + offs_p, mask=mp, other=0.0).to(tl.float32)[None, :]
+        else:
+            Dv = tl.load(D_ptr + h * s_D_h).to(tl.float32)
+    if HAS_Z:
+        zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
+                     other=0.0).to(tl.float32)
+        M = CB * tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf"))) * dtv[None, :]
+        y = tl.dot(M.to(in_ty), x, input_precision=PREC) + decay[:, None] * CS
+        if HAS_D:
+            y += Dv * x.to(tl.float32)
+        sig = tl.sigmoid(zz)
+        dout32 = dout.to(tl.float32)
+        dz = dout32 * y * sig * (1.0 + zz * (1.0 - sig))
+        tl.store(dz_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dz.to(dz_ptr.dtype.element_ty),
+                 mask=mqp)
+        dy = dout32 * zz * sig
+    else:
+        dy = dout.to(tl.float32)
+    dy_lp = dy.to(in_ty)
+
+    # ---- transposed set: dx = Mᵀ dy + D dy + w ∘ (B dSᵀ)
+    if FACTORED:
+        # exp(a_t − a_s) = exp(a_t − c) · exp(c − a_s) with c = a_last / 2: every a_t lies in
+        # [a_last, 0], so both factors stay within exp(±|a_last| / 2) (the caller checks
+        # |a_last| ≤ FACTOR_RANGE); Mᵀ dy = (exp(c − a) dt) ∘ ((C Bᵀ ∘ causal)ᵀ (exp(a − c) ∘ dy)),
+        # where the masked (C Bᵀ)ᵀ is the caller's, shared by all heads: no [Q, Q] exp here
+        c_mid = 0.5 * a_last
+        udy = (tl.exp(a - c_mid)[:, None] * dy).to(in_ty)
+        dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(CBT, udy, input_precision=PREC) + w[:, None] * BdS
+    else:
+        LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
+        MT = CBT * LT * dtv[:, None]  # [s, t]
+        dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
+    if HAS_D:
+        dx += Dv * dy
+        dD = tl.sum(dy * x.to(tl.float32), axis=0)
+    tl.store(dx_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
+             mask=mqp)
+
+    # ---- direct set: dM = dy xᵀ, the dt / decay gradients through M, Σ dCB
+    L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+    dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]
+    dML = dM * L
+    GL = dML * CB  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
+    # R = GL ∘ dt_s = dM ∘ M; its column sums are dt_s·ddt_dir_s: one cross-warp reduction
+    # of a [Q, Q] tile fewer (column sums run across warps, row sums within one)
+    ddt_dir = tl.sum(GL, axis=0)
+    # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp
+    da = tl.sum(GL * dtv[None, :], axis=1) - ddt_dir * dtv + decay * tl.sum(dy * CS, axis=1)
+    dCB_sum += dML * dtv[None, :]
+
+    # ---- state path's dt / decay terms
+    u = tl.sum(x.to(tl.float32) * BdS, axis=1)  # Σ_{p,n} x_sp B_sn dS_pn
+    ddt_dir += u * to_end
+    uw = u * w
+    da -= uw
+    da_last = tl.sum(uw, axis=0)
+    if pid_p == 0:  # Σ dS ∘ S_in over the whole head (the walk's P-block partials), counted once
+        sds_row = sds_ptr + (row.to(tl.int64) * H + h) * NPBW
+        da_last += tl.exp(a_last) * tl.sum(tl.load(sds_row + tl.arange(0, 16), mask=tl.arange(0, 16) < NPBW,
+                                                   other=0.0), axis=0)
+    da += tl.where(is_last, da_last, 0.0)
+
+    # ---- cumsum backward, then chain through clamp / softplus / bias (the forward's
+    # d dt / d(dt_raw + dt_bias), zero at masked positions and where the clamp is active)
+    rc = tl.cumsum(da, axis=0, reverse=True)
+    ddt_pre = (ddt_dir + A_h * rc) * chain
+    tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
+
+    # small per-(row, head) partials: [dD (RED_D = P, 0 without D) | dA (NPB) | ddt_bias (NPB)]
+    red_base = (row.to(tl.int64) * H + h) * RED_W
+    if HAS_D:
+        tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
+    tl.store(red_ptr + red_base + RED_D + pid_p, tl.sum(dtv * rc, axis=0))
+    tl.store(red_ptr + red_base + RED_D + NPB + pid_p, tl.sum(ddt_pre, axis=0))
+
+    return dCB_sum
+
+
+@triton.jit
 def _ssd_bwd_chunk_kernel(
     # inputs
     dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cu_ptr, bds_ptr, csin_ptr, sds_ptr,
@@ -349,6 +489,7 @@ def _ssd_bwd_chunk_kernel(
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
+    HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
 ):
     row = tl.program_id(0)
     pid_gh = tl.program_id(1)
@@ -357,8 +498,16 @@ def _ssd_bwd_chunk_kernel(
     hb = pid_gh % NHB
     in_ty = x_ptr.dtype.element_ty
     start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
-    # rows past a sequence's last chunk hold no tokens: zero partials (the else branch)
-    if cstart < end:
+    busy = cstart < end  # rows past a sequence's last chunk hold no tokens: zero partials (below)
+    if FACTOR_RANGE > 0:
+        # which of the two launches takes this program (``factor_range``): the factored one when
+        # every head of the block decays by at most FACTOR_RANGE over the chunk
+        offs_hb = tl.arange(0, HB_P2)
+        hb_last = tl.minimum(cstart + BLOCK_Q, end) - 1
+        a_lasts = tl.load(dtc_ptr + (g * HPG + hb * HB + offs_hb).to(tl.int64) * T + hb_last,
+                          mask=(offs_hb < tl.minimum(HB, HPG - hb * HB)) & busy, other=0.0)
+        busy = busy & ((tl.min(a_lasts, axis=0) >= -FACTOR_RANGE) == FACTORED)
+    if busy:
         offs_q = tl.arange(0, BLOCK_Q)
         offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
         offs_n = tl.arange(0, BLOCK_N)
@@ -380,6 +529,8 @@ def _ssd_bwd_chunk_kernel(
         Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
         CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
         CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
+        if FACTORED:  # the transposed set's dot operand, masked and rounded once for all heads
+            CBT = tl.where(causal_t, CBT, 0.0).to(in_ty)
         # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s: the dB/dC kernel turns it into the
         # intra-chunk parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
         dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
@@ -388,107 +539,32 @@ def _ssd_bwd_chunk_kernel(
         h0 = g * HPG + hb * HB
         n_h = tl.minimum(HB, HPG - hb * HB)
         for j in range(0, n_h):
-            h = h0 + j
-            dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
-            chain = tl.load(dtc_ptr + 2 * HT + h.to(tl.int64) * T + tok, mask=mq, other=0.0)
-            A_h = tl.load(A_ptr + h).to(tl.float32)
-            decay = tl.exp(a)  # exp(a_t)
-            to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
-            w = to_end * dtv
-
-            # the state terms, from the dS walk's tiles (no [P, N] state is read here):
-            # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P])
-            tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
-            BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)
-            CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)
-
-            x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
-            dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
-                           other=0.0)
-            # [Q, Q] tiles are the register hogs: each is formed right before its uses, in an
-            # order that ends the transposed set (LT, MT) before the direct set (L, dM) starts
-            # ---- gate
-            if HAS_D:
-                if D_PER_CHANNEL:
-                    Dv = tl.load(D_ptr + h * s_D_h + offs_p, mask=mp, other=0.0).to(tl.float32)[None, :]
-                else:
-                    Dv = tl.load(D_ptr + h * s_D_h).to(tl.float32)
-            if HAS_Z:
-                zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
-                             other=0.0).to(tl.float32)
-                M = CB * tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf"))) * dtv[None, :]
-                y = tl.dot(M.to(in_ty), x, input_precision=PREC) + decay[:, None] * CS
-                if HAS_D:
-                    y += Dv * x.to(tl.float32)
-                sig = tl.sigmoid(zz)
-                dout32 = dout.to(tl.float32)
-                dz = dout32 * y * sig * (1.0 + zz * (1.0 - sig))
-                tl.store(dz_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dz.to(dz_ptr.dtype.element_ty),
-                         mask=mqp)
-                dy = dout32 * zz * sig
-            else:
-                dy = dout.to(tl.float32)
-            dy_lp = dy.to(in_ty)
-
-            # ---- transposed set: dx = Mᵀ dy + D dy + w ∘ (B dSᵀ)
-            LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
-            MT = CBT * LT * dtv[:, None]  # [s, t]
-            dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
-            if HAS_D:
-                dx += Dv * dy
-                dD = tl.sum(dy * x.to(tl.float32), axis=0)
-            tl.store(dx_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
-                     mask=mqp)
-
-            # ---- direct set: dM = dy xᵀ, the dt / decay gradients through M, Σ dCB
-            L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
-            dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]
-            dML = dM * L
-            GL = dML * CB  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
-            # R = GL ∘ dt_s = dM ∘ M; its column sums are dt_s·ddt_dir_s: one cross-warp reduction
-            # of a [Q, Q] tile fewer (column sums run across warps, row sums within one)
-            ddt_dir = tl.sum(GL, axis=0)
-            # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp
-            da = tl.sum(GL * dtv[None, :], axis=1) - ddt_dir * dtv + decay * tl.sum(dy * CS, axis=1)
-            dCB_sum += dML * dtv[None, :]
-
-            # ---- state path's dt / decay terms
-            u = tl.sum(x.to(tl.float32) * BdS, axis=1)  # Σ_{p,n} x_sp B_sn dS_pn
-            ddt_dir += u * to_end
-            uw = u * w
-            da -= uw
-            da_last = tl.sum(uw, axis=0)
-            if pid_p == 0:  # Σ dS ∘ S_in over the whole head (the walk's P-block partials), counted once
-                sds_row = sds_ptr + (row.to(tl.int64) * H + h) * NPBW
-                da_last += tl.exp(a_last) * tl.sum(tl.load(sds_row + tl.arange(0, 16), mask=tl.arange(0, 16) < NPBW,
-                                                           other=0.0), axis=0)
-            da += tl.where(is_last, da_last, 0.0)
-
-            # ---- cumsum backward, then chain through clamp / softplus / bias (the forward's
-            # d dt / d(dt_raw + dt_bias), zero at masked positions and where the clamp is active)
-            rc = tl.cumsum(da, axis=0, reverse=True)
-            ddt_pre = (ddt_dir + A_h * rc) * chain
-            tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
-
-            # small per-(row, head) partials: [dD (RED_D = P, 0 without D) | dA (NPB) | ddt_bias (NPB)]
-            red_base = (row.to(tl.int64) * H + h) * RED_W
-            if HAS_D:
-                tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
-            tl.store(red_ptr + red_base + RED_D + pid_p, tl.sum(dtv * rc, axis=0))
-            tl.store(red_ptr + red_base + RED_D + NPB + pid_p, tl.sum(ddt_pre, axis=0))
+            dCB_sum = _chunk_head(
+                dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
+                dx_ptr, dz_ptr, ddt_ptr, red_ptr,
+                h0 + j, row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
+                CB, CBT, dCB_sum,
+                T, HT, H, P, NPB, NPBW, RED_D, RED_W,
+                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
+                HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC)
 
         # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
         slot = (row.to(tl.int64) * G + g) * (NHB * NPB) + hb * NPB + pid_p
         qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
         tl.store(dcb_ptr + slot * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
-    elif pid_p == 0:
-        # the reduction over rows reads every row's partials: these programs write their zeros,
-        # which saves the buffer a zero fill (one launch fewer)
-        offs_w = tl.arange(0, RED_WP)
-        h0 = g * HPG + hb * HB
-        for j in range(0, tl.minimum(HB, HPG - hb * HB)):
-            tl.store(red_ptr + (row.to(tl.int64) * H + h0 + j) * RED_W + offs_w,
-                     tl.zeros([RED_WP], dtype=tl.float32), mask=offs_w < RED_W)
+    else:
+        if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
+            # partials: these programs write their zeros, which saves the buffer a zero fill
+            if FACTOR_RANGE > 0:  # a program skipped for its decays belongs to the other launch
+                write_zeros = (cstart >= end) & (pid_p == 0)
+            else:
+                write_zeros = pid_p == 0
+            if write_zeros:
+                offs_w = tl.arange(0, RED_WP)
+                h0 = g * HPG + hb * HB
+                for j in range(0, tl.minimum(HB, HPG - hb * HB)):
+                    tl.store(red_ptr + (row.to(tl.int64) * H + h0 + j) * RED_W + offs_w,
+                             tl.zeros([RED_WP], dtype=tl.float32), mask=offs_w < RED_W)
 
 
 _CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/launch.py)
@@ -728,6 +804,7 @@ def ssd_bwd(
     validate: bool = True,
     dt_cache_in: Optional[torch.Tensor] = None,
     init_rows_all_seeded: bool = False,
+    factor_range: Optional[float] = None,
 ) -> Tuple[Optional[torch.Tensor], ...]:
     """Gradients of the flat (packed) SSD chunked scan.
 
@@ -759,6 +836,9 @@ def ssd_bwd(
             (one more launch).
         init_rows_all_seeded: every row of ``initial_states`` seeds exactly one sequence (the
             sequence split's segments), so d ``initial_states`` needs no zero fill.
+        factor_range: let the chunk kernel factor the decays of head blocks whose chunk decay
+            |a_last| is at most this (≤ ``FACTOR_RANGE``; see ``_factor_range``: faster at long
+            rows, not at short ones); None / 0 = never.
 
     Returns:
         ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
@@ -837,19 +917,26 @@ def ssd_bwd(
     # B8 L640 511 / 418 / 376, B1 L16384 1578 / 1338 / 1152)
     num_stages = BWD_TUNING.get("num_stages") or 3
     z_strides = (z.stride(0), z.stride(1)) if z is not None else (0, 0)
-    _CHUNK[(n_rows, G * NHB, NPB)](
-        dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        cu_seqlens, *tiles,
-        dx, dz, ddt_part, dcb, red,
-        T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_d, red_w, nseq, n_search,
-        dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
-        B.stride(0), B.stride(1), C.stride(0), C.stride(1),
-        (D.stride(0) if D is not None else 0),
-        HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
-        HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
-        num_warps=num_warps, num_stages=num_stages,
-    )
+    # with factor_range, two launches of one kernel (``_factor_range``): the programs whose head
+    # block's decays allow the factored transposed set, then the rest (one loop each: two loops in
+    # one kernel spilled 4x more on the H100, 126 vs 32 bytes, and lost 18-25 % at the short
+    # shapes, ``dev-runs/s14-call6-*``)
+    factor_range = _factor_range(factor_range)
+    for factored, write_empty in (((True, True), (False, False)) if factor_range > 0 else ((False, True),)):
+        _CHUNK[(n_rows, G * NHB, NPB)](
+            dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
+            cu_seqlens, *tiles,
+            dx, dz, ddt_part, dcb, red,
+            T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_d, red_w, nseq, n_search,
+            dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
+            B.stride(0), B.stride(1), C.stride(0), C.stride(1),
+            (D.stride(0) if D is not None else 0),
+            HAS_D=D is not None, D_PER_CHANNEL=D is not None and D.dim() == 2, HAS_Z=z is not None,
+            HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
+            BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
+            HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
+            num_warps=num_warps, num_stages=num_stages,
+        )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
     # Wide N-blocks (one program per chunk and group up to N 128, 8 warps for its two [Q, 128]
