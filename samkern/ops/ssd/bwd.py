@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches (four without a dt cache).
+"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches (four without a dt cache,
+one more with ``factor_range``: the chunk kernel's factored decays, ``_factor_range``).
 
 Glossary: T total tokens (batch·L, sequences packed back to back), H heads, P headdim,
 N d_state, G ngroups (head ``h`` reads B/C group ``h // (H // G)``), Q the internal chunk
