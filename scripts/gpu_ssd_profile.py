@@ -136,6 +136,7 @@ def main() -> None:
         res["bwd_kernel_meta"] = bwd_kernel_meta()
         print("  compiled bwd kernels:", res["bwd_kernel_meta"], flush=True)
         RESULT[name] = res
+        os.makedirs(OUT, exist_ok=True)  # (a missing $OUT sub-folder cost s14-call5 its other shapes)
         with open(os.path.join(OUT, "ssd-profile.json"), "w") as f:
             json.dump(RESULT, f, indent=1)
 
