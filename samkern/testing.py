@@ -7,9 +7,12 @@ reference may be at most twice the error of the reference itself run in the low 
 """
 from __future__ import annotations
 
+import contextlib
+from typing import Iterator
+
 import torch
 
-__all__ = ["rel_err", "assert_close", "assert_close_lowp", "assert_exact", "poison_"]
+__all__ = ["rel_err", "assert_close", "assert_close_lowp", "assert_exact", "poison_", "poisoned_empty"]
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -74,3 +77,20 @@ def poison_(t: torch.Tensor) -> torch.Tensor:
     if t.is_floating_point():
         return t.fill_(float("nan"))
     return t.fill_(torch.iinfo(t.dtype).max)
+
+
+@contextlib.contextmanager
+def poisoned_empty() -> Iterator[None]:
+    """Within the block, ``torch.empty`` fills floating tensors with NaN (:func:`poison_`): every
+    buffer a kernel allocates that way must be written before it is read."""
+    real = torch.empty
+
+    def empty(*args, **kwargs):
+        t = real(*args, **kwargs)
+        return poison_(t) if t.is_floating_point() else t
+
+    torch.empty = empty
+    try:
+        yield
+    finally:
+        torch.empty = real

@@ -15,7 +15,7 @@ import samkern.ops.ssd.fwd as fwd_mod
 from samkern.ops.ssd.chunk import ssd_chunk_scan
 from samkern.ops.ssd.fwd import ssd_fwd
 from samkern.ops.ssd.ref import ssd_chunk_scan_ref, ssd_recurrent_ref
-from samkern.testing import assert_close, assert_close_lowp, assert_exact, rel_err
+from samkern.testing import assert_close, assert_close_lowp, assert_exact, poisoned_empty, rel_err
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"
@@ -230,7 +230,7 @@ def test_launcher_chunk_states_layout(block_q):
         assert_close(f"final seq {i}", fin[i], r_fin[0], 2e-5)
 
 
-def test_launcher_skip_unread_rows(monkeypatch):
+def test_launcher_skip_unread_rows():
     """``skip_unread_rows`` (the autograd path): the rows the backward reads are the same as with
     every row written; each sequence's first row (no initial states) and the rows past its last
     chunk are left as allocated (NaN-poisoned here), i.e. not written at all."""
@@ -241,15 +241,8 @@ def test_launcher_skip_unread_rows(monkeypatch):
     A = -(torch.rand(H, device=DEV) + 0.5)
     B, C = torch.randn(T, 1, N, device=DEV), torch.randn(T, 1, N, device=DEV)
     full = ssd_fwd(x, dt, A, B, C, cu, None, want_chunk_states=True, block_q=Q)[2]
-    real_empty = torch.empty
-
-    def poisoned_empty(*args, **kwargs):
-        t = real_empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    monkeypatch.setattr(fwd_mod.torch, "empty", poisoned_empty)
-    out, _, cst, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_chunk_states=True, block_q=Q, skip_unread_rows=True)
-    monkeypatch.undo()
+    with poisoned_empty():
+        out, _, cst, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_chunk_states=True, block_q=Q, skip_unread_rows=True)
     read = []
     for i, (s, e) in enumerate(zip(cu[:-1].tolist(), cu[1:].tolist())):
         row0, n_chunks = s // Q + i, -(-(e - s) // Q)

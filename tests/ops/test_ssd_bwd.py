@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import samkern.ops.ssd.bwd as bwd_mod
 from samkern.ops.ssd.bwd import ssd_bwd
-from samkern.testing import assert_close, assert_exact, rel_err
+from samkern.testing import assert_close, assert_exact, poisoned_empty, rel_err
 
 HAS_CUDA = torch.cuda.is_available()
 GRAD_NAMES = ("dx", "ddt", "dA", "dB", "dC", "dD", "dz", "ddt_bias", "dinitial_states")
@@ -133,22 +133,6 @@ def bwd_tuning(**overrides):
     finally:
         bwd_mod.BWD_TUNING.clear()
         bwd_mod.BWD_TUNING.update(old)
-
-
-@contextlib.contextmanager
-def poisoned_empty():
-    """``torch.empty`` returns NaN-filled floating tensors (every buffer a kernel must fill)."""
-    real = torch.empty
-
-    def empty(*args, **kwargs):
-        t = real(*args, **kwargs)
-        return t.fill_(float("nan")) if t.is_floating_point() else t
-
-    torch.empty = empty
-    try:
-        yield
-    finally:
-        torch.empty = real
 
 
 def run_kernel(case, block_q, cs, device, block_p=None, factor_range=None):
