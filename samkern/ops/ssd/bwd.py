@@ -1056,8 +1056,10 @@ def ssd_bwd(
     _FINISH[(H + (cdiv(n_e, block_e) if nsplit > 1 else 0),)](
         red, small, part if nsplit > 1 else red, dbc if nsplit > 1 else small,
         n_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
-        D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(64, 8192 // red_wp)), BLOCK_E=block_e,
-        PDL=pdl, num_warps=4, num_stages=1, launch_pdl=pdl,
+        # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
+        # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
+        D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(n_rows), 32768 // red_wp)),
+        BLOCK_E=block_e, PDL=pdl, num_warps=8, num_stages=1, launch_pdl=pdl,
     )
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
     # views of one buffer; casts only where the parameter is not fp32 (each torch call is host
