@@ -18,8 +18,7 @@ its binder:
 * floats: only the type (Triton never specialises float arguments);
 * host TMA descriptors (``triton.tools.tensor_descriptor.TensorDescriptor``): dtype, shape,
   strides, block shape and padding (their base is 16-byte aligned by construction);
-* every constexpr (passed by keyword), ``num_warps``, ``num_stages``, ``launch_pdl`` and the
-  current device.
+* every constexpr (passed by keyword), ``num_warps``, ``num_stages`` and the current device.
 
 Anything else (a ``None`` or bool argument, a callable grid, launch hooks installed
 by a profiler, the CPU interpreter) takes ``kernel[grid](...)`` unchanged. A miss also takes it,
@@ -42,7 +41,7 @@ from typing import Any, Dict, Tuple
 
 import torch
 
-__all__ = ["FastLaunch", "fast_launch", "pdl_enabled", "MAX_ENTRIES", "ENABLED"]
+__all__ = ["FastLaunch", "fast_launch", "MAX_ENTRIES", "ENABLED"]
 
 MAX_ENTRIES = 512
 # the interpreter runs kernels as Python (nothing compiled to call)
@@ -103,12 +102,11 @@ class FastLaunch:
             key += [kwargs[name] for name in self.constexpr_names]
         except (_Unkeyed, KeyError):  # an argument Triton's binder has to look at, a defaulted constexpr
             return None
-        n_opts = ("num_warps" in kwargs) + ("num_stages" in kwargs) + ("launch_pdl" in kwargs)
+        n_opts = ("num_warps" in kwargs) + ("num_stages" in kwargs)
         if len(kwargs) != len(self.constexpr_names) + n_opts:  # another launch option (num_ctas, ...)
             return None
         key.append(kwargs.get("num_warps", 4))
         key.append(kwargs.get("num_stages", 3))
-        key.append(bool(kwargs.get("launch_pdl", False)))  # a compile option (the launcher reads it)
         key.append(_DRIVER_FNS[0]() if _DRIVER_FNS else _driver_fns()[0]())
         return tuple(key)
 
@@ -155,31 +153,6 @@ def _driver_fns() -> list:
 
         _DRIVER_FNS.extend((driver.active.get_current_device, driver.active.get_current_stream))
     return _DRIVER_FNS
-
-
-_PDL: Dict[int, bool] = {}
-
-
-def pdl_enabled(t: torch.Tensor) -> bool:
-    """Whether kernels on ``t``'s device may use programmatic dependent launch (PDL): a compiled
-    CUDA device of compute capability 9.0 or newer (Hopper), not the interpreter, and
-    ``SAMKERN_PDL`` not ``0`` (read per call; the answer per device is cached).
-
-    With PDL (``launch_pdl=True``) a kernel's programs may start while the previous kernel on the
-    stream is still finishing: everything before ``tl.extra.cuda.gdc_wait()`` in the dependent
-    kernel overlaps the previous kernel's last wave. The contract a kernel must keep (the SSD
-    backward's do): before ``gdc_wait`` read only tensors the previous kernels do not write, and
-    write nothing at all (the caching allocator may have handed out memory that a still-running
-    kernel reads); every program executes ``gdc_wait`` (so a kernel's completion still implies its
-    predecessors'). The previous kernel lets dependents start early with
-    ``tl.extra.cuda.gdc_launch_dependents()``. CUDA-graph capture keeps these edges."""
-    if not t.is_cuda or os.environ.get("SAMKERN_PDL", "1") == "0" or os.environ.get("TRITON_INTERPRET", "0") == "1":
-        return False
-    idx = t.device.index if t.device.index is not None else torch.cuda.current_device()
-    ok = _PDL.get(idx)
-    if ok is None:
-        ok = _PDL[idx] = torch.cuda.get_device_capability(idx)[0] >= 9
-    return ok
 
 
 def fast_launch(fn: Any) -> FastLaunch:

@@ -63,7 +63,7 @@ def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
     """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes; with
     ``ptx_dir``, also write its PTX there (``<kernel>-<n>.ptx``, for instruction-level diffs)."""
     sig, constexprs, attrs = _signature(fn, args, kwargs)
-    opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg", "launch_pdl") if k in kwargs}
+    opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
     ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
     ptxas = shutil.which("ptxas") or os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if ptx_dir:
@@ -85,11 +85,10 @@ def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
 
 
 def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Optional[dict] = None,
-                     with_z: bool = True, pdl: bool = False) -> list:
+                     with_z: bool = True) -> list:
     """(kernel, grid, args, kwargs) of every SSD launch of one bf16 training step at a benchmark
     shape (per-head D, dt_bias, softplus; z unless ``with_z=False``, as the benchmark: SAM's block
-    gates in its RMSNorm instead), from the host code on CPU tensors. ``pdl``: as on a Hopper GPU
-    with programmatic dependent launch (``samkern.launch.pdl_enabled``)."""
+    gates in its RMSNorm instead), from the host code on CPU tensors."""
     from benchmarks.ops.bench_ssd import G, N, P, SHAPES
     import samkern.ops.ssd.bwd as bwd_mod
     import samkern.ops.ssd.fwd as fwd_mod
@@ -114,7 +113,6 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
                 patched.append((mod, name, obj))
                 setattr(mod, name, _Capture(obj.fn))
     old_sms, old_pick, old_tuning = bwd_mod.num_sms, bwd_mod._pick_heads_per_program, dict(bwd_mod.BWD_TUNING)
-    old_pdl = bwd_mod.pdl_enabled
     old_fwd_tuning = dict(fwd_mod.FWD_TUNING)
 
     class _Cuda:  # the launch heuristics branch on the device type
@@ -122,7 +120,6 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
 
     try:
         bwd_mod.num_sms = lambda dev: n_sms
-        bwd_mod.pdl_enabled = lambda t: pdl
         bwd_mod._pick_heads_per_program = lambda hpg, other, dev: old_pick(hpg, other, _Cuda())
         bwd_mod.BWD_TUNING.update(tuning)
         fwd_mod.FWD_TUNING.update(fwd_tuning or {})
@@ -147,7 +144,6 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         for mod, name, obj in patched:
             setattr(mod, name, obj)
         bwd_mod.num_sms, bwd_mod._pick_heads_per_program = old_sms, old_pick
-        bwd_mod.pdl_enabled = old_pdl
         bwd_mod.BWD_TUNING.clear()
         bwd_mod.BWD_TUNING.update(old_tuning)
         fwd_mod.FWD_TUNING.clear()
@@ -163,11 +159,10 @@ def main() -> None:
     ap.add_argument("--kernels", default="", help="comma-separated kernel names to compile (default: all)")
     ap.add_argument("--arch", type=int, default=90)
     ap.add_argument("--ptx-dir", default="", help="also write each compiled kernel's PTX into this folder")
-    ap.add_argument("--pdl", action="store_true", help="compile as launched with programmatic dependent launch")
     args = ap.parse_args()
     tuning, fwd_tuning = json.loads(args.tuning), json.loads(args.fwd_tuning)
     want = {k for k in args.kernels.split(",") if k}
-    for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning, pdl=args.pdl):
+    for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning):
         if want and fn.__name__ not in want:
             continue
         r = compile_report(fn, a, kw, args.arch, args.ptx_dir)

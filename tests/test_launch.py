@@ -81,8 +81,7 @@ def test_hit_calls_the_compiled_launcher_with_every_parameter(fake):
     assert call == (5, 1, 1, 1234, "function-0", "meta-0", None, None, None, x, 32, 0.25, 16)
 
 
-@pytest.mark.parametrize("change", ["misaligned", "dtype", "int_value", "int_one", "constexpr", "warps", "stages",
-                                    "pdl"])
+@pytest.mark.parametrize("change", ["misaligned", "dtype", "int_value", "int_one", "constexpr", "warps", "stages"])
 def test_every_specialisation_change_compiles_again(fake, change):
     k, fl = fake
     x = _buf()
@@ -101,8 +100,6 @@ def test_every_specialisation_change_compiles_again(fake, change):
         kw["BLOCK"] = 32
     elif change == "warps":
         kw["num_warps"] = 8
-    elif change == "pdl":
-        kw["launch_pdl"] = True  # a compile option: the compiled kernel's launcher sets the attribute
     else:
         kw["num_stages"] = 3
     fl[(1,)](*args, **kw)
@@ -134,19 +131,6 @@ def test_anything_unkeyed_takes_tritons_path_every_time(fake, monkeypatch, case)
     for _ in range(3):
         fl[grid](*args, **kw)
     assert len(k.slow) == 3 and fl.hits == 0 and not fl._cache
-
-
-def test_pdl_only_on_compiled_hopper(monkeypatch):
-    """Programmatic dependent launch needs a compiled sm_90+ device: never on CPU tensors or in the
-    interpreter, and SAMKERN_PDL=0 turns it off."""
-    assert not launch.pdl_enabled(torch.empty(1))
-    if torch.cuda.is_available():
-        x = torch.empty(1, device="cuda")
-        monkeypatch.setenv("SAMKERN_PDL", "0")
-        assert not launch.pdl_enabled(x)
-        monkeypatch.setenv("SAMKERN_PDL", "1")
-        monkeypatch.setenv("TRITON_INTERPRET", "0")
-        assert launch.pdl_enabled(x) == (torch.cuda.get_device_capability()[0] >= 9)
 
 
 def test_tma_descriptors_are_keyed_by_their_layout(fake):

@@ -87,7 +87,7 @@ import triton.language as tl
 
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
-from samkern.launch import fast_launch, pdl_enabled
+from samkern.launch import fast_launch
 from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
@@ -243,15 +243,12 @@ def _ssd_bwd_dstate_kernel(
     s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
     chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
     tiles instead of streaming two [P, N] states per head): ``B dSᵀ`` and ``C S_inᵀ`` as (T, H, P)
-    tiles, and the partial ``Σ dS ∘ S_in`` of this P-block. ``PDL``: the chunk kernel may launch
-    now (its programs then wait for this kernel's end before reading what it writes)."""
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+    tiles, and the partial ``Σ dS ∘ S_in`` of this P-block."""
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
@@ -494,12 +491,7 @@ def _ssd_bwd_chunk_kernel(
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
     HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
-    # PDL (samkern.launch.pdl_enabled): launched while the dS walk finishes; C·Bᵀ (inputs only) is
-    # formed before waiting for it, every read of its tiles and every write after
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
     row = tl.program_id(0)
     pid_gh = tl.program_id(1)
     pid_p = tl.program_id(2)
@@ -544,8 +536,6 @@ def _ssd_bwd_chunk_kernel(
         # intra-chunk parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
         dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
         need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
-        if PDL:
-            tl.extra.cuda.gdc_wait()
 
         h0 = g * HPG + hb * HB
         n_h = tl.minimum(HB, HPG - hb * HB)
@@ -564,8 +554,6 @@ def _ssd_bwd_chunk_kernel(
         qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
         tl.store(dcb_ptr + slot * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
     else:
-        if PDL:
-            tl.extra.cuda.gdc_wait()
         if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
             # partials: these programs write their zeros, which saves the buffer a zero fill
             if FACTOR_RANGE > 0:  # a program skipped for its decays belongs to the other launch
@@ -591,25 +579,20 @@ def _ssd_bwd_dbdc_kernel(
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, PDL: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
     (a GEMM over K = heads × P); one plain store per element, in the output dtype. With
     ``NSPLIT`` > 1 the group's heads are split over programs (``HPS`` heads each: more programs
     when there are few chunks) and each split stores its partial sums into its own fp32 slice
-    (``s_split`` apart), summed by the caller; the intra-chunk part goes with split 0. ``PDL``:
-    launched while the chunk kernel finishes; waits for it after the row search."""
-    if PDL:
-        tl.extra.cuda.gdc_launch_dependents()
+    (``s_split`` apart), summed by the caller; the intra-chunk part goes with split 0."""
     row = tl.program_id(0)
     g = tl.program_id(1) // NSPLIT
     split = tl.program_id(1) % NSPLIT
     pid_n = tl.program_id(2)
     in_ty = x_ptr.dtype.element_ty
     start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
-    if PDL:
-        tl.extra.cuda.gdc_wait()
     if cstart < end:
         offs_q = tl.arange(0, BLOCK_Q)
         offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
@@ -668,7 +651,6 @@ def _ssd_bwd_finish_kernel(
     red_ptr, small_ptr, part_ptr, dbc_ptr,
     n_rows, H, P, RED_D, RED_W, NPB, NSPLIT, E,
     D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
-    PDL: tl.constexpr = False,
 ):
     """The backward's last reductions in one launch (they were two to four torch kernels, ~10 us
     under graphs at SAM's shapes). Programs ``0 .. H-1``: head ``h``'s small gradients from the
@@ -676,10 +658,7 @@ def _ssd_bwd_finish_kernel(
     ddt_bias (NPB)], summed over rows in a fixed order into ``small`` (fp32, flat):
     ``[dA (H) | ddt_bias (H) | dD (H·P per channel, H per head; only with RED_D > 0)]``. Programs
     ``H ..``: with split dB/dC (``NSPLIT`` > 1) one BLOCK_E slice of dB and of dC each, the sum of
-    the splits' fp32 partials ``part`` (2, NSPLIT, E) stored in the output dtype into ``dbc`` (2, E).
-    ``PDL``: launched while the dB/dC kernel finishes, waits for it first."""
-    if PDL:
-        tl.extra.cuda.gdc_wait()
+    the splits' fp32 partials ``part`` (2, NSPLIT, E) stored in the output dtype into ``dbc`` (2, E)."""
     pid = tl.program_id(0)
     if pid < H:
         offs_w = tl.arange(0, RED_WP)
@@ -838,7 +817,7 @@ def dstate_walk(
         HAS_Z=z is not None,
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
-        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N, PDL=pdl_enabled(dout),
+        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
         # 4 warps (two programs per SM) beat 8 with the state tiles too: 130m B32 L192 walk 81 -> 65 us,
         # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
         num_warps=BWD_TUNING.get("scan_warps") or 4,
@@ -993,9 +972,6 @@ def ssd_bwd(
     # one kernel spilled 4x more on the H100, 126 vs 32 bytes, and lost 18-25 % at the short
     # shapes, ``dev-runs/s14-call6-*``)
     factor_range = _factor_range(factor_range)
-    # programmatic dependent launch (Hopper): the chunk, dB/dC and finishing kernels start while
-    # their predecessor's last wave runs (samkern.launch.pdl_enabled has the contract they keep)
-    pdl = pdl_enabled(x)
     for factored, write_empty in (((True, True), (False, False)) if factor_range > 0 else ((False, True),)):
         _CHUNK[(n_rows, G * NHB, NPB)](
             dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
@@ -1009,7 +985,7 @@ def ssd_bwd(
             HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
             BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
             HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
-            PDL=pdl, num_warps=num_warps, num_stages=num_stages, launch_pdl=pdl,
+            num_warps=num_warps, num_stages=num_stages,
         )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
@@ -1037,9 +1013,8 @@ def ssd_bwd(
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(-3), dB.stride(-2), dC.stride(-3),
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb, PDL=pdl,
+        BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
         num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
-        launch_pdl=pdl,
     )
     # 4. the last reductions, one launch: the small gradients summed over rows and, with split dB/dC,
     # the splits' partials summed and cast (the torch reductions they replace cost ~10 us under
@@ -1059,7 +1034,7 @@ def ssd_bwd(
         # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
         # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
         D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(n_rows), 32768 // red_wp)),
-        BLOCK_E=block_e, PDL=pdl, num_warps=8, num_stages=1, launch_pdl=pdl,
+        BLOCK_E=block_e, num_warps=8, num_stages=1,
     )
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
     # views of one buffer; casts only where the parameter is not fp32 (each torch call is host
