@@ -1,6 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches (four without a dt cache,
-one more with ``factor_range``: the chunk kernel's factored decays, ``_factor_range``).
+"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches and a small finishing one
+(one more without a dt cache, one more with ``factor_range``: the chunk kernel's factored decays,
+``_factor_range``).
 
 Glossary: T total tokens (batch·L, sequences packed back to back), H heads, P headdim,
 N d_state, G ngroups (head ``h`` reads B/C group ``h // (H // G)``), Q the internal chunk
@@ -28,9 +29,12 @@ its dB/dC were summed over heads with atomics. Now:
 3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G · head-splits, N-blocks): dB/dC of a chunk are sums
    over the group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
    Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
-   plain store in the output dtype (or fp32 partials per head split, summed by torch, when there
-   are few chunks). No atomics anywhere, so the backward is always deterministic (bitwise
-   reproducible) at no extra cost.
+   plain store in the output dtype (or fp32 partials per head split when there are few chunks).
+4. ``_ssd_bwd_finish_kernel`` — grid (H + dB/dC blocks,): the last reductions in fixed order: dA,
+   ddt_bias, dD summed over rows from the chunk kernel's partials and, with split dB/dC, the
+   splits' partials summed and cast (they were two to four torch kernels, ~10 us under graphs).
+No atomics anywhere, so the backward is always deterministic (bitwise reproducible) at no extra
+cost.
 
 Per-chunk gradients (t = output position, s = source position, ``a = cumsum(dt·A)``,
 ``L_ts = exp(a_t − a_s)`` on s ≤ t, ``M_ts = (C Bᵀ)_ts L_ts dt_s``, ``w_s = exp(a_last − a_s) dt_s``):
@@ -72,7 +76,7 @@ Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
 per (row, head) into one small fp32 buffer (rows past a sequence's end: zeros written by their
-programs, so no zero fill) summed by one torch reduction. Extra
+programs, so no zero fill) summed over rows by the finishing kernel. Extra
 memory: ``dstates`` (as large as ``chunk_states``), the two state tiles (each as large as ``x``)
 and Q² fp32 per (row, group, slot).
 """
