@@ -228,6 +228,7 @@ def test_gpu_ssd_and_lora_take_the_direct_path():
     for y, g in outs[1:]:  # the direct path gives bitwise the same results
         assert torch.equal(y, outs[0][0]) and torch.equal(g, outs[0][1])
     assert fwd._FWD.hits >= 2 and bwd._CHUNK.hits >= 2 and bwd._DBDC.hits >= 2 and bwd._DSTATE.hits >= 2
+    assert bwd._FINISH.hits >= 2
 
     u = torch.randn(64, 8, device="cuda", dtype=torch.bfloat16)
     Bl = torch.randn(40, 8, device="cuda", dtype=torch.bfloat16)

@@ -483,6 +483,14 @@ def ssd_chunk_scan(
             xf, dtf, A, Bf, Cf, batch, L, split, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=bool(dt_softplus), dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
             want_final_states=want_final, block_q=block_q)[:2]
+    elif not need_grad and not compiling:
+        # inference: the Function's forward without the Function (its apply costs host time per
+        # call, which eager prefill pays per layer)
+        xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
+        out, final, _, _ = fwd_mod.ssd_fwd(
+            xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
+            dt_softplus=bool(dt_softplus), dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
+            want_final_states=want_final, block_q=block_q)
     elif compiling:
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,
@@ -492,7 +500,7 @@ def ssd_chunk_scan(
         out, final = SSDChunkScanFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx,
                                                 bool(dt_softplus), (float(dt_limit[0]), float(dt_limit[1])),
                                                 want_final, block_q, split)
-    if out.dim() == 3:  # the flat paths (split, compiled); the eager Function returns x's shape
+    if out.dim() == 3:  # the flat paths (split, compiled, inference); the eager Function returns x's shape
         out = out.view(batch, L, H, P)
     if not (return_final_states or return_varlen_states):
         return out
