@@ -9,7 +9,9 @@
 #   rm -rf abbase                                   # here, afterwards
 #
 # Environment: SSD_PROFILE_SHAPES (default: the four harness shapes), SSD_PROFILE_SWEEP (default
-# '[{}]': the shipped launch settings only), AB_LIMIT (seconds per tree, default 200).
+# '[{}]': the shipped launch settings only), AB_LIMIT (seconds per tree, default 200), AB_VARIANTS
+# (optional: more runs of the tree, one per line "name VAR=value ...", e.g. a launch knob through
+# SAMKERN_SSD_FWD_TUNING='{"peel":"none"}'; values without spaces; logs profile-<name>.log).
 set -uo pipefail
 case ${1:-} in
 prepare)
@@ -30,7 +32,16 @@ run)
   echo "base rc $?"
   OUT=$OUT/tree timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py >"$OUT/profile-tree.log" 2>&1
   echo "tree rc $?"
-  for f in base tree; do echo "## $f"; grep -E "^==|fwdbwd_graph|Error" "$OUT/profile-$f.log" | cut -c1-250; done
+  names="base tree"
+  while read -r name assigns; do
+    [ -n "$name" ] || continue
+    mkdir -p "$OUT/$name"
+    # shellcheck disable=SC2086
+    env $assigns OUT="$OUT/$name" timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py >"$OUT/profile-$name.log" 2>&1
+    echo "$name rc $?"
+    names="$names $name"
+  done <<< "${AB_VARIANTS:-}"
+  for f in $names; do echo "## $f"; grep -E "^==|fwdbwd_graph|Error" "$OUT/profile-$f.log" | cut -c1-250; done
   ;;
 *) echo "usage: $0 prepare <base-rev> | run"; exit 2 ;;
 esac
