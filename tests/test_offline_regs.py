@@ -38,6 +38,23 @@ def test_ssd_kernel_compiles_offline_with_register_report():
     assert 0 < r["regs"] <= 255 and r["spill_store_bytes"] >= 0 and r["smem_bytes"] > 0, r
 
 
+@pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
+def test_ssd_sass_loops_finds_the_pipelined_chunk_loop():
+    """scripts/ssd_sass_loops.py: the dS walk's chunk loop is found in the SASS, with its tensor-core
+    ops and asynchronous copies (software-pipelined), and counted apart from the whole kernel."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_sass_loops.py"),
+                          "_ssd_bwd_dstate_kernel"], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = out.stdout.splitlines()
+    whole = [line for line in lines if "whole kernel" in line]
+    loops = [line for line in lines if line.strip().startswith("loop")]
+    assert len(whole) == 1 and loops, out.stdout
+    big = max(loops, key=lambda line: int(line.split("'instrs': ")[1].split(",")[0]))
+    assert "'HGMMA': 0," not in big and "'LDGSTS': 0," not in big, big
+
+
 def test_conv_ptx_fingerprint_ignores_line_info_only():
     """scripts/conv_ptx_fingerprint.py's normalisation: source-line moves (``.loc`` lines, the debug
     sections) do not change a fingerprint, an instruction does. In a fresh interpreter: importing
