@@ -312,25 +312,6 @@ def test_backward_without_final_states_and_no_grad_inference():
     assert_close("no_grad out", out2, out.detach(), 1e-5)
 
 
-def test_inference_takes_no_autograd_node(monkeypatch):
-    """Without gradients the scan calls the forward kernel directly, not through the autograd
-    Function (host time per call in eager prefill), with the Function's outputs."""
-    from samkern.ops.ssd.chunk import SSDChunkScanFunction
-
-    kw = make(2, 45, 4, 12, 10, 2, torch.float32, D="head", z=True, dt_bias=True, init=True, requires_grad=True)
-    want_out, want_fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
-
-    def no_function(*args):
-        raise AssertionError("inference went through the autograd Function")
-
-    monkeypatch.setattr(SSDChunkScanFunction, "apply", no_function)
-    with torch.no_grad():
-        out, fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
-    assert out.grad_fn is None and out.shape == want_out.shape
-    assert_close("out", out, want_out.detach(), 1e-6)
-    assert_close("final_states", fin, want_fin.detach(), 1e-6)
-
-
 def test_chunk_size_does_not_change_result():
     kw = make(1, 30, 2, 16, 16, D="head")
     outs = [ssd_chunk_scan(**kw, chunk_size=cs, backend="triton") for cs in (1, 64, 256)]

@@ -24,6 +24,7 @@ from typing import Optional, Tuple
 
 import torch
 
+from samkern import inference
 from samkern.backend import on_cuda, pick_backend, register
 from samkern.ext import REBUILD_COMMAND, ext_status, get_ext, has_ext
 from samkern.ops.connector_reorder.ref import check_inputs, connector_reorder_bwd_ref, connector_reorder_ref
@@ -149,4 +150,4 @@ def connector_reorder(
         which = "triton"  # CPU tensors through the Triton interpreter (tests)
     else:
         which = pick_backend(OP, (tokens, sep), backend)
-    return _ConnectorReorderFn.apply(tokens.contiguous(), sep.contiguous(), mode, n_time, n_freq, which)
+    return inference.apply(_ConnectorReorderFn, tokens.contiguous(), sep.contiguous(), mode, n_time, n_freq, which)

@@ -22,6 +22,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
+from samkern import inference
 from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import check_tensor
 from samkern.ops.conv1d.ref import causal_conv1d_ref, check_conv1d_inputs
@@ -78,7 +79,7 @@ def causal_conv1d(
         raise ValueError("causal_conv1d: the triton backend takes neither initial_states nor "
                          "return_final_states; use backend='ref' (decoding set-up)")
     check_conv1d_inputs(x, weight, bias, seq_idx, activation=activation)  # the reference checks its own
-    return CausalConv1dFunction.apply(x, weight, bias, seq_idx, activation is not None)
+    return inference.apply(CausalConv1dFunction, x, weight, bias, seq_idx, activation is not None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,4 +201,5 @@ def conv_split(
     cols = _starts(sizes)
     conv_in = proj[..., cols[conv_index]:cols[conv_index + 1]].transpose(1, 2)
     check_conv1d_inputs(conv_in, weight, bias, seq_idx, activation=activation)
-    return ConvSplitFunction.apply(proj, weight, bias, seq_idx, activation is not None, sizes, conv_index, conv_sizes)
+    return inference.apply(ConvSplitFunction, proj, weight, bias, seq_idx, activation is not None, sizes, conv_index,
+                           conv_sizes)

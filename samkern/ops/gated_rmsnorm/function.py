@@ -14,6 +14,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from samkern import inference
 from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import as_rows
 from samkern.ops.gated_rmsnorm.ref import check_rmsnorm_inputs, rmsnorm_gated_ref
@@ -62,5 +63,6 @@ def rmsnorm_gated(
         return rmsnorm_gated_ref(x, weight, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
     gs = check_rmsnorm_inputs(x, weight, z, eps, group_size)
     n = x.shape[-1]
-    y = RMSNormGatedFunction.apply(as_rows(x, n), weight, as_rows(z, n), float(eps), gs, bool(norm_before_gate))
+    y = inference.apply(RMSNormGatedFunction, as_rows(x, n), weight, as_rows(z, n), float(eps), gs,
+                        bool(norm_before_gate))
     return y.view(x.shape)

@@ -22,6 +22,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from samkern import inference
 from samkern.backend import on_cuda, pick_backend, register
 from samkern.checks import FLOAT_DTYPES, as_rows, check_finite, check_same_device, check_tensor
 from samkern.ops.lora_linear.ref import lora_linear_ref
@@ -276,14 +277,8 @@ def lora_linear_triton(
 ) -> Tensor:
     """Triton path of :func:`lora_linear` (no validation; shapes as there)."""
     if not torch.compiler.is_compiling():
-        if not torch.is_grad_enabled() or not any(
-                t is not None and t.requires_grad for t in (x, W, b, A, B, dropout_x)):
-            # inference (eager decoding calls this twice per block per token): the same kernels
-            # without an autograd node, whose apply / save costs ~10 us of host time per call
-            K = x.shape[-1]
-            y, _ = _fwd_impl(as_rows(x, K), W, b, A, B, float(scale), as_rows(dropout_x, K))
-            return y if x.dim() == 2 else y.view(*x.shape[:-1], y.shape[1])
-        return LoRALinearFunction.apply(x, W, b, A, B, float(scale), dropout_x)
+        # (without gradients the Function's forward runs without its node: samkern.inference)
+        return inference.apply(LoRALinearFunction, x, W, b, A, B, float(scale), dropout_x)
     # traced: the custom op is an opaque node with a fake impl and registered autograd
     K = x.shape[-1]
     y, _ = torch.ops.samkern.lora_linear_fwd(as_rows(x, K), W, b, A, B, float(scale), as_rows(dropout_x, K))

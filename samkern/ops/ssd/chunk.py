@@ -34,6 +34,7 @@ from typing import List, Optional, Tuple
 
 import torch
 
+from samkern import inference
 from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import FLOAT_DTYPES, _sync_checks_allowed, check_same_device, check_tensor, host_reads_allowed
 from samkern.ops.ssd import split as split_mod  # no Triton at import (it imports the kernels lazily)
@@ -483,24 +484,17 @@ def ssd_chunk_scan(
             xf, dtf, A, Bf, Cf, batch, L, split, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
             dt_softplus=bool(dt_softplus), dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
             want_final_states=want_final, block_q=block_q)[:2]
-    elif not need_grad and not compiling:
-        # inference: the Function's forward without the Function (its apply costs host time per
-        # call, which eager prefill pays per layer)
-        xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
-        out, final, _, _ = fwd_mod.ssd_fwd(
-            xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
-            dt_softplus=bool(dt_softplus), dt_limit=(float(dt_limit[0]), float(dt_limit[1])),
-            want_final_states=want_final, block_q=block_q)
     elif compiling:
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,
                                     bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), need_grad,
                                     want_final, block_q)
     else:
-        out, final = SSDChunkScanFunction.apply(x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx,
-                                                bool(dt_softplus), (float(dt_limit[0]), float(dt_limit[1])),
-                                                want_final, block_q, split)
-    if out.dim() == 3:  # the flat paths (split, compiled, inference); the eager Function returns x's shape
+        # (without gradients the Function's forward runs without its node: samkern.inference)
+        out, final = inference.apply(SSDChunkScanFunction, x, dt, A, B, C, D, z, dt_bias, initial_states, cu,
+                                     init_idx, bool(dt_softplus), (float(dt_limit[0]), float(dt_limit[1])),
+                                     want_final, block_q, split)
+    if out.dim() == 3:  # the flat paths (split, compiled); the eager Function returns x's shape
         out = out.view(batch, L, H, P)
     if not (return_final_states or return_varlen_states):
         return out
