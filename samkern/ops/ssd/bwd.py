@@ -240,6 +240,70 @@ def _may_be_nonzero(start, end, cstart, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.c
 
 
 @triton.jit
+def _walk_chunk(
+    ci, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
+    dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+    T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+    HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr,
+    PREC: tl.constexpr, BLOCK_Q: tl.constexpr,
+    DS_ZERO: tl.constexpr, SIN_ZERO: tl.constexpr, UPDATE: tl.constexpr,
+):
+    """Step ``ci`` of the reverse dS walk (chunk ``c = n_chunks - 1 - ci`` of the sequence): with
+    ``WRITE_DS`` stores dS leaving the chunk, ``B dSᵀ``, ``C S_inᵀ`` and ``Σ dS ∘ S_in``; returns dS
+    entering it (``UPDATE``; else dS unchanged). Peeled steps (the kernel's comment) know at compile
+    time that dS leaving the chunk is zero (``DS_ZERO``: nothing of it stored, ``Σ dS ∘ S_in`` = 0)
+    or that no state enters it (``SIN_ZERO``), and skip those loads, dots and stores."""
+    in_ty = C_ptr.dtype.element_ty
+    c = n_chunks - 1 - ci
+    tok = start + c * BLOCK_Q + offs_q
+    mq = tok < end
+    mqp = mq[:, None] & mp[None, :]
+    mqn = mq[:, None] & mn[None, :]
+    if UPDATE or not SIN_ZERO:
+        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+    if WRITE_DS:  # off in the sequence split's first pass, which needs only d initial_states
+        row_off = (row0 + c) * HPN + state_off
+        # known zeros (module docstring, "Known-zero states"): dS leaving a sequence's last chunk
+        # without d final_states is not stored, the state entering its first chunk without initial
+        # states not read (in the loop by masks, not branches: the loop stays branch-free; the
+        # peeled steps drop them at compile time, the constexpr ifs below)
+        if not DS_ZERO:
+            tl.store(ds_ptr + row_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn & ((ci > 0) | HAS_DFINAL))
+        # the chunk kernel's state terms, from dS leaving this chunk and the state entering it
+        # (both rounded to the input dtype as dot operands, as the stored copies are). dS is the
+        # left operand as it is: no tl.trans of a dot result (Triton 3.6 Hopper miscompile)
+        if not DS_ZERO:
+            Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+        if not SIN_ZERO:
+            S_in = tl.load(cs_ptr + row_off, mask=mpn & ((c > 0) | HAS_INIT), other=0.0)
+        if DS_ZERO or SIN_ZERO:
+            tl.store(sds_ptr + ((row0 + c) * H + pid_h) * NPBW + pid_p, 0.0)
+        else:
+            tl.store(sds_ptr + ((row0 + c) * H + pid_h) * NPBW + pid_p, tl.sum(tl.sum(dS * S_in.to(tl.float32), 1), 0))
+        if not DS_ZERO:
+            bds_t = tl.dot(dS.to(in_ty), tl.trans(Bm), input_precision=PREC)  # [P, Q] = (B dSᵀ)ᵀ
+        if not SIN_ZERO:
+            cs_t = tl.dot(S_in.to(in_ty), tl.trans(Cm), input_precision=PREC)  # [P, Q] = (C S_inᵀ)ᵀ
+        tile = tok[None, :] * (H * P) + pid_h * P + offs_p[:, None]
+        mpq = mp[:, None] & mq[None, :]
+        if not DS_ZERO:
+            tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq & ((ci > 0) | HAS_DFINAL))
+        if not SIN_ZERO:
+            tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq & ((c > 0) | HAS_INIT))
+    if UPDATE:
+        last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
+        _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
+        dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
+        # (exp(a) ∘ dy)ᵀ C: the transposed operand is a loaded value, not a dot result
+        if DS_ZERO:
+            dS = tl.dot(tl.trans((dy * tl.exp(a)[:, None]).to(in_ty)), Cm, input_precision=PREC)
+        else:
+            dS = tl.exp(a_last) * dS + tl.dot(tl.trans((dy * tl.exp(a)[:, None]).to(in_ty)), Cm,
+                                              input_precision=PREC)
+    return dS
+
+
+@triton.jit
 def _ssd_bwd_dstate_kernel(
     dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr, cs_ptr,
     ds_ptr, dinit_ptr, bds_ptr, csin_ptr, sds_ptr,
@@ -275,37 +339,37 @@ def _ssd_bwd_dstate_kernel(
         dS = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
     row0 = start // BLOCK_Q + pid_s
 
-    for ci in range(0, n_chunks):
-        c = n_chunks - 1 - ci
-        tok = start + c * BLOCK_Q + offs_q
-        mq = tok < end
-        mqp = mq[:, None] & mp[None, :]
-        mqn = mq[:, None] & mn[None, :]
-        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
-        if WRITE_DS:  # off in the sequence split's first pass, which needs only d initial_states
-            row_off = (row0 + c) * HPN + state_off
-            # known zeros (module docstring, "Known-zero states"): dS leaving a sequence's last
-            # chunk without d final_states is not stored, the state entering its first chunk
-            # without initial states not read (masks, not branches: the loop stays branch-free)
-            tl.store(ds_ptr + row_off, dS.to(ds_ptr.dtype.element_ty), mask=mpn & ((ci > 0) | HAS_DFINAL))
-            # the chunk kernel's state terms, from dS leaving this chunk and the state entering it
-            # (both rounded to the input dtype as dot operands, as the stored copies are). dS is
-            # the left operand as it is: no tl.trans of a dot result (Triton 3.6 Hopper miscompile)
-            Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
-            S_in = tl.load(cs_ptr + row_off, mask=mpn & ((c > 0) | HAS_INIT), other=0.0)
-            tl.store(sds_ptr + ((row0 + c) * H + pid_h) * NPBW + pid_p, tl.sum(tl.sum(dS * S_in.to(tl.float32), 1), 0))
-            bds_t = tl.dot(dS.to(in_ty), tl.trans(Bm), input_precision=PREC)  # [P, Q] = (B dSᵀ)ᵀ
-            cs_t = tl.dot(S_in.to(in_ty), tl.trans(Cm), input_precision=PREC)  # [P, Q] = (C S_inᵀ)ᵀ
-            tile = tok[None, :] * (H * P) + pid_h * P + offs_p[:, None]
-            mpq = mp[:, None] & mq[None, :]
-            tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq & ((ci > 0) | HAS_DFINAL))
-            tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq & ((c > 0) | HAS_INIT))
-        last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
-        _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
-        dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
-        # (exp(a) ∘ dy)ᵀ C: the transposed operand is a loaded value, not a dot result
-        dS = tl.exp(a_last) * dS + tl.dot(tl.trans((dy * tl.exp(a)[:, None]).to(in_ty)), Cm,
-                                          input_precision=PREC)
+    # The known-zero ends (module docstring, "Known-zero states") are peeled off the loop, so that
+    # the loop itself stays branch-free (a branch inside it stops Triton's pipeliner): without
+    # d final_states the first chunk walked (the sequence's last) starts from dS = 0, so it has no
+    # dS / B dSᵀ to store; without initial states the last chunk walked (the first) has no state
+    # entering it (no C S_inᵀ) and its dS update would only feed d initial_states.
+    PEEL_FIRST: tl.constexpr = WRITE_DS and not HAS_DFINAL
+    PEEL_LAST: tl.constexpr = WRITE_DS and not HAS_INIT
+    ci0 = 0
+    if PEEL_FIRST:
+        dS = _walk_chunk(
+            0, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
+            dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+            T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, True, False, True)
+        ci0 = 1
+    ci_end = n_chunks
+    if PEEL_LAST:
+        ci_end = tl.maximum(n_chunks - 1, ci0)
+    for ci in range(ci0, ci_end):
+        dS = _walk_chunk(
+            ci, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
+            dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+            T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, False, True)
+    if PEEL_LAST:
+        if ci_end < n_chunks:  # the sequence's first chunk is still to walk (not the peeled first one)
+            dS = _walk_chunk(
+                n_chunks - 1, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g,
+                pid_h, pid_p, dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+                T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+                HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, True, False)
 
     if HAS_INIT:
         idx = tl.load(init_ptr + pid_s)

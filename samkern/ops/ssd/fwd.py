@@ -101,6 +101,78 @@ def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
 
 
 @triton.jit
+def _fwd_chunk(
+    c, ST, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow, cs_base, HPN,
+    x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p, dtc_ptr, T, HT,
+    stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min, dt_max,
+    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
+    DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_CHUNK: tl.constexpr, STATES_ONLY: tl.constexpr,
+    WRITE_DT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_Q: tl.constexpr, SKIP_UNREAD: tl.constexpr,
+    ZERO_STATE: tl.constexpr, UPDATE: tl.constexpr,
+):
+    """Chunk ``c`` of one program's sequence: stores the entering state ``ST`` (WRITE_CHUNK), the
+    dt cache (WRITE_DT) and the output; returns (the state after the chunk, or ``ST`` unchanged
+    without ``UPDATE``; the chunk's log-decay ``a_last``). ``ZERO_STATE``: ``ST`` is known to be
+    zero (the first chunk without initial states): no C·S term, no store with SKIP_UNREAD."""
+    offs_t = start + c * BLOCK_Q + offs_q
+    mask_t = offs_t < end
+    if WRITE_CHUNK:
+        if not (ZERO_STATE and SKIP_UNREAD):
+            # SKIP_UNREAD: without initial states the state entering the first chunk is zero and
+            # the backward never reads it (bwd.py, "Known-zero states"): a mask in the loop
+            tl.store(cs_base + (crow + c) * HPN, ST.to(cs_base.dtype.element_ty),
+                     mask=mask_np & ((c > 0) | HAS_INIT | (not SKIP_UNREAD)))
+
+    # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
+    # slower at the SAM shapes: dev-runs/s7-call2)
+    dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += dt_bias
+    dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
+    if WRITE_DT:
+        if pid_p == 0:  # one writer per (token, head)
+            _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
+    # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
+    a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+
+    xm = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
+                 mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+    Bm = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
+                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+    if not STATES_ONLY:  # the split path's first pass needs only the state update
+        Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
+                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+
+        # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
+        # the upper triangle is masked *before* exp so it cannot overflow)
+        CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
+        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
+        Mm = CB * decay * dt[None, :]
+        y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
+        if not ZERO_STATE:
+            # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
+            y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
+        if HAS_D:
+            if D_PER_P:
+                y += Dv[None, :] * xm.to(tl.float32)
+            else:
+                y += Dv * xm.to(tl.float32)
+        if HAS_Z:
+            zm = tl.load(z_base + offs_t[:, None] * stride_z_t + offs_p[None, :],
+                         mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+            y = y * zm * tl.sigmoid(zm)
+        tl.store(o_base + offs_t[:, None] * stride_o_t + offs_p[None, :], y.to(o_base.dtype.element_ty),
+                 mask=mask_t[:, None] & mask_p[None, :])
+
+    if UPDATE:
+        # state update: ST <- exp(a_last) ST + B^T (w x), w_s = exp(a_last - a_s) dt_s
+        w = tl.exp(a_last - a) * dt
+        xw = (xm.to(tl.float32) * w[:, None]).to(xm.dtype)
+        ST = ST * tl.exp(a_last) + tl.dot(tl.trans(Bm), xw, input_precision=DOT_PREC)
+    return ST, a_last
+
+
+@triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, init_ptr, init_idx_ptr, cu_ptr,
     out_ptr, final_ptr, cstates_ptr,
@@ -137,6 +209,8 @@ def _ssd_fwd_kernel(
     mask_np = mask_n[:, None] & mask_p[None, :]
 
     A = tl.load(A_ptr + pid_h).to(tl.float32)
+    dt_bias = 0.0  # placeholders for the chunk helper's unused arguments (constexpr flags off)
+    Dv = 0.0
     if HAS_DT_BIAS:
         dt_bias = tl.load(dt_bias_ptr + pid_h).to(tl.float32)
     if HAS_D:
@@ -161,68 +235,51 @@ def _ssd_fwd_kernel(
     c_base = C_ptr + g * stride_c_g
     dt_base = dt_ptr + pid_h * stride_dt_h
     causal = offs_q[:, None] >= offs_q[None, :]
-    if WRITE_CHUNK:
-        crow = start // BLOCK_Q + pid_s
-        cs_base = cstates_ptr + pid_h * P * N + st_off
+    crow = start // BLOCK_Q + pid_s  # (used only with WRITE_CHUNK)
+    cs_base = cstates_ptr + pid_h * P * N + st_off
 
     n_chunks = tl.cdiv(end - start, BLOCK_Q).to(tl.int32)
     if WRITE_DECAY:
         a_tot = tl.zeros([], dtype=tl.float32)
-    for c in range(0, n_chunks):
-        offs_t = start + c * BLOCK_Q + offs_q
-        mask_t = offs_t < end
-        if WRITE_CHUNK:
-            # SKIP_UNREAD: without initial states the state entering the first chunk is zero and
-            # the backward never reads it (bwd.py, "Known-zero states"): a mask, not a branch
-            tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty),
-                     mask=mask_np & ((c > 0) | HAS_INIT | (not SKIP_UNREAD)))
-
-        # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
-        # slower at the SAM shapes: dev-runs/s7-call2)
-        dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
-        if HAS_DT_BIAS:
-            dt += dt_bias
-        dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
-        if WRITE_DT:
-            if pid_p == 0:  # one writer per (token, head)
-                _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
-        # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
-        a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+    # The chunks whose state work is known to be wasted are peeled off the loop (the loop stays
+    # branch-free: a branch inside it stops Triton's pipeliner): without initial states the state
+    # entering the first chunk is zero (no C·S term, and with SKIP_UNREAD no store); without final
+    # states nothing reads the state after the last chunk (no state update there).
+    PEEL_FIRST: tl.constexpr = not HAS_INIT
+    PEEL_LAST: tl.constexpr = not WRITE_FINAL
+    c0 = 0
+    if PEEL_FIRST:
+        ST, a_last = _fwd_chunk(
+            0, ST, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow, cs_base, HPN,
+            x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p, dtc_ptr, T, HT,
+            stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min, dt_max,
+            HAS_D, D_PER_P, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, HAS_INIT, WRITE_CHUNK, STATES_ONLY, WRITE_DT,
+            DOT_PREC, BLOCK_Q, SKIP_UNREAD, True, True)
         if WRITE_DECAY:
             a_tot += a_last
-
-        xm = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
-                     mask=mask_t[:, None] & mask_p[None, :], other=0.0)
-        Bm = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
-                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-        if not STATES_ONLY:  # the split path's first pass needs only the state update
-            Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
-                         mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-
-            # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
-            # the upper triangle is masked *before* exp so it cannot overflow)
-            CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
-            decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
-            Mm = CB * decay * dt[None, :]
-            y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
-            # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
-            y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
-            if HAS_D:
-                if D_PER_P:
-                    y += Dv[None, :] * xm.to(tl.float32)
-                else:
-                    y += Dv * xm.to(tl.float32)
-            if HAS_Z:
-                zm = tl.load(z_base + offs_t[:, None] * stride_z_t + offs_p[None, :],
-                             mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
-                y = y * zm * tl.sigmoid(zm)
-            tl.store(o_base + offs_t[:, None] * stride_o_t + offs_p[None, :], y.to(out_ptr.dtype.element_ty),
-                     mask=mask_t[:, None] & mask_p[None, :])
-
-        # state update: ST <- exp(a_last) ST + B^T (w x), w_s = exp(a_last - a_s) dt_s
-        w = tl.exp(a_last - a) * dt
-        xw = (xm.to(tl.float32) * w[:, None]).to(xm.dtype)
-        ST = ST * tl.exp(a_last) + tl.dot(tl.trans(Bm), xw, input_precision=DOT_PREC)
+        c0 = 1
+    c_end = n_chunks
+    if PEEL_LAST:
+        c_end = tl.maximum(n_chunks - 1, c0)
+    for c in range(c0, c_end):
+        ST, a_last = _fwd_chunk(
+            c, ST, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow, cs_base, HPN,
+            x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p, dtc_ptr, T, HT,
+            stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min, dt_max,
+            HAS_D, D_PER_P, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, HAS_INIT, WRITE_CHUNK, STATES_ONLY, WRITE_DT,
+            DOT_PREC, BLOCK_Q, SKIP_UNREAD, False, True)
+        if WRITE_DECAY:
+            a_tot += a_last
+    if PEEL_LAST:
+        if c_end < n_chunks:  # the last chunk is still to do (it was not the peeled first one)
+            ST, a_last = _fwd_chunk(
+                n_chunks - 1, ST, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow,
+                cs_base, HPN, x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p,
+                dtc_ptr, T, HT, stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min,
+                dt_max, HAS_D, D_PER_P, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, HAS_INIT, WRITE_CHUNK, STATES_ONLY,
+                WRITE_DT, DOT_PREC, BLOCK_Q, SKIP_UNREAD, False, False)
+            if WRITE_DECAY:
+                a_tot += a_last
 
     if WRITE_CHUNK and not SKIP_UNREAD:
         # rows owned by this sequence but past its last chunk (at most 2): zero them, so that the
