@@ -101,11 +101,13 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
-# ``factor_range`` (``_factor_range``; 0 = never).
+# ``factor_range`` (``_factor_range``; 0 = never); walk_peel: the dS walk peels its known-zero ends off
+# its chunk loop (None = True; offline SASS: the loop's code and spill loads unchanged, 51 -> 50; not
+# yet timed on the GPU).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
-                    "factor_range": None}
+                    "factor_range": None, "walk_peel": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -311,7 +313,7 @@ def _ssd_bwd_dstate_kernel(
     s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PEEL: tl.constexpr = False,
 ):
     """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
     chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
@@ -344,8 +346,8 @@ def _ssd_bwd_dstate_kernel(
     # d final_states the first chunk walked (the sequence's last) starts from dS = 0, so it has no
     # dS / B dSᵀ to store; without initial states the last chunk walked (the first) has no state
     # entering it (no C S_inᵀ) and its dS update would only feed d initial_states.
-    PEEL_FIRST: tl.constexpr = WRITE_DS and not HAS_DFINAL
-    PEEL_LAST: tl.constexpr = WRITE_DS and not HAS_INIT
+    PEEL_FIRST: tl.constexpr = PEEL and WRITE_DS and not HAS_DFINAL
+    PEEL_LAST: tl.constexpr = PEEL and WRITE_DS and not HAS_INIT
     ci0 = 0
     if PEEL_FIRST:
         dS = _walk_chunk(
@@ -886,6 +888,7 @@ def dstate_walk(
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
+        PEEL=BWD_TUNING.get("walk_peel") is None or bool(BWD_TUNING.get("walk_peel")),
         # 4 warps (two programs per SM) beat 8 with the state tiles too: 130m B32 L192 walk 81 -> 65 us,
         # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
         num_warps=BWD_TUNING.get("scan_warps") or 4,

@@ -57,9 +57,13 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # "split_len": segment length of the sequence-split inference path for long rows
 # (:mod:`samkern.ops.ssd.split`); None = its heuristic (``pick_split_len``), 0 = never.
 # "chunk_states": dtype of the states stored for the backward, "input" (bf16 for bf16 inputs, else
-# fp32) or "fp32"; None = "input" (see chunk_state_dtype).
+# fp32) or "fp32"; None = "input" (see chunk_state_dtype). "peel": which known-zero ends the kernel
+# peels off its chunk loop, "first" (the zero entering state without initial states), "last" (the
+# unread update after the last chunk without final states), "both" or "none"; None = "first"
+# (offline SASS: the loop keeps its spill loads, 23 -> 24, against 28 for "both" and 31 for "last";
+# not yet timed on the GPU).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
-                    "chunk_states": None}
+                    "chunk_states": None, "peel": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
@@ -191,6 +195,7 @@ def _ssd_fwd_kernel(
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
     STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, WRITE_DECAY: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_UNREAD: tl.constexpr = False,
+    PEEL_FIRST_OK: tl.constexpr = False, PEEL_LAST_OK: tl.constexpr = False,
 ):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -245,8 +250,8 @@ def _ssd_fwd_kernel(
     # branch-free: a branch inside it stops Triton's pipeliner): without initial states the state
     # entering the first chunk is zero (no C·S term, and with SKIP_UNREAD no store); without final
     # states nothing reads the state after the last chunk (no state update there).
-    PEEL_FIRST: tl.constexpr = not HAS_INIT
-    PEEL_LAST: tl.constexpr = not WRITE_FINAL
+    PEEL_FIRST: tl.constexpr = PEEL_FIRST_OK and not HAS_INIT
+    PEEL_LAST: tl.constexpr = PEEL_LAST_OK and not WRITE_FINAL
     c0 = 0
     if PEEL_FIRST:
         ST, a_last = _fwd_chunk(
@@ -441,6 +446,9 @@ def ssd_fwd(
         dt_bias = dt_bias.contiguous()
     dummy = x  # stands in for absent optional pointers (never dereferenced: its constexpr flag is off)
     zs = z.stride() if z is not None else (0, 0, 1)
+    peel = FWD_TUNING.get("peel") or "first"
+    if peel not in ("first", "last", "both", "none"):
+        raise ValueError(f"FWD_TUNING['peel'] must be first / last / both / none, got {peel!r}")
     nw = FWD_TUNING.get("num_warps") or (8 if block_q >= 128 else 4)
     ns = FWD_TUNING.get("num_stages") or 2
     grid = (nseq, H, cdiv(P, BLOCK_P))
@@ -471,6 +479,7 @@ def ssd_fwd(
         WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
         WRITE_DT=dt_cache_out is not None, WRITE_DECAY=decay_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, SKIP_UNREAD=bool(skip_unread_rows),
+        PEEL_FIRST_OK=peel in ("first", "both"), PEEL_LAST_OK=peel in ("last", "both"),
         num_warps=nw, num_stages=ns,
     )
     return out, final, cstates, block_q
