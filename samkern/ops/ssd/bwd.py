@@ -102,8 +102,8 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
 # ``factor_range`` (``_factor_range``; 0 = never); walk_peel: the dS walk peels its known-zero ends off
-# its chunk loop (None = True; offline SASS: the loop's code and spill loads unchanged, 51 -> 50; not
-# yet timed on the GPU); dbdc_specialize: the dB/dC kernel takes a head loop without the known-zero
+# its chunk loop (None = True; offline SASS, 130m, no z: the loop's code unchanged, its spill loads
+# 50 -> 42; not yet timed on the GPU); dbdc_specialize: the dB/dC kernel takes a head loop without the known-zero
 # state term's loads and dots in a sequence's first / last chunk (None = True; not yet timed).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,

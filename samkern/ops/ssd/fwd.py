@@ -60,8 +60,8 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # fp32) or "fp32"; None = "input" (see chunk_state_dtype). "peel": which known-zero ends the kernel
 # peels off its chunk loop, "first" (the zero entering state without initial states), "last" (the
 # unread update after the last chunk without final states), "both" or "none"; None = "first"
-# (offline SASS: the loop keeps its spill loads, 23 -> 24, against 28 for "both" and 31 for "last";
-# not yet timed on the GPU).
+# (offline SASS of the benchmark's specialisation, 130m, no z: the chunk loop stays pipelined in
+# every setting, its spill loads 5 -> 4 with "first", 10 with "both", 19 with "last"; not yet timed).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
                     "chunk_states": None, "peel": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
