@@ -212,8 +212,9 @@ def test_bwd_first_row_states_unread_without_initial_states(kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+@pytest.mark.parametrize("peeled", [False, True])
 @pytest.mark.parametrize("with_init,with_dfinal", [(False, False), (False, True), (True, False), (True, True)])
-def test_bwd_known_zero_ends(with_init, with_dfinal, kernel_device):
+def test_bwd_known_zero_ends(with_init, with_dfinal, peeled, kernel_device):
     """The known-zero ends of every sequence (without d final_states dS = 0 leaving its last chunk,
     without initial states no state enters its first) in every combination, with sequences of one
     chunk (both ends the same chunk), two and three chunks, and NaN-poisoned buffers, so a skipped
@@ -225,7 +226,9 @@ def test_bwd_known_zero_ends(with_init, with_dfinal, kernel_device):
                      n_init=n if with_init else 0, init_idx=list(range(n)) if with_init else None,
                      dfinal=with_dfinal)
     ref, cs = reference_grads(case, block_q=16)
-    with poisoned_empty():
+    # peeled: the walk's known-zero ends off its loop and dB/dC's per-chunk head loops
+    # (BWD_TUNING walk_peel / dbdc_specialize)
+    with bwd_tuning(walk_peel=peeled, dbdc_specialize=peeled), poisoned_empty():
         got = run_kernel(case, 16, cs, kernel_device)
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 

@@ -101,10 +101,11 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
-# ``factor_range`` (``_factor_range``; 0 = never); walk_peel: the dS walk peels its known-zero ends off
-# its chunk loop (None = True; offline SASS, 130m, no z: the loop's code unchanged, its spill loads
-# 50 -> 42; not yet timed on the GPU); dbdc_specialize: the dB/dC kernel takes a head loop without the known-zero
-# state term's loads and dots in a sequence's first / last chunk (None = True; not yet timed).
+# ``factor_range`` (``_factor_range``; 0 = never); walk_peel: the dS walk peels its known-zero ends
+# off its chunk loop; dbdc_specialize: the dB/dC kernel takes a head loop without the known-zero
+# state term's loads and dots in a sequence's first / last chunk. Both None = off until timed and
+# validated on the GPU (offline SASS, 130m, no z: the walk loop's code unchanged, its spill loads
+# 50 -> 42; the dB/dC loops unchanged, no spills).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
@@ -933,7 +934,7 @@ def dstate_walk(
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
-        PEEL=BWD_TUNING.get("walk_peel") is None or bool(BWD_TUNING.get("walk_peel")),
+        PEEL=bool(BWD_TUNING.get("walk_peel")),  # off until timed on the GPU (NOTES.md)
         # 4 warps (two programs per SM) beat 8 with the state tiles too: 130m B32 L192 walk 81 -> 65 us,
         # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
         num_warps=BWD_TUNING.get("scan_warps") or 4,
@@ -1130,7 +1131,7 @@ def ssd_bwd(
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
-        SPECIALIZE=BWD_TUNING.get("dbdc_specialize") is None or bool(BWD_TUNING.get("dbdc_specialize")),
+        SPECIALIZE=bool(BWD_TUNING.get("dbdc_specialize")),  # off until timed on the GPU (NOTES.md)
         num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
     # 4. the last reductions, one launch: the small gradients summed over rows and, with split dB/dC,
