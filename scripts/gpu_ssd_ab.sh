@@ -5,7 +5,8 @@
 #
 #   bash scripts/gpu_ssd_ab.sh prepare <base-rev>   # here: writes ./abbase/ (untracked, NOT ignored,
 #                                                   # so it travels with the tree; never commit it)
-#   bash scripts/gpu_ssd_ab.sh run                  # device, carry [".gpu-kit"]: logs in $OUT
+#   bash scripts/gpu_ssd_ab.sh run                  # device, carry [".gpu-kit"]: logs in $OUT (without
+#                                                   # abbase/: the tree and AB_VARIANTS only)
 #   rm -rf abbase                                   # here, afterwards
 #
 # Environment: SSD_PROFILE_SHAPES (default: the four harness shapes), SSD_PROFILE_SWEEP (default
@@ -21,18 +22,22 @@ prepare)
   ;;
 run)
   OUT=${OUT:-/tmp/samkern-out}; mkdir -p "$OUT/base" "$OUT/tree"
-  [ -d abbase ] || { echo "no abbase/: run 'prepare <rev>' here first"; exit 1; }
+  # without abbase/ only the tree and its variants run (a knob's A/B needs no second tree)
+  [ -d abbase ] || echo "no abbase/: the tree and AB_VARIANTS only"
   source .gpu-kit/peers.sh >/dev/null
   export PYTHONPATH="$PWD:$PYTHONPATH" PYTHONUNBUFFERED=1 SSD_PROFILE_PEER=0
   export SSD_PROFILE_SHAPES=${SSD_PROFILE_SHAPES:-130m-B32-L192,2.7b-B16-L192,2.7b-B8-L640,2.7b-B1-L16384}
   export SSD_PROFILE_SWEEP=${SSD_PROFILE_SWEEP:-'[{}]'}
   python3 -m pip install -q --no-build-isolation --no-deps -e . >/dev/null 2>&1
   # the profile script puts its own tree first on sys.path, so abbase/'s copy profiles the base
-  (cd abbase && OUT=$OUT/base timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py) >"$OUT/profile-base.log" 2>&1
-  echo "base rc $?"
+  names="tree"
+  if [ -d abbase ]; then
+    (cd abbase && OUT=$OUT/base timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py) >"$OUT/profile-base.log" 2>&1
+    echo "base rc $?"
+    names="base tree"
+  fi
   OUT=$OUT/tree timeout "${AB_LIMIT:-200}" python3 scripts/gpu_ssd_profile.py >"$OUT/profile-tree.log" 2>&1
   echo "tree rc $?"
-  names="base tree"
   while read -r name assigns; do
     [ -n "$name" ] || continue
     mkdir -p "$OUT/$name"
