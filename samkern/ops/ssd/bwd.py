@@ -714,30 +714,25 @@ def _ssd_bwd_dbdc_kernel(
         accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
-        if SPECIALIZE:
-            # a chunk with a known-zero state term (a sequence's last chunk without d final_states,
-            # its first without initial states) takes a copy of the head loop without that term's
-            # loads and dots (a branch per program, outside the loops: they stay branch-free)
-            if need_ds & need_sin:
-                accB, accC = _dbdc_heads(
-                    accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-                    dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-                    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, True, True)
-            elif need_ds:
-                accB, accC = _dbdc_heads(
-                    accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-                    dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-                    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, True, False)
-            else:  # (neither: a one-chunk sequence without either, the masked loads give zeros)
-                accB, accC = _dbdc_heads(
-                    accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-                    dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-                    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, False, True)
-        else:
+        # SPECIALIZE: a chunk with a known-zero state term (a sequence's last chunk without
+        # d final_states, its first without initial states) takes a copy of the head loop without
+        # that term's loads and dots (a branch per program, outside the loops: they stay
+        # branch-free); without it (a constexpr) the first branch is the only code
+        if (not SPECIALIZE) or (need_ds & need_sin):
             accB, accC = _dbdc_heads(
                 accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
                 dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
                 s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, True, True)
+        elif need_ds:
+            accB, accC = _dbdc_heads(
+                accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
+                dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
+                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, True, False)
+        else:  # (neither: a one-chunk sequence without either, the masked loads give zeros)
+            accB, accC = _dbdc_heads(
+                accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
+                dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
+                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, False, True)
 
         if split == 0:
             # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
