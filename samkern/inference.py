@@ -15,7 +15,7 @@ from typing import Any, Tuple
 
 import torch
 
-__all__ = ["apply", "needs_grad"]
+__all__ = ["apply", "forward_only", "needs_grad"]
 
 
 class _ForwardOnlyCtx:
@@ -46,5 +46,10 @@ def apply(fn: Any, *args: Any) -> Any:
     (module docstring). While torch.compile traces, always ``fn.apply`` (Dynamo knows Functions)."""
     if needs_grad(*args) or torch.compiler.is_compiling():
         return fn.apply(*args)
-    # (no input requires grad or grad mode is off, so nothing inside records a graph either)
+    return forward_only(fn, *args)
+
+
+def forward_only(fn: Any, *args: Any) -> Any:
+    """``fn.forward`` with a stand-in ctx, for a caller that already knows no gradient is needed
+    (no input requires grad or grad mode is off, so nothing inside records a graph either)."""
     return fn.forward(_ForwardOnlyCtx(len(args)), *args)

@@ -24,7 +24,8 @@ class _Twice(torch.autograd.Function):
         ctx.k = k
         ctx.set_materialize_grads(False)
         y = x * k
-        ctx.mark_non_differentiable(y) if k == 0 else None
+        if k == 0:
+            ctx.mark_non_differentiable(y)
         return y
 
     @staticmethod

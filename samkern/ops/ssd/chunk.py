@@ -466,8 +466,7 @@ def ssd_chunk_scan(
     want_final = bool(return_final_states or return_varlen_states)
     import samkern.ops.ssd.fwd as fwd_mod
 
-    need_grad = torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (x, dt, A, B, C, D, z, dt_bias, initial_states))
+    need_grad = inference.needs_grad(x, dt, A, B, C, D, z, dt_bias, initial_states)
     block_q = fwd_mod.default_block_q(T, cu.shape[0] - 1, x.dtype)
     if need_grad:
         block_q = min(block_q, fwd_mod.TRAIN_BLOCK_Q)
@@ -490,10 +489,11 @@ def ssd_chunk_scan(
                                     bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), need_grad,
                                     want_final, block_q)
     else:
+        args = (x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, bool(dt_softplus),
+                (float(dt_limit[0]), float(dt_limit[1])), want_final, block_q, split)
         # (without gradients the Function's forward runs without its node: samkern.inference)
-        out, final = inference.apply(SSDChunkScanFunction, x, dt, A, B, C, D, z, dt_bias, initial_states, cu,
-                                     init_idx, bool(dt_softplus), (float(dt_limit[0]), float(dt_limit[1])),
-                                     want_final, block_q, split)
+        out, final = (SSDChunkScanFunction.apply(*args) if need_grad
+                      else inference.forward_only(SSDChunkScanFunction, *args))
     if out.dim() == 3:  # the flat paths (split, compiled); the eager Function returns x's shape
         out = out.view(batch, L, H, P)
     if not (return_final_states or return_varlen_states):

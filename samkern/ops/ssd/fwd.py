@@ -116,9 +116,10 @@ def _fwd_chunk(
     ZERO_STATE: tl.constexpr, UPDATE: tl.constexpr, WRITE_DECAY: tl.constexpr,
 ):
     """Chunk ``c`` of one program's sequence: stores the entering state ``ST`` (WRITE_CHUNK), the
-    dt cache (WRITE_DT) and the output; returns (``a_tot`` plus the chunk's log-decay with WRITE_DECAY; the state after the chunk, or ``ST`` unchanged
-    without ``UPDATE``). ``ZERO_STATE``: ``ST`` is known to be
-    zero (the first chunk without initial states): no C·S term, no store with SKIP_UNREAD."""
+    dt cache (WRITE_DT) and the output; returns (``a_tot`` plus the chunk's log-decay with
+    WRITE_DECAY, the state after the chunk or, without ``UPDATE``, ``ST`` unchanged).
+    ``ZERO_STATE``: ``ST`` is known to be zero (the first chunk without initial states): no C·S
+    term, no store with SKIP_UNREAD."""
     offs_t = start + c * BLOCK_Q + offs_q
     mask_t = offs_t < end
     if WRITE_CHUNK:
