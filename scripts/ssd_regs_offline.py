@@ -59,12 +59,17 @@ def _signature(fn, args, kwargs):
     return sig, constexprs, attrs
 
 
+def compile_launch(fn, args, kwargs, arch: int = 90):
+    """Triton's CompiledKernel of one captured launch, for sm_<arch>, as its launcher would build it."""
+    sig, constexprs, attrs = _signature(fn, args, kwargs)
+    opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
+    return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+
+
 def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
     """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes; with
     ``ptx_dir``, also write its PTX there (``<kernel>-<n>.ptx``, for instruction-level diffs)."""
-    sig, constexprs, attrs = _signature(fn, args, kwargs)
-    opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
-    ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+    ck = compile_launch(fn, args, kwargs, arch)
     ptxas = shutil.which("ptxas") or os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     if ptx_dir:
         os.makedirs(ptx_dir, exist_ok=True)
@@ -78,7 +83,7 @@ def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
     txt = res.stderr + res.stdout
     regs = re.search(r"Used (\d+) registers", txt)
     spill = re.search(r"(\d+) bytes spill stores, (\d+) bytes spill loads", txt)
-    return {"kernel": fn.__name__, "warps": opts.get("num_warps"), "stages": opts.get("num_stages"),
+    return {"kernel": fn.__name__, "warps": kwargs.get("num_warps"), "stages": kwargs.get("num_stages"),
             "regs": int(regs.group(1)) if regs else None,
             "spill_store_bytes": int(spill.group(1)) if spill else None,
             "spill_load_bytes": int(spill.group(2)) if spill else None, "smem_bytes": ck.metadata.shared}

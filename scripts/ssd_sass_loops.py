@@ -28,8 +28,6 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 import triton  # noqa: E402
-from triton.backends.compiler import GPUTarget  # noqa: E402
-from triton.compiler import ASTSource  # noqa: E402
 
 import ssd_regs_offline as offline  # noqa: E402
 
@@ -41,9 +39,7 @@ OPS = ("HGMMA", "LDGSTS", "LDG", "STG", "LDL", "STL", "BAR", "MUFU")
 
 def sass_of(fn, args, kwargs) -> str:
     """The kernel's SASS (Triton's compile for sm_90, disassembled)."""
-    sig, constexprs, attrs = offline._signature(fn, args, kwargs)
-    opts = {k: kwargs[k] for k in ("num_warps", "num_stages") if k in kwargs}
-    ck = triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", 90, 32), options=opts)
+    ck = offline.compile_launch(fn, args, kwargs)
     nvdisasm = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
     with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
         f.write(ck.asm["cubin"])
