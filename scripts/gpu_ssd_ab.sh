@@ -12,7 +12,7 @@
 # Environment: SSD_PROFILE_SHAPES (default: the four harness shapes), SSD_PROFILE_SWEEP (default
 # '[{}]': the shipped launch settings only), AB_LIMIT (seconds per tree, default 200), AB_VARIANTS
 # (optional: more runs of the tree, one per line "name VAR=value ...", e.g. a launch knob through
-# SAMKERN_SSD_FWD_TUNING='{"peel":"none"}'; values without spaces; logs profile-<name>.log).
+# SAMKERN_SSD_BWD_TUNING='{"scan_warps":8}'; values without spaces; logs profile-<name>.log).
 set -uo pipefail
 case ${1:-} in
 prepare)

@@ -181,37 +181,6 @@ def test_launcher_states_only_matches_full_pass():
             ssd_fwd(x, dt, A, B, C, cu, None, block_q=16, states_only=True, **bad)
 
 
-@pytest.mark.parametrize("peel", ["first", "last", "both"])
-def test_forward_peeled_ends_match_the_plain_loop(peel, monkeypatch):
-    """FWD_TUNING["peel"]: the forward with its known-zero ends peeled off the chunk loop (the
-    zero entering state without initial states, the unread last update without final states)
-    gives the plain loop's outputs, final states, chunk states (NaN-poisoned buffers: the same
-    rows written) and sequence decays, with and without initial / final states, for sequences of
-    one to three chunks, and in the split's states-only pass."""
-    lens = [5, 16, 20, 45, 1]  # block_q 16: 1, 1, 2, 3, 1 chunks
-    cu = torch.tensor([0] + list(torch.tensor(lens).cumsum(0)), dtype=torch.int32, device=DEV)
-    T, H, P, N, n = sum(lens), 2, 16, 16, len(lens)
-    x, dt = torch.randn(T, H, P, device=DEV), torch.randn(T, H, device=DEV)
-    A, D, dtb = -torch.rand(H, device=DEV) - 0.3, torch.randn(H, device=DEV), torch.randn(H, device=DEV)
-    B, C = torch.randn(T, 1, N, device=DEV), torch.randn(T, 1, N, device=DEV)
-    init, idx = torch.randn(n, H, P, N, device=DEV), torch.arange(n, dtype=torch.int32, device=DEV)
-
-    def run(peel_setting, **kw):
-        monkeypatch.setitem(fwd_mod.FWD_TUNING, "peel", peel_setting)
-        with poisoned_empty():
-            dec = torch.full((n, H), float("nan"), device=DEV)
-            res = ssd_fwd(x, dt, A, B, C, cu, idx, D=D, dt_bias=dtb, dt_softplus=True, block_q=16,
-                          decay_out=dec, **kw)
-        return [t for t in res[:3] if t is not None] + [dec]
-
-    configs = [dict(initial_states=s, want_final_states=f, want_chunk_states=c, skip_unread_rows=k)
-               for s in (None, init) for f in (False, True) for c, k in ((False, False), (True, False), (True, True))]
-    configs.append(dict(want_final_states=True, states_only=True))
-    for kw in configs:
-        for i, (got, want) in enumerate(zip(run(peel, **kw), run("none", **kw))):
-            torch.testing.assert_close(got, want, rtol=0, atol=1e-6, equal_nan=True, msg=f"{kw} output {i}")
-
-
 def test_chunk_state_dtype(monkeypatch):
     """Stored chunk states are bf16 for bf16 inputs (they are only ever bf16 dot operands, see
     fwd.chunk_state_dtype), fp32 otherwise or when forced."""

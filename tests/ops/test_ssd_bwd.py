@@ -212,23 +212,21 @@ def test_bwd_first_row_states_unread_without_initial_states(kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
-@pytest.mark.parametrize("peeled", [False, True])
 @pytest.mark.parametrize("with_init,with_dfinal", [(False, False), (False, True), (True, False), (True, True)])
-def test_bwd_known_zero_ends(with_init, with_dfinal, peeled, kernel_device):
+def test_bwd_known_zero_ends(with_init, with_dfinal, kernel_device):
     """The known-zero ends of every sequence (without d final_states dS = 0 leaving its last chunk,
     without initial states no state enters its first) in every combination, with sequences of one
     chunk (both ends the same chunk), two and three chunks, and NaN-poisoned buffers, so a skipped
-    store that something reads shows up (also the test a peeled walk, branch
-    ``ssd-peel-known-zero``, must pass)."""
+    store that something reads shows up. The dS walk peels these ends off its chunk loop (steps
+    compiled without the known-zero loads, dots and stores), so this also checks the peeled steps
+    and the loop bounds around them."""
     lens = [5, 16, 20, 45, 1]  # block_q 16: 1, 1, 2, 3, 1 chunks
     n = len(lens)
     case = make_case(lens, H=3, G=1, P=16, N=16, D="head", dt_bias=True, softplus=True,
                      n_init=n if with_init else 0, init_idx=list(range(n)) if with_init else None,
                      dfinal=with_dfinal)
     ref, cs = reference_grads(case, block_q=16)
-    # peeled: the walk's known-zero ends off its loop and dB/dC's per-chunk head loops
-    # (BWD_TUNING walk_peel / dbdc_specialize)
-    with bwd_tuning(walk_peel=peeled, dbdc_specialize=peeled), poisoned_empty():
+    with poisoned_empty():
         got = run_kernel(case, 16, cs, kernel_device)
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 

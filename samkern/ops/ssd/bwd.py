@@ -101,16 +101,11 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
-# ``factor_range`` (``_factor_range``; 0 = never); walk_peel: the dS walk peels its known-zero ends
-# off its chunk loop; dbdc_specialize: the dB/dC kernel takes a head loop without the known-zero
-# state term's loads and dots in a sequence's first / last chunk. Both None = off until timed and
-# validated on the GPU (offline SASS, 130m, no z: the walk loop's code unchanged, its spill loads
-# 50 -> 42; the dB/dC loops unchanged, no spills).
+# ``factor_range`` (``_factor_range``; 0 = never).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
-                    "factor_range": None, "walk_peel": None,
-                    "dbdc_specialize": None}
+                    "factor_range": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -316,7 +311,7 @@ def _ssd_bwd_dstate_kernel(
     s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, PEEL: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
     chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
@@ -349,8 +344,12 @@ def _ssd_bwd_dstate_kernel(
     # d final_states the first chunk walked (the sequence's last) starts from dS = 0, so it has no
     # dS / B dSᵀ to store; without initial states the last chunk walked (the first) has no state
     # entering it (no C S_inᵀ) and its dS update would only feed d initial_states.
-    PEEL_FIRST: tl.constexpr = PEEL and WRITE_DS and not HAS_DFINAL
-    PEEL_LAST: tl.constexpr = PEEL and WRITE_DS and not HAS_INIT
+    # (H100, one process: walk 53.4 -> 48.6 us at 130m B32 L192, 84.3 -> 78.2 at 2.7b B16 L192,
+    # 167.4 -> 159.3 at B8 L640; graph fwd+bwd 329.6 -> 325.1, 528.8 -> 515.1, 923.0 -> 911.1:
+    # dev-runs/s16-call1. Peeling the forward's ends and specialising the dB/dC head loop were
+    # measured there too, slower or neutral, and dropped.)
+    PEEL_FIRST: tl.constexpr = WRITE_DS and not HAS_DFINAL
+    PEEL_LAST: tl.constexpr = WRITE_DS and not HAS_INIT
     ci0 = 0
     if PEEL_FIRST:
         dS = _walk_chunk(
@@ -645,43 +644,6 @@ _CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/l
 
 
 @triton.jit
-def _dbdc_heads(
-    accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-    dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
-    HAS_Z: tl.constexpr, PREC: tl.constexpr, BLOCK_P: tl.constexpr, DO_B: tl.constexpr, DO_C: tl.constexpr,
-):
-    """The dB/dC kernel's state terms summed over this program's heads: ``accB += (w ∘ x) dS``
-    (``DO_B``) and ``accC += (exp(a) ∘ dy) S_in`` (``DO_C``), a GEMM over K = heads × P."""
-    in_ty = x_ptr.dtype.element_ty
-    for j in range(split * HPS, tl.minimum(split * HPS + HPS, HPG)):
-        h = g * HPG + j
-        dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
-        w = tl.exp(a_last - a) * dtv
-        decay = tl.exp(a)
-        st_row = row.to(tl.int64) * HPN + h * P * N
-        for p0 in range(0, P, BLOCK_P):
-            offs_p = p0 + tl.arange(0, BLOCK_P)
-            mp = offs_p < P
-            mqp = mq[:, None] & mp[None, :]
-            if DO_B:
-                x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
-            if DO_C:
-                dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
-            so = st_row + offs_p[:, None] * N + offs_n[None, :]
-            mpn = mp[:, None] & mn[None, :]
-            if DO_B:
-                dSn = tl.load(ds_ptr + so, mask=mpn & need_ds, other=0.0).to(in_ty)
-            if DO_C:
-                Sn = tl.load(cs_ptr + so, mask=mpn & need_sin, other=0.0).to(in_ty)
-            if DO_B:
-                accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
-            if DO_C:
-                accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
-    return accB, accC
-
-
-@triton.jit
 def _ssd_bwd_dbdc_kernel(
     dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
     dB_ptr, dC_ptr,
@@ -689,7 +651,7 @@ def _ssd_bwd_dbdc_kernel(
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, SPECIALIZE: tl.constexpr = False,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
@@ -714,25 +676,24 @@ def _ssd_bwd_dbdc_kernel(
         accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
         need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
-        # SPECIALIZE: a chunk with a known-zero state term (a sequence's last chunk without
-        # d final_states, its first without initial states) takes a copy of the head loop without
-        # that term's loads and dots (a branch per program, outside the loops: they stay
-        # branch-free); without it (a constexpr) the first branch is the only code
-        if (not SPECIALIZE) or (need_ds & need_sin):
-            accB, accC = _dbdc_heads(
-                accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-                dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, True, True)
-        elif need_ds:
-            accB, accC = _dbdc_heads(
-                accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-                dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, True, False)
-        else:  # (neither: a one-chunk sequence without either, the masked loads give zeros)
-            accB, accC = _dbdc_heads(
-                accB, accC, split, HPS, HPG, g, row, tok, mq, last, offs_n, mn, need_ds, need_sin,
-                dout_ptr, x_ptr, dtc_ptr, z_ptr, cs_ptr, ds_ptr, T, HT, P, N, HPN,
-                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, HAS_Z, PREC, BLOCK_P, False, True)
+        for j in range(split * HPS, tl.minimum(split * HPS + HPS, HPG)):
+            h = g * HPG + j
+            dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
+            w = tl.exp(a_last - a) * dtv
+            decay = tl.exp(a)
+            st_row = row.to(tl.int64) * HPN + h * P * N
+            for p0 in range(0, P, BLOCK_P):
+                offs_p = p0 + tl.arange(0, BLOCK_P)
+                mp = offs_p < P
+                mqp = mq[:, None] & mp[None, :]
+                x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
+                dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
+                so = st_row + offs_p[:, None] * N + offs_n[None, :]
+                mpn = mp[:, None] & mn[None, :]
+                dSn = tl.load(ds_ptr + so, mask=mpn & need_ds, other=0.0).to(in_ty)
+                Sn = tl.load(cs_ptr + so, mask=mpn & need_sin, other=0.0).to(in_ty)
+                accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
+                accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
 
         if split == 0:
             # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
@@ -929,7 +890,6 @@ def dstate_walk(
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
-        PEEL=bool(BWD_TUNING.get("walk_peel")),  # off until timed on the GPU (NOTES.md)
         # 4 warps (two programs per SM) beat 8 with the state tiles too: 130m B32 L192 walk 81 -> 65 us,
         # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
         num_warps=BWD_TUNING.get("scan_warps") or 4,
@@ -1126,7 +1086,6 @@ def ssd_bwd(
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
-        SPECIALIZE=bool(BWD_TUNING.get("dbdc_specialize")),  # off until timed on the GPU (NOTES.md)
         num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
     # 4. the last reductions, one launch: the small gradients summed over rows and, with split dB/dC,

@@ -57,14 +57,9 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # "split_len": segment length of the sequence-split inference path for long rows
 # (:mod:`samkern.ops.ssd.split`); None = its heuristic (``pick_split_len``), 0 = never.
 # "chunk_states": dtype of the states stored for the backward, "input" (bf16 for bf16 inputs, else
-# fp32) or "fp32"; None = "input" (see chunk_state_dtype). "peel": which known-zero ends the kernel
-# peels off its chunk loop, "first" (the zero entering state without initial states), "last" (the
-# unread update after the last chunk without final states), "both" or "none"; None = "none" (not yet
-# GPU-validated: the default compiles to the kernel validated before the peels)
-# (offline SASS of the benchmark's specialisation, 130m, no z: the chunk loop stays pipelined in
-# every setting, its spill loads 5 -> 4 with "first", 10 with "both", 19 with "last"; not yet timed).
+# fp32) or "fp32"; None = "input" (see chunk_state_dtype).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
-                    "chunk_states": None, "peel": None}
+                    "chunk_states": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
@@ -106,81 +101,6 @@ def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
 
 
 @triton.jit
-def _fwd_chunk(
-    c, ST, a_tot, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow, cs_base, HPN,
-    x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p, dtc_ptr, T, HT,
-    stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min, dt_max,
-    HAS_D: tl.constexpr, D_PER_P: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr,
-    DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_CHUNK: tl.constexpr, STATES_ONLY: tl.constexpr,
-    WRITE_DT: tl.constexpr, DOT_PREC: tl.constexpr, BLOCK_Q: tl.constexpr, SKIP_UNREAD: tl.constexpr,
-    ZERO_STATE: tl.constexpr, UPDATE: tl.constexpr, WRITE_DECAY: tl.constexpr,
-):
-    """Chunk ``c`` of one program's sequence: stores the entering state ``ST`` (WRITE_CHUNK), the
-    dt cache (WRITE_DT) and the output; returns (``a_tot`` plus the chunk's log-decay with
-    WRITE_DECAY, the state after the chunk or, without ``UPDATE``, ``ST`` unchanged).
-    ``ZERO_STATE``: ``ST`` is known to be zero (the first chunk without initial states): no C·S
-    term, no store with SKIP_UNREAD."""
-    offs_t = start + c * BLOCK_Q + offs_q
-    mask_t = offs_t < end
-    if WRITE_CHUNK:
-        if not (ZERO_STATE and SKIP_UNREAD):
-            # SKIP_UNREAD: without initial states the state entering the first chunk is zero and
-            # the backward never reads it (bwd.py, "Known-zero states"): a mask in the loop
-            tl.store(cs_base + (crow + c) * HPN, ST.to(cs_base.dtype.element_ty),
-                     mask=mask_np & ((c > 0) | HAS_INIT | (not SKIP_UNREAD)))
-
-    # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
-    # slower at the SAM shapes: dev-runs/s7-call2)
-    dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt += dt_bias
-    dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
-    if WRITE_DT:
-        if pid_p == 0:  # one writer per (token, head)
-            _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
-    # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
-    a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
-    if WRITE_DECAY:
-        a_tot += a_last
-
-    xm = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
-                 mask=mask_t[:, None] & mask_p[None, :], other=0.0)
-    Bm = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
-                 mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-    if not STATES_ONLY:  # the split path's first pass needs only the state update
-        Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
-                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)
-
-        # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
-        # the upper triangle is masked *before* exp so it cannot overflow)
-        CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
-        decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
-        Mm = CB * decay * dt[None, :]
-        y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
-        if not ZERO_STATE:
-            # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
-            y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
-        if HAS_D:
-            if D_PER_P:
-                y += Dv[None, :] * xm.to(tl.float32)
-            else:
-                y += Dv * xm.to(tl.float32)
-        if HAS_Z:
-            zm = tl.load(z_base + offs_t[:, None] * stride_z_t + offs_p[None, :],
-                         mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
-            y = y * zm * tl.sigmoid(zm)
-        tl.store(o_base + offs_t[:, None] * stride_o_t + offs_p[None, :], y.to(o_base.dtype.element_ty),
-                 mask=mask_t[:, None] & mask_p[None, :])
-
-    if UPDATE:
-        # state update: ST <- exp(a_last) ST + B^T (w x), w_s = exp(a_last - a_s) dt_s
-        w = tl.exp(a_last - a) * dt
-        xw = (xm.to(tl.float32) * w[:, None]).to(xm.dtype)
-        ST = ST * tl.exp(a_last) + tl.dot(tl.trans(Bm), xw, input_precision=DOT_PREC)
-    return a_tot, ST
-
-
-@triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, init_ptr, init_idx_ptr, cu_ptr,
     out_ptr, final_ptr, cstates_ptr,
@@ -199,7 +119,6 @@ def _ssd_fwd_kernel(
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
     STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, WRITE_DECAY: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_UNREAD: tl.constexpr = False,
-    PEEL_FIRST_OK: tl.constexpr = False, PEEL_LAST_OK: tl.constexpr = False,
 ):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -218,8 +137,6 @@ def _ssd_fwd_kernel(
     mask_np = mask_n[:, None] & mask_p[None, :]
 
     A = tl.load(A_ptr + pid_h).to(tl.float32)
-    dt_bias = 0.0  # placeholders for the chunk helper's unused arguments (constexpr flags off)
-    Dv = 0.0
     if HAS_DT_BIAS:
         dt_bias = tl.load(dt_bias_ptr + pid_h).to(tl.float32)
     if HAS_D:
@@ -244,44 +161,68 @@ def _ssd_fwd_kernel(
     c_base = C_ptr + g * stride_c_g
     dt_base = dt_ptr + pid_h * stride_dt_h
     causal = offs_q[:, None] >= offs_q[None, :]
-    crow = start // BLOCK_Q + pid_s  # (used only with WRITE_CHUNK)
-    cs_base = cstates_ptr + pid_h * P * N + st_off
+    if WRITE_CHUNK:
+        crow = start // BLOCK_Q + pid_s
+        cs_base = cstates_ptr + pid_h * P * N + st_off
 
     n_chunks = tl.cdiv(end - start, BLOCK_Q).to(tl.int32)
-    a_tot = tl.zeros([], dtype=tl.float32)  # (the sequence's total log-decay, WRITE_DECAY)
-    # The chunks whose state work is known to be wasted are peeled off the loop (the loop stays
-    # branch-free: a branch inside it stops Triton's pipeliner): without initial states the state
-    # entering the first chunk is zero (no C·S term, and with SKIP_UNREAD no store); without final
-    # states nothing reads the state after the last chunk (no state update there).
-    PEEL_FIRST: tl.constexpr = PEEL_FIRST_OK and not HAS_INIT
-    PEEL_LAST: tl.constexpr = PEEL_LAST_OK and not WRITE_FINAL
-    c0 = 0
-    if PEEL_FIRST:
-        a_tot, ST = _fwd_chunk(
-            0, ST, a_tot, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow, cs_base, HPN,
-            x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p, dtc_ptr, T, HT,
-            stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min, dt_max,
-            HAS_D, D_PER_P, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, HAS_INIT, WRITE_CHUNK, STATES_ONLY, WRITE_DT,
-            DOT_PREC, BLOCK_Q, SKIP_UNREAD, True, True, WRITE_DECAY)
-        c0 = 1
-    c_end = n_chunks
-    if PEEL_LAST:
-        c_end = tl.maximum(n_chunks - 1, c0)
-    for c in range(c0, c_end):
-        a_tot, ST = _fwd_chunk(
-            c, ST, a_tot, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow, cs_base, HPN,
-            x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p, dtc_ptr, T, HT,
-            stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min, dt_max,
-            HAS_D, D_PER_P, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, HAS_INIT, WRITE_CHUNK, STATES_ONLY, WRITE_DT,
-            DOT_PREC, BLOCK_Q, SKIP_UNREAD, False, True, WRITE_DECAY)
-    if PEEL_LAST:
-        if c_end < n_chunks:  # the last chunk is still to do (it was not the peeled first one)
-            a_tot, ST = _fwd_chunk(
-                n_chunks - 1, ST, a_tot, start, end, offs_q, offs_p, offs_n, mask_p, mask_n, mask_np, causal, crow,
-                cs_base, HPN, x_base, z_base, o_base, b_base, c_base, dt_base, A, dt_bias, Dv, pid_h, pid_p,
-                dtc_ptr, T, HT, stride_x_t, stride_dt_t, stride_b_t, stride_c_t, stride_z_t, stride_o_t, dt_min,
-                dt_max, HAS_D, D_PER_P, HAS_Z, HAS_DT_BIAS, DT_SOFTPLUS, HAS_INIT, WRITE_CHUNK, STATES_ONLY,
-                WRITE_DT, DOT_PREC, BLOCK_Q, SKIP_UNREAD, False, False, WRITE_DECAY)
+    if WRITE_DECAY:
+        a_tot = tl.zeros([], dtype=tl.float32)
+    for c in range(0, n_chunks):
+        offs_t = start + c * BLOCK_Q + offs_q
+        mask_t = offs_t < end
+        if WRITE_CHUNK:
+            # SKIP_UNREAD: without initial states the state entering the first chunk is zero and
+            # the backward never reads it (bwd.py, "Known-zero states"): a mask, not a branch
+            tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty),
+                     mask=mask_np & ((c > 0) | HAS_INIT | (not SKIP_UNREAD)))
+
+        # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
+        # slower at the SAM shapes: dev-runs/s7-call2)
+        dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
+        if HAS_DT_BIAS:
+            dt += dt_bias
+        dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
+        if WRITE_DT:
+            if pid_p == 0:  # one writer per (token, head)
+                _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
+        # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
+        a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+        if WRITE_DECAY:
+            a_tot += a_last
+
+        xm = tl.load(x_base + offs_t[:, None] * stride_x_t + offs_p[None, :],
+                     mask=mask_t[:, None] & mask_p[None, :], other=0.0)
+        Bm = tl.load(b_base + offs_t[:, None] * stride_b_t + offs_n[None, :],
+                     mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+        if not STATES_ONLY:  # the split path's first pass needs only the state update
+            Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
+                         mask=mask_t[:, None] & mask_n[None, :], other=0.0)
+
+            # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
+            # the upper triangle is masked *before* exp so it cannot overflow)
+            CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
+            decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
+            Mm = CB * decay * dt[None, :]
+            y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
+            # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
+            y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
+            if HAS_D:
+                if D_PER_P:
+                    y += Dv[None, :] * xm.to(tl.float32)
+                else:
+                    y += Dv * xm.to(tl.float32)
+            if HAS_Z:
+                zm = tl.load(z_base + offs_t[:, None] * stride_z_t + offs_p[None, :],
+                             mask=mask_t[:, None] & mask_p[None, :], other=0.0).to(tl.float32)
+                y = y * zm * tl.sigmoid(zm)
+            tl.store(o_base + offs_t[:, None] * stride_o_t + offs_p[None, :], y.to(out_ptr.dtype.element_ty),
+                     mask=mask_t[:, None] & mask_p[None, :])
+
+        # state update: ST <- exp(a_last) ST + B^T (w x), w_s = exp(a_last - a_s) dt_s
+        w = tl.exp(a_last - a) * dt
+        xw = (xm.to(tl.float32) * w[:, None]).to(xm.dtype)
+        ST = ST * tl.exp(a_last) + tl.dot(tl.trans(Bm), xw, input_precision=DOT_PREC)
 
     if WRITE_CHUNK and not SKIP_UNREAD:
         # rows owned by this sequence but past its last chunk (at most 2): zero them, so that the
@@ -443,9 +384,6 @@ def ssd_fwd(
         dt_bias = dt_bias.contiguous()
     dummy = x  # stands in for absent optional pointers (never dereferenced: its constexpr flag is off)
     zs = z.stride() if z is not None else (0, 0, 1)
-    peel = FWD_TUNING.get("peel") or "none"  # off until timed on the GPU (NOTES.md)
-    if peel not in ("first", "last", "both", "none"):
-        raise ValueError(f"FWD_TUNING['peel'] must be first / last / both / none, got {peel!r}")
     nw = FWD_TUNING.get("num_warps") or (8 if block_q >= 128 else 4)
     ns = FWD_TUNING.get("num_stages") or 2
     grid = (nseq, H, cdiv(P, BLOCK_P))
@@ -476,7 +414,6 @@ def ssd_fwd(
         WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
         WRITE_DT=dt_cache_out is not None, WRITE_DECAY=decay_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, SKIP_UNREAD=bool(skip_unread_rows),
-        PEEL_FIRST_OK=peel in ("first", "both"), PEEL_LAST_OK=peel in ("last", "both"),
         num_warps=nw, num_stages=ns,
     )
     return out, final, cstates, block_q
