@@ -6,7 +6,7 @@
 // stream as its cudaStream_t handle (an int, `torch.cuda.current_stream().cuda_stream`).
 // So the module includes no torch header and builds against any torch / CUDA combination;
 // every tensor check, allocation and stream lookup happens in Python
-// (samkern/ops/connector_reorder/cuda.py).
+// (samkern/ops/connector/cuda.py).
 //
 // Errors: bad arguments raise ValueError; every CUDA return code is checked and a failure
 // raises RuntimeError carrying the CUDA error name and string (for example on a machine

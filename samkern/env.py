@@ -14,8 +14,8 @@ __all__ = ["collect", "format_report"]
 _OPS = ("ssd_chunk_scan", "lora_linear", "connector_reorder", "causal_conv1d", "rmsnorm_gated")
 _OP_MODULES = {
     "ssd_chunk_scan": "samkern.ops.ssd.chunk",
-    "lora_linear": "samkern.ops.lora_linear.function",
-    "connector_reorder": "samkern.ops.connector_reorder.function",
+    "lora_linear": "samkern.ops.lora.function",
+    "connector_reorder": "samkern.ops.connector.function",
     "causal_conv1d": "samkern.ops.conv1d.function",
     "rmsnorm_gated": "samkern.ops.gated_rmsnorm.function",
 }

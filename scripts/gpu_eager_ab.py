@@ -58,7 +58,7 @@ def main() -> None:
         kw = make_inputs(*SHAPES[shape], requires_grad=True)
         peer = fwdbwd_fn(mcs, kw) if mcs is not None else None
         res[f"ssd {shape} fwdbwd"] = ab(f"ssd {shape}", fwdbwd_fn(ssd_chunk_scan, kw), peer)
-    from samkern.ops.lora_linear.function import lora_linear
+    from samkern.ops.lora.function import lora_linear
 
     T, dt = 6144, torch.bfloat16
     for K, N in ((768, 3352), (1536, 768), (3072, 1536)):

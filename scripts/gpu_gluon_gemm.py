@@ -285,7 +285,7 @@ def main() -> None:
 
     from triton.testing import do_bench_cudagraph
 
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     good = []
     for ci, cfg in enumerate(CONFIGS):

@@ -58,8 +58,8 @@ def tiny_lora_operands(dev: str = "cuda", M: int = 64, K: int = 768, N: int = 33
 
 def main() -> None:
     prof = "--profile" in sys.argv
-    from samkern.ops.lora_linear import function as lf
-    from samkern.ops.lora_linear import triton as lt
+    from samkern.ops.lora import function as lf
+    from samkern.ops.lora import triton as lt
 
     x, W, A, B, g, u = tiny_lora_operands()
     rows = {}

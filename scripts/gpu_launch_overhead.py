@@ -92,7 +92,7 @@ def main() -> None:
     print(f"  {'ssd_fwd (whole, Triton launch)':32s} {host_us(call):8.1f} us")
     launch.ENABLED = True
 
-    from samkern.ops.lora_linear import triton as lt
+    from samkern.ops.lora import triton as lt
 
     M, K, Nn, r = 64, 768, 3352, 8
     a1 = torch.randn(M, K, device=dev, dtype=dt)

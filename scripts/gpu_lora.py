@@ -50,12 +50,12 @@ def sweep(deadline: float) -> None:
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    from samkern.ops.lora_linear.triton import lora_gemm
+    from samkern.ops.lora.triton import lora_gemm
 
     t0 = time.time()
     rows = []
     torch.manual_seed(0)
-    # labels as in samkern.ops.lora_linear.triton: "ptma" = persistent, not flattened
+    # labels as in samkern.ops.lora.triton: "ptma" = persistent, not flattened
     kinds = [("tma", c, False, True) for c in TMA_SWEEP] + [("ptma_flat", c, True, True) for c in PTMA_SWEEP] + [
         ("ptma", (128, 256, 64, 8, 3, 8), True, False)]
     for K, N in SHAPES:
@@ -129,8 +129,8 @@ def e2e(deadline: float, graph: bool = False) -> None:
     import torch.nn.functional as F
     from triton.testing import do_bench
 
-    import samkern.ops.lora_linear.triton as TK
-    from samkern.ops.lora_linear.function import lora_linear
+    import samkern.ops.lora.triton as TK
+    from samkern.ops.lora.function import lora_linear
 
     cands = _load_candidates()
     if cands:
@@ -235,7 +235,7 @@ def e2e(deadline: float, graph: bool = False) -> None:
         A = torch.randn(r, K, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         B = torch.randn(N, r, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         u = torch.randn(T, r, device="cuda", dtype=torch.bfloat16)
-        from samkern.ops.lora_linear.function import validate_lora_linear
+        from samkern.ops.lora.function import validate_lora_linear
 
         probes = {
             "validate": lambda: validate_lora_linear(x, W, None, A, B, 2.0),

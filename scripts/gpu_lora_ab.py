@@ -23,13 +23,18 @@ FILES = ("function.py", "triton.py")
 
 
 def extract(rev: str, dest: str) -> None:
-    """Write ``rev``'s lora_linear/{function,triton}.py into ``dest`` as ``old_function.py`` /
-    ``old_triton.py``, re-pointed at each other and at the ``samkern_old`` op namespace."""
+    """Write ``rev``'s ops/lora/{function,triton}.py (``ops/lora_linear/`` before session 16)
+    into ``dest`` as ``old_function.py`` / ``old_triton.py``, re-pointed at each other and at the
+    ``samkern_old`` op namespace."""
     os.makedirs(dest, exist_ok=True)
     for f in FILES:
-        src = subprocess.run(["git", "show", f"{rev}:samkern/ops/lora_linear/{f}"], check=True, capture_output=True,
-                             text=True).stdout
-        src = src.replace("samkern.ops.lora_linear.triton", "old_triton").replace("samkern::", "samkern_old::")
+        for pkg in ("lora", "lora_linear"):
+            got = subprocess.run(["git", "show", f"{rev}:samkern/ops/{pkg}/{f}"], capture_output=True, text=True)
+            if got.returncode == 0:
+                break
+        else:
+            raise SystemExit(f"{rev} has neither samkern/ops/lora/{f} nor samkern/ops/lora_linear/{f}")
+        src = got.stdout.replace(f"samkern.ops.{pkg}.triton", "old_triton").replace("samkern::", "samkern_old::")
         src = src.replace("torch.ops.samkern.", "torch.ops.samkern_old.")
         src = src.replace('register("lora_linear", "triton", _triton_verifier)', "")
         with open(os.path.join(dest, "old_" + f), "w") as fh:
@@ -52,8 +57,8 @@ def main() -> None:
     import torch.nn.functional as F
 
     from benchmarks.harness import time_eager, time_graph
-    from samkern.ops.lora_linear import triton as lt
-    from samkern.ops.lora_linear.function import lora_linear
+    from samkern.ops.lora import triton as lt
+    from samkern.ops.lora.function import lora_linear
 
     old = _load_old(os.environ.get("LORA_OLD_DIR", ".gpu-kit/old_lora"))
     rounds = int(os.environ.get("AB_ROUNDS", "5"))

@@ -38,8 +38,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from samkern.ops.lora_linear import function as lf
-    from samkern.ops.lora_linear import triton as lt
+    from samkern.ops.lora import function as lf
+    from samkern.ops.lora import triton as lt
 
     class Ident(torch.autograd.Function):
         @staticmethod

@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from triton.testing import do_bench_cudagraph  # noqa: E402
 
-import samkern.ops.lora_linear.triton as lt  # noqa: E402
+import samkern.ops.lora.triton as lt  # noqa: E402
 
 SHAPES = [(768, 3352), (1536, 768), (1536, 6448), (3072, 1536), (2560, 10576), (5120, 2560)]
 NEW_TMA = [(128, 128, 64, 4, 2, 8), (128, 128, 64, 4, 3, 8), (64, 256, 64, 4, 2, 8), (64, 256, 64, 4, 3, 8),

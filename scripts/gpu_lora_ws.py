@@ -24,7 +24,7 @@ import torch  # noqa: E402
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from samkern.ops.lora_linear.triton import _b_desc, _b_tile, _desc, _precision, _tma_step  # noqa: E402
+from samkern.ops.lora.triton import _b_desc, _b_tile, _desc, _precision, _tma_step  # noqa: E402
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages, GROUP_M); 4 warps: the WS pass needs them
 WS_TILES = [(128, 256, 64, 4, 3, 8), (128, 128, 64, 4, 4, 8)]

@@ -28,7 +28,7 @@ def ssd_step(shape: str):
 
 
 def lora_step(K: int, N: int, r: int):
-    from samkern.ops.lora_linear.function import lora_linear
+    from samkern.ops.lora.function import lora_linear
 
     dev, dt, M = "cuda", torch.bfloat16, 6144
     x = torch.randn(M, K, device=dev, dtype=dt, requires_grad=True)

@@ -27,7 +27,7 @@ SMEM_LIMIT = 232448  # bytes of shared memory one H100 program may use
 
 def capture(call) -> list:
     """(kernel, args, kwargs) of the launches ``call()`` makes, run on CPU tensors."""
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     launches = []
 
@@ -50,7 +50,7 @@ def capture(call) -> list:
 
 
 def main() -> None:
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--r", type=int, nargs="+", default=[8, 64])

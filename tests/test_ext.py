@@ -128,8 +128,8 @@ def test_missing_ext_status_and_require(no_ext):
 
 def test_missing_ext_connector_reorder_falls_back(no_ext, kernel_device):
     from samkern.backend import pick_backend
-    from samkern.ops.connector_reorder.function import connector_reorder
-    from samkern.ops.connector_reorder.ref import connector_reorder_bwd_ref, connector_reorder_ref
+    from samkern.ops.connector.function import connector_reorder
+    from samkern.ops.connector.ref import connector_reorder_bwd_ref, connector_reorder_ref
     from samkern.testing import assert_exact
 
     T, F, D = 3, 2, 8
@@ -146,7 +146,7 @@ def test_missing_ext_connector_reorder_falls_back(no_ext, kernel_device):
 
 
 def test_missing_ext_forced_cuda_backend_explains(no_ext):
-    from samkern.ops.connector_reorder.cuda import connector_reorder_fwd_cuda
+    from samkern.ops.connector.cuda import connector_reorder_fwd_cuda
 
     tokens, sep = torch.randn(1, 4, 8), torch.randn(8)
     # the custom op itself refuses with the rebuild command before looking at the tensors

@@ -50,10 +50,10 @@ def test_apply_with_and_without_gradients():
 
 def _op_cases():
     """(name, Function class, call(inputs) -> output, inputs requiring grad) per op."""
-    from samkern.ops.connector_reorder import function as cr
+    from samkern.ops.connector import function as cr
     from samkern.ops.conv1d.function import ConvSplitFunction, CausalConv1dFunction, causal_conv1d, conv_split
     from samkern.ops.gated_rmsnorm.function import RMSNormGatedFunction, rmsnorm_gated
-    from samkern.ops.lora_linear.function import LoRALinearFunction, lora_linear_triton
+    from samkern.ops.lora.function import LoRALinearFunction, lora_linear_triton
     from samkern.ops.ssd.chunk import SSDChunkScanFunction, ssd_chunk_scan
 
     def conv(t):

@@ -211,7 +211,7 @@ def test_gpu_direct_launch_matches_tritons_path():
 def test_gpu_ssd_and_lora_take_the_direct_path():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    from samkern.ops.lora_linear import triton as lt
+    from samkern.ops.lora import triton as lt
     from samkern.ops.ssd import bwd, fwd
     from samkern.ops.ssd.chunk import ssd_chunk_scan
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkern.ops.connector_reorder.function import _backward, connector_reorder
-from samkern.ops.connector_reorder.ref import connector_reorder_ref, out_rows
+from samkern.ops.connector.function import _backward, connector_reorder
+from samkern.ops.connector.ref import connector_reorder_ref, out_rows
 
 B, T, F = 32, 64, 8
 DIMS = (768, 2560)

@@ -43,7 +43,7 @@ def _base_tflops(results, K: int, N: int) -> float:
 @pytest.mark.parametrize("r", RANKS)
 @pytest.mark.parametrize("K,N", SHAPES)
 def test_lora_linear(K, N, r, provider, results):
-    from samkern.ops.lora_linear.function import lora_linear
+    from samkern.ops.lora.function import lora_linear
 
     base = _base_tflops(results, K, N)
     x = torch.randn(T, K, device="cuda", dtype=DTYPE, requires_grad=True)

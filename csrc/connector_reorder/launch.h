@@ -23,7 +23,7 @@
 namespace samkern {
 namespace connector_reorder {
 
-// Output layouts with separators (kept in sync with samkern/ops/connector_reorder/cuda.py).
+// Output layouts with separators (kept in sync with samkern/ops/connector/cuda.py).
 enum Mode : int {
   kModeTime = 1,  // time-major, separator after each time step
   kModeFreq = 2,  // frequency-major, separator after each frequency band

@@ -120,7 +120,7 @@ class AudioConnector(nn.Module):
         check_tensor("tokens", tokens, shape=(None, TF, self.enc_dim), dtypes=FLOAT_DTYPES)
         if tokens.shape[0] == 0:
             raise ValueError("tokens: empty batch (B == 0)")
-        from samkern.ops.connector_reorder.function import connector_reorder
+        from samkern.ops.connector.function import connector_reorder
 
         B = tokens.shape[0]
         if self.mode == "concat":

@@ -123,7 +123,7 @@ class LoRALinear(nn.Linear):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.r == 0 or self.merged:
             return F.linear(x, self.weight, self.bias)
-        from samkern.ops.lora_linear.function import lora_linear
+        from samkern.ops.lora.function import lora_linear
 
         W, b, A, B = self.weight, self.bias, self.lora_A, self.lora_B
         if torch.is_autocast_enabled(x.device.type):

@@ -11,15 +11,15 @@ _EXPORTS = {
     "ssd_chunk_scan_ref": "samkern.ops.ssd.ref",
     "ssd_recurrent_ref": "samkern.ops.ssd.ref",
     "ssd_step_ref": "samkern.ops.ssd.ref",
-    "lora_linear": "samkern.ops.lora_linear.function",
-    "lora_linear_ref": "samkern.ops.lora_linear.ref",
+    "lora_linear": "samkern.ops.lora.function",
+    "lora_linear_ref": "samkern.ops.lora.ref",
     "causal_conv1d": "samkern.ops.conv1d.function",
     "causal_conv1d_ref": "samkern.ops.conv1d.ref",
     "causal_conv1d_update_ref": "samkern.ops.conv1d.ref",
     "rmsnorm_gated": "samkern.ops.gated_rmsnorm.function",
     "rmsnorm_gated_ref": "samkern.ops.gated_rmsnorm.ref",
-    "connector_reorder": "samkern.ops.connector_reorder.function",
-    "connector_reorder_ref": "samkern.ops.connector_reorder.ref",
+    "connector_reorder": "samkern.ops.connector.function",
+    "connector_reorder_ref": "samkern.ops.connector.ref",
 }
 
 __getattr__, __dir__, __all__ = lazy_exports("samkern.ops", _EXPORTS)

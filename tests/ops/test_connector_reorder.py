@@ -12,8 +12,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from samkern.ops.connector_reorder.function import connector_reorder
-from samkern.ops.connector_reorder.ref import (
+from samkern.ops.connector.function import connector_reorder
+from samkern.ops.connector.ref import (
     connector_reorder_bwd_ref,
     connector_reorder_ref,
     out_rows,
@@ -205,7 +205,7 @@ def test_auto_backend_on_cpu_is_ref(monkeypatch):
 
 def test_fake_impls_on_meta():
     """The custom ops' fake implementations give the right shapes/dtypes (torch.compile tracing)."""
-    from samkern.ops.connector_reorder import cuda  # noqa: F401  (registers the ops)
+    from samkern.ops.connector import cuda  # noqa: F401  (registers the ops)
 
     t = torch.empty(3, 64 * 8, 16, device="meta", dtype=torch.bfloat16)
     s = torch.empty(16, device="meta", dtype=torch.bfloat16)
@@ -266,8 +266,8 @@ def test_cuda_wrapper_plumbing_on_cpu(mode, dtype, monkeypatch):
     import contextlib
     import types
 
-    from samkern.ops.connector_reorder import cuda as cuda_mod
-    from samkern.ops.connector_reorder.function import _ConnectorReorderFn
+    from samkern.ops.connector import cuda as cuda_mod
+    from samkern.ops.connector.function import _ConnectorReorderFn
 
     fake = _PointerC()
     monkeypatch.setattr(cuda_mod, "require_ext", lambda: fake)
@@ -294,7 +294,7 @@ def test_cuda_wrapper_plumbing_on_cpu(mode, dtype, monkeypatch):
 def test_cuda_backend_declines_too_old_gpu(monkeypatch):
     import types
 
-    from samkern.ops.connector_reorder import function as fn_mod
+    from samkern.ops.connector import function as fn_mod
 
     monkeypatch.setattr(fn_mod, "get_ext", lambda: types.SimpleNamespace(CUDA_ARCHS="80,90"))
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda i: (7, 5))
@@ -439,7 +439,7 @@ def test_gpu_custom_op_opcheck():
 
     if not has_ext():
         pytest.skip("samkern._C not built")
-    from samkern.ops.connector_reorder import cuda  # noqa: F401
+    from samkern.ops.connector import cuda  # noqa: F401
 
     t = torch.randn(2, 24, 64, device="cuda", dtype=torch.bfloat16)
     s = torch.randn(64, device="cuda", dtype=torch.bfloat16)

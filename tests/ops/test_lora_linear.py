@@ -8,8 +8,8 @@ import os
 import pytest
 import torch
 
-from samkern.ops.lora_linear.function import LoRALinearFunction, lora_linear, lora_linear_triton
-from samkern.ops.lora_linear.ref import lora_linear_ref
+from samkern.ops.lora.function import LoRALinearFunction, lora_linear, lora_linear_triton
+from samkern.ops.lora.ref import lora_linear_ref
 from samkern.testing import assert_close, assert_close_lowp
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -168,7 +168,7 @@ def test_lora_gemm_kernels(kernel_device, dtype, kind):
     M, N, r not multiples of the tiles; K multiple of 8 so the rows satisfy TMA's 16-byte rule."""
     if kernel_device == "cpu" and not INTERPRET:
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-    from samkern.ops.lora_linear.triton import lora_gemm
+    from samkern.ops.lora.triton import lora_gemm
 
     M, K, N, r = 37, 48, 40, 80  # r = 80: two rank blocks of 64, the second ragged
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
@@ -199,7 +199,7 @@ def test_lora_proj_gemm_kernels(kernel_device, kind, r):
     as NaN (unwritten elements fail), two column panels (only the first writes u_s), ragged M."""
     if kernel_device == "cpu" and not INTERPRET:
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-    from samkern.ops.lora_linear.triton import lora_proj_gemm
+    from samkern.ops.lora.triton import lora_proj_gemm
 
     M, K, N = 37, 48, 40
     cfg = {"BLOCK_M": 16, "BLOCK_N": 32, "BLOCK_K": 16, "GROUP_M": 2, "num_warps": 4, "num_stages": 2,
@@ -353,7 +353,7 @@ def test_gpu_sam_shapes_bf16(K, N, r):
 
 def _shipped_configs():
     """Every (kind, config) the tuner can pick for lora_proj_gemm on Hopper."""
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "GROUP_M")
     out = [("tma", dict(zip(names, c))) for c in lt.TMA_CANDIDATES]
@@ -370,7 +370,7 @@ def test_gpu_fused_projection_every_shipped_config(kind, cfg, r):
     """The fused-projection kernels at every block size the tuner ships (Triton 3.6 on Hopper has
     miscompiled at particular block sizes), bf16, both layouts, ragged M, against fp64 by the 2x
     rule (the same math by torch in bf16); outputs poisoned with NaN."""
-    from samkern.ops.lora_linear.triton import PTMA_MAX_R, lora_proj_gemm
+    from samkern.ops.lora.triton import PTMA_MAX_R, lora_proj_gemm
 
     if kind == "ptma" and r > PTMA_MAX_R:
         pytest.skip("the persistent kernel is a candidate only for r <= PTMA_MAX_R")
@@ -447,7 +447,7 @@ def test_tuner_times_candidates_once_then_reuses_the_winner(monkeypatch):
     a key times every candidate twice (GPU time, wall time per eager call) and keeps both winners;
     later calls (any M in the same token bucket) time nothing: eager calls run the wall-time winner,
     calls during CUDA-graph capture the GPU-time winner; every path computes a1 b1 + a2 b2 + bias."""
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     ran, timed, walled = [], [], []
 
@@ -514,7 +514,7 @@ def test_proj_tuner_weighs_the_fused_kernel_against_the_split_path(monkeypatch):
     """``lora_proj_gemm``'s tuner on the CPU with fake launches and timings: the candidates are the
     split path (cuBLAS projection + GEMM, first: what an untuned capture runs) and the fused
     kernels; each winner is kept and reused, and every path returns the same (C, u_s)."""
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     ran = []
 
@@ -554,7 +554,7 @@ def test_proj_tuner_times_the_split_path_with_its_inner_gpu_choice(monkeypatch):
     outer tuner times "split" by GPU time, the inner GEMM must run its GPU-time choice (what a
     captured graph replays), not its eager one: here the eager choice (a cheap-launch kernel) is
     5x slower on the GPU, which made the fused kernel win by mistake before."""
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     ran = []
 
@@ -602,7 +602,7 @@ def test_gpu_timing_flag_is_per_thread():
     made meanwhile on another thread (an autograd worker, say) keeps its eager choice."""
     import threading
 
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     seen = []
     lt._GPU_TIMING.on = True
@@ -618,7 +618,7 @@ def test_gpu_timing_flag_is_per_thread():
 def test_tuner_retimes_close_candidates(monkeypatch):
     """Candidates within 10 % of the best GPU time are timed twice more and keep their best
     median, so one lucky median does not decide; a candidate far behind is not re-timed."""
-    import samkern.ops.lora_linear.triton as lt
+    import samkern.ops.lora.triton as lt
 
     ran, timed = [], []
     monkeypatch.setattr(lt, "INTERPRET", False)
@@ -652,7 +652,7 @@ def test_tuner_retimes_close_candidates(monkeypatch):
 def test_fast_validation_never_accepts_what_the_detailed_checks_reject():
     """validate_lora_linear takes a one-pass check on valid calls and runs the detailed, message-
     naming checks only when it fails: every single-argument corruption must fail the fast pass."""
-    from samkern.ops.lora_linear.function import _valid_fast, _validate_detailed
+    from samkern.ops.lora.function import _valid_fast, _validate_detailed
 
     N, K, r = 6, 5, 3
     base = dict(x=torch.randn(4, K), W=torch.nn.Parameter(torch.randn(N, K)), b=torch.randn(N),
@@ -677,7 +677,7 @@ def test_fast_validation_never_accepts_what_the_detailed_checks_reject():
 def test_tma_able_matches_its_definition():
     """``_tma_able`` (host TMA descriptor rules) on contiguous, transposed, sliced, offset and
     empty operands against the rules written out: unit last stride, 16-byte base and row pitch."""
-    from samkern.ops.lora_linear.triton import _tma_able
+    from samkern.ops.lora.triton import _tma_able
 
     base = torch.randn(40, 48).to(torch.bfloat16)
     cases = [base, base.t(), base[:, 8:40], base[:, 1:33], base[1:, :], base[:, :0], base[::2], base[0],

@@ -13,7 +13,7 @@
 
 All three backends give identical bits, forward and backward: the gathers copy bits, and the
 separator gradient is summed in float32 in one canonical order (see
-:func:`samkern.ops.connector_reorder.ref.connector_reorder_bwd_ref`) and rounded once.
+:func:`samkern.ops.connector.ref.connector_reorder_bwd_ref`) and rounded once.
 """
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ import torch
 from samkern import inference
 from samkern.backend import on_cuda, pick_backend, register
 from samkern.ext import REBUILD_COMMAND, ext_status, get_ext, has_ext
-from samkern.ops.connector_reorder.ref import check_inputs, connector_reorder_bwd_ref, connector_reorder_ref
+from samkern.ops.connector.ref import check_inputs, connector_reorder_bwd_ref, connector_reorder_ref
 
 __all__ = ["connector_reorder"]
 
@@ -72,11 +72,11 @@ def _interpreting() -> bool:
 
 def _forward(which: str, tokens: torch.Tensor, sep: torch.Tensor, mode: str, n_time: int, n_freq: int) -> torch.Tensor:
     if which == "cuda":
-        from samkern.ops.connector_reorder.cuda import connector_reorder_fwd_cuda
+        from samkern.ops.connector.cuda import connector_reorder_fwd_cuda
 
         return connector_reorder_fwd_cuda(tokens, sep, mode, n_time, n_freq)
     if which == "triton":
-        from samkern.ops.connector_reorder.triton import connector_reorder_fwd_triton
+        from samkern.ops.connector.triton import connector_reorder_fwd_triton
 
         return connector_reorder_fwd_triton(tokens, sep, mode, n_time, n_freq)
     return connector_reorder_ref(tokens, mode, sep, n_time, n_freq)
@@ -87,12 +87,12 @@ def _backward(
     need_tokens: bool, need_sep: bool,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     if which == "cuda":
-        from samkern.ops.connector_reorder.cuda import connector_reorder_bwd_cuda
+        from samkern.ops.connector.cuda import connector_reorder_bwd_cuda
 
         gt, gs = connector_reorder_bwd_cuda(grad_out, mode, n_time, n_freq, sep_dtype, need_tokens, need_sep)
         return (gt if need_tokens else None), (gs if need_sep else None)
     if which == "triton":
-        from samkern.ops.connector_reorder.triton import connector_reorder_bwd_triton
+        from samkern.ops.connector.triton import connector_reorder_bwd_triton
 
         return connector_reorder_bwd_triton(grad_out, mode, n_time, n_freq, sep_dtype, need_tokens, need_sep)
     return connector_reorder_bwd_ref(grad_out, mode, n_time, n_freq, sep_dtype, need_tokens, need_sep)

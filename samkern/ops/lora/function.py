@@ -25,7 +25,7 @@ from torch import Tensor
 from samkern import inference
 from samkern.backend import on_cuda, pick_backend, register
 from samkern.checks import FLOAT_DTYPES, as_rows, check_finite, check_same_device, check_tensor
-from samkern.ops.lora_linear.ref import lora_linear_ref
+from samkern.ops.lora.ref import lora_linear_ref
 
 __all__ = ["lora_linear", "validate_lora_linear", "LoRALinearFunction", "lora_linear_triton"]
 
@@ -149,7 +149,7 @@ def _scaled_mm(a: Tensor, b: Tensor, scale: float) -> Tensor:
 def _gemm2(a1: Tensor, b1: Tensor, a2: Optional[Tensor], b2: Optional[Tensor], bias: Optional[Tensor]) -> Tensor:
     """``a1 @ b1 + a2 @ b2 + bias``: the fused Triton kernel, or torch on a plain CPU."""
     if a2 is not None and _use_kernel(a1):
-        from samkern.ops.lora_linear.triton import lora_gemm
+        from samkern.ops.lora.triton import lora_gemm
 
         return lora_gemm(a1, b1, a2, b2, bias)
     # a plain GEMM (the dropout backward's dy W) has nothing to fuse: cuBLAS / torch
@@ -161,7 +161,7 @@ def _fwd_impl(x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, s
               xd: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """x (M, K), W (N, K), b (N,)?, A (r, K), B (N, r), xd (M, K)? -> y (M, N), u_s = s·xd Aᵀ (M, r)."""
     if xd is None and _use_kernel(x):
-        from samkern.ops.lora_linear.triton import lora_proj_gemm
+        from samkern.ops.lora.triton import lora_proj_gemm
 
         return lora_proj_gemm(x, W.t(), A.t(), B.t(), scale, b)
     u_s = _scaled_mm(x if xd is None else xd, A.t(), scale)
@@ -174,7 +174,7 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
     """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout)."""
     # placeholders for gradients not computed: distinct tensors (custom-op outputs may not alias)
     if xd is None and need_dx and _use_kernel(dy):
-        from samkern.ops.lora_linear.triton import lora_proj_gemm
+        from samkern.ops.lora.triton import lora_proj_gemm
 
         dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
         return dx, g_s.t() @ x, dy.t() @ u_s, x.new_empty((0,))

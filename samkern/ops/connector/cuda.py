@@ -18,7 +18,7 @@ from typing import Tuple
 import torch
 
 from samkern.ext import require_ext
-from samkern.ops.connector_reorder.ref import out_rows
+from samkern.ops.connector.ref import out_rows
 
 __all__ = ["connector_reorder_fwd_cuda", "connector_reorder_bwd_cuda"]
 

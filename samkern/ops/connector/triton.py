@@ -5,7 +5,7 @@ Forward and token backward are row gathers: each program owns a (ROWS, BLOCK_D) 
 destination, computes the source row of each destination row from the index map (see
 ``ref.py``) and copies it, so results are bit-exact by construction (loads, a select and
 stores; no arithmetic on the data). The separator gradient is a float32 sum in the canonical
-order of :func:`samkern.ops.connector_reorder.ref.connector_reorder_bwd_ref`: an explicit
+order of :func:`samkern.ops.connector.ref.connector_reorder_bwd_ref`: an explicit
 sequential loop (never ``tl.sum``, whose tree order differs), first over separators per batch
 element, then over the batch.
 
@@ -20,7 +20,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.ops.connector_reorder.ref import out_rows
+from samkern.ops.connector.ref import out_rows
 
 __all__ = ["connector_reorder_fwd_triton", "connector_reorder_bwd_triton"]
 
