@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Callable, Dict, Iterable, Optional, Tuple
+from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import torch
 
@@ -48,8 +48,19 @@ def _log_once(op: str, backend: str, reason: str) -> None:
         log.info("samkern: %s: backend %s declined: %s", op, backend, reason)
 
 
-def pick_backend(op: str, tensors: Iterable[Optional[torch.Tensor]], backend: Optional[str] = None) -> str:
-    tensors = [t for t in tensors if t is not None]
+def pick_backend(op: str, tensors: Union[Iterable[Optional[torch.Tensor]], Mapping[str, Optional[torch.Tensor]]],
+                 backend: Optional[str] = None) -> str:
+    # ``tensors`` may name its entries ({"x": x, ...}) so that a non-tensor argument is reported by
+    # name here, before any verifier reads ``.dtype`` from it (the ops validate after dispatch)
+    named = tensors.items() if isinstance(tensors, Mapping) else ((None, t) for t in tensors)
+    tensors = []
+    for name, t in named:
+        if t is None:
+            continue
+        if not isinstance(t, torch.Tensor):
+            what = name if name is not None else "every tensor argument"
+            raise TypeError(f"{op}: {what} must be a torch.Tensor, got {type(t).__name__}")
+        tensors.append(t)
     forced = backend or os.environ.get("SAMKERN_BACKEND") or None
     if forced is not None:
         if forced not in BACKENDS:

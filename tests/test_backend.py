@@ -32,3 +32,21 @@ def test_ssd_tuning_tables_read_the_environment():
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True,
                          check=True)
     assert out.stdout.split() == ["4", "1"], out
+
+
+def test_non_tensor_arguments_are_named():
+    """A list where a tensor belongs: a TypeError naming the argument from the dispatch, before
+    any backend verifier reads ``.dtype`` from it."""
+    import torch
+
+    from samkern import ops
+
+    with pytest.raises(TypeError, match="causal_conv1d: x must be a torch.Tensor, got list"):
+        ops.causal_conv1d([1.0], torch.randn(4, 4))
+    with pytest.raises(TypeError, match="rmsnorm_gated: weight must be a torch.Tensor"):
+        ops.rmsnorm_gated(torch.randn(2, 8), [1.0] * 8)
+    with pytest.raises(ValueError, match="sep must be a torch.Tensor"):  # (validated before dispatch)
+        ops.connector_reorder(torch.randn(1, 512, 4), "time", sep=[0.0] * 4)
+    with pytest.raises(ValueError, match="cu_seqlens"):
+        ops.ssd_chunk_scan(torch.randn(1, 16, 2, 8), torch.rand(1, 16, 2), -torch.rand(2), torch.randn(1, 16, 1, 8),
+                           torch.randn(1, 16, 1, 8), 16, cu_seqlens=[0, 16], return_varlen_states=True)

@@ -52,10 +52,13 @@ class LoRALinear(nn.Linear):
         device=None,
         dtype=None,
     ) -> None:
-        if not isinstance(r, int) or r < 0:
+        if not isinstance(r, int) or isinstance(r, bool) or r < 0:
             raise ValueError(f"r must be a non-negative int, got {r!r}")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
+            raise ValueError(f"dropout must be a float in [0, 1), got {dropout!r}")
+        if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float))
+                                  or not math.isfinite(alpha)):
+            raise ValueError(f"alpha must be a finite float (or None for 2r), got {alpha!r}")
         super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.r = r
         self.alpha = float(2 * r if alpha is None else alpha)

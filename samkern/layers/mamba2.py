@@ -78,6 +78,17 @@ def _seq_idx_from_cu_seqlens(cu_seqlens: torch.Tensor, length: int) -> torch.Ten
     return torch.searchsorted(cu_seqlens[1:].contiguous(), pos, right=True).to(torch.int32).unsqueeze(0)
 
 
+def _float_pair(name: str, val: Any) -> Tuple[float, float]:
+    """``(lo, hi)`` of a constructor's range argument, as floats, or a ValueError naming it."""
+    try:
+        lo, hi = (float(v) for v in val)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a pair of floats (lo, hi), got {val!r}") from None
+    if math.isnan(lo) or math.isnan(hi):
+        raise ValueError(f"{name} must not be NaN, got {val!r}")
+    return lo, hi
+
+
 class Mamba2Block(nn.Module):
     """Mamba-2 mixer, drop-in for ``mamba_ssm.modules.mamba2.Mamba2`` (+ LoRA).
 
@@ -162,10 +173,18 @@ class Mamba2Block(nn.Module):
         self.nheads = self.d_ssm // headdim
         if self.nheads % ngroups != 0:
             raise ValueError(f"nheads ({self.nheads}) must be a multiple of ngroups ({ngroups})")
+        A_init_range = _float_pair("A_init_range", A_init_range)
         if not (A_init_range[0] > 0 and A_init_range[1] >= A_init_range[0]):
             raise ValueError(f"A_init_range must satisfy 0 < lo <= hi, got {A_init_range!r}")
-        if not 0.0 <= float(dt_limit[0]) <= float(dt_limit[1]):
+        dt_limit = _float_pair("dt_limit", dt_limit)
+        if not 0.0 <= dt_limit[0] <= dt_limit[1]:
             raise ValueError(f"dt_limit must satisfy 0 <= min <= max, got {dt_limit!r}")
+        # dt_bias is drawn log-uniformly in [dt_min, dt_max] (below): both must be positive
+        for name, val in (("dt_min", dt_min), ("dt_max", dt_max), ("dt_init_floor", dt_init_floor)):
+            if isinstance(val, bool) or not isinstance(val, (int, float)) or not math.isfinite(val):
+                raise ValueError(f"{name} must be a finite float, got {val!r}")
+        if not 0.0 < dt_min <= dt_max:
+            raise ValueError(f"dt_min and dt_max must satisfy 0 < dt_min <= dt_max, got {dt_min!r}, {dt_max!r}")
         self.D_has_hdim = D_has_hdim
         self.rmsnorm = rmsnorm
         self.norm_before_gate = norm_before_gate
@@ -301,6 +320,10 @@ class Mamba2Block(nn.Module):
         if inference_params is not None:
             inference_batch = cu_seqlens.shape[0] - 1 if cu_seqlens is not None else batch
             conv_state, ssm_state = self._get_states_from_cache(inference_params, inference_batch)
+            if conv_state.shape[0] != inference_batch or ssm_state.shape[0] != inference_batch:
+                raise ValueError(
+                    f"inference_params holds layer {self.layer_idx}'s states for {conv_state.shape[0]} sequences, "
+                    f"but this call has {inference_batch}; use a new InferenceParams for another batch")
             if inference_params.seqlen_offset > 0:
                 # Decode: one token per cached sequence; seq_idx / cu_seqlens play no role.
                 if seqlen_og is not None:

@@ -188,14 +188,34 @@ def test_layer_validation():
         LoRALinear(4, 4, r=-1)
     with pytest.raises(ValueError, match="dropout"):
         LoRALinear(4, 4, r=1, dropout=1.0)
+    with pytest.raises(ValueError, match="r must be"):
+        LoRALinear(4, 4, r=True)
+    with pytest.raises(ValueError, match="dropout"):
+        LoRALinear(4, 4, r=1, dropout="0.1")
+    with pytest.raises(ValueError, match="alpha"):
+        LoRALinear(4, 4, r=1, alpha=float("nan"))
     m = LoRALinear(4, 6, r=2)
     with pytest.raises(ValueError, match="last dimension"):
         m(torch.randn(3, 5))
     with pytest.raises(ValueError, match="dtype"):
         m(torch.randn(3, 4, dtype=torch.float64))
-    with pytest.raises(ValueError, match="empty"):
-        m(torch.randn(0, 4))
     with torch.no_grad():
         m.lora_A[0, 0] = float("nan")
     with pytest.raises(ValueError, match="NaN"):
         m(torch.randn(3, 4))
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0, 4)])
+def test_layer_empty_batch_like_nn_linear(shape):
+    """No rows in, no rows out, as nn.Linear does (and LoRALinear(r=0) did): the output has the
+    right shape and dtype, and backward still reaches every trainable parameter (zero gradients)."""
+    m = LoRALinear(4, 6, r=2)
+    x = torch.randn(*shape, requires_grad=True)
+    y = m(x)
+    want = torch.nn.functional.linear(x, m.weight, m.bias)
+    assert y.shape == want.shape == (*shape[:-1], 6) and y.dtype == x.dtype
+    y.sum().backward()
+    assert x.grad.shape == x.shape
+    for name, p in m.named_parameters():
+        if p.requires_grad:
+            assert p.grad is not None and not p.grad.any(), name

@@ -468,6 +468,18 @@ def test_value_errors():
         Mamba2Block(D_MODEL, d_state=16, headdim=24)
     with pytest.raises(ValueError, match="ngroups"):
         Mamba2Block(D_MODEL, d_state=16, headdim=16, ngroups=3)
+    # constructor ranges: named, not a math domain error or a subscript TypeError
+    for kw, match in ((dict(dt_min=0.0), "dt_min"), (dict(dt_max=-1.0), "dt_max"),
+                      (dict(dt_min=0.1, dt_max=0.01), "dt_min <= dt_max"), (dict(A_init_range=4), "A_init_range"),
+                      (dict(dt_limit=0.1), "dt_limit"), (dict(dt_limit=(0.2, 0.1)), "dt_limit")):
+        with pytest.raises(ValueError, match=match):
+            Mamba2Block(D_MODEL, d_state=16, headdim=16, **kw)
+    # a cache made for another batch size: the block's own message, not a copy_ size error
+    cached = Mamba2Block(D_MODEL, d_state=16, headdim=16, layer_idx=0)
+    params = InferenceParams(8, 2)
+    cached(u, inference_params=params)
+    with pytest.raises(ValueError, match="states for 2 sequences"):
+        cached(torch.randn(3, 5, D_MODEL), inference_params=params)
     with pytest.raises(ValueError, match="lora_on"):
         Mamba2Block(D_MODEL, d_state=16, headdim=16, lora_r=2, lora_on=("conv1d",))
     with pytest.raises(ValueError, match="dt_limit"):

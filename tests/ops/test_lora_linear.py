@@ -102,10 +102,10 @@ def test_validation_errors():
         call(A=A.detach().double())
     with pytest.raises(ValueError, match="dtype in"):
         call(x=torch.randint(0, 3, (4, 8)))
-    with pytest.raises(ValueError, match="empty"):
-        call(x=torch.randn(0, 8))
-    with pytest.raises(ValueError, match="empty"):
+    with pytest.raises(ValueError, match="rank 0"):
         call(A=torch.randn(0, 8), B=torch.randn(6, 0))
+    with pytest.raises(ValueError, match="W is empty"):
+        call(x=torch.randn(4, 0), W=torch.randn(6, 0), A=torch.randn(2, 0))
     with pytest.raises(ValueError, match="scale"):
         call(scale=float("inf"))
     with pytest.raises(ValueError, match="scale"):

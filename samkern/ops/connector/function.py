@@ -149,5 +149,5 @@ def connector_reorder(
     if backend == "triton" and _interpreting() and not tokens.is_cuda:
         which = "triton"  # CPU tensors through the Triton interpreter (tests)
     else:
-        which = pick_backend(OP, (tokens, sep), backend)
+        which = pick_backend(OP, dict(tokens=tokens, sep=sep), backend)
     return inference.apply(_ConnectorReorderFn, tokens.contiguous(), sep.contiguous(), mode, n_time, n_freq, which)

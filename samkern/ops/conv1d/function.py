@@ -71,7 +71,7 @@ def causal_conv1d(
     weight, bias (and initial_states on the reference backend)."""
     if backend is None and (initial_states is not None or return_final_states):
         backend = "ref"  # decoding set-up only: the kernels do not take states
-    which = pick_backend("causal_conv1d", (x, weight, bias), backend)
+    which = pick_backend("causal_conv1d", dict(x=x, weight=weight, bias=bias), backend)
     if which == "ref":
         return causal_conv1d_ref(x, weight, bias, seq_idx=seq_idx, initial_states=initial_states,
                                  return_final_states=return_final_states, activation=activation)
@@ -192,7 +192,7 @@ def conv_split(
         raise ValueError(f"proj must be (B, L, {sum(sizes)}) to split into {list(sizes)}, got {tuple(proj.shape)}")
     if not 0 <= conv_index < len(sizes) or sum(conv_sizes) != sizes[conv_index]:
         raise ValueError(f"conv_sizes {list(conv_sizes)} must split part {conv_index} of {list(sizes)}")
-    which = pick_backend("causal_conv1d", (proj, weight, bias), backend)
+    which = pick_backend("causal_conv1d", dict(proj=proj, weight=weight, bias=bias), backend)
     if which != "triton" or proj.stride(-1) != 1:
         parts = list(torch.split(proj, list(sizes), dim=-1))
         conv_in = parts[conv_index].transpose(1, 2)

@@ -58,7 +58,7 @@ def rmsnorm_gated(
     backend: Optional[str] = None,
 ) -> Tensor:
     """Gated group RMSNorm (shapes in the module docstring); differentiable in x, weight and z."""
-    which = pick_backend("rmsnorm_gated", (x, weight, z), backend)
+    which = pick_backend("rmsnorm_gated", dict(x=x, weight=weight, z=z), backend)
     if which == "ref":
         return rmsnorm_gated_ref(x, weight, z=z, eps=eps, group_size=group_size, norm_before_gate=norm_before_gate)
     gs = check_rmsnorm_inputs(x, weight, z, eps, group_size)

@@ -36,8 +36,8 @@ def check_rmsnorm_inputs(
         group_size = n
     if not isinstance(group_size, int) or group_size <= 0 or n % group_size != 0:
         raise ValueError(f"group_size must be a positive divisor of the channel count {n}, got {group_size!r}")
-    if not eps >= 0.0:
-        raise ValueError(f"eps must be >= 0, got {eps!r}")
+    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0.0:
+        raise ValueError(f"eps must be a non-negative float, got {eps!r}")
     return group_size
 
 

@@ -71,13 +71,16 @@ def _valid_fast(x, W, b, A, B, scale, dropout_x) -> bool:
 
 
 def _validate_detailed(x, W, b, A, B, scale, dropout_x) -> None:
-    check_tensor("x", x, dtypes=DTYPES)
+    check_tensor("x", x, dtypes=DTYPES, allow_empty=True)  # no rows: nn.Linear's empty output
     if x.dim() < 1:
         raise ValueError(f"x must have at least 1 dimension (..., K), got shape {tuple(x.shape)}")
     check_tensor("W", W, ndim=2, dtypes=DTYPES)
     N, K = W.shape
     if x.shape[-1] != K:
         raise ValueError(f"x's last dimension must equal W's in_features {K}, got x shape {tuple(x.shape)}")
+    if isinstance(A, torch.Tensor) and A.dim() == 2 and A.shape[0] == 0:
+        raise ValueError(f"A has rank 0 (shape {tuple(A.shape)}): lora_linear needs r >= 1 "
+                         "(for r = 0 use a plain linear, as LoRALinear(r=0) does)")
     check_tensor("A", A, ndim=2, dtypes=DTYPES)
     r = A.shape[0]
     check_tensor("A", A, shape=(r, K))
@@ -85,7 +88,7 @@ def _validate_detailed(x, W, b, A, B, scale, dropout_x) -> None:
     if b is not None:
         check_tensor("b", b, shape=(N,), dtypes=DTYPES)
     if dropout_x is not None:
-        check_tensor("dropout_x", dropout_x, shape=tuple(x.shape), dtypes=DTYPES)
+        check_tensor("dropout_x", dropout_x, shape=tuple(x.shape), dtypes=DTYPES, allow_empty=True)
     for name, t in (("W", W), ("b", b), ("A", A), ("B", B), ("dropout_x", dropout_x)):
         if t is not None and t.dtype != x.dtype:
             raise ValueError(f"{name} has dtype {t.dtype} but x has {x.dtype}; cast the weights to the input dtype")
@@ -110,7 +113,9 @@ def lora_linear(
     See the module docstring for shapes. Differentiable in x, W, b, A, B (and dropout_x).
     """
     validate_lora_linear(x, W, b, A, B, scale, dropout_x)
-    which = pick_backend("lora_linear", (x, W, b, A, B, dropout_x), backend)
+    if x.numel() == 0:  # an empty batch, like nn.Linear: the reference keeps the autograd graph
+        return lora_linear_ref(x, W, b, A, B, float(scale), dropout_x)
+    which = pick_backend("lora_linear", dict(x=x, W=W, b=b, A=A, B=B, dropout_x=dropout_x), backend)
     if which == "ref":
         return lora_linear_ref(x, W, b, A, B, float(scale), dropout_x)
     if which == "triton":

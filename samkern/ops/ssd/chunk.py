@@ -89,6 +89,8 @@ def _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx
         raise ValueError(f"dt_limit must satisfy 0 <= min <= max, got {dt_limit!r}")
     if seq_idx is not None:
         check_tensor("seq_idx", seq_idx, shape=(batch, L), dtypes=(torch.int32, torch.int64))
+    if cu_seqlens is not None:  # (before its shape is read below)
+        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
     if return_varlen_states:
         if cu_seqlens is None:
             raise ValueError("return_varlen_states=True requires cu_seqlens")
@@ -97,7 +99,6 @@ def _validate(x, dt, A, B, C, chunk_size, D, z, dt_bias, initial_states, seq_idx
         if batch != 1:
             raise ValueError(f"return_varlen_states needs packed sequences in a batch of 1 (as mamba-ssm), got batch {batch}")
     if cu_seqlens is not None:
-        check_tensor("cu_seqlens", cu_seqlens, ndim=1, dtypes=(torch.int32, torch.int64))
         if cu_seqlens.numel() < 2:
             raise ValueError(f"cu_seqlens must hold at least 2 entries (0 and the total), got {cu_seqlens.numel()}")
     check_same_device(x=x, dt=dt, A=A, B=B, C=C, D=D, z=z, dt_bias=dt_bias, initial_states=initial_states,
@@ -430,7 +431,10 @@ def ssd_chunk_scan(
         D: (H,) or (H, P). z: (batch, L, H, P) gate, ``out *= silu(z)``. dt_bias: (H,).
         initial_states: (batch, H, P, N), seeds the first sequence of each row.
         seq_idx: (batch, L) int, sequence id per token (state resets where it changes).
-        cu_seqlens: (nseq + 1,) int, packed sequence boundaries (batch must be 1).
+        cu_seqlens: (nseq + 1,) int, packed sequence boundaries (batch must be 1). As in
+            mamba-ssm, the sequences themselves come from ``seq_idx``: ``cu_seqlens`` gives the
+            states of ``return_varlen_states`` (and, consistent with ``seq_idx``, saves deriving
+            the boundaries); without ``seq_idx`` it only serves ``return_varlen_states``.
         dt_softplus: apply softplus to dt + dt_bias (identity above 20). dt_limit: clamp of dt.
         return_final_states: also return the fp32 state after the last sequence of every row,
             (batch, H, P, N). return_varlen_states: also return the state after every sequence
