@@ -55,12 +55,9 @@ def _check_files(files: List[str]) -> Optional[str]:
     return None
 
 
-def _load_model(args: argparse.Namespace):
-    import torch
-
+def _load_model(args: argparse.Namespace, device):
     from samkern.models.sam.model import SAM
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.checkpoint:
         model = SAM.load(args.checkpoint, device=device)
     else:
@@ -86,8 +83,10 @@ def _gen_kwargs(args: argparse.Namespace, generator) -> dict:
 
 
 def _run_over_files(args: argparse.Namespace, desc: str, fn) -> int:
-    """Shared driver: validate files, load the model, run ``fn(model, batch, kw)`` per batch of
-    files (returns one JSON-able dict per file), print text or JSON."""
+    """Shared driver: validate files, load the model, read each file, run
+    ``fn(model, files, waves, generator)`` per batch of readable files (returns one JSON-able dict
+    per file), print text or JSON. An unreadable file is reported on stderr (and as
+    ``{"file", "error"}`` in the JSON list) without dropping the others; the exit code is then 1."""
     err = _check_files(args.files)
     if err:
         print(err, file=sys.stderr)
@@ -95,11 +94,22 @@ def _run_over_files(args: argparse.Namespace, desc: str, fn) -> int:
     if args.batch_size <= 0:
         print("error: --batch-size must be positive", file=sys.stderr)
         return 2
+    if getattr(args, "max_new_tokens", None) is not None and args.max_new_tokens <= 0:
+        print(f"error: --max-new-tokens must be a positive int, got {args.max_new_tokens}", file=sys.stderr)
+        return 2
     import torch
 
+    from samkern.demo import pick_device
+    from samkern.models.sam.audio import load_audio
+
     try:
-        model = _load_model(args)
-    except (ValueError, OSError, RuntimeError) as e:  # bad checkpoint, unknown / unavailable device
+        device = pick_device(args.device or "auto")  # the check `samkern eval` makes
+    except ValueError as e:  # --device cuda without CUDA, or not a device string
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        model = _load_model(args, device)
+    except (ValueError, OSError, RuntimeError) as e:  # bad checkpoint, unavailable device
         print(f"error: cannot load the model: {e}", file=sys.stderr)
         return 2
     generator = None
@@ -107,15 +117,31 @@ def _run_over_files(args: argparse.Namespace, desc: str, fn) -> int:
         generator = torch.Generator(device=model.device)
         generator.manual_seed(args.seed)
     results = []
+    failed = 0
     bar = _progress(len(args.files), desc, disable=args.quiet or len(args.files) < 2)
     try:
         for i in range(0, len(args.files), args.batch_size):
             batch = args.files[i : i + args.batch_size]
-            try:
-                results.extend(fn(model, batch, generator))
-            except ValueError as e:  # unreadable audio, bad arguments
-                print(f"\nerror: {e}", file=sys.stderr)
-                return 1
+            # read per file, so one unreadable file does not take its batch down with it
+            rows: List[Optional[dict]] = [None] * len(batch)
+            ok, waves = [], []
+            for j, f in enumerate(batch):
+                try:
+                    waves.append(load_audio(f))
+                    ok.append(j)
+                except ValueError as e:  # AudioError: not audio, no samples, NaN samples
+                    print(f"\nerror: {e}", file=sys.stderr)
+                    rows[j] = {"file": f, "error": str(e)}
+                    failed += 1
+            if ok:
+                try:
+                    out = fn(model, [batch[j] for j in ok], waves, generator)
+                except ValueError as e:  # bad arguments
+                    print(f"\nerror: {e}", file=sys.stderr)
+                    return 1
+                for j, r in zip(ok, out):
+                    rows[j] = r
+            results.extend(rows)
             bar.update(len(batch))
     finally:
         bar.close()
@@ -123,8 +149,11 @@ def _run_over_files(args: argparse.Namespace, desc: str, fn) -> int:
         print(json.dumps(results, indent=1))
     else:
         for r in results:
-            print(_format_result(r))
-    return 0
+            if "error" not in r:  # already reported on stderr
+                print(_format_result(r))
+    if failed:
+        print(f"error: {failed} of {len(args.files)} file(s) could not be read", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _format_result(r: dict) -> str:
@@ -140,8 +169,8 @@ def _format_result(r: dict) -> str:
 
 
 def _cmd_caption(args: argparse.Namespace) -> int:
-    def fn(model, batch, generator):
-        texts = model.caption(batch, **_gen_kwargs(args, generator))
+    def fn(model, batch, waves, generator):
+        texts = model.caption(waves, **_gen_kwargs(args, generator))
         return [{"file": f, "caption": t} for f, t in zip(batch, texts)]
 
     return _run_over_files(args, "caption", fn)
@@ -153,8 +182,8 @@ def _cmd_ask(args: argparse.Namespace) -> int:
         print("error: the question is empty", file=sys.stderr)
         return 2
 
-    def fn(model, batch, generator):
-        texts = model.ask(batch, args.question, **_gen_kwargs(args, generator))
+    def fn(model, batch, waves, generator):
+        texts = model.ask(waves, args.question, **_gen_kwargs(args, generator))
         return [{"file": f, "question": args.question, "answer": t} for f, t in zip(batch, texts)]
 
     return _run_over_files(args, "ask", fn)
@@ -165,8 +194,8 @@ def _cmd_analyze(args: argparse.Namespace) -> int:
         print("error: --tau must be in (0, 1]", file=sys.stderr)
         return 2
 
-    def fn(model, batch, generator):
-        stats = model.audio_token_stats(batch, tau=args.tau, energy=args.energy)
+    def fn(model, batch, waves, generator):
+        stats = model.audio_token_stats(waves, tau=args.tau, energy=args.energy)
         out = []
         for i, f in enumerate(batch):
             row = {"file": f, "tau": args.tau, "energy": args.energy}
@@ -190,7 +219,8 @@ def _add_model_args(sp: argparse.ArgumentParser, generation: bool, files: bool =
                     help="SAM checkpoint directory (SAM.save); default: the embedded tiny UNTRAINED model")
     sp.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     sp.add_argument("--batch-size", type=int, default=8, help="files per forward (default 8)")
-    sp.add_argument("--json", action="store_true", help="machine-readable output (a JSON list, one object per file)")
+    sp.add_argument("--json", action="store_true", help="machine-readable output (a JSON list, one object per file; "
+                                                         "{file, error} for an unreadable one)")
     sp.add_argument("--quiet", action="store_true", help="no progress bar")
     if generation:
         sp.add_argument("--max-new-tokens", type=int, default=None, help="generation budget (default: the model config's)")

@@ -42,6 +42,20 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     if not os.path.isdir(args.checkpoint):
         print(f"error: checkpoint directory not found: {args.checkpoint}", file=sys.stderr)
         return 2
+    if args.test_clips is not None and args.test_clips <= 0:
+        print(f"error: --test-clips must be a positive int, got {args.test_clips}", file=sys.stderr)
+        return 2
+    path = args.json or os.path.join(args.checkpoint, "eval.json")
+    # before the (long) evaluation, not after it: a missing parent directory is created, as
+    # demo / train create --out; a path that cannot be written is an error now
+    if os.path.isdir(path):
+        print(f"error: --json {path} is a directory, not a file", file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    except OSError as e:
+        print(f"error: cannot create the directory of --json {path}: {e}", file=sys.stderr)
+        return 2
     try:
         res = evaluate_checkpoint(args.checkpoint, device=args.device, test_clips=args.test_clips,
                                   caption_metrics=not args.no_caption_metrics)
@@ -49,9 +63,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(format_table(res))
-    path = args.json or os.path.join(args.checkpoint, "eval.json")
-    with open(path, "w", encoding="utf-8") as f:
-        json.dump(res, f, indent=1)
+    try:
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(res, f, indent=1)
+    except OSError as e:
+        print(f"error: cannot write {path}: {e}", file=sys.stderr)
+        return 1
     print(f"wrote {path}")
     return 0
 
@@ -149,6 +166,6 @@ def add_training_commands(sub) -> None:
     ev.add_argument("--checkpoint", required=True, metavar="DIR")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--test-clips", type=int, default=None)
-    ev.add_argument("--json", default=None, help="output JSON path (default DIR/eval.json)")
+    ev.add_argument("--json", default=None, help="output JSON path (default DIR/eval.json; its directory is created)")
     ev.add_argument("--no-caption-metrics", action="store_true")
     ev.set_defaults(func=_cmd_eval)

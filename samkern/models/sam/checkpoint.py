@@ -72,7 +72,10 @@ def _load_file(fname: str) -> Dict[str, torch.Tensor]:
     if fname.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(fname, device="cpu")
+        try:
+            return load_file(fname, device="cpu")
+        except Exception as e:  # safetensors' own SafetensorError does not say which file
+            raise ValueError(f"cannot read {fname!r} (corrupt or truncated safetensors file?): {e}") from e
     # weights_only: a checkpoint is data, never code to execute
     sd = torch.load(fname, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):

@@ -34,6 +34,7 @@ padded vocabulary.
 """
 from __future__ import annotations
 
+import collections.abc
 import copy
 import dataclasses
 import json
@@ -124,6 +125,43 @@ class SAMOutput:
 
 def _is_pathlike(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
+
+
+def _read_safetensors(fname: str) -> Dict[str, torch.Tensor]:
+    """``safetensors.torch.load_file`` onto the CPU; a corrupt or truncated file raises ValueError
+    naming it (safetensors raises its own SafetensorError, an Exception subclass)."""
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(fname, device="cpu")
+    except Exception as e:
+        raise ValueError(f"cannot read {fname!r} (corrupt or truncated safetensors file?): {e}") from e
+
+
+def _check_waveform(a: torch.Tensor, i: int) -> torch.Tensor:
+    """A (S,) waveform tensor as float32 on the CPU; refuses what ``load_audio`` refuses for files
+    (a silent ``.float()`` would use int16 PCM unscaled, NaN would give NaN features)."""
+    if not a.is_floating_point():
+        raise TypeError(
+            f"waveform (audio item {i}) has dtype {a.dtype}: pass a floating-point waveform in [-1, 1] "
+            "(scale integer PCM, e.g. int16 / 32768)"
+        )
+    w = a.detach().float().cpu()
+    if not bool(torch.isfinite(w).all()):  # one pass over S samples: negligible beside the fbank
+        raise ValueError(f"waveform (audio item {i}) contains NaN or inf samples")
+    return w
+
+
+def _check_texts(name: str, texts: Any) -> Union[str, List[str]]:
+    """``texts`` as a str or a list of str (TypeError naming ``name`` otherwise)."""
+    if isinstance(texts, str):
+        return texts
+    if not isinstance(texts, collections.abc.Sequence) or isinstance(texts, (bytes, bytearray)):
+        raise TypeError(f"{name} must be a str or a list of str (one per clip), got {type(texts).__name__}")
+    bad = [type(t).__name__ for t in texts if not isinstance(t, str)]
+    if bad:
+        raise TypeError(f"{name} must be a str or a list of str (one per clip), got a list holding {bad[0]}")
+    return list(texts)
 
 
 class SAM(nn.Module):
@@ -344,6 +382,11 @@ class SAM(nn.Module):
             if items.dim() != 2:
                 raise ValueError(f"waveforms must be (S,) or (B, S), got shape {tuple(items.shape)}")
             items = list(items.unbind(0))
+        if not isinstance(items, collections.abc.Sequence) or isinstance(items, (bytes, bytearray)):
+            raise TypeError(
+                "audio must be a path, a waveform tensor (S,) / (B, S), or a list of paths / (S,) waveforms, "
+                f"got {type(audio).__name__}"
+            )
         items = list(items)
         if not items:
             raise ValueError("empty batch: no audio given")
@@ -352,10 +395,11 @@ class SAM(nn.Module):
             if _is_pathlike(a):
                 waves.append(load_audio(a))
             elif isinstance(a, torch.Tensor) and a.dim() == 1 and a.numel() > 0:
-                waves.append(a.detach().float().cpu())
+                waves.append(_check_waveform(a, i))
+            elif isinstance(a, torch.Tensor):
+                raise ValueError(f"audio item {i} must be a path or a non-empty (S,) waveform, got shape {tuple(a.shape)}")
             else:
-                shape = tuple(a.shape) if isinstance(a, torch.Tensor) else type(a).__name__
-                raise ValueError(f"audio item {i} must be a path or a non-empty (S,) waveform, got {shape}")
+                raise TypeError(f"audio item {i} must be a path or a (S,) waveform tensor, got {type(a).__name__}")
         lengths = torch.tensor([w.shape[0] for w in waves])
         batch = torch.zeros(len(waves), int(lengths.max()))
         for i, w in enumerate(waves):
@@ -410,6 +454,7 @@ class SAM(nn.Module):
         if (texts is None) == (ids is None):
             raise ValueError(f"pass exactly one of {name} texts and {name}_ids")
         if texts is not None:
+            texts = _check_texts(f"{name}s", texts)
             if isinstance(texts, str):
                 texts = [texts] * B
             out = [fn(t) for t in texts]
@@ -540,7 +585,9 @@ class SAM(nn.Module):
             prefixes.append(torch.cat([audio_emb[i], pe], 0))
         out = generate_from_embeds(
             self.lm, prefixes, eos_token_id=self.eos_token_id, pad_token_id=self.pad_token_id,
-            max_new_tokens=max_new_tokens or self.config.max_new_tokens, do_sample=do_sample,
+            # `is None`, not `or`: 0 must be rejected (generate_from_embeds), not mean the default
+            max_new_tokens=self.config.max_new_tokens if max_new_tokens is None else max_new_tokens,
+            do_sample=do_sample,
             temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=repetition_penalty,
             generator=generator, vocab_size=self.config.lm.vocab_size,
         )
@@ -554,7 +601,10 @@ class SAM(nn.Module):
     def ask(
         self, audio: Optional[AudioInput], question: Union[str, Sequence[str]], *, features: Optional[torch.Tensor] = None, **kw: Any
     ) -> List[str]:
-        """Answers to ``question`` (one string for all clips, or one per clip)."""
+        """Answers to ``question`` (one string for all clips, or one per clip; none may be empty)."""
+        question = _check_texts("question", question)
+        if any(not q.strip() for q in ([question] if isinstance(question, str) else question)):
+            raise ValueError("question must not be empty (or whitespace only)")
         return self.generate(audio, question, features=features, **kw).texts
 
     # ------------------------------------------------------------------------------------------
@@ -636,10 +686,8 @@ class SAM(nn.Module):
 
     @classmethod
     def load(cls, path: str, device=None, dtype: Optional[torch.dtype] = None, strict: bool = True) -> "SAM":
-        """Load a directory written by :meth:`save` (raises ``ValueError`` on missing files or
-        keys that do not match)."""
-        from safetensors.torch import load_file
-
+        """Load a directory written by :meth:`save` (raises ``ValueError`` on missing, corrupt or
+        truncated files, or keys that do not match)."""
         from samkern.models.sam.tokenizer import load_tokenizer
 
         if not os.path.isdir(path):
@@ -650,10 +698,10 @@ class SAM(nn.Module):
         config = SAMConfig.from_json(path)
         tokenizer = load_tokenizer(path)
         model = cls(config, tokenizer)
-        sd = load_file(wfile, device="cpu")
+        sd = _read_safetensors(wfile)
         afile = os.path.join(path, ADAPTER_FILE)
         if os.path.isfile(afile):
-            sd.update(load_file(afile, device="cpu"))
+            sd.update(_read_safetensors(afile))
         own = model.state_dict()
         optional = {"lm.lm_head.weight"} if config.lm.tie_embeddings else set()
         missing = sorted(set(own) - set(sd) - optional)

@@ -87,7 +87,10 @@ def load_tokenizer(path: str, eos_token: Optional[str] = None) -> TextTokenizer:
     fname = os.path.join(path, TOKENIZER_FILE) if os.path.isdir(path) else path
     if not os.path.isfile(fname):
         raise ValueError(f"no {TOKENIZER_FILE} at {path!r}")
-    tok = Tokenizer.from_file(fname)
+    try:
+        tok = Tokenizer.from_file(fname)
+    except Exception as e:  # `tokenizers` raises a bare Exception on a malformed file
+        raise ValueError(f"cannot read {fname!r} (not a valid tokenizers JSON file?): {e}") from e
     if eos_token is None:
         eos_token = _eos_from_side_files(os.path.dirname(os.path.abspath(fname)))
         if eos_token is not None and tok.token_to_id(eos_token) is None:
