@@ -70,7 +70,9 @@ of the dB/dC state and chunk-kernel tile reads: fwd+bwd under graphs 366 -> 349 
 581 -> 556 (2.7b B16 L192), 970 -> 964 (B8 L640) on an H100, no change at B1 L16384
 (``dev-runs/s13-call5-*``, ``s13-call6-*``). Skipping the dots themselves behind ``if`` was slower
 (walk 65 -> 70 us, forward 75 -> 113 with the same treatment): branches inside the chunk loop stop
-Triton's pipeliner from prefetching (``dev-runs/s13-call4-*``).
+Triton's pipeliner from prefetching (``dev-runs/s13-call4-*``). The walk instead peels its two
+known-zero steps off its chunk loop (compiled without those loads, dots and stores; the loop
+between them stays branch-free): walk 53 -> 49 us at 130m B32 L192 (``dev-runs/s16-call1-*``).
 
 Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``x dS``, so
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
