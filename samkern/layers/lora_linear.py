@@ -123,6 +123,23 @@ class LoRALinear(nn.Linear):
         self.weight.copy_((self.weight - self._delta_weight()).to(self.weight.dtype))
         self.merged = False
 
+    # The state dict always holds the base weight W, merged or not: a merged module's ``weight``
+    # is W + s·B A, and saving that next to lora_A / lora_B would apply the update twice when the
+    # dict is loaded into an unmerged module (and loading into a merged one would later unmerge
+    # a ΔW that the new weights never had). Loading therefore leaves the module unmerged.
+    def _save_to_state_dict(self, destination, prefix, keep_vars) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self.r > 0 and self.merged:
+            with torch.no_grad():
+                w = self.weight
+                destination[prefix + "weight"] = (w.to(self._delta_weight().dtype) - self._delta_weight()).to(w.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs) -> None:
+        self.unmerge()  # the dict holds W (above); a partial dict (adapters only) then fits too
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.r == 0 or self.merged:
             return F.linear(x, self.weight, self.bias)
@@ -166,6 +183,7 @@ def peft_to_samkern_state_dict(sd: Dict[str, torch.Tensor], adapter_name: str = 
     variants samkern does not implement (DoRA magnitudes, embedding LoRA) raise ``ValueError``.
     """
     out: Dict[str, torch.Tensor] = {}
+    others = set()  # adapter names seen besides ``adapter_name``
     for key, v in sd.items():
         k = key[len(PEFT_PREFIX) :] if key.startswith(PEFT_PREFIX) else key
         if "lora_magnitude_vector" in k or "lora_embedding_" in k:
@@ -184,9 +202,12 @@ def peft_to_samkern_state_dict(sd: Dict[str, torch.Tensor], adapter_name: str = 
         if tail == [adapter_name, "weight"] or tail == ["weight"]:
             out[".".join(parts[:i] + [name])] = v
         elif len(tail) == 2 and tail[1] == "weight":
-            continue  # another adapter
+            others.add(tail[0])  # another adapter
         else:
             raise ValueError(f"{key}: unrecognised peft LoRA key")
+    if others and not any(_split(k)[1] in ("lora_A", "lora_B") for k in out):
+        # a misspelt adapter name would otherwise load no adapter at all, silently
+        raise ValueError(f"no LoRA weights for adapter {adapter_name!r}; the state dict holds adapters {sorted(others)}")
     return out
 
 

@@ -219,3 +219,35 @@ def test_layer_empty_batch_like_nn_linear(shape):
     for name, p in m.named_parameters():
         if p.requires_grad:
             assert p.grad is not None and not p.grad.any(), name
+
+
+def test_merged_state_dict_round_trips():
+    """The state dict holds the base weight whether or not the module is merged: reloading a
+    merged module's dict applies the update once, and loading into a merged module leaves it
+    unmerged with the new weights (a later unmerge must not subtract the old update)."""
+    torch.manual_seed(0)
+    x = torch.randn(5, 32)
+    src = LoRALinear(32, 16, r=4)
+    torch.nn.init.normal_(src.lora_B)
+    want = src(x)
+    src.merge()
+    for dst_merged in (False, True):
+        dst = LoRALinear(32, 16, r=4)
+        if dst_merged:
+            torch.nn.init.normal_(dst.lora_B)
+            dst.merge()
+        dst.load_state_dict(src.state_dict())
+        assert not dst.merged
+        torch.testing.assert_close(dst(x), want, rtol=0, atol=1e-5)
+        dst.unmerge()  # a no-op now
+        torch.testing.assert_close(dst(x), want, rtol=0, atol=1e-5)
+    assert src.merged  # saving does not change the module
+    torch.testing.assert_close(src(x), want, rtol=0, atol=1e-5)
+
+
+def test_peft_adapter_name_that_is_not_there():
+    sd = {"m.base_layer.weight": torch.randn(4, 4), "m.lora_A.default.weight": torch.randn(2, 4),
+          "m.lora_B.default.weight": torch.randn(4, 2)}
+    with pytest.raises(ValueError, match=r"adapter 'mine'.*\['default'\]"):
+        peft_to_samkern_state_dict(sd, adapter_name="mine")
+    assert set(peft_to_samkern_state_dict(sd)) == {"m.weight", "m.lora_A", "m.lora_B"}

@@ -280,7 +280,8 @@ def test_strict_key_errors(tmp_path):
         MambaLM(model.config).load_checkpoint_state_dict(extra)
     # non-strict drops the unknown key and loads the rest exactly
     fresh = MambaLM(model.config).eval()
-    fresh.load_checkpoint_state_dict(extra, strict=False)
+    with pytest.warns(UserWarning, match="bogus"):  # what was dropped is said
+        fresh.load_checkpoint_state_dict(extra, strict=False)
     ids = torch.randint(0, 512, (1, 7))
     with torch.no_grad():
         assert_exact("non-strict load", fresh(ids), model(ids))
@@ -290,8 +291,13 @@ def test_strict_key_errors(tmp_path):
         MambaLM(model.config).load_checkpoint_state_dict(wrong)
     too_big = dict(sd)
     too_big["backbone.embedding.weight"] = torch.zeros(600, 64)
-    with pytest.raises(ValueError, match="more than the model's padded vocabulary"):
+    with pytest.raises(ValueError, match="600 rows but the config's vocabulary needs"):
         MambaLM(model.config).load_checkpoint_state_dict(too_big)
+    # fewer rows than the config's vocabulary: an error, not zero embeddings for real tokens
+    too_small = dict(sd)
+    too_small["backbone.embedding.weight"] = sd["backbone.embedding.weight"][:100]
+    with pytest.raises(ValueError, match="100 rows"):
+        MambaLM(model.config).load_checkpoint_state_dict(too_small)
     with pytest.raises(ValueError, match="fmt"):
         MambaLM(model.config).load_checkpoint_state_dict(sd, fmt="gguf")
     # HF-named keys in a directory whose config says mamba-ssm: the name is reported
@@ -603,3 +609,58 @@ def test_matches_mamba_ssm_130m_2layers_bf16():
         stepped = torch.stack(stepped, dim=1).float()
     es = assert_close_lowp("bf16 step logits", stepped, ref[:, 199:210], ref_lowp[:, 199:210])
     print(f"rel err fp32 {e32:.2e}; bf16 {e16:.2e} (peer bf16 {rel_err(ref_lowp, ref):.2e}); step bf16 {es:.2e}")
+
+
+def test_loader_refuses_what_would_load_silently_wrong(tmp_path):
+    """A tied config with a different stored head, a partial set of LoRA weights, and a
+    merged-then-saved adapter (applied once on reload, not twice)."""
+    model = _tiny_model()
+    if not model.config.tie_embeddings:
+        pytest.skip("the tiny preset is untied")
+    sd = dict(model.state_dict())
+    sd["lm_head.weight"] = torch.randn_like(sd["backbone.embedding.weight"])
+    with pytest.raises(ValueError, match="differs from its embedding"):
+        MambaLM(model.config).load_checkpoint_state_dict(sd)
+
+    lora = MambaLM(model.config, lora_r=2).eval()
+    for n, p in lora.named_parameters():
+        if "lora_B" in n:
+            torch.nn.init.normal_(p)
+    lsd = dict(lora.state_dict())
+    partial = {k: v for k, v in lsd.items() if not ("layers.0." in k and "lora_" in k)}
+    with pytest.raises(ValueError, match="missing keys"):
+        MambaLM(model.config, lora_r=2).load_checkpoint_state_dict(partial)
+
+    ids = torch.randint(0, 512, (1, 7))
+    with torch.no_grad():
+        want = lora(ids)
+        from samkern.layers.lora_linear import LoRALinear
+
+        for m in lora.modules():
+            if isinstance(m, LoRALinear):
+                m.merge()
+        lora.save_pretrained(str(tmp_path / "with"), include_lora=True)
+        lora.save_pretrained(str(tmp_path / "folded"))
+        again = MambaLM.from_pretrained(str(tmp_path / "with"), lora_r=2).eval()
+        folded = MambaLM.from_pretrained(str(tmp_path / "folded")).eval()
+        assert (again(ids) - want).abs().max() < 1e-4
+        assert (folded(ids) - want).abs().max() < 1e-4
+
+
+def test_checkpoint_reader_names_the_file_at_fault(tmp_path):
+    from samkern.models.sam import checkpoint as ckpt
+
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="config.json.*not valid JSON"):
+        ckpt.read_config(str(tmp_path))
+    (tmp_path / "model.safetensors.index.json").write_text('{"weight_map": {"a": "shard-1.safetensors"}}')
+    with pytest.raises(ValueError, match="names the shard 'shard-1.safetensors'"):
+        ckpt.read_state_dict(str(tmp_path))
+    (tmp_path / "model.safetensors.index.json").write_text('{"metadata": {}}')
+    with pytest.raises(ValueError, match="weight_map"):
+        ckpt.read_state_dict(str(tmp_path))
+    with pytest.raises(ValueError, match=r"missing \['vocab_size'\]"):
+        MambaLMConfig.from_hf_config({"model_type": "mamba2", "hidden_size": 64, "num_hidden_layers": 2})
+    with pytest.raises(ValueError, match="hidden_size must be a number"):
+        MambaLMConfig.from_hf_config({"model_type": "mamba2", "hidden_size": "sixty", "num_hidden_layers": 2,
+                                      "vocab_size": 10})

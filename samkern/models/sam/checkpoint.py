@@ -48,11 +48,20 @@ def read_config(path: str) -> dict:
     cfg_path = path if os.path.isfile(path) else os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(cfg_path):
         raise ValueError(f"no {CONFIG_NAME} found at {path!r}")
-    with open(cfg_path, "r", encoding="utf-8") as f:
-        cfg = json.load(f)
+    cfg = _read_json(cfg_path)
     if not isinstance(cfg, dict):
         raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     return cfg
+
+
+def _read_json(fname: str) -> object:
+    """``json.load`` of ``fname``; a malformed file raises ValueError naming it (a bare
+    JSONDecodeError does not say which file)."""
+    with open(fname, "r", encoding="utf-8") as f:
+        try:
+            return json.load(f)
+        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
+            raise ValueError(f"cannot read {fname!r} (not valid JSON): {e}") from e
 
 
 def detect_format(cfg: dict) -> str:
@@ -69,6 +78,8 @@ def detect_format(cfg: dict) -> str:
 
 
 def _load_file(fname: str) -> Dict[str, torch.Tensor]:
+    if not os.path.isfile(fname):
+        raise ValueError(f"missing weights file {fname!r}")
     if fname.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -99,11 +110,19 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             return _load_file(fname)
         idx = os.path.join(path, index[name])
         if os.path.isfile(idx):
-            with open(idx, "r", encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
+            index_data = _read_json(idx)
+            weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
+            if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+                raise ValueError(f"{idx!r} must hold a JSON object with a 'weight_map' of key -> shard file name")
             out: Dict[str, torch.Tensor] = {}
             for shard in sorted(set(weight_map.values())):
-                out.update(_load_file(os.path.join(path, shard)))
+                fname = os.path.join(path, shard)
+                if not os.path.isfile(fname):
+                    raise ValueError(f"{idx!r} names the shard {shard!r}, which is not in {path!r}")
+                out.update(_load_file(fname))
+            missing = sorted(set(weight_map) - set(out))
+            if missing:
+                raise ValueError(f"{idx!r} maps {len(missing)} key(s) its shards do not hold, e.g. {missing[:5]}")
             return out
     raise ValueError(
         f"no weights in {path!r}: expected one of {SAFETENSORS_NAME}, {SAFETENSORS_INDEX_NAME}, "
@@ -126,17 +145,24 @@ def hf_to_mamba_ssm_names(sd: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor
     return out
 
 
-def pad_vocab_rows(name: str, w: torch.Tensor, rows: int) -> torch.Tensor:
+def pad_vocab_rows(name: str, w: torch.Tensor, rows: int, vocab: Optional[int] = None) -> torch.Tensor:
     """Zero-pad a (V, D) embedding / head matrix to ``rows`` rows (mamba-ssm's padded vocab).
 
-    Zero rows give padded tokens logit 0 from a tied head, as in mamba-ssm checkpoints.
+    Zero rows give padded tokens logit 0 from a tied head, as in mamba-ssm checkpoints. Only the
+    two layouts checkpoints use are accepted: already ``rows`` (padded, mamba-ssm) or exactly
+    ``vocab`` (the config's vocabulary, HF): any other count means the config and the weights
+    disagree, and padding would silently give real tokens zero embeddings.
     """
     if w.dim() != 2:
         raise ValueError(f"{name} must be 2-D (vocab, d_model), got shape {tuple(w.shape)}")
-    if w.shape[0] > rows:
-        raise ValueError(f"{name} has {w.shape[0]} rows, more than the model's padded vocabulary {rows}")
     if w.shape[0] == rows:
         return w
+    if w.shape[0] != (rows if vocab is None else vocab):
+        expect = f"{rows}" if vocab is None or vocab == rows else f"{vocab} (vocab_size) or {rows} (padded)"
+        raise ValueError(
+            f"{name} has {w.shape[0]} rows but the config's vocabulary needs {expect}: the config.json "
+            "does not describe these weights (check vocab_size / pad_vocab_size_multiple)"
+        )
     pad = torch.zeros(rows - w.shape[0], w.shape[1], dtype=w.dtype, device=w.device)
     return torch.cat([w, pad], dim=0)
 

@@ -29,6 +29,7 @@ import copy
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Dict, Optional, Tuple, Union
 
@@ -233,24 +234,36 @@ class MambaLMConfig:
             raise ValueError(f"from_hf_config takes a Mamba2Config or a dict, got {type(hf).__name__}")
         if ckpt.detect_format(hf) != "hf":
             raise ValueError("this is a mamba-ssm MambaConfig; use MambaLMConfig.from_json")
+        need = [k for k in ("hidden_size", "num_hidden_layers", "vocab_size") if k not in hf]
+        if need:
+            raise ValueError(f"HF Mamba2 config is missing {need}")
+
+        def num(key: str, default: Any = None, kind: type = int) -> Any:
+            # int("sixty") / int(None) errors do not say which key: name it
+            v = hf.get(key, default)
+            try:
+                return kind(v)
+            except (TypeError, ValueError):
+                raise ValueError(f"HF Mamba2 config: {key} must be a number, got {v!r}") from None
+
         act = hf.get("hidden_act", "silu")
         if act not in ("silu", "swish"):
             raise ValueError(f"hidden_act must be 'silu' (the Mamba2 conv activation), got {act!r}")
-        hidden, expand = int(hf["hidden_size"]), int(hf.get("expand", 2))
-        head_dim = int(hf.get("head_dim", 64))
-        if "num_heads" in hf and int(hf["num_heads"]) * head_dim != expand * hidden:
+        hidden, expand = num("hidden_size"), num("expand", 2)
+        head_dim = num("head_dim", 64)
+        if "num_heads" in hf and num("num_heads") * head_dim != expand * hidden:
             raise ValueError(
                 f"inconsistent HF config: num_heads * head_dim = {hf['num_heads']} * {head_dim} "
                 f"!= expand * hidden_size = {expand} * {hidden}"
             )
         ssm: Dict[str, Any] = {
             "layer": "Mamba2",
-            "d_state": int(hf.get("state_size", 128)),
-            "d_conv": int(hf.get("conv_kernel", 4)),
+            "d_state": num("state_size", 128),
+            "d_conv": num("conv_kernel", 4),
             "expand": expand,
             "headdim": head_dim,
-            "ngroups": int(hf.get("n_groups", 8)),
-            "chunk_size": int(hf.get("chunk_size", 256)),
+            "ngroups": num("n_groups", 8),
+            "chunk_size": num("chunk_size", 256),
             "bias": bool(hf.get("use_bias", False)),
             "conv_bias": bool(hf.get("use_conv_bias", True)),
         }
@@ -259,15 +272,15 @@ class MambaLMConfig:
             ssm["dt_limit"] = limit
         return cls(
             d_model=hidden,
-            n_layer=int(hf["num_hidden_layers"]),
-            vocab_size=int(hf["vocab_size"]),
+            n_layer=num("num_hidden_layers"),
+            vocab_size=num("vocab_size"),
             ssm_cfg=ssm,
             rms_norm=True,
             residual_in_fp32=bool(hf.get("residual_in_fp32", True)),
             pad_vocab_size_multiple=16,
             # transformers >= 5 defaults tie_word_embeddings to False for Mamba2
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            norm_epsilon=float(hf.get("layer_norm_epsilon", 1e-5)),
+            norm_epsilon=num("layer_norm_epsilon", 1e-5, float),
         )
 
 
@@ -658,27 +671,36 @@ class MambaLM(nn.Module):
     def load_checkpoint_state_dict(self, sd: Dict[str, torch.Tensor], fmt: str = "mamba_ssm", strict: bool = True) -> None:
         """Load a mamba-ssm (``fmt="mamba_ssm"``) or HF (``fmt="hf"``) state dict.
 
-        Embedding / head rows are zero-padded to V_pad; with tied embeddings a stored
-        ``lm_head.weight`` is ignored (mamba-ssm stores it, HF usually does not); LoRA
-        parameters may be absent. Raises ``ValueError`` listing missing / unexpected keys
-        (``strict``) and every shape mismatch.
+        Embedding / head rows are zero-padded to V_pad (from exactly ``vocab_size`` rows); with
+        tied embeddings a stored ``lm_head.weight`` must equal the embedding (mamba-ssm stores a
+        copy, HF usually none); LoRA parameters may be absent, all together. Raises
+        ``ValueError`` listing missing / unexpected keys (``strict``; without it a warning lists
+        them) and every shape mismatch.
         """
         if fmt == "hf":
             sd = ckpt.hf_to_mamba_ssm_names(sd)
         elif fmt != "mamba_ssm":
             raise ValueError(f"fmt must be 'mamba_ssm' or 'hf', got {fmt!r}")
         sd = dict(sd)
-        V = self.config.padded_vocab_size
+        V, vocab = self.config.padded_vocab_size, self.config.vocab_size
         tied = self.config.tie_embeddings
         if "backbone.embedding.weight" in sd:
-            sd["backbone.embedding.weight"] = ckpt.pad_vocab_rows("backbone.embedding.weight", sd["backbone.embedding.weight"], V)
+            sd["backbone.embedding.weight"] = ckpt.pad_vocab_rows("backbone.embedding.weight", sd["backbone.embedding.weight"], V, vocab)
         if "lm_head.weight" in sd:
-            if tied:
-                sd.pop("lm_head.weight")
-            else:
-                sd["lm_head.weight"] = ckpt.pad_vocab_rows("lm_head.weight", sd["lm_head.weight"], V)
+            head = ckpt.pad_vocab_rows("lm_head.weight", sd.pop("lm_head.weight"), V, vocab)
+            if not tied:
+                sd["lm_head.weight"] = head
+            elif "backbone.embedding.weight" in sd and not torch.equal(head, sd["backbone.embedding.weight"]):
+                # a tied model would silently use the embedding as its head: not these weights
+                raise ValueError("the config ties the LM head to the embedding, but the checkpoint's lm_head.weight "
+                                 "differs from its embedding: set tie_embeddings / tie_word_embeddings to false")
         own = self.state_dict()
-        optional = [k for k in own if _LORA_MARK in k]
+        lora_keys = [k for k in own if _LORA_MARK in k]
+        optional = list(lora_keys)
+        if any(_LORA_MARK in k for k in sd):
+            # adapters in the checkpoint: all of them or none (a partial set would leave some
+            # modules at their fresh init without a word)
+            optional = []
         if tied:
             optional.append("lm_head.weight")
         missing, unexpected = ckpt.diff_keys(own.keys(), sd.keys(), optional)
@@ -689,6 +711,9 @@ class MambaLM(nn.Module):
         else:
             for k in unexpected:
                 sd.pop(k)
+            if missing or unexpected:
+                warnings.warn(f"strict=False: {ckpt.format_key_errors(missing, unexpected)} "
+                              "(missing parameters keep their initial values)", stacklevel=2)
         bad = [
             f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
             for k, v in sd.items()
@@ -728,7 +753,8 @@ class MambaLM(nn.Module):
         """Write ``config.json`` + ``model.safetensors`` (or ``pytorch_model.bin``) in mamba-ssm
         format. ``lm_head.weight`` is stored even when tied (as a copy: safetensors refuses
         shared storage) so the file is a complete ``MambaLMHeadModel`` state dict. LoRA
-        parameters are left out unless ``include_lora``."""
+        parameters are left out unless ``include_lora``; without it a merged adapter is folded into
+        the weights (an unmerged one is dropped), with it the weights are the base ones."""
         os.makedirs(path, exist_ok=True)
         self.config.to_json(os.path.join(path, ckpt.CONFIG_NAME))
         sd = {}
@@ -736,6 +762,14 @@ class MambaLM(nn.Module):
             if _LORA_MARK in k and not include_lora:
                 continue
             sd[k] = v.detach().to("cpu").clone().contiguous()
+        if not include_lora:
+            # the state dict holds the base weights (LoRALinear._save_to_state_dict); a merged
+            # adapter is part of the model being exported, so its update goes into the weights
+            with torch.no_grad():
+                for name, m in self.named_modules():
+                    if getattr(m, "merged", False) and getattr(m, "r", 0):
+                        w = sd[f"{name}.weight"]
+                        sd[f"{name}.weight"] = (w.to(torch.float32) + m._delta_weight().cpu()).to(w.dtype)
         if safe_serialization:
             from safetensors.torch import save_file
 

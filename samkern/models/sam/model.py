@@ -659,13 +659,10 @@ class SAM(nn.Module):
         lora_mods = self._lora_modules()
         adapter = {k: sd.pop(k) for k in list(sd) if _LORA_MARK in k}
         for name, m in lora_mods.items():
-            key = f"{name}.weight"
-            delta = m._delta_weight()
-            w = sd[key]
-            if merge_lora and not m.merged:
+            if merge_lora:  # (the state dict holds W, merged or not: LoRALinear._save_to_state_dict)
+                key = f"{name}.weight"
+                delta, w = m._delta_weight(), sd[key]
                 sd[key] = (w.to(delta.dtype) + delta).to(w.dtype)
-            elif not merge_lora and m.merged:  # a merged module holds W + ΔW: store W
-                sd[key] = (w.to(delta.dtype) - delta).to(w.dtype)
         cfg = copy.deepcopy(self.config)
         cfg.eos_token_id, cfg.pad_token_id = self.eos_token_id, self.pad_token_id
         cfg.trainable = self.trainable
