@@ -38,6 +38,10 @@ class LoRALinear(nn.Linear):
         alpha: LoRA alpha; default ``2 * r``. The adapter is scaled by ``alpha / r``.
         dropout: dropout probability on the LoRA branch input only (peft's ``lora_dropout``).
         train_base: keep ``weight``/``bias`` trainable (default: frozen, as in LoRA fine-tuning).
+
+    ``merge()`` folds ``s·B A`` into ``weight`` for inference; the state dict still holds the base
+    weight and the adapter (so it reloads into any ``LoRALinear`` correctly), and loading a state
+    dict leaves the module unmerged. An empty batch gives an empty output, as ``nn.Linear``.
     """
 
     def __init__(
