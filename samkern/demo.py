@@ -261,7 +261,8 @@ def run_demo(out: str = "./samkern-demo", device: str = "auto", cfg: Optional[De
 
     # 4. evaluation, captions, outputs
     t_eval = time.perf_counter()
-    res = evaluate_sam(model, f_test, test_ex, caption_metrics=cfg.caption_metrics, text_encoder=cfg.text_encoder)
+    res = evaluate_sam(model, f_test, test_ex, caption_metrics=cfg.caption_metrics, text_encoder=cfg.text_encoder,
+                       log=None if quiet else _log)
     caps = model.caption(None, features=f_test[: cfg.caption_clips].to(dev), max_new_tokens=40)
     res["example_captions"] = [
         {"clip": test_ds.audio_id(i), "reference": test_ds.describe(i).caption, "generated": c}
@@ -295,9 +296,13 @@ def run_demo(out: str = "./samkern-demo", device: str = "auto", cfg: Optional[De
 
 
 def evaluate_checkpoint(checkpoint: str, device: str = "auto", test_clips: Optional[int] = None,
-                        caption_metrics: bool = True, text_encoder: str = "auto") -> Dict[str, Any]:
+                        caption_metrics: bool = True, text_encoder: str = "auto",
+                        quiet: bool = False) -> Dict[str, Any]:
     """``samkern eval``: evaluate a saved SAM on held-out synthetic clips (settings from the
-    checkpoint's ``demo.json`` when present, else :class:`DemoConfig` defaults)."""
+    checkpoint's ``demo.json`` when present, else :class:`DemoConfig` defaults).
+
+    Progress goes to stderr (the clips rendered, then each evaluation phase and generation
+    batch): the evaluation takes tens of seconds even for a tiny model. ``quiet``: none."""
     from samkern.models.sam.model import SAM
     from samkern.train.sam import evaluate_sam, synth_features
 
@@ -315,7 +320,10 @@ def evaluate_checkpoint(checkpoint: str, device: str = "auto", test_clips: Optio
         raise ValueError(f"the checkpoint's encoder takes {model.config.encoder.n_frames} frames, demo.json says {cfg.n_frames}")
     test_ds, test_ex = _examples(cfg, "test", cfg.test_clips, ("closed", "classification", "caption"))
     test_ex = [e for e in test_ex if e["task"] != "caption" or e["clip"] < cfg.eval_captions]
-    feats = synth_features(test_ds, cfg.n_frames)
-    res = evaluate_sam(model, feats, test_ex, caption_metrics=caption_metrics, text_encoder=text_encoder)
+    if not quiet:
+        _log(f"[eval] {checkpoint} on {dev}: {cfg.test_clips} held-out clips, {len(test_ex)} examples")
+    feats = synth_features(test_ds, cfg.n_frames, progress=not quiet)
+    res = evaluate_sam(model, feats, test_ex, caption_metrics=caption_metrics, text_encoder=text_encoder,
+                       log=None if quiet else _log)
     res.update(checkpoint=os.path.abspath(checkpoint), device=str(dev), test_clips=cfg.test_clips)
     return res

@@ -50,6 +50,20 @@ TRAINABLE: Tuple[str, ...] = ("connector", "connector+lora", "connector+encoder"
 SCHEDULES: Tuple[str, ...] = ("cosine", "linear", "constant")
 
 
+def _num(name: str, v: Any) -> float:
+    """``float(v)`` for a real number (not a bool, a string or None: JSON configs hold anything)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        raise ValueError(f"{name} must be a number, got {v!r}")
+    return float(v)
+
+
+def _str_seq(name: str, v: Any) -> Tuple[str, ...]:
+    """A list / tuple of strings as a tuple (a bare string would otherwise split into characters)."""
+    if not isinstance(v, (list, tuple)) or not all(isinstance(x, str) for x in v):
+        raise ValueError(f"{name} must be a list of strings, got {v!r}")
+    return tuple(v)
+
+
 def _pos_int(name: str, v: Any, allow_none: bool = False) -> None:
     if v is None and allow_none:
         return
@@ -99,12 +113,21 @@ class StageConfig:
     question_types: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self) -> None:
-        self.tasks = tuple(self.tasks)
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        # types first: a JSON config can hold anything, and a TypeError deep in here would not
+        # name the field
+        self.tasks = _str_seq("tasks", self.tasks)
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"betas must be two floats in [0, 1), got {self.betas!r}")
+        self.betas = tuple(_num("betas", b) for b in self.betas)  # type: ignore[assignment]
         if self.question_types is not None:
-            self.question_types = tuple(self.question_types)
+            self.question_types = _str_seq("question_types", self.question_types)
+        for k in ("lr", "epochs", "warmup_ratio", "min_lr_ratio", "weight_decay", "eps", "max_grad_norm"):
+            _num(k, getattr(self, k))
         if not isinstance(self.name, str) or not self.name:
             raise ValueError(f"stage name must be a non-empty string, got {self.name!r}")
+        # the name is a directory under the run's --out (which --overwrite clears): one plain component
+        if self.name in (".", "..") or "/" in self.name or os.sep in self.name or (os.altsep and os.altsep in self.name):
+            raise ValueError(f"stage name must be usable as a directory name (no path separators), got {self.name!r}")
         if self.trainable not in TRAINABLE:
             raise ValueError(f"trainable must be one of {TRAINABLE}, got {self.trainable!r}")
         if not self.tasks or any(t not in TASKS for t in self.tasks):
@@ -156,6 +179,8 @@ class StageConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "StageConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a stage config must be a JSON object, got {d!r}")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown keys in stage config: {unknown}")
@@ -184,7 +209,9 @@ class CurriculumConfig:
     name: str = "custom"
 
     def __post_init__(self) -> None:
-        self.stages = [s if isinstance(s, StageConfig) else StageConfig.from_dict(dict(s)) for s in self.stages]
+        if not isinstance(self.stages, (list, tuple)):
+            raise ValueError(f"stages must be a list of stage configs, got {self.stages!r}")
+        self.stages = [s if isinstance(s, StageConfig) else StageConfig.from_dict(s) for s in self.stages]
         if not self.stages:
             raise ValueError("a curriculum needs at least one stage")
         names = [s.name for s in self.stages]
@@ -196,7 +223,9 @@ class CurriculumConfig:
             raise ValueError(f"lora_r must be a non-negative int, got {self.lora_r!r}")
         if self.lora_r == 0 and any("lora" in s.trainable for s in self.stages):
             raise ValueError("a stage trains LoRA but lora_r is 0")
-        if not isinstance(self.seed, int) or self.seed < 0:
+        if self.lora_alpha is not None:
+            _num("lora_alpha", self.lora_alpha)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative int, got {self.seed!r}")
         if self.precision not in ("auto", "fp32", "bf16"):
             raise ValueError(f"precision must be 'auto', 'fp32' or 'bf16', got {self.precision!r}")
@@ -215,6 +244,8 @@ class CurriculumConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> "CurriculumConfig":
+        if not isinstance(d, dict):
+            raise ValueError(f"a curriculum config must be a JSON object, got {type(d).__name__}")
         unknown = sorted(set(d) - {f.name for f in fields(cls)})
         if unknown:
             raise ValueError(f"unknown keys in curriculum config: {unknown}")
@@ -222,15 +253,29 @@ class CurriculumConfig:
 
     @classmethod
     def from_json(cls, src: Union[str, Dict[str, Any]]) -> "CurriculumConfig":
-        """From a dict, a JSON string or a JSON file."""
+        """From a dict, a JSON string or a JSON file. Errors are ``ValueError``; for a file they
+        name it."""
         if isinstance(src, dict):
             return cls.from_dict(src)
         if src.lstrip().startswith("{"):
-            return cls.from_dict(json.loads(src))
+            try:
+                d = json.loads(src)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"the curriculum config is not valid JSON: {e}") from None
+            return cls.from_dict(d)
         if not os.path.isfile(src):
             raise ValueError(f"no curriculum config file at {src!r}")
-        with open(src, "r", encoding="utf-8") as f:
-            return cls.from_dict(json.load(f))
+        try:
+            with open(src, "r", encoding="utf-8") as f:
+                d = json.load(f)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ValueError(f"cannot read the curriculum config {src!r}: {e}") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"the curriculum config {src!r} is not valid JSON: {e}") from None
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{src}: {e}") from None
 
 
 def ltu_curriculum(

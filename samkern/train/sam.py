@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Any, Dict, List, Optional, Sequence
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
@@ -36,6 +37,8 @@ __all__ = [
     "long_memory_init",
     "generate_answers",
     "evaluate_sam",
+    "plan_curriculum",
+    "train_curriculum",
     "build_text_tokenizer",
 ]
 
@@ -202,15 +205,34 @@ def build_text_tokenizer(texts: Sequence[str], vocab_size: int = 1000, template:
 
 @torch.no_grad()
 def generate_answers(model: nn.Module, features: torch.Tensor, examples: Sequence[Dict[str, Any]],
-                     max_new_tokens: int = 8, batch: int = 64) -> List[str]:
-    """Greedy answers of ``model`` to each example's instruction about its clip."""
+                     max_new_tokens: int = 8, batch: int = 64,
+                     progress: Optional[Callable[[int, int], None]] = None) -> List[str]:
+    """Greedy answers of ``model`` to each example's instruction about its clip.
+    ``progress(done, total)`` is called after each batch."""
     model.eval()
     out: List[str] = []
     for lo in range(0, len(examples), batch):
         ex = examples[lo : lo + batch]
         f = features[torch.tensor([e["clip"] for e in ex])].to(model.device)
         out.extend(model.ask(None, [e["instruction"] for e in ex], features=f, max_new_tokens=max_new_tokens))
+        if progress is not None:
+            progress(len(out), len(examples))
     return out
+
+
+class _EvalProgress:
+    """Progress lines of :func:`evaluate_sam` (each phase, and each generation batch of it) with
+    the elapsed time: a long evaluation is otherwise silent until its table."""
+
+    def __init__(self, log: Optional[Callable[[str], None]]) -> None:
+        self.log, self.t0 = log, time.perf_counter()
+
+    def __call__(self, msg: str) -> None:
+        if self.log is not None:
+            self.log(f"[eval] {msg} ({time.perf_counter() - self.t0:.0f}s)")
+
+    def batches(self, what: str) -> Callable[[int, int], None]:
+        return lambda done, total: self(f"{what}: {done}/{total}")
 
 
 @torch.no_grad()
@@ -229,7 +251,7 @@ def _mean_loss(model: nn.Module, features: torch.Tensor, examples: Sequence[Dict
 def evaluate_sam(model: nn.Module, features: torch.Tensor, examples: Sequence[Dict[str, Any]],
                  label_names: Optional[Sequence[str]] = None, caption_metrics: bool = True,
                  text_encoder: Any = "auto", max_new_tokens: int = 8, caption_tokens: int = 40,
-                 log=print) -> Dict[str, Any]:
+                 log: Optional[Callable[[str], None]] = None) -> Dict[str, Any]:
     """Held-out evaluation: loss, closed-QA accuracy (+ chance), classification accuracy,
     caption metrics. Missing optional pieces are skipped with a note in ``"notes"``.
 
@@ -239,14 +261,17 @@ def evaluate_sam(model: nn.Module, features: torch.Tensor, examples: Sequence[Di
         text_encoder: classification matching: "auto" (the bundled sentence encoder if it
             loads, else exact label match), "exact", or anything
             :func:`samkern.eval.classification.load_text_encoder` accepts.
+        log: called with a progress line per phase and generation batch (None: silent).
     """
     from samkern.eval.closed_qa import closed_qa_accuracy
 
+    say = _EvalProgress(log)
     res: Dict[str, Any] = {"notes": []}
+    say(f"loss on {len(examples)} examples")
     res["loss"] = _mean_loss(model, features, examples)
     closed = [e for e in examples if e["task"] == "closed"]
     if closed:
-        preds = generate_answers(model, features, closed, max_new_tokens)
+        preds = generate_answers(model, features, closed, max_new_tokens, progress=say.batches("closed-ended questions"))
         r = closed_qa_accuracy(preds, closed)
         res["closed_qa"] = {k: r[k] for k in ("accuracy", "exact_match", "n", "chance", "unmatched", "by_type")}
         res["closed_qa"]["samples"] = [
@@ -255,7 +280,7 @@ def evaluate_sam(model: nn.Module, features: torch.Tensor, examples: Sequence[Di
     if cls:
         if label_names is None:
             from samkern.data.synth import LABELS as label_names  # noqa: N811
-        preds = generate_answers(model, features, cls, max_new_tokens)
+        preds = generate_answers(model, features, cls, max_new_tokens, progress=say.batches("classification"))
         exact = sum(p.strip().lower() == e["answer"].lower() for p, e in zip(preds, cls)) / len(cls)
         res["classification"] = {"exact_match": exact, "n": len(cls), "chance": 1.0 / len(label_names)}
         if text_encoder != "exact":
@@ -263,6 +288,7 @@ def evaluate_sam(model: nn.Module, features: torch.Tensor, examples: Sequence[Di
                 from samkern.eval.classification import classification_accuracy
 
                 enc = None if text_encoder == "auto" else text_encoder
+                say("classification by text similarity")
                 r = classification_accuracy(preds, [e["answer"] for e in cls], list(label_names), encoder=enc)
                 res["classification"]["accuracy"] = r["accuracy"]
                 res["classification"]["matching"] = "sentence-embedding similarity"
@@ -273,13 +299,14 @@ def evaluate_sam(model: nn.Module, features: torch.Tensor, examples: Sequence[Di
             res["classification"]["matching"] = "exact match"
     caps = [e for e in examples if e["task"] == "caption"]
     if caps:
-        preds = generate_answers(model, features, caps, caption_tokens)
+        preds = generate_answers(model, features, caps, caption_tokens, progress=say.batches("captions"))
         res["captions"] = {"n": len(caps), "samples": [
             {"reference": e["answer"], "prediction": p} for e, p in zip(caps[:5], preds)]}
         if caption_metrics:
             try:
                 from samkern.eval.captioning import caption_metrics as cm
 
+                say("caption metrics")
                 import warnings
 
                 with warnings.catch_warnings():
@@ -291,48 +318,75 @@ def evaluate_sam(model: nn.Module, features: torch.Tensor, examples: Sequence[Di
     return res
 
 
-def train_curriculum(model: nn.Module, curriculum: Any, dataset: Any, features: torch.Tensor, out_dir: Optional[str],
-                     max_steps: Optional[int] = None, progress: str = "auto", resume: bool = False,
-                     log=print) -> List[Dict[str, Any]]:
-    """Run every stage of a :class:`~samkern.train.config.CurriculumConfig` on a synthetic dataset.
-
-    Each stage selects its trainable parameters (:func:`~samkern.train.trainer.apply_trainable`),
-    draws its task mix from ``dataset`` (:func:`synth_examples`) and trains with its own
-    :class:`~samkern.train.trainer.Trainer` (checkpoints under ``<out_dir>/<stage name>/``).
-    ``max_steps`` caps every stage (smoke runs). ``resume``: a stage whose directory holds a
-    final checkpoint is skipped (its weights are loaded), an interrupted one continues from its
-    last checkpoint. Returns the concatenated history (records gain ``stage``).
-    """
+def plan_curriculum(model: nn.Module, curriculum: Any, dataset: Any, features: torch.Tensor, out_dir: Optional[str],
+                    max_steps: Optional[int] = None, progress: str = "auto",
+                    checkpoint_every: int = 0) -> List[Tuple[Any, "ExampleDataset", Optional[str], Any]]:
+    """Every stage's ``(StageConfig, ExampleDataset, stage directory, TrainerConfig)`` for
+    :func:`train_curriculum`, checked (step count, batch vs examples) before anything trains or
+    is written: raises ``ValueError`` naming the stage. Cheap (no training, no files)."""
+    import dataclasses
     import os
 
-    from samkern.train.trainer import Trainer, TrainerConfig, apply_trainable, load_model_weights
+    from samkern.train.trainer import TrainerConfig
 
-    history: List[Dict[str, Any]] = []
+    if max_steps is not None and (not isinstance(max_steps, int) or isinstance(max_steps, bool) or max_steps <= 0):
+        raise ValueError(f"max_steps must be a positive int or None, got {max_steps!r}")
     features = features.to(unwrap(model).device)  # once for every stage (see ExampleDataset)
+    plan = []
     for st in curriculum.stages:
         ex = synth_examples(dataset, st.tasks, st.question_types, caption_instruction=unwrap(model).config.caption_instruction)
         data = ExampleDataset(ex, features)
         stage_dir = None if out_dir is None else os.path.join(out_dir, st.name)
         tcfg = TrainerConfig.from_stage(st, len(data), seed=curriculum.seed, precision=curriculum.precision,
-                                        out_dir=stage_dir, progress=progress, checkpoint_every=0)
+                                        out_dir=stage_dir, progress=progress, checkpoint_every=checkpoint_every)
         if max_steps is not None:
-            tcfg.max_steps = min(tcfg.max_steps, max_steps)
-            tcfg.warmup_steps = min(tcfg.warmup_steps, tcfg.max_steps)
+            steps = min(tcfg.max_steps, max_steps)
+            # replace(): TrainerConfig's checks run again on the capped values
+            tcfg = dataclasses.replace(tcfg, max_steps=steps, warmup_steps=min(tcfg.warmup_steps, steps))
         if tcfg.batch_size > len(data):
             raise ValueError(f"stage {st.name!r}: batch {tcfg.batch_size} exceeds its {len(data)} examples")
+        plan.append((st, data, stage_dir, tcfg))
+    return plan
+
+
+def train_curriculum(model: nn.Module, curriculum: Any, dataset: Any, features: torch.Tensor, out_dir: Optional[str],
+                     max_steps: Optional[int] = None, progress: str = "auto", resume: bool = False,
+                     checkpoint_every: int = 0, log=print) -> List[Dict[str, Any]]:
+    """Run every stage of a :class:`~samkern.train.config.CurriculumConfig` on a synthetic dataset.
+
+    Each stage selects its trainable parameters (:func:`~samkern.train.trainer.apply_trainable`),
+    draws its task mix from ``dataset`` (:func:`synth_examples`) and trains with its own
+    :class:`~samkern.train.trainer.Trainer` (checkpoints under ``<out_dir>/<stage name>/``).
+    ``max_steps`` caps every stage (smoke runs). ``checkpoint_every``: also save every that many
+    steps inside a stage (0: only at its end). ``resume``: a stage whose directory holds a
+    complete final checkpoint is skipped (its weights are loaded), an interrupted one continues
+    from its last complete checkpoint at or below its step count (from step 0 if none). Every
+    stage is checked (:func:`plan_curriculum`) before the first one trains. Returns the
+    concatenated history (records gain ``stage``).
+    """
+    import os
+
+    from samkern.train.trainer import Trainer, apply_trainable, complete_checkpoints, is_complete_checkpoint, load_model_weights
+
+    plan = plan_curriculum(model, curriculum, dataset, features, out_dir, max_steps=max_steps, progress=progress,
+                           checkpoint_every=checkpoint_every)
+    history: List[Dict[str, Any]] = []
+    for st, data, stage_dir, tcfg in plan:
         apply_trainable(model, st.trainable)
         trainer = Trainer(model, data, sam_loss, tcfg, collate_fn=collate_examples)
         final = None if stage_dir is None else os.path.join(stage_dir, f"checkpoint-{tcfg.max_steps}")
-        if resume and final is not None and os.path.isdir(final):
+        # complete checkpoints only: a directory left by a save cut off midway is not "done"
+        if resume and final is not None and is_complete_checkpoint(final):
             load_model_weights(model, os.path.join(final, "model.safetensors"))
             log(f"[train] stage {st.name}: done already ({final})")
             continue
         last = None
-        if resume and stage_dir is not None and os.path.isdir(stage_dir):
-            ck = sorted((d for d in os.listdir(stage_dir) if d.startswith("checkpoint-")), key=lambda d: int(d.split("-")[1]))
-            last = os.path.join(stage_dir, ck[-1]) if ck else None
+        if resume and stage_dir is not None:
+            # never a checkpoint past this stage's step count (a longer earlier run's)
+            ck = complete_checkpoints(stage_dir, max_step=tcfg.max_steps)
+            last = ck[-1][1] if ck else None
         log(f"[train] stage {st.name}: {st.trainable}, tasks {list(st.tasks)}, {len(data)} examples, "
-            f"{tcfg.max_steps} steps, lr {st.lr:g}")
+            f"{tcfg.max_steps} steps, lr {st.lr:g}" + (f"; resuming from {last}" if last else ""))
         for r in trainer.train(resume_from=last):
             history.append(dict(r, stage=st.name))
     return history

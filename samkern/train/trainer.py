@@ -11,6 +11,9 @@
   shared ones once) and ``trainer_state.pt`` (optimizer, scheduler, all RNG states, the
   sampler position, the step and the loss history). :meth:`Trainer.train` with
   ``resume_from=`` continues bit-identically on the CPU (same losses as an uninterrupted run).
+  A checkpoint is written into a temporary sibling directory and renamed into place when both
+  files are complete (:func:`is_complete_checkpoint`); ``trainer_state.pt`` holds tensors and
+  plain Python types only and is read with ``torch.load(weights_only=True)``.
   Under FSDP2 the shards are gathered, so the files are the same full ones a single-process run
   writes, and a checkpoint resumes under any process count / wrapping.
 * Multi-process: under ``torchrun`` (see :mod:`samkern.train.distributed`) the model is wrapped
@@ -38,6 +41,7 @@ import json
 import math
 import os
 import random
+import shutil
 import sys
 import time
 from dataclasses import asdict, dataclass
@@ -62,6 +66,9 @@ __all__ = [
     "save_model_weights",
     "load_model_weights",
     "write_loss_png",
+    "is_complete_checkpoint",
+    "complete_checkpoints",
+    "load_trainer_state",
     "STATE_FILE",
     "WEIGHTS_FILE",
 ]
@@ -70,6 +77,32 @@ STATE_FILE = "trainer_state.pt"
 WEIGHTS_FILE = "model.safetensors"
 
 LossFn = Callable[[nn.Module, Any], Union[torch.Tensor, Tuple[torch.Tensor, int]]]
+
+
+def is_complete_checkpoint(path: str) -> bool:
+    """Whether ``path`` is a finished ``checkpoint-<step>`` directory (both files present).
+
+    :meth:`Trainer.save_checkpoint` renames a fully written temporary directory into place, so a
+    save cut off midway leaves no ``checkpoint-<step>`` at all; the file check also rejects
+    directories written by older versions that saved in place."""
+    return os.path.isfile(os.path.join(path, WEIGHTS_FILE)) and os.path.isfile(os.path.join(path, STATE_FILE))
+
+
+def complete_checkpoints(out_dir: str, max_step: Optional[int] = None) -> List[Tuple[int, str]]:
+    """``(step, path)`` of the complete ``checkpoint-<step>`` directories in ``out_dir`` with
+    ``step <= max_step`` (when given), by step; names that are not ``checkpoint-<int>`` and
+    incomplete directories are skipped."""
+    out: List[Tuple[int, str]] = []
+    if not os.path.isdir(out_dir):
+        return out
+    for d in os.listdir(out_dir):
+        head, _, tail = d.partition("-")
+        if head != "checkpoint" or not tail.isdigit():
+            continue
+        step, path = int(tail), os.path.join(out_dir, d)
+        if (max_step is None or step <= max_step) and is_complete_checkpoint(path):
+            out.append((step, path))
+    return sorted(out)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -203,10 +236,19 @@ def seed_everything(seed: int) -> None:
 
 
 def get_rng_state() -> Dict[str, Any]:
-    """Every global RNG state (python, numpy, torch CPU, torch CUDA when present)."""
+    """Every global RNG state (python, numpy, torch CPU, torch CUDA when present), as tensors and
+    plain Python types only, so a checkpoint holding it loads with ``torch.load(weights_only=True)``
+    (numpy's own state holds an ndarray, which that refuses)."""
+    np_state = np.random.get_state(legacy=False)
     state: Dict[str, Any] = {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": {
+            "bit_generator": str(np_state["bit_generator"]),
+            "key": torch.from_numpy(np.asarray(np_state["state"]["key"]).astype(np.int64)),
+            "pos": int(np_state["state"]["pos"]),
+            "has_gauss": int(np_state["has_gauss"]),
+            "gauss": float(np_state["gauss"]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -216,7 +258,13 @@ def get_rng_state() -> Dict[str, Any]:
 
 def set_rng_state(state: Dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    ns = state["numpy"]
+    if isinstance(ns, dict) and "key" in ns:  # get_rng_state's plain layout
+        np.random.set_state({"bit_generator": ns["bit_generator"],
+                             "state": {"key": ns["key"].numpy().astype(np.uint32), "pos": ns["pos"]},
+                             "has_gauss": ns["has_gauss"], "gauss": ns["gauss"]})
+    else:  # np.random.get_state()'s tuple (checkpoints written before the plain layout)
+        np.random.set_state(ns)
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -371,7 +419,10 @@ def load_model_weights(model: nn.Module, path: str) -> None:
     """
     from safetensors.torch import load_file
 
-    sd = load_file(path, device="cpu")
+    try:
+        sd = load_file(path, device="cpu")
+    except Exception as e:  # safetensors' own SafetensorError does not say which file
+        raise ValueError(f"cannot read {path!r} (corrupt or truncated safetensors file?): {e}") from e
     own = model.state_dict()
     unexpected = sorted(set(sd) - set(own))
     if unexpected:
@@ -409,6 +460,48 @@ def _optim_state_by_index(state: Dict[str, Any], names: List[str]) -> Dict[str, 
         raise ValueError(f"optimizer state for parameters this run does not train: {unknown[:10]}")
     return {"state": {index[n]: v for n, v in state["state"].items()},
             "param_groups": [dict(g, params=[index[n] for n in g["params"]]) for g in state["param_groups"]]}
+
+
+_STATE_KEYS = ("step", "optimizer", "scheduler", "sampler", "rng", "history")
+
+
+def load_trainer_state(path: str) -> Dict[str, Any]:
+    """Read a ``trainer_state.pt`` with ``torch.load(weights_only=True)``: a checkpoint is data,
+    never code to run. Raises ``ValueError`` naming the file when it is corrupt or incomplete.
+
+    Checkpoints written before :func:`get_rng_state` stored plain types hold numpy's RNG state
+    as an ndarray; those load with numpy's array reconstruction allow-listed (still no code)."""
+    import pickle
+
+    def _load() -> Any:
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+    try:
+        try:
+            state = _load()
+        except pickle.UnpicklingError:
+            with torch.serialization.safe_globals(_numpy_array_globals()):
+                state = _load()
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as e:
+        # torch's weights_only message is a page suggesting weights_only=False: keep its cause only
+        msg = str(e)
+        if "WeightsUnpickler error:" in msg:
+            msg = msg.split("WeightsUnpickler error:", 1)[1].strip().split("\n")[0]
+        raise ValueError(f"cannot read the trainer state {path!r} (corrupt or truncated, or not written by "
+                         f"samkern's Trainer): {msg}") from e
+    missing = [k for k in _STATE_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise ValueError(f"{path!r} is not a trainer state: missing {missing}")
+    return state
+
+
+def _numpy_array_globals() -> List[Any]:
+    """What unpickling a plain numpy array needs (torch's documented allow-list for ndarrays)."""
+    try:
+        from numpy._core.multiarray import _reconstruct
+    except ImportError:  # numpy < 2
+        from numpy.core.multiarray import _reconstruct  # type: ignore[no-redef]
+    return [_reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -722,14 +815,23 @@ class Trainer:
             if self.config.out_dir is None:
                 raise ValueError("save_checkpoint needs a path or config.out_dir")
             path = os.path.join(self.config.out_dir, f"checkpoint-{self.step}")
+        path = os.path.normpath(path)
+        # written into a temporary sibling and renamed into place when complete: a save cut off
+        # (Ctrl-C, a full disk) leaves no half-written checkpoint-<step> for a resume to trip on
+        parent, base = os.path.split(path)
+        tmp, old = os.path.join(parent, f".{base}.tmp"), os.path.join(parent, f".{base}.old")
         if self.is_main:
-            os.makedirs(path, exist_ok=True)
-        save_model_weights(self.model, os.path.join(path, WEIGHTS_FILE))  # collective under FSDP2
+            for d in (tmp, old):  # leftovers of an interrupted save
+                shutil.rmtree(d, ignore_errors=True)
+            os.makedirs(tmp)
+        save_model_weights(self.model, os.path.join(tmp, WEIGHTS_FILE))  # collective under FSDP2
         state = self.state_dict()  # collective in multi-process runs
         if self.is_main:
-            tmp = os.path.join(path, STATE_FILE + ".tmp")
-            torch.save(state, tmp)
-            os.replace(tmp, os.path.join(path, STATE_FILE))
+            torch.save(state, os.path.join(tmp, STATE_FILE))
+            if os.path.lexists(path):  # re-saving a step: a directory cannot be replaced by rename
+                os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
         dist_utils.barrier()
         return path
 
@@ -746,8 +848,9 @@ class Trainer:
         wfile, sfile = os.path.join(path, WEIGHTS_FILE), os.path.join(path, STATE_FILE)
         if not (os.path.isfile(wfile) and os.path.isfile(sfile)):
             raise ValueError(f"{path!r} is not a trainer checkpoint (needs {WEIGHTS_FILE} and {STATE_FILE})")
+        # the state first: a corrupt file then fails before the model's weights are touched
+        state = load_trainer_state(sfile)
         load_model_weights(self.model, wfile)
-        state = torch.load(sfile, map_location="cpu", weights_only=False)
         optim = state["optimizer"]
         if state.get("optimizer_keys", "index") == "index":  # written before checkpoints keyed by name
             optim = _optim_state_by_name(optim, self.param_names)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import re
 from dataclasses import dataclass, fields, replace
 from typing import Dict, Iterable, List, Mapping, Optional, Tuple, Union
@@ -502,8 +503,24 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
     if p.endswith(".safetensors"):
         from safetensors.torch import load_file
 
-        return load_file(p, device="cpu")
-    obj = torch.load(p, map_location="cpu", weights_only=True)
+        try:
+            return load_file(p, device="cpu")
+        except Exception as e:  # safetensors' own SafetensorError does not say which file
+            raise ValueError(f"cannot read {p!r} (corrupt or truncated safetensors file?): {e}") from e
+    try:
+        # weights_only: a checkpoint is data, never code to execute
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # torch's message is a page about weights_only=False; the usual cause is a fairseq
+        # training checkpoint (argparse.Namespace / omegaconf objects next to the weights)
+        raise ValueError(
+            f"cannot read {p!r} as a plain state dict (it holds Python objects other than tensors, or is not a "
+            f"torch file): this loader expects EAT weights in the HF release layout (model.safetensors or a "
+            f"pytorch_model.bin of tensors named model.local_encoder.proj.weight, model.blocks.N...), not a "
+            f"fairseq training checkpoint; convert it to the HF layout first"
+        ) from e
+    except (RuntimeError, EOFError) as e:  # a truncated / corrupt zip archive
+        raise ValueError(f"cannot read {p!r} (corrupt or truncated torch file?): {e}") from e
     for wrapper in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
             obj = obj[wrapper]
