@@ -135,8 +135,8 @@ class LoRALinear(nn.Linear):
         super()._save_to_state_dict(destination, prefix, keep_vars)
         if self.r > 0 and self.merged:
             with torch.no_grad():
-                w = self.weight
-                destination[prefix + "weight"] = (w.to(self._delta_weight().dtype) - self._delta_weight()).to(w.dtype)
+                w, delta = self.weight, self._delta_weight()
+                destination[prefix + "weight"] = (w.to(delta.dtype) - delta).to(w.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
                               error_msgs) -> None:

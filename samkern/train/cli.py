@@ -9,6 +9,8 @@ import os
 import sys
 from typing import Any, Dict, Iterable, List, Sequence
 
+from samkern.files import read_json
+
 __all__ = ["add_training_commands"]
 
 
@@ -156,14 +158,6 @@ def _config_diff(stored: Dict[str, Any], requested: Dict[str, Any]) -> List[str]
     return out
 
 
-def _read_json(path: str) -> Any:
-    try:
-        with open(path, "r", encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"cannot read {path}: {e}") from None
-
-
 def _check_out_dir(args: argparse.Namespace, cur: Any) -> List[str]:
     """Check ``--out`` against ``--resume`` / ``--overwrite`` before anything is written; returns
     the previous run's paths to delete (``--overwrite``; else ``[]``). Raises ``ValueError``."""
@@ -176,7 +170,7 @@ def _check_out_dir(args: argparse.Namespace, cur: Any) -> List[str]:
     stored_names: List[str] = []
     if os.path.isfile(cfile):
         try:
-            stored_names = [s["name"] for s in _read_json(cfile)["stages"]]
+            stored_names = [s["name"] for s in read_json(cfile)["stages"]]
         except (ValueError, KeyError, TypeError):  # unreadable: only --resume needs it (checked below)
             pass
     found = _previous_run(out, stored_names + [s.name for s in cur.stages])
@@ -188,13 +182,13 @@ def _check_out_dir(args: argparse.Namespace, cur: Any) -> List[str]:
                     if found else "")
             raise ValueError(f"--resume: {out} holds no run to resume (no {CURRICULUM_FILE}){hint}")
         try:
-            stored = CurriculumConfig.from_dict(_read_json(cfile))
+            stored = CurriculumConfig.from_dict(read_json(cfile))
         except ValueError as e:
             raise ValueError(f"--resume: {cfile}: {e}") from None
         diffs = _config_diff(stored.to_dict(), cur.to_dict())
         afile = os.path.join(out, TRAIN_ARGS_FILE)
         if os.path.isfile(afile):
-            stored_args = _read_json(afile)
+            stored_args = read_json(afile)
             if not isinstance(stored_args, dict):
                 raise ValueError(f"--resume: {afile} does not hold a JSON object")
             diffs += [f"{k} (--{k.replace('_', '-')}): stored {stored_args.get(k)!r}, requested {v!r}"

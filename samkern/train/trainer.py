@@ -417,12 +417,9 @@ def load_model_weights(model: nn.Module, path: str) -> None:
     Into an FSDP2 model every process reads the whole file and keeps its own shard (no
     communication).
     """
-    from safetensors.torch import load_file
+    from samkern.files import read_safetensors
 
-    try:
-        sd = load_file(path, device="cpu")
-    except Exception as e:  # safetensors' own SafetensorError does not say which file
-        raise ValueError(f"cannot read {path!r} (corrupt or truncated safetensors file?): {e}") from e
+    sd = read_safetensors(path)
     own = model.state_dict()
     unexpected = sorted(set(sd) - set(own))
     if unexpected:

@@ -17,11 +17,12 @@ mamba-ssm names (so a mamba-ssm ``MambaLMHeadModel`` state dict loads strictly).
 """
 from __future__ import annotations
 
-import json
 import os
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
+
+from samkern.files import read_json, read_safetensors
 
 __all__ = [
     "CONFIG_NAME",
@@ -48,20 +49,10 @@ def read_config(path: str) -> dict:
     cfg_path = path if os.path.isfile(path) else os.path.join(path, CONFIG_NAME)
     if not os.path.isfile(cfg_path):
         raise ValueError(f"no {CONFIG_NAME} found at {path!r}")
-    cfg = _read_json(cfg_path)
+    cfg = read_json(cfg_path)
     if not isinstance(cfg, dict):
         raise ValueError(f"{cfg_path} must hold a JSON object, got {type(cfg).__name__}")
     return cfg
-
-
-def _read_json(fname: str) -> object:
-    """``json.load`` of ``fname``; a malformed file raises ValueError naming it (a bare
-    JSONDecodeError does not say which file)."""
-    with open(fname, "r", encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except ValueError as e:  # JSONDecodeError, UnicodeDecodeError
-            raise ValueError(f"cannot read {fname!r} (not valid JSON): {e}") from e
 
 
 def detect_format(cfg: dict) -> str:
@@ -81,12 +72,7 @@ def _load_file(fname: str) -> Dict[str, torch.Tensor]:
     if not os.path.isfile(fname):
         raise ValueError(f"missing weights file {fname!r}")
     if fname.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(fname, device="cpu")
-        except Exception as e:  # safetensors' own SafetensorError does not say which file
-            raise ValueError(f"cannot read {fname!r} (corrupt or truncated safetensors file?): {e}") from e
+        return read_safetensors(fname)
     # weights_only: a checkpoint is data, never code to execute
     sd = torch.load(fname, map_location="cpu", weights_only=True)
     if not isinstance(sd, dict):
@@ -110,7 +96,7 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
             return _load_file(fname)
         idx = os.path.join(path, index[name])
         if os.path.isfile(idx):
-            index_data = _read_json(idx)
+            index_data = read_json(idx)
             weight_map = index_data.get("weight_map") if isinstance(index_data, dict) else None
             if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
                 raise ValueError(f"{idx!r} must hold a JSON object with a 'weight_map' of key -> shard file name")

@@ -145,11 +145,9 @@ class SAMConfig:
         path = os.path.join(src, CONFIG_FILE) if os.path.isdir(src) else src
         if not os.path.isfile(path):
             raise ValueError(f"no SAM config at {src!r} (expected {CONFIG_FILE})")
-        with open(path, "r", encoding="utf-8") as f:
-            try:
-                d = json.load(f)
-            except ValueError as e:  # JSONDecodeError / UnicodeDecodeError do not name the file
-                raise ValueError(f"cannot read {path!r} (not valid JSON): {e}") from e
+        from samkern.files import read_json
+
+        d = read_json(path)
         if not isinstance(d, dict):
             raise ValueError(f"{path!r} must hold a JSON object, got {type(d).__name__}")
         return cls.from_dict(d)

@@ -501,12 +501,9 @@ def load_state_dict_file(path: Union[str, os.PathLike]) -> Dict[str, torch.Tenso
     if not os.path.exists(p):
         raise ValueError(f"checkpoint {p!r} does not exist")
     if p.endswith(".safetensors"):
-        from safetensors.torch import load_file
+        from samkern.files import read_safetensors
 
-        try:
-            return load_file(p, device="cpu")
-        except Exception as e:  # safetensors' own SafetensorError does not say which file
-            raise ValueError(f"cannot read {p!r} (corrupt or truncated safetensors file?): {e}") from e
+        return read_safetensors(p)
     try:
         # weights_only: a checkpoint is data, never code to execute
         obj = torch.load(p, map_location="cpu", weights_only=True)

@@ -47,6 +47,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from samkern.files import read_safetensors
 from samkern.layers.connector import AudioConnector
 from samkern.models.sam.config import CONFIG_FILE, TRAINABLE_CHOICES, SAMConfig
 from samkern.models.sam.eat import EATConfig, EATEncoder
@@ -125,17 +126,6 @@ class SAMOutput:
 
 def _is_pathlike(x: Any) -> bool:
     return isinstance(x, (str, os.PathLike))
-
-
-def _read_safetensors(fname: str) -> Dict[str, torch.Tensor]:
-    """``safetensors.torch.load_file`` onto the CPU; a corrupt or truncated file raises ValueError
-    naming it (safetensors raises its own SafetensorError, an Exception subclass)."""
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(fname, device="cpu")
-    except Exception as e:
-        raise ValueError(f"cannot read {fname!r} (corrupt or truncated safetensors file?): {e}") from e
 
 
 def _check_waveform(a: torch.Tensor, i: int) -> torch.Tensor:
@@ -695,10 +685,10 @@ class SAM(nn.Module):
         config = SAMConfig.from_json(path)
         tokenizer = load_tokenizer(path)
         model = cls(config, tokenizer)
-        sd = _read_safetensors(wfile)
+        sd = read_safetensors(wfile)
         afile = os.path.join(path, ADAPTER_FILE)
         if os.path.isfile(afile):
-            sd.update(_read_safetensors(afile))
+            sd.update(read_safetensors(afile))
         own = model.state_dict()
         optional = {"lm.lm_head.weight"} if config.lm.tie_embeddings else set()
         missing = sorted(set(own) - set(sd) - optional)
