@@ -8,7 +8,7 @@ of the compiled backward kernel. Prints a table; writes ``$OUT/ssd-profile.json`
 
 Run (device): ``source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_profile.py``.
 Environment: ``SSD_PROFILE_SHAPES`` (comma list of ``bench_ssd.SHAPES`` names), ``SSD_PROFILE_SWEEP``
-(JSON list of ``BWD_TUNING`` overrides), ``SSD_PROFILE_PEER=0`` (skip mamba-ssm: its autotune takes
+(JSON list of ``BWD_TUNING`` overrides; keys ``fwd_<name>`` set ``FWD_TUNING[name]`` instead), ``SSD_PROFILE_PEER=0`` (skip mamba-ssm: its autotune takes
 minutes per new shape), ``SSD_PROFILE_FWD=1`` (also the forward alone, no gradients: the inference
 path, which takes the sequence split for long rows).
 """
@@ -116,20 +116,25 @@ def main() -> None:
             cfg = dict(cfg)
             bq = cfg.pop("block_q", None)
             old_bq = fwd_mod.TRAIN_BLOCK_Q
+            fcfg = {k[4:]: cfg.pop(k) for k in list(cfg) if k.startswith("fwd_")}
             bwd_mod.BWD_TUNING.update(cfg)
+            fwd_mod.FWD_TUNING.update(fcfg)
             if bq:
                 fwd_mod.TRAIN_BLOCK_Q = bq
             try:
                 t = time_graph(f_ours)
                 ks = kernel_times(f_ours, iters=3)
                 kb = {k[:24]: round(v, 1) for k, v in ks.items() if "ssd" in k}
-                row = {**cfg, "block_q": bq, "fwdbwd_graph_us": round(t, 1), "kernels_us": kb}
+                row = {**cfg, **{"fwd_" + k: v for k, v in fcfg.items()}, "block_q": bq,
+                       "fwdbwd_graph_us": round(t, 1), "kernels_us": kb}
             except Exception as e:  # noqa: BLE001
-                row = {**cfg, "block_q": bq, "error": repr(e)[:200]}
+                row = {**cfg, **{"fwd_" + k: v for k, v in fcfg.items()}, "block_q": bq, "error": repr(e)[:200]}
             finally:
                 fwd_mod.TRAIN_BLOCK_Q = old_bq
                 for k in cfg:
                     bwd_mod.BWD_TUNING[k] = None
+                for k in fcfg:
+                    fwd_mod.FWD_TUNING[k] = None
             print("  sweep", row, flush=True)
             sweep.append(row)
         res["sweep"] = sweep
