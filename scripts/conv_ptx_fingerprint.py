@@ -2,8 +2,9 @@
 """Fingerprints of the conv1d backward kernels' sm_90 PTX, compiled on a machine without a GPU:
 a refactor whose fingerprints do not change is the same GPU code (no GPU run needed to trust it).
 
-The PTX is normalised before hashing (debug sections, ``.loc`` / ``.file`` lines dropped: moving
-source lines changes nothing else). Every specialisation a training step can launch is covered:
+The PTX is normalised before hashing (debug sections, ``.loc`` / ``.file`` lines and the
+``$L__tmp`` debug labels dropped: moving source lines, or code into an inlined helper, changes
+nothing else). Every specialisation a training step can launch is covered:
 one or three gradient tensors, with / without seq_idx, with / without SiLU, dx kernel with / without
 the fused dw sums, the dw kernel.
 
@@ -33,7 +34,8 @@ from ssd_regs_offline import _signature  # noqa: E402
 def normalised_ptx(ptx: str) -> str:
     cut = ptx.find(".section\t.debug")
     ptx = ptx[:cut] if cut >= 0 else ptx
-    return "\n".join(line for line in ptx.splitlines() if not line.strip().startswith((".loc", ".file")))
+    return "\n".join(line for line in ptx.splitlines()
+                     if not line.strip().startswith((".loc", ".file", "$L__tmp")))
 
 
 def fingerprint(fn, args, kwargs) -> str:
@@ -73,6 +75,12 @@ def main() -> None:
                         *xs, *xs, *xs, *xs, L)
                 kw = dict(spec, BLOCK_L=ct.DW_BLOCK_L, BLOCK_D=ct.DW_BLOCK_D, num_warps=ct.DW_NUM_WARPS)
                 out[f"dw split={split} seq={has_seq} silu={silu}"] = fingerprint(ct._conv_dw_kernel, args, kw)
+                if hasattr(ct, "_conv_bwd_fused_kernel"):
+                    args = (x, w, b, seq, x, x, x, dx, dw_part, db_part, L, D, D - 256, D - 128, ct.FUSED_STEPS,
+                            *xs, *xs, *xs, *xs, dx.stride(0), dx.stride(1), L)
+                    kw = dict(spec, BLOCK_L=ct.FUSED_BLOCK_L, BLOCK_D=ct.FUSED_BLOCK_D, num_warps=ct.FUSED_NUM_WARPS)
+                    out[f"dx+dw split={split} seq={has_seq} silu={silu}"] = \
+                        fingerprint(ct._conv_bwd_fused_kernel, args, kw)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     if a.compare:
