@@ -73,14 +73,9 @@ def main() -> None:
                         fingerprint(ct._conv_bwd_kernel, args, kw)
                 args = (x, w, b, seq, x, x, x, dw_part, db_part, L, D, D - 256, D - 128, ct.DW_ROWS,
                         *xs, *xs, *xs, *xs, L)
-                kw = dict(spec, BLOCK_L=ct.DW_BLOCK_L, BLOCK_D=ct.DW_BLOCK_D, num_warps=ct.DW_NUM_WARPS)
+                kw = dict(spec, BLOCK_L=ct.DW_BLOCK_L, BLOCK_D=ct.DW_BLOCK_D, num_warps=ct.DW_NUM_WARPS,
+                          **({"NUM_STAGES": ct.DW_NUM_STAGES} if hasattr(ct, "DW_NUM_STAGES") else {}))
                 out[f"dw split={split} seq={has_seq} silu={silu}"] = fingerprint(ct._conv_dw_kernel, args, kw)
-                if hasattr(ct, "_conv_bwd_fused_kernel"):
-                    args = (x, w, b, seq, x, x, x, dx, dw_part, db_part, L, D, D - 256, D - 128, ct.FUSED_STEPS,
-                            *xs, *xs, *xs, *xs, dx.stride(0), dx.stride(1), L)
-                    kw = dict(spec, BLOCK_L=ct.FUSED_BLOCK_L, BLOCK_D=ct.FUSED_BLOCK_D, num_warps=ct.FUSED_NUM_WARPS)
-                    out[f"dx+dw split={split} seq={has_seq} silu={silu}"] = \
-                        fingerprint(ct._conv_bwd_fused_kernel, args, kw)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     if a.compare:

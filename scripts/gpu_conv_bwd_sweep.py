@@ -9,15 +9,15 @@
    the previous composition (torch.split + causal_conv1d + torch.split), alternating rounds, and
    mamba-ssm's Mamba2 on the same weights; the fastest correct tile of step 1 installed.
 
-3. One-pass A/B (``ONE_PASS=1``, nothing else runs): the backward's one-pass kernel (dx and the
-   dw/db partials from one read of x and dy, ``FUSED_DW``) for each (FUSED_BLOCK_L, FUSED_BLOCK_D,
-   warps, FUSED_STEPS) candidate against the two-kernel form, alternating, errors against fp64;
-   the peer's backward beside them; then ``Mamba2Block`` fwd+bwd (graph; eager at L16384) with the
-   best candidate against the two-kernel form, alternating rounds.
+3. Pipelining A/B (``PIPE=1``, nothing else runs): the software-pipelining depth of the conv dw
+   kernel's row loop (``DW_NUM_STAGES``) and of the gated RMSNorm backward's row loop
+   (``gated_rmsnorm.triton.BWD_STAGES``), each setting timed alternately against the others in
+   one process with its errors against fp64; then ``Mamba2Block`` fwd+bwd with the shipped depths
+   against both at 1 (not pipelined), alternating rounds (graph; eager p50 at L16384).
 
     python3 scripts/gpu_conv_bwd_sweep.py     # on the GPU machine (peers kit sourced)
     SWEEP_TILES="64,64,4;64,32,4" SKIP_AB=1 python3 scripts/gpu_conv_bwd_sweep.py
-    ONE_PASS=1 FUSED_CANDS="16,64,4,8;32,64,4,8" python3 scripts/gpu_conv_bwd_sweep.py
+    PIPE=1 python3 scripts/gpu_conv_bwd_sweep.py
 Prints one JSON line per measurement (prefix ``JSON``) and a summary.
 """
 from __future__ import annotations
@@ -181,76 +181,79 @@ def block_ab(tile) -> None:
              max_rel_new_vs_old=diff, max_rel_new_vs_peer=vs_peer)
 
 
-FUSED_CANDS = [(16, 64, 4, 8), (16, 128, 4, 8), (32, 64, 4, 8), (64, 64, 8, 4), (32, 128, 8, 8), (16, 64, 4, 16)]
+NORM_SHAPES = {  # name: (rows, channels = group size): the gated RMSNorm of the block (one group)
+    "130m-B32-L192": (6144, 1536),
+    "2.7b-B16-L192": (3072, 5120),
+    "2.7b-B8-L640": (5120, 5120),
+    "2.7b-B1-L16384": (16384, 5120),
+}
 
 
-def _set_fused(ct, cand) -> None:
-    if cand is None:
-        ct.FUSED_DW = False
-    else:
-        ct.FUSED_DW = True
-        ct.FUSED_BLOCK_L, ct.FUSED_BLOCK_D, ct.FUSED_NUM_WARPS, ct.FUSED_STEPS = cand
-
-
-def one_pass_ab() -> None:
+def pipe_ab() -> None:
     """Section 3 of the module docstring."""
     import samkern.ops.conv1d.triton as ct
+    import samkern.ops.gated_rmsnorm.triton as nt
     from samkern.ops.conv1d.ref import causal_conv1d_ref
+    from samkern.ops.gated_rmsnorm.ref import rmsnorm_gated_ref
 
-    try:
-        from causal_conv1d import causal_conv1d_fn
-    except ImportError:
-        causal_conv1d_fn = None
-    cands = [tuple(int(v) for v in c.split(",")) for c in os.environ["FUSED_CANDS"].split(";")] \
-        if os.environ.get("FUSED_CANDS") else FUSED_CANDS
-    shipped = (ct.FUSED_BLOCK_L, ct.FUSED_BLOCK_D, ct.FUSED_NUM_WARPS, ct.FUSED_STEPS)
-    best_overall = {}
+    conv_shipped, norm_shipped = ct.DW_NUM_STAGES, nt.BWD_STAGES
     for shape, (batch, L, dim) in CONV_SHAPES.items():
         torch.manual_seed(0)
         x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
         b = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
         g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        dys = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in torch.split(g, [dim - 256, 128, 128], 1)]
         leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
         ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
-        rows = {}
-        for cand in [None] + cands:
-            _set_fused(ct, cand)
+        stages = (1, 2, 3, 4)
+        errs, times = {}, {n: [] for n in stages}
+        for n in stages:
+            ct.DW_NUM_STAGES = n
+            errs[n] = [rel(a, r) for a, r in zip(ct.causal_conv1d_bwd_triton(g, x, w, b, None, True), ref)]
+        for _ in range(3):
+            for n in stages:
+                ct.DW_NUM_STAGES = n
+                times[n].append(time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)))
+        for n in stages:
+            emit(kind="conv-dw-stages", shape=shape, stages=n, bwd_us=sorted(times[n])[1],
+                 rel_err_dx_dw_db=[f"{e:.2e}" for e in errs[n]])
+    ct.DW_NUM_STAGES = conv_shipped
+    for shape, (M, N) in NORM_SHAPES.items():
+        torch.manual_seed(0)
+        xx = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+        zz = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+        wt = torch.rand(N, device="cuda", dtype=torch.bfloat16) + 0.5
+        dy = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
+        y, rstd = nt.rmsnorm_gated_fwd_triton(xx, wt, zz, 1e-5, N, False)
+        leaves = [t.double().requires_grad_(True) for t in (xx, wt, zz)]
+        ref_out = rmsnorm_gated_ref(leaves[0], leaves[1], z=leaves[2], eps=1e-5, group_size=N, norm_before_gate=False)
+        ref = torch.autograd.grad(ref_out, leaves, dy.double())  # dx, dw, dz
+        stages = (1, 2, 3)
+        errs, times = {}, {n: [] for n in stages}
+        for n in stages:
+            nt.BWD_STAGES = n
             try:
-                got = ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)
-                got_split = ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True)
+                dx, dz, dw = nt.rmsnorm_gated_bwd_triton(dy, xx, wt, zz, rstd, N, False)
                 torch.cuda.synchronize()
-            except Exception as e:  # noqa: BLE001 - a candidate that does not compile is reported
-                emit(kind="one-pass", shape=shape, cand=cand, error=repr(e)[:200])
+            except Exception as e:  # noqa: BLE001 - e.g. out of shared memory: reported, not fatal
+                emit(kind="norm-bwd-stages", shape=shape, stages=n, error=repr(e)[:200])
+                times.pop(n)
                 continue
-            errs = [rel(a, r) for a, r in zip(got, ref)] + [rel(a, r) for a, r in zip(got_split, ref)]
-            rows[cand] = {"errs": errs, "us": [], "us_split": []}
-        for _ in range(3):  # alternating rounds: each candidate timed three times
-            for cand in rows:
-                _set_fused(ct, cand)
-                rows[cand]["us"].append(time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)))
-                rows[cand]["us_split"].append(time_graph(lambda: ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True)))
-        for cand, row in rows.items():
-            emit(kind="one-pass", shape=shape, cand=list(cand) if cand else "two-kernel",
-                 bwd_us=sorted(row["us"])[1], bwd_split_dy_us=sorted(row["us_split"])[1],
-                 rel_err=[f"{e:.2e}" for e in row["errs"]], ok=max(row["errs"]) < 1e-2)
-        ok = [(sorted(r["us"])[1], c) for c, r in rows.items() if c is not None and max(r["errs"]) < 1e-2]
-        if ok:
-            best_overall[shape] = min(ok)[1]
-        if causal_conv1d_fn is not None:
-            xs = x.detach().requires_grad_(True)
-            ws, bs = w.detach().requires_grad_(True), b.detach().requires_grad_(True)
-            fwd = time_graph(lambda: causal_conv1d_fn(xs, ws, bs, activation="silu"))
-            fb = time_graph(lambda: torch.autograd.grad(causal_conv1d_fn(xs, ws, bs, activation="silu"), (xs, ws, bs), g))
-            emit(kind="peer", shape=shape, fwd_us=fwd, fwdbwd_us=fb, bwd_est_us=fb - fwd)
-    emit(kind="one-pass-best", best={k: list(v) for k, v in best_overall.items()})
-    # the block: the shipped candidate (or BLOCK_CAND) against the two-kernel form
-    cand = tuple(int(v) for v in os.environ["BLOCK_CAND"].split(",")) if os.environ.get("BLOCK_CAND") else shipped
+            errs[n] = [rel(dx, ref[0]), rel(dw, ref[1]), rel(dz, ref[2])]
+        for _ in range(3):
+            for n in times:
+                nt.BWD_STAGES = n
+                times[n].append(time_graph(lambda: nt.rmsnorm_gated_bwd_triton(dy, xx, wt, zz, rstd, N, False)))
+        for n in times:
+            emit(kind="norm-bwd-stages", shape=shape, stages=n, bwd_us=sorted(times[n])[1],
+                 rel_err_dx_dw_dz=[f"{e:.2e}" for e in errs[n]])
+    nt.BWD_STAGES = norm_shipped
+    # the block: shipped depths against both loops unpipelined
     import samkern.layers.mamba2 as m2
     from benchmarks.bench_blocks import SHAPES, _fwdbwd
     from benchmarks.harness import time_eager
 
+    settings = {"shipped": (conv_shipped, norm_shipped), "unpipelined": (1, 1)}
     for shape in os.environ.get("AB_SHAPES", "130m-B32-L192,2.7b-B16-L192,2.7b-B8-L640,2.7b-B1-L16384").split(","):
         d_model, batch, seqlen = SHAPES[shape]
         kw = dict(device="cuda", dtype=torch.bfloat16)
@@ -259,26 +262,26 @@ def one_pass_ab() -> None:
         u = torch.randn(batch, seqlen, d_model, **kw, requires_grad=True)
         gu = torch.randn(batch, seqlen, d_model, **kw)
         grads = {}
-        for c in (cand, None):
-            _set_fused(ct, c)
-            grads[c] = _fwdbwd(block, u, gu)()
-        diff = max(rel(a, b_) for a, b_ in zip(grads[cand], grads[None]))
-        times = {"one-pass": [], "two-kernel": []}
+        for name, (cs, ns) in settings.items():
+            ct.DW_NUM_STAGES, nt.BWD_STAGES = cs, ns
+            grads[name] = _fwdbwd(block, u, gu)()
+        diff = max(rel(a, b_) for a, b_ in zip(grads["shipped"], grads["unpipelined"]))
+        times = {k: [] for k in settings}
         timer = (lambda f: time_eager(f)[0]) if seqlen > 4096 else time_graph
         for _ in range(3):
-            for c, name in ((cand, "one-pass"), (None, "two-kernel")):
-                _set_fused(ct, c)
+            for name, (cs, ns) in settings.items():
+                ct.DW_NUM_STAGES, nt.BWD_STAGES = cs, ns
                 times[name].append(timer(_fwdbwd(block, u, gu)))
-        emit(kind="block-one-pass", shape=shape, cand=list(cand), timer="eager p50" if seqlen > 4096 else "graph",
-             us={k: sorted(v) for k, v in times.items()}, max_rel_one_pass_vs_two_kernel=diff)
-    _set_fused(ct, shipped)
+        emit(kind="block-pipe", shape=shape, settings=settings, timer="eager p50" if seqlen > 4096 else "graph",
+             us={k: sorted(v) for k, v in times.items()}, max_rel_shipped_vs_unpipelined=diff)
+    ct.DW_NUM_STAGES, nt.BWD_STAGES = conv_shipped, norm_shipped
 
 
 def main() -> None:
     import samkern.ops.conv1d.triton as ct
 
-    if os.environ.get("ONE_PASS", "0") == "1":
-        one_pass_ab()
+    if os.environ.get("PIPE", "0") == "1":
+        pipe_ab()
         return
 
     best = sweep() if os.environ.get("SKIP_SWEEP", "0") != "1" else {}

@@ -83,15 +83,11 @@ def test_fp16_and_many_blocks(kernel_device):
 
 
 @pytest.mark.parametrize("seq", [False, True])
-@pytest.mark.parametrize("one_pass", [True, False])
-def test_many_partial_rows(kernel_device, monkeypatch, seq, one_pass):
-    """dw/db summed by programs of few rows into many partial rows (one-pass kernel: strips of 2 x 29
-    rows, 3 per sequence of 130, the last ragged; two-kernel form: 32 rows, 5 per sequence), reduced
-    16 rows per step: the multi-program and multi-step paths at a small size."""
+def test_many_partial_rows(kernel_device, monkeypatch, seq):
+    """dw/db summed by programs of 32 rows (5 per sequence of 130, the last ragged) into 20 partial
+    rows, reduced 16 rows per step: the multi-program and multi-step paths at a small size."""
     import samkern.ops.conv1d.triton as ct
 
-    monkeypatch.setattr(ct, "FUSED_DW", one_pass)
-    monkeypatch.setattr(ct, "FUSED_STEPS", 2)
     monkeypatch.setattr(ct, "DW_ROWS", 32)
     monkeypatch.setattr(ct, "REDUCE_BLOCK_P", 16)
     bsz, dim, length = 4, 8, 130
@@ -102,33 +98,6 @@ def test_many_partial_rows(kernel_device, monkeypatch, seq, one_pass):
     ref = _run(causal_conv1d_ref, x.double(), w.double(), b.double(), s, "silu", dout)
     for name, g, r in zip(("out", "dx", "dweight", "dbias"), got, ref):
         assert_close(name, g, r, 2e-5)
-
-
-@pytest.mark.parametrize("split", [False, True])
-def test_one_pass_backward_equals_two_kernel_form(kernel_device, monkeypatch, split):
-    """The one-pass backward (dx and the dw/db partials from one read of x and dy) against the
-    two-kernel form it replaced (dx kernel, then dw kernel), on the same inputs: dx must agree
-    bitwise (same arithmetic per row), dw/db to summation order; both against the fp64 reference.
-    Strips of 3 tiles (87 rows) over 200 tokens: a full strip, a ragged one, packed sequences,
-    padding, and (``split``) the gradient arriving as three tensors."""
-    import samkern.ops.conv1d.triton as ct
-
-    monkeypatch.setattr(ct, "FUSED_STEPS", 3)
-    bsz, dim, length, width = 2, 24, 200, 4
-    x, w, b = _make(bsz, dim, length, width, torch.float32, kernel_device, True, True)
-    s = _seq_idx(bsz, length, kernel_device)
-    g = torch.randn(bsz, length, dim, device=kernel_device).transpose(1, 2)
-    dy = list(torch.split(g, [12, 8, 4], dim=1)) if split else g
-    got = {}
-    for one_pass in (True, False):
-        monkeypatch.setattr(ct, "FUSED_DW", one_pass)
-        got[one_pass] = ct.causal_conv1d_bwd_triton(dy, x, w, b, s, True)
-    leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
-    ref = torch.autograd.grad(causal_conv1d_ref(*leaves, seq_idx=s, activation="silu"), leaves, g.double())
-    assert torch.equal(got[True][0], got[False][0])
-    for name, a, c, r in zip(("dx", "dweight", "dbias"), got[True], got[False], ref):
-        assert_close(name + " one-pass", a, r, 2e-5)
-        assert_close(name + " two-kernel", c, r, 2e-5)
 
 
 def test_padding_tokens_are_zero_and_sequences_do_not_leak(kernel_device):

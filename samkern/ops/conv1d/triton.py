@@ -51,14 +51,9 @@ DW_BLOCK_L = 16
 DW_BLOCK_D = 64
 DW_NUM_WARPS = 4
 DW_ROWS = 256  # (16, 64, 4 warps, 256): fastest or within 2 % at all four shapes (s9-call7)
-# dx and the dw/db partial sums in ONE pass (convs of <= 4 taps; ``_conv_bwd_fused_kernel``): tiles
-# of FUSED_BLOCK_L rows (all but W-1 of them output) x FUSED_BLOCK_D channels, FUSED_STEPS tiles per
-# program. FUSED_DW = False restores the two-kernel form (dx kernel, then the dw kernel)
-FUSED_DW = True
-FUSED_BLOCK_L = 32
-FUSED_BLOCK_D = 64
-FUSED_NUM_WARPS = 4
-FUSED_STEPS = 8
+# software-pipelining depth of the dw kernel's row loop (tl.range num_stages: the next tiles' x / dy
+# loads issued as asynchronous copies while this tile is summed); 1 = not pipelined
+DW_NUM_STAGES = 3
 # the dw/db reduction: channels per program, partial rows per step
 REDUCE_BLOCK_D = 16
 REDUCE_BLOCK_P = 64
@@ -221,22 +216,6 @@ def _store_dw_sums(dw_row, db_row, D, s0, s1, s2, s3, sb, offs_d, dmask, W: tl.c
 
 
 @triton.jit
-def _store_dx(dx_ptr, b, s_dxb, s_dxl, g, sid, w_ptr, r, offs_l, offs_d, own, dmask,
-              W: tl.constexpr, HAS_SEQ: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr):
-    """dx of the tile's own rows from its g: dx[t] = Σ_j w[W-1-j] · g[t+j] · same(t+j, t); rows
-    t < BLOCK_L - (W-1) find t+j inside the tile (``tl.gather`` along the rows)."""
-    dx = g * tl.load(w_ptr + offs_d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)[None, :]
-    for j in tl.static_range(1, W):
-        src = tl.minimum(r + j, BLOCK_L - 1)  # clamped only for halo rows, whose dx is not stored
-        gj = tl.gather(g, src[:, None] + tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.int32), axis=0)
-        if HAS_SEQ:
-            gj = tl.where((tl.gather(sid, src, axis=0) != sid)[:, None], 0.0, gj)
-        dx += gj * tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=dmask, other=0.0).to(tl.float32)[None, :]
-    dx_ptrs = dx_ptr + b * s_dxb + offs_l[:, None].to(tl.int64) * s_dxl + offs_d[None, :]
-    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=own[:, None] & dmask[None, :])
-
-
-@triton.jit
 def _conv_bwd_kernel(
     x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dy1_ptr, dy2_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
     L, D, D1, D2,
@@ -285,7 +264,16 @@ def _conv_bwd_kernel(
             xk = _load_tap(x_base, s_xl, seq_row, sid, offs_l, lmask, dmask, k, W, HAS_SEQ)
             _store_dw_part(dw_row, D, g_own, xk, offs_d, dmask, k, W)
 
-    _store_dx(dx_ptr, b, s_dxb, s_dxl, g, sid, w_ptr, r, offs_l, offs_d, own, dmask, W, HAS_SEQ, BLOCK_L, BLOCK_D)
+    # dx[t] = Σ_j w[W-1-j] · g[t+j] · same(t+j, t); rows t < STEP find t+j inside the tile
+    dx = g * tl.load(w_ptr + offs_d * W + (W - 1), mask=dmask, other=0.0).to(tl.float32)[None, :]
+    for j in tl.static_range(1, W):
+        src = tl.minimum(r + j, BLOCK_L - 1)  # clamped only for halo rows, whose dx is not stored
+        gj = tl.gather(g, src[:, None] + tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.int32), axis=0)
+        if HAS_SEQ:
+            gj = tl.where((tl.gather(sid, src, axis=0) != sid)[:, None], 0.0, gj)
+        dx += gj * tl.load(w_ptr + offs_d * W + (W - 1 - j), mask=dmask, other=0.0).to(tl.float32)[None, :]
+    dx_ptrs = dx_ptr + b * s_dxb + offs_l[:, None].to(tl.int64) * s_dxl + offs_d[None, :]
+    tl.store(dx_ptrs, dx.to(dx_ptr.dtype.element_ty), mask=own[:, None] & dmask[None, :])
 
 
 _CONV_BWD = fast_launch(_conv_bwd_kernel)  # cheaper eager launches (samkern/launch.py)
@@ -297,7 +285,7 @@ def _conv_dw_kernel(
     L, D, D1, D2, ROWS,
     s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_sb,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-    SPLIT_DY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    SPLIT_DY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     """Partial sums of dw and dbias over ROWS rows (a multiple of BLOCK_L) of one batch row and
     one channel block, for convs of at most four taps: g and the taps are recomputed tile by tile
@@ -315,7 +303,7 @@ def _conv_dw_kernel(
     a3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     ab = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
     start = pid_l * ROWS
-    for r0 in range(0, ROWS, BLOCK_L):
+    for r0 in tl.range(0, ROWS, BLOCK_L, num_stages=NUM_STAGES):
         offs_l = start + r0 + tl.arange(0, BLOCK_L)
         lmask = offs_l < L
         if HAS_SEQ:
@@ -337,62 +325,6 @@ def _conv_dw_kernel(
 
 
 _CONV_DW = fast_launch(_conv_dw_kernel)
-
-
-@triton.jit
-def _conv_bwd_fused_kernel(
-    x_ptr, w_ptr, b_ptr, seq_ptr, dy_ptr, dy1_ptr, dy2_ptr, dx_ptr, dw_part_ptr, db_part_ptr,
-    L, D, D1, D2, STEPS,
-    s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_dxb, s_dxl, s_sb,
-    W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-    SPLIT_DY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
-):
-    """dx AND the partial sums of dw / dbias in one pass over x and dy (convs of at most four taps).
-
-    A program owns a strip of STEPS · (BLOCK_L - (W-1)) rows of one batch row and channel block and
-    walks it in overlapping tiles as ``_conv_bwd_kernel`` does (each tile's g covers its own rows
-    plus the W-1 halo rows its dx needs), storing dx per tile and accumulating the dw / dbias
-    products of its own rows elementwise; one reduction per program at the end, as in
-    ``_conv_dw_kernel``. Against the two kernels it replaces, x and dy are read once instead of
-    twice (plus the halo rows, mostly cache hits) and g is computed once."""
-    STEP: tl.constexpr = BLOCK_L - (W - 1)
-    pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
-    r = tl.arange(0, BLOCK_L)
-    offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
-    dmask = offs_d < D
-    x_base = x_ptr + b * s_xb + offs_d[None, :].to(tl.int64) * s_xd
-    seq_row = seq_ptr + b * s_sb
-    a0 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    a1 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    a2 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    a3 = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    ab = tl.zeros((BLOCK_L, BLOCK_D), dtype=tl.float32)
-    start = pid_l * (STEPS * STEP)
-    for i in range(0, STEPS):
-        offs_l = start + i * STEP + r
-        lmask = offs_l < L
-        own = lmask & (r < STEP)
-        if HAS_SEQ:
-            sid = tl.load(seq_row + offs_l, mask=lmask, other=-1)
-        else:
-            sid = offs_l  # unused without seq_idx
-        g, x0, x1, x2, x3 = _grad_tile(
-            x_base, s_xl, w_ptr, b_ptr, seq_row, sid, dy_ptr, dy1_ptr, dy2_ptr, b,
-            s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, D1, D2,
-            offs_l, offs_d, lmask, dmask, W, HAS_BIAS, HAS_SEQ, SILU, SPLIT_DY, True)
-        _store_dx(dx_ptr, b, s_dxb, s_dxl, g, sid, w_ptr, r, offs_l, offs_d, own, dmask, W, HAS_SEQ, BLOCK_L, BLOCK_D)
-        g_own = tl.where(own[:, None], g, 0.0)  # halo rows are the next tile's own rows
-        a0 += g_own * x0
-        a1 += g_own * x1
-        a2 += g_own * x2
-        a3 += g_own * x3
-        ab += g_own
-    part = b * tl.num_programs(0) + pid_l
-    _store_dw_sums(dw_part_ptr + part * W * D, db_part_ptr + part * D, D, a0, a1, a2, a3, ab, offs_d, dmask,
-                   W, HAS_BIAS)
-
-
-_CONV_BWD_FUSED = fast_launch(_conv_bwd_fused_kernel)
 
 
 @triton.jit
@@ -483,13 +415,7 @@ def causal_conv1d_bwd_triton(
                          f"strides {dx_out.stride()}")
     # dw/db: the fused sums of the dx kernel only for convs wider than the four held taps
     fused_dw = need_dw and W > 4
-    one_pass = need_dw and W <= 4 and FUSED_DW  # dx + dw/db partials in one kernel
-    if one_pass:
-        f_bl, f_bd, f_warps = max(FUSED_BLOCK_L, next_pow2(2 * W)), FUSED_BLOCK_D, FUSED_NUM_WARPS
-        f_step = f_bl - (W - 1)
-        f_steps = min(FUSED_STEPS, triton.cdiv(L, f_step))
-        n_part = triton.cdiv(L, f_steps * f_step)
-    elif fused_dw:
+    if fused_dw:
         n_part = n_lblk
     elif need_dw:
         dw_bl, dw_bd, dw_warps = DW_BLOCK_L, DW_BLOCK_D, DW_NUM_WARPS
@@ -503,28 +429,18 @@ def causal_conv1d_bwd_triton(
     seq = seq_idx if seq_idx is not None else x
     dy_strides = (*dy0.stride(), *dy1.stride(), *dy2.stride())
     s_sb = seq_idx.stride(0) if seq_idx is not None else 0
-    if one_pass:
-        _CONV_BWD_FUSED[(n_part, triton.cdiv(D, f_bd), batch)](
-            x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part,
-            L, D, d1, d2, f_steps,
-            x.stride(0), x.stride(1), x.stride(2), *dy_strides, dx_out.stride(0), dx_out.stride(1), s_sb,
-            W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split,
-            BLOCK_L=f_bl, BLOCK_D=f_bd, num_warps=f_warps,
-        )
-    else:
-        _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
-            x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part,
-            L, D, d1, d2,
-            x.stride(0), x.stride(1), x.stride(2), *dy_strides, dx_out.stride(0), dx_out.stride(1), s_sb,
-            W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split,
-            NEED_DW=fused_dw, BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
-        )
-    if need_dw and not fused_dw and not one_pass:
+    _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
+        x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part, L, D, d1, d2,
+        x.stride(0), x.stride(1), x.stride(2), *dy_strides, dx_out.stride(0), dx_out.stride(1), s_sb,
+        W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split, NEED_DW=fused_dw,
+        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
+    )
+    if need_dw and not fused_dw:
         _CONV_DW[(n_part, triton.cdiv(D, dw_bd), batch)](
             x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dw_part, db_part, L, D, d1, d2, rows,
             x.stride(0), x.stride(1), x.stride(2), *dy_strides, s_sb,
             W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split,
-            BLOCK_L=dw_bl, BLOCK_D=dw_bd, num_warps=dw_warps,
+            BLOCK_L=dw_bl, BLOCK_D=dw_bd, NUM_STAGES=DW_NUM_STAGES, num_warps=dw_warps,
         )
     dw = db = None
     if need_dw:

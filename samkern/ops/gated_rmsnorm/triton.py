@@ -28,6 +28,10 @@ import triton.language as tl
 from samkern.backend import num_sms
 from samkern.launch import fast_launch
 
+# software-pipelining depth of the backward's row loop (tl.range num_stages: the next rows' x / z /
+# dy loads issued as asynchronous copies while this row is reduced); 1 = not pipelined
+BWD_STAGES = 2
+
 __all__ = ["rmsnorm_gated_fwd_triton", "rmsnorm_gated_bwd_triton"]
 
 
@@ -63,7 +67,7 @@ def _rmsnorm_bwd_kernel(
     x_ptr, z_ptr, w_ptr, rstd_ptr, dy_ptr, dx_ptr, dz_ptr, dw_part_ptr,
     M, N, GS, n_groups,
     s_x, s_z, s_dy, s_dx, s_dz,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
 ):
     pid, grp = tl.program_id(0), tl.program_id(1)
     n_prog = tl.num_programs(0)
@@ -71,7 +75,7 @@ def _rmsnorm_bwd_kernel(
     mask = tl.arange(0, BLOCK_N) < GS
     w = tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     dw = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for i in range(0, tl.cdiv(M - pid, n_prog)):
+    for i in tl.range(0, tl.cdiv(M - pid, n_prog), num_stages=NUM_STAGES):
         r64 = pid.to(tl.int64) + i * n_prog  # rows pid, pid + P, ...; int64 offsets below
         x = tl.load(x_ptr + r64 * s_x + cols, mask=mask, other=0.0).to(tl.float32)
         dy = tl.load(dy_ptr + r64 * s_dy + cols, mask=mask, other=0.0).to(tl.float32)
@@ -151,6 +155,7 @@ def rmsnorm_gated_bwd_triton(
         M, N, group_size, n_groups,
         x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0), dx.stride(0),
         dz.stride(0) if dz is not None else 0,
-        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, num_warps=warps,
+        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, NUM_STAGES=BWD_STAGES,
+        num_warps=warps,
     )
     return dx, dz, dw_part.sum(0)
