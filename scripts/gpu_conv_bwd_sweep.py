@@ -205,18 +205,22 @@ def pipe_ab() -> None:
         g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
         ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
-        stages = (1, 2, 3, 4)
-        errs, times = {}, {n: [] for n in stages}
+        # the block's form too: the gradient as three tensors (x, B, C of conv_split), read in place
+        dys = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in torch.split(g, [dim - 256, 128, 128], 1)]
+        stages = tuple(int(v) for v in os.environ.get("CONV_STAGES", "1,2,3,4").split(","))
+        errs, times, times_split = {}, {n: [] for n in stages}, {n: [] for n in stages}
         for n in stages:
             ct.DW_NUM_STAGES = n
             errs[n] = [rel(a, r) for a, r in zip(ct.causal_conv1d_bwd_triton(g, x, w, b, None, True), ref)]
+            errs[n] += [rel(a, r) for a, r in zip(ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True), ref)]
         for _ in range(3):
             for n in stages:
                 ct.DW_NUM_STAGES = n
                 times[n].append(time_graph(lambda: ct.causal_conv1d_bwd_triton(g, x, w, b, None, True)))
+                times_split[n].append(time_graph(lambda: ct.causal_conv1d_bwd_triton(dys, x, w, b, None, True)))
         for n in stages:
             emit(kind="conv-dw-stages", shape=shape, stages=n, bwd_us=sorted(times[n])[1],
-                 rel_err_dx_dw_db=[f"{e:.2e}" for e in errs[n]])
+                 bwd_split_dy_us=sorted(times_split[n])[1], rel_err_dx_dw_db=[f"{e:.2e}" for e in errs[n]])
     ct.DW_NUM_STAGES = conv_shipped
     for shape, (M, N) in NORM_SHAPES.items():
         torch.manual_seed(0)
@@ -228,7 +232,7 @@ def pipe_ab() -> None:
         leaves = [t.double().requires_grad_(True) for t in (xx, wt, zz)]
         ref_out = rmsnorm_gated_ref(leaves[0], leaves[1], z=leaves[2], eps=1e-5, group_size=N, norm_before_gate=False)
         ref = torch.autograd.grad(ref_out, leaves, dy.double())  # dx, dw, dz
-        stages = (1, 2, 3)
+        stages = tuple(int(v) for v in os.environ.get("NORM_STAGES", "1,2,3").split(","))
         errs, times = {}, {n: [] for n in stages}
         for n in stages:
             nt.BWD_STAGES = n
@@ -254,6 +258,9 @@ def pipe_ab() -> None:
     from benchmarks.harness import time_eager
 
     settings = {"shipped": (conv_shipped, norm_shipped), "unpipelined": (1, 1)}
+    if os.environ.get("BLOCK_SETTINGS"):  # name=conv,norm;... (norm 0 = the shipped heuristic)
+        settings = {kv.split("=")[0]: tuple(int(v) or None for v in kv.split("=")[1].split(","))
+                    for kv in os.environ["BLOCK_SETTINGS"].split(";")}
     for shape in os.environ.get("AB_SHAPES", "130m-B32-L192,2.7b-B16-L192,2.7b-B8-L640,2.7b-B1-L16384").split(","):
         d_model, batch, seqlen = SHAPES[shape]
         kw = dict(device="cuda", dtype=torch.bfloat16)

@@ -53,7 +53,7 @@ DW_NUM_WARPS = 4
 DW_ROWS = 256  # (16, 64, 4 warps, 256): fastest or within 2 % at all four shapes (s9-call7)
 # software-pipelining depth of the dw kernel's row loop (tl.range num_stages: the next tiles' x / dy
 # loads issued as asynchronous copies while this tile is summed); 1 = not pipelined
-DW_NUM_STAGES = 3
+DW_NUM_STAGES = 4
 # the dw/db reduction: channels per program, partial rows per step
 REDUCE_BLOCK_D = 16
 REDUCE_BLOCK_P = 64

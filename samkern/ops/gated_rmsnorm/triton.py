@@ -29,8 +29,9 @@ from samkern.backend import num_sms
 from samkern.launch import fast_launch
 
 # software-pipelining depth of the backward's row loop (tl.range num_stages: the next rows' x / z /
-# dy loads issued as asynchronous copies while this row is reduced); 1 = not pipelined
-BWD_STAGES = 2
+# dy loads issued as asynchronous copies while this row is reduced); 1 = not pipelined, None = by
+# row width (below)
+BWD_STAGES: Optional[int] = None
 
 __all__ = ["rmsnorm_gated_fwd_triton", "rmsnorm_gated_bwd_triton"]
 
@@ -137,6 +138,13 @@ def rmsnorm_gated_fwd_triton(
     return y, rstd
 
 
+def _bwd_stages(block: int) -> int:
+    # H100, bf16, gated (s17-call4): 3 stages 77.5 -> 62.4 us at 6144 x 1536; at 5120-wide groups
+    # (block 8192, 16 warps) the staged rows spill and 1 stage is fastest (110 vs 133 / 137 us at
+    # 3072 rows, 494 vs 614 / 623 at 16384)
+    return 3 if block <= 2048 else 1
+
+
 def rmsnorm_gated_bwd_triton(
     dy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, z: Optional[torch.Tensor], rstd: torch.Tensor,
     group_size: int, norm_before_gate: bool,
@@ -155,7 +163,7 @@ def rmsnorm_gated_bwd_triton(
         M, N, group_size, n_groups,
         x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0), dx.stride(0),
         dz.stride(0) if dz is not None else 0,
-        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, NUM_STAGES=BWD_STAGES,
-        num_warps=warps,
+        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block,
+        NUM_STAGES=BWD_STAGES or _bwd_stages(block), num_warps=warps,
     )
     return dx, dz, dw_part.sum(0)
