@@ -18,6 +18,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 
 __all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms",
+           "row_stride_unit",
            "tuning_from_env", "next_pow2", "cdiv"]
 
 log = logging.getLogger("samkern")
@@ -147,3 +148,23 @@ def next_pow2(n: int) -> int:
 def cdiv(a: int, b: int) -> int:
     """Ceiling of a / b for ints."""
     return -(-a // b)
+
+
+# ``row_stride_unit`` on / off (A/B runs switch it; off = every stride passed as given)
+ROW_STRIDE_HINT = True
+
+
+def row_stride_unit(elem_size: int, *strides: int) -> int:
+    """The divisor a kernel's row / batch strides are passed in (the kernel multiplies them back by
+    this constexpr, e.g. ``RS``), so that the compiler knows their alignment.
+
+    Triton marks an integer argument 16-divisible or nothing: a row stride like a Mamba-2 130m
+    block's 3352 (the in_proj output: 6704-byte rows, 16-byte aligned) leaves it knowing no
+    alignment at all, and every access to those rows becomes a 2-byte load. When some stride is
+    not a multiple of 16 elements but all are multiples of the 16 bytes a vector access needs,
+    this is 16 bytes in elements; otherwise 1 (the strides as given: the same compiled code as
+    without the hint)."""
+    unit = max(1, 16 // elem_size)
+    if not ROW_STRIDE_HINT or all(st % 16 == 0 for st in strides) or any(st % unit for st in strides):
+        return 1
+    return unit

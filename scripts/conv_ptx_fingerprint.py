@@ -45,6 +45,11 @@ def fingerprint(fn, args, kwargs) -> str:
     return hashlib.sha1(normalised_ptx(ck.asm["ptx"]).encode()).hexdigest()[:16]
 
 
+def _rs(kernel) -> dict:
+    # the row-stride unit (since session 17): 1 = the strides as given, the form every aligned call takes
+    return {"RS": 1} if "RS" in kernel.arg_names else {}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -68,13 +73,14 @@ def main() -> None:
                     args = (x, w, b, seq, x, x, x, dx, dw_part, db_part, L, D, D - 256, D - 128, *xs, *xs, *xs, *xs,
                             dx.stride(0), dx.stride(1), L)
                     kw = dict(spec, NEED_DW=need, BLOCK_L=ct.BWD_BLOCK_L, BLOCK_D=ct.BWD_BLOCK_D,
-                              num_warps=ct.BWD_NUM_WARPS)
+                              num_warps=ct.BWD_NUM_WARPS, **_rs(ct._conv_bwd_kernel))
                     out[f"dx split={split} seq={has_seq} silu={silu} fused_dw={need}"] = \
                         fingerprint(ct._conv_bwd_kernel, args, kw)
                 args = (x, w, b, seq, x, x, x, dw_part, db_part, L, D, D - 256, D - 128, ct.DW_ROWS,
                         *xs, *xs, *xs, *xs, L)
                 kw = dict(spec, BLOCK_L=ct.DW_BLOCK_L, BLOCK_D=ct.DW_BLOCK_D, num_warps=ct.DW_NUM_WARPS,
-                          **({"NUM_STAGES": ct.DW_NUM_STAGES} if hasattr(ct, "DW_NUM_STAGES") else {}))
+                          **({"NUM_STAGES": ct.DW_NUM_STAGES} if hasattr(ct, "DW_NUM_STAGES") else {}),
+                          **_rs(ct._conv_dw_kernel))
                 out[f"dw split={split} seq={has_seq} silu={silu}"] = fingerprint(ct._conv_dw_kernel, args, kw)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)

@@ -40,7 +40,7 @@ def main() -> None:
     for split in (False, True):
         for bl, bd, nw in TILES:
             kw = dict(W=W, HAS_BIAS=True, HAS_SEQ=False, SILU=True, SPLIT_DY=split, NEED_DW=False,
-                      BLOCK_L=bl, BLOCK_D=bd, num_warps=nw)
+                      BLOCK_L=bl, BLOCK_D=bd, RS=1, num_warps=nw)
             r = compile_report(ct._conv_bwd_kernel, args, kw)
             r.update(block_l=bl, block_d=bd, split_dy=split,
                      programs_per_sm=65536 // (r["regs"] * 32 * nw) if r["regs"] else None)
@@ -48,7 +48,8 @@ def main() -> None:
     # the dw/dbias partial-sum kernel; the first is what causal_conv1d_bwd_triton launches
     args = (x, w, b, x, x, x, x, dw_part, db_part, L, D, D - 256, D - 128, 256, *xs, *xs, *xs, *xs, 0)
     for bl, bd, nw in DW_TILES:
-        kw = dict(W=W, HAS_BIAS=True, HAS_SEQ=False, SILU=True, SPLIT_DY=True, BLOCK_L=bl, BLOCK_D=bd, num_warps=nw)
+        kw = dict(W=W, HAS_BIAS=True, HAS_SEQ=False, SILU=True, SPLIT_DY=True, BLOCK_L=bl, BLOCK_D=bd,
+                  NUM_STAGES=ct.DW_NUM_STAGES, RS=1, num_warps=nw)
         r = compile_report(ct._conv_dw_kernel, args, kw)
         r.update(block_l=bl, block_d=bd, programs_per_sm=65536 // (r["regs"] * 32 * nw) if r["regs"] else None)
         print(json.dumps(r), flush=True)

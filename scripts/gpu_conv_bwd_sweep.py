@@ -196,8 +196,11 @@ def pipe_ab() -> None:
     from samkern.ops.conv1d.ref import causal_conv1d_ref
     from samkern.ops.gated_rmsnorm.ref import rmsnorm_gated_ref
 
-    conv_shipped, norm_shipped = ct.DW_NUM_STAGES, nt.BWD_STAGES
-    for shape, (batch, L, dim) in CONV_SHAPES.items():
+    import samkern.backend as be
+
+    conv_shipped, norm_shipped, hint_shipped = ct.DW_NUM_STAGES, nt.BWD_STAGES, be.ROW_STRIDE_HINT
+    skip_ops = os.environ.get("SKIP_OPS", "0") == "1"  # straight to the block A/B
+    for shape, (batch, L, dim) in ({} if skip_ops else CONV_SHAPES).items():
         torch.manual_seed(0)
         x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
         w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
@@ -222,7 +225,7 @@ def pipe_ab() -> None:
             emit(kind="conv-dw-stages", shape=shape, stages=n, bwd_us=sorted(times[n])[1],
                  bwd_split_dy_us=sorted(times_split[n])[1], rel_err_dx_dw_db=[f"{e:.2e}" for e in errs[n]])
     ct.DW_NUM_STAGES = conv_shipped
-    for shape, (M, N) in NORM_SHAPES.items():
+    for shape, (M, N) in ({} if skip_ops else NORM_SHAPES).items():
         torch.manual_seed(0)
         xx = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
         zz = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
@@ -257,10 +260,15 @@ def pipe_ab() -> None:
     from benchmarks.bench_blocks import SHAPES, _fwdbwd
     from benchmarks.harness import time_eager
 
-    settings = {"shipped": (conv_shipped, norm_shipped), "unpipelined": (1, 1)}
-    if os.environ.get("BLOCK_SETTINGS"):  # name=conv,norm;... (norm 0 = the shipped heuristic)
+    settings = {"shipped": (conv_shipped, norm_shipped, int(hint_shipped)), "unpipelined": (1, 1, int(hint_shipped))}
+    if os.environ.get("BLOCK_SETTINGS"):  # name=conv,norm,hint;... (norm 0 = the shipped heuristic)
         settings = {kv.split("=")[0]: tuple(int(v) or None for v in kv.split("=")[1].split(","))
                     for kv in os.environ["BLOCK_SETTINGS"].split(";")}
+
+    def apply(setting) -> None:
+        ct.DW_NUM_STAGES, nt.BWD_STAGES = setting[0], setting[1]
+        be.ROW_STRIDE_HINT = bool(setting[2]) if len(setting) > 2 else hint_shipped
+
     for shape in os.environ.get("AB_SHAPES", "130m-B32-L192,2.7b-B16-L192,2.7b-B8-L640,2.7b-B1-L16384").split(","):
         d_model, batch, seqlen = SHAPES[shape]
         kw = dict(device="cuda", dtype=torch.bfloat16)
@@ -269,19 +277,20 @@ def pipe_ab() -> None:
         u = torch.randn(batch, seqlen, d_model, **kw, requires_grad=True)
         gu = torch.randn(batch, seqlen, d_model, **kw)
         grads = {}
-        for name, (cs, ns) in settings.items():
-            ct.DW_NUM_STAGES, nt.BWD_STAGES = cs, ns
+        for name, setting in settings.items():
+            apply(setting)
             grads[name] = _fwdbwd(block, u, gu)()
-        diff = max(rel(a, b_) for a, b_ in zip(grads["shipped"], grads["unpipelined"]))
+        first = list(grads)
+        diff = max(rel(a, b_) for k in first[1:] for a, b_ in zip(grads[first[0]], grads[k]))
         times = {k: [] for k in settings}
         timer = (lambda f: time_eager(f)[0]) if seqlen > 4096 else time_graph
         for _ in range(3):
-            for name, (cs, ns) in settings.items():
-                ct.DW_NUM_STAGES, nt.BWD_STAGES = cs, ns
+            for name, setting in settings.items():
+                apply(setting)
                 times[name].append(timer(_fwdbwd(block, u, gu)))
         emit(kind="block-pipe", shape=shape, settings=settings, timer="eager p50" if seqlen > 4096 else "graph",
-             us={k: sorted(v) for k, v in times.items()}, max_rel_shipped_vs_unpipelined=diff)
-    ct.DW_NUM_STAGES, nt.BWD_STAGES = conv_shipped, norm_shipped
+             us={k: sorted(v) for k, v in times.items()}, max_rel_vs_first=diff)
+    apply((conv_shipped, norm_shipped, int(hint_shipped)))
 
 
 def main() -> None:

@@ -100,6 +100,37 @@ def test_many_partial_rows(kernel_device, monkeypatch, seq):
         assert_close(name, g, r, 2e-5)
 
 
+@pytest.mark.parametrize("split", [False, True])
+@pytest.mark.parametrize("seq", [False, True])
+def test_rows_aligned_to_16_bytes_only(kernel_device, split, seq):
+    """x read from, and dx written into, column slices of a wider buffer whose row stride is a
+    multiple of 16 bytes but not of 16 elements (a 130m Mamba-2 block's in_proj output, 3352
+    columns): the kernels take the row-stride unit (``RS`` = 4 for fp32) and match the reference,
+    forward and backward, with one or three gradient tensors."""
+    import samkern.ops.conv1d.triton as ct
+    from samkern.backend import row_stride_unit
+
+    bsz, dim, length, width = 2, 24, 70, 4
+    buf = torch.randn(bsz, length, dim + 12, device=kernel_device)  # row stride 36: 4 | 36, 16 does not
+    x = buf[:, :, 8:8 + dim].transpose(1, 2)
+    w = torch.randn(dim, width, device=kernel_device) / 2
+    b = torch.randn(dim, device=kernel_device)
+    s = _seq_idx(bsz, length, kernel_device) if seq else None
+    assert row_stride_unit(4, x.stride(0), x.stride(2)) == 4  # the path under test
+    g = torch.randn(bsz, length, dim, device=kernel_device).transpose(1, 2)
+    dy = list(torch.split(g, [12, 8, 4], dim=1)) if split else g
+    dx_buf = torch.full((bsz, length, dim + 12), float("nan"), device=kernel_device)
+    y = ct.causal_conv1d_fwd_triton(x, w, b, s, True)
+    dx, dw, db = ct.causal_conv1d_bwd_triton(dy, x, w, b, s, True, dx_out=dx_buf[:, :, 4:4 + dim])
+    leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+    out = causal_conv1d_ref(*leaves, seq_idx=s, activation="silu")
+    ref = torch.autograd.grad(out, leaves, g.double())
+    assert_close("out", y, out.detach(), 2e-5)
+    for name, got_, r in zip(("dx", "dweight", "dbias"), (dx, dw, db), ref):
+        assert_close(name, got_, r, 2e-5)
+    assert torch.isnan(dx_buf[:, :, :4]).all() and torch.isnan(dx_buf[:, :, 4 + dim:]).all()  # only its columns
+
+
 def test_padding_tokens_are_zero_and_sequences_do_not_leak(kernel_device):
     bsz, dim, length = 1, 8, 40
     x, w, b = _make(bsz, dim, length, 4, torch.float32, kernel_device, True, True)

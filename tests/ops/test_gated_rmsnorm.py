@@ -27,8 +27,14 @@ def _make(shape, dtype, device, with_z, strided_z):
     return x, w, z
 
 
+def _leaf(t):
+    """A leaf copy of ``t`` with ``t``'s strides (``clone`` would make a column slice contiguous)."""
+    out = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=t.device)
+    return out.copy_(t.detach()).requires_grad_(True)
+
+
 def _run(fn, x, w, z, dout, **kw):
-    leaves = [t.detach().clone().requires_grad_(True) if t is not None else None for t in (x, w, z)]
+    leaves = [_leaf(t) if t is not None else None for t in (x, w, z)]
     out = fn(leaves[0], leaves[1], z=leaves[2], **kw)
     (out.double() * dout).sum().backward()
     return [out] + [t.grad if t is not None else None for t in leaves]
@@ -49,6 +55,32 @@ def test_matches_reference_fp32(kernel_device, shape, group_size, with_z, stride
             continue
         assert g.dtype == torch.float32 and g.shape == r.shape, name
         assert_close(name, g, r, 2e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+def test_rows_aligned_to_16_bytes_only(kernel_device, dtype):
+    """A z whose row stride is a multiple of 16 bytes but not of 16 elements (a 130m Mamba-2
+    block's in_proj slice: 3352 columns) takes the kernels' row-stride unit (``RS`` > 1: strides
+    passed divided, multiplied back in the kernel): same results as the reference."""
+    from samkern.backend import row_stride_unit
+
+    rows, n = 9, 48
+    unit = 16 // torch.tensor([], dtype=dtype).element_size()
+    width = 2 * n + unit  # row stride: a multiple of `unit`, not of 16
+    x = torch.randn(rows, n, device=kernel_device).to(dtype)
+    w = (1 + 0.3 * torch.randn(n, device=kernel_device)).to(dtype)
+    z = torch.randn(rows, width, device=kernel_device).to(dtype)[:, n:2 * n]
+    assert row_stride_unit(x.element_size(), x.stride(0), z.stride(0), n) == unit  # the path under test
+    dout = torch.randn(rows, n, dtype=torch.float64, device=kernel_device)
+    kw = dict(eps=1e-5, group_size=16, norm_before_gate=False)
+    got = _run(rmsnorm_gated, x, w, z, dout, backend="triton", **kw)
+    low = _run(rmsnorm_gated_ref, x, w, z, dout, **kw)
+    ref = _run(rmsnorm_gated_ref, x.double(), w.double(), z.double(), dout, **kw)
+    for name, g, lo, r in zip(("out", "dx", "dweight", "dz"), got, low, ref):
+        if dtype == torch.float32:
+            assert_close(name, g, r, 2e-5)
+        else:
+            assert_close_lowp(name, g, r, lo, floor=2.0 ** -11)
 
 
 def test_fp16_within_twice_torch_error(kernel_device):

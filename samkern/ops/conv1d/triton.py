@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import next_pow2
+from samkern.backend import next_pow2, row_stride_unit
 from samkern.launch import fast_launch
 
 __all__ = ["causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"]
@@ -57,6 +57,12 @@ DW_NUM_STAGES = 4
 # the dw/db reduction: channels per program, partial rows per step
 REDUCE_BLOCK_D = 16
 REDUCE_BLOCK_P = 64
+
+
+@triton.jit
+def _times(stride, unit: tl.constexpr):
+    # int64: a batch stride passed divided by ``unit`` can fit int32 when the product does not
+    return stride.to(tl.int64) * unit
 
 
 @triton.jit
@@ -118,8 +124,10 @@ def _conv_fwd_kernel(
     L, D,
     s_xb, s_xd, s_xl, s_yb, s_yl, s_sb,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, RS: tl.constexpr,
 ):
+    if RS > 1:  # row / batch strides arrive divided by RS (samkern.backend.row_stride_unit)
+        s_xb, s_xl, s_yb, s_yl = _times(s_xb, RS), _times(s_xl, RS), _times(s_yb, RS), _times(s_yl, RS)
     pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_l = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
@@ -222,7 +230,7 @@ def _conv_bwd_kernel(
     s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_dxb, s_dxl, s_sb,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
     SPLIT_DY: tl.constexpr, NEED_DW: tl.constexpr,
-    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, RS: tl.constexpr,
 ):
     """dx of one tile of rows (and with NEED_DW this program's partial sums of dw and dbias: the
     fused form, used for convs wider than 4 taps; ``_conv_dw_kernel`` makes them otherwise).
@@ -234,6 +242,11 @@ def _conv_bwd_kernel(
     2.2-2.6x slower than causal-conv1d's backward; g recomputed for each of the W shifts, slower
     still, ``dev-runs/s8-call5-*``, ``s8-call6-*``.)"""
     STEP: tl.constexpr = BLOCK_L - (W - 1)
+    if RS > 1:  # row / batch strides arrive divided by RS (samkern.backend.row_stride_unit)
+        s_xb, s_xl = _times(s_xb, RS), _times(s_xl, RS)
+        s_dyb, s_dyl, s_dy1b = _times(s_dyb, RS), _times(s_dyl, RS), _times(s_dy1b, RS)
+        s_dy1l, s_dy2b, s_dy2l = _times(s_dy1l, RS), _times(s_dy2b, RS), _times(s_dy2l, RS)
+        s_dxb, s_dxl = _times(s_dxb, RS), _times(s_dxl, RS)
     pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     r = tl.arange(0, BLOCK_L)
     offs_l = pid_l * STEP + r
@@ -286,12 +299,17 @@ def _conv_dw_kernel(
     s_xb, s_xd, s_xl, s_dyb, s_dyd, s_dyl, s_dy1b, s_dy1d, s_dy1l, s_dy2b, s_dy2d, s_dy2l, s_sb,
     W: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_SEQ: tl.constexpr, SILU: tl.constexpr,
     SPLIT_DY: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr, NUM_STAGES: tl.constexpr,
+    RS: tl.constexpr,
 ):
     """Partial sums of dw and dbias over ROWS rows (a multiple of BLOCK_L) of one batch row and
     one channel block, for convs of at most four taps: g and the taps are recomputed tile by tile
     (``_grad_tile``) and the products accumulated elementwise, so the cross-warp row reduction
     runs once per program, not once per tile. (Summing inside the dx kernel cost that kernel 2.3x
     its dx-only time at 130m B32 L192: ``dev-runs/s9-call6-*``.)"""
+    if RS > 1:  # row / batch strides arrive divided by RS (samkern.backend.row_stride_unit)
+        s_xb, s_xl = _times(s_xb, RS), _times(s_xl, RS)
+        s_dyb, s_dyl, s_dy1b = _times(s_dyb, RS), _times(s_dyl, RS), _times(s_dy1b, RS)
+        s_dy1l, s_dy2b, s_dy2l = _times(s_dy1l, RS), _times(s_dy2b, RS), _times(s_dy2l, RS)
     pid_l, pid_d, b = tl.program_id(0), tl.program_id(1), tl.program_id(2).to(tl.int64)
     offs_d = pid_d * BLOCK_D + tl.arange(0, BLOCK_D)
     dmask = offs_d < D
@@ -359,6 +377,10 @@ def _conv_dw_reduce_kernel(
 _CONV_DW_REDUCE = fast_launch(_conv_dw_reduce_kernel)
 
 
+def _scaled(unit: int, *strides: int) -> tuple:
+    return tuple(st // unit for st in strides)
+
+
 def _grid(batch: int, L: int, D: int):
     return (triton.cdiv(L, BLOCK_L), triton.cdiv(D, BLOCK_D), batch)
 
@@ -372,12 +394,14 @@ def causal_conv1d_fwd_triton(
     W = weight.shape[1]
     y = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
     seq = seq_idx if seq_idx is not None else x
+    rs = row_stride_unit(x.element_size(), x.stride(0), x.stride(2), y.stride(0), y.stride(1))
+    s_xb, s_xl, s_yb, s_yl = _scaled(rs, x.stride(0), x.stride(2), y.stride(0), y.stride(1))
     _CONV_FWD[_grid(batch, L, D)](
         x, weight, bias if bias is not None else weight, seq, y, L, D,
-        x.stride(0), x.stride(1), x.stride(2), y.stride(0), y.stride(1),
+        s_xb, x.stride(1), s_xl, s_yb, s_yl,
         seq_idx.stride(0) if seq_idx is not None else 0,
         W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu,
-        BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D,
+        BLOCK_L=BLOCK_L, BLOCK_D=BLOCK_D, RS=rs,
     )
     return y.transpose(1, 2)
 
@@ -427,20 +451,28 @@ def causal_conv1d_bwd_triton(
     else:
         dw_part = db_part = dx_out  # never touched
     seq = seq_idx if seq_idx is not None else x
-    dy_strides = (*dy0.stride(), *dy1.stride(), *dy2.stride())
+    rows_strides = [x.stride(0), x.stride(2), dx_out.stride(0), dx_out.stride(1)]
+    for t in (dy0, dy1, dy2):
+        rows_strides += [t.stride(0), t.stride(2)]
+    rs = row_stride_unit(x.element_size(), *rows_strides)
+    s_xb, s_xl, s_dxb, s_dxl = _scaled(rs, *rows_strides[:4])
+    dy_strides = ()
+    for t in (dy0, dy1, dy2):
+        sb, sl = _scaled(rs, t.stride(0), t.stride(2))
+        dy_strides += (sb, t.stride(1), sl)
     s_sb = seq_idx.stride(0) if seq_idx is not None else 0
     _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
         x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part, L, D, d1, d2,
-        x.stride(0), x.stride(1), x.stride(2), *dy_strides, dx_out.stride(0), dx_out.stride(1), s_sb,
+        s_xb, x.stride(1), s_xl, *dy_strides, s_dxb, s_dxl, s_sb,
         W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split, NEED_DW=fused_dw,
-        BLOCK_L=block_l, BLOCK_D=block_d, num_warps=warps,
+        BLOCK_L=block_l, BLOCK_D=block_d, RS=rs, num_warps=warps,
     )
     if need_dw and not fused_dw:
         _CONV_DW[(n_part, triton.cdiv(D, dw_bd), batch)](
             x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dw_part, db_part, L, D, d1, d2, rows,
-            x.stride(0), x.stride(1), x.stride(2), *dy_strides, s_sb,
+            s_xb, x.stride(1), s_xl, *dy_strides, s_sb,
             W=W, HAS_BIAS=bias is not None, HAS_SEQ=seq_idx is not None, SILU=silu, SPLIT_DY=split,
-            BLOCK_L=dw_bl, BLOCK_D=dw_bd, NUM_STAGES=DW_NUM_STAGES, num_warps=dw_warps,
+            BLOCK_L=dw_bl, BLOCK_D=dw_bd, NUM_STAGES=DW_NUM_STAGES, RS=rs, num_warps=dw_warps,
         )
     dw = db = None
     if need_dw:

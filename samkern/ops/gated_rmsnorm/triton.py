@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import num_sms
+from samkern.backend import num_sms, row_stride_unit
 from samkern.launch import fast_launch
 
 # software-pipelining depth of the backward's row loop (tl.range num_stages: the next rows' x / z /
@@ -41,8 +41,10 @@ def _rmsnorm_fwd_kernel(
     x_ptr, z_ptr, w_ptr, y_ptr, rstd_ptr,
     N, GS, n_groups, eps,
     s_x, s_z, s_y,
-    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK_N: tl.constexpr,
+    HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK_N: tl.constexpr, RS: tl.constexpr,
 ):
+    if RS > 1:  # row strides arrive divided by RS (samkern.backend.row_stride_unit)
+        s_x, s_z, s_y = s_x.to(tl.int64) * RS, s_z.to(tl.int64) * RS, s_y.to(tl.int64) * RS
     row, grp = tl.program_id(0).to(tl.int64), tl.program_id(1)
     cols = grp * GS + tl.arange(0, BLOCK_N)
     mask = tl.arange(0, BLOCK_N) < GS
@@ -69,7 +71,11 @@ def _rmsnorm_bwd_kernel(
     M, N, GS, n_groups,
     s_x, s_z, s_dy, s_dx, s_dz,
     HAS_Z: tl.constexpr, NORM_BEFORE_GATE: tl.constexpr, BLOCK_N: tl.constexpr, NUM_STAGES: tl.constexpr,
+    RS: tl.constexpr,
 ):
+    if RS > 1:  # row strides arrive divided by RS (samkern.backend.row_stride_unit)
+        s_x, s_z, s_dy = s_x.to(tl.int64) * RS, s_z.to(tl.int64) * RS, s_dy.to(tl.int64) * RS
+        s_dx, s_dz = s_dx.to(tl.int64) * RS, s_dz.to(tl.int64) * RS
     pid, grp = tl.program_id(0), tl.program_id(1)
     n_prog = tl.num_programs(0)
     cols = grp * GS + tl.arange(0, BLOCK_N)
@@ -130,10 +136,12 @@ def rmsnorm_gated_fwd_triton(
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     rstd = torch.empty((M, n_groups), device=x.device, dtype=torch.float32)
     block, warps = _block_and_warps(group_size)
+    strides = (x.stride(0), z.stride(0) if z is not None else 0, y.stride(0))
+    rs = row_stride_unit(x.element_size(), *strides)
     _NORM_FWD[(M, n_groups)](
         x, z if z is not None else x, weight, y, rstd, N, group_size, n_groups, float(eps),
-        x.stride(0), z.stride(0) if z is not None else 0, y.stride(0),
-        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, num_warps=warps,
+        *(st // rs for st in strides),
+        HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, RS=rs, num_warps=warps,
     )
     return y, rstd
 
@@ -158,12 +166,14 @@ def rmsnorm_gated_bwd_triton(
     dz = torch.empty((M, N), device=x.device, dtype=z.dtype) if z is not None else None
     dw_part = torch.empty((n_prog, N), device=x.device, dtype=torch.float32)
     block, warps = _block_and_warps(group_size)
+    strides = (x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0), dx.stride(0),
+               dz.stride(0) if dz is not None else 0)
+    rs = row_stride_unit(x.element_size(), *strides)
     _NORM_BWD[(n_prog, n_groups)](
         x, z if z is not None else x, weight, rstd, dy, dx, dz if dz is not None else dx, dw_part,
         M, N, group_size, n_groups,
-        x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0), dx.stride(0),
-        dz.stride(0) if dz is not None else 0,
+        *(st // rs for st in strides),
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block,
-        NUM_STAGES=BWD_STAGES or _bwd_stages(block), num_warps=warps,
+        NUM_STAGES=BWD_STAGES or _bwd_stages(block), RS=rs, num_warps=warps,
     )
     return dx, dz, dw_part.sum(0)
