@@ -94,3 +94,16 @@ def poisoned_empty() -> Iterator[None]:
         yield
     finally:
         torch.empty = real
+
+
+def hf_mamba2_cpu_path_usable() -> bool:
+    """Whether HF transformers' Mamba-2 runs its pure-PyTorch path on CPU tensors here.
+
+    transformers binds the mamba-ssm / causal-conv1d kernels at import when those packages are
+    installed and then calls them on CPU tensors too (a CUDA-only kernel fails there: "Expected
+    x.is_cuda()", transformers 5.17 on the GPU image, ``dev-runs/s17-call7-*``); the PyTorch path,
+    the tests' oracle, is only reachable without them (the CPU CI machine)."""
+    import importlib.util
+
+    return importlib.util.find_spec("causal_conv1d") is None and importlib.util.find_spec("mamba_ssm") is None
+

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 from samkern.layers.mamba2 import InferenceParams, Mamba2Block
-from samkern.testing import assert_close, assert_close_lowp
+from samkern.testing import assert_close, assert_close_lowp, hf_mamba2_cpu_path_usable
 
 D_MODEL, D_STATE, HEADDIM, CHUNK = 64, 16, 16, 16
 
@@ -81,6 +81,8 @@ def _hf_mixer(ngroups: int, use_bias: bool, time_step_limit):
 _NO_LIMIT = (0.0, float("inf"))
 
 
+@pytest.mark.skipif(not hf_mamba2_cpu_path_usable(),
+                    reason="transformers would run mamba-ssm/causal-conv1d CUDA kernels on CPU tensors")
 @pytest.mark.parametrize(
     "ngroups,use_bias,dt_limit,backend",
     [(1, False, _NO_LIMIT, "ref"), (2, False, _NO_LIMIT, "ref"), (1, True, (0.01, 0.05), "ref"),

@@ -30,7 +30,7 @@ import torch
 
 from samkern.models.sam.lm import InferenceParams, MambaLM, MambaLMConfig
 from samkern.models.sam.tokenizer import load_tokenizer
-from samkern.testing import assert_close, assert_close_lowp, assert_exact, rel_err
+from samkern.testing import assert_close, assert_close_lowp, assert_exact, hf_mamba2_cpu_path_usable, rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -83,16 +83,7 @@ HF_CASES = {
 # --------------------------------------------------------------------------------------------
 # HF transformers parity
 # --------------------------------------------------------------------------------------------
-def _hf_cpu_path_usable() -> bool:
-    """transformers binds mamba-ssm / causal-conv1d kernels at import when they are installed
-    and then calls them on CPU tensors too (a CUDA-only kernel fails there); its pure-PyTorch
-    path, the reference here, is only reachable without them."""
-    import importlib.util
-
-    return importlib.util.find_spec("causal_conv1d") is None and importlib.util.find_spec("mamba_ssm") is None
-
-
-@pytest.mark.skipif(not _hf_cpu_path_usable(), reason="transformers would run mamba-ssm/causal-conv1d CUDA kernels on CPU tensors")
+@pytest.mark.skipif(not hf_mamba2_cpu_path_usable(), reason="transformers would run mamba-ssm/causal-conv1d CUDA kernels on CPU tensors")
 @pytest.mark.parametrize("case", sorted(HF_CASES))
 def test_matches_hf_mamba2_logits_and_grads(tmp_path, case):
     spec = HF_CASES[case]
