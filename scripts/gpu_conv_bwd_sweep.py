@@ -52,9 +52,23 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm().clamp_min(1e-30))
 
 
+def _conv_case(batch: int, L: int, dim: int):
+    """bf16 (x (B, D, L) channel-last, w, b, g) of a conv at a block shape and the fp64 reference
+    gradients (dx, dw, db) of SiLU(conv) against g."""
+    from samkern.ops.conv1d.ref import causal_conv1d_ref
+
+    torch.manual_seed(0)
+    x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
+    b = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
+    g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+    leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
+    ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
+    return x, w, b, g, ref
+
+
 def sweep() -> dict:
     import samkern.ops.conv1d.triton as ct
-    from samkern.ops.conv1d.ref import causal_conv1d_ref
 
     try:
         from causal_conv1d import causal_conv1d_fn
@@ -62,13 +76,7 @@ def sweep() -> dict:
         causal_conv1d_fn = None
     best = {}
     for shape, (batch, L, dim) in CONV_SHAPES.items():
-        torch.manual_seed(0)
-        x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
-        b = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
-        g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
-        ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
+        x, w, b, g, ref = _conv_case(batch, L, dim)
         shipped = None
         results = []
         tiles = [tuple(int(v) for v in t.split(",")) for t in os.environ["SWEEP_TILES"].split(";")] \
@@ -193,7 +201,6 @@ def pipe_ab() -> None:
     """Section 3 of the module docstring."""
     import samkern.ops.conv1d.triton as ct
     import samkern.ops.gated_rmsnorm.triton as nt
-    from samkern.ops.conv1d.ref import causal_conv1d_ref
     from samkern.ops.gated_rmsnorm.ref import rmsnorm_gated_ref
 
     import samkern.backend as be
@@ -201,13 +208,7 @@ def pipe_ab() -> None:
     conv_shipped, norm_shipped, hint_shipped = ct.DW_NUM_STAGES, nt.BWD_STAGES, be.ROW_STRIDE_HINT
     skip_ops = os.environ.get("SKIP_OPS", "0") == "1"  # straight to the block A/B
     for shape, (batch, L, dim) in ({} if skip_ops else CONV_SHAPES).items():
-        torch.manual_seed(0)
-        x = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        w = (torch.randn(dim, 4, device="cuda") * 0.5).to(torch.bfloat16)
-        b = torch.randn(dim, device="cuda", dtype=torch.bfloat16)
-        g = torch.randn(batch, L, dim, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-        leaves = [t.double().requires_grad_(True) for t in (x, w, b)]
-        ref = torch.autograd.grad(causal_conv1d_ref(*leaves, activation="silu"), leaves, g.double())
+        x, w, b, g, ref = _conv_case(batch, L, dim)
         # the block's form too: the gradient as three tensors (x, B, C of conv_split), read in place
         dys = [t.transpose(1, 2).contiguous().transpose(1, 2) for t in torch.split(g, [dim - 256, 128, 128], 1)]
         stages = tuple(int(v) for v in os.environ.get("CONV_STAGES", "1,2,3,4").split(","))
