@@ -265,15 +265,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    # before anything computes: a seed reproduces a CPU run bit for bit (samkern.reproducible)
-    from samkern.reproducible import reproducible_cpu_math
-
-    reproducible_cpu_math()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    if getattr(args, "deterministic", False):
+        # before anything computes (parsing computes nothing): samkern.reproducible
+        from samkern.reproducible import reproducible_cpu_math
+
+        reproducible_cpu_math()
     return args.func(args)
 
 

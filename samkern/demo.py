@@ -214,9 +214,6 @@ def run_demo(out: str = "./samkern-demo", device: str = "auto", cfg: Optional[De
     from samkern.train.sam import ExampleDataset, evaluate_sam, synth_features
     from samkern.train.trainer import write_loss_png
 
-    from samkern.reproducible import reproducible_cpu_math
-
-    reproducible_cpu_math()  # a seed reproduces the run bit for bit on the CPU (before any matmul)
     cfg = cfg or DemoConfig()
     dev = pick_device(device)
     log = (lambda m: None) if quiet else _log

@@ -5,14 +5,16 @@ PyTorch's CPU matrix products go to Intel MKL, whose default kernels depend on t
 alignment of their operands, which changes from one process to the next. Two runs of
 ``samkern demo`` with the same seed agreed bit for bit for 4-8 steps, then differed in the last
 bit of the loss, and after 1,100 steps ended at 80.2 %, 82.9 % or 87.4 % closed-ended QA accuracy
-(``NOTES.md``, session 17; repeated 50-step runs: 2 of 6 drifted with the default, none of 6
-with ``MKL_CBWR=AVX2,STRICT``, at about the same speed; ``AUTO,STRICT`` still drifted on an
-AVX-512 machine and ``COMPATIBLE`` cost 50 % more time).
+(``NOTES.md``, session 17). Repeated 50-step runs: 2 of 6 drifted with MKL's default, none of 6
+with ``MKL_CBWR=AVX2,STRICT`` (two full demos: the same checkpoint, bit for bit), which costs about
+20 % of the full CPU demo's training time (150 -> 177-181 s on 2 cores); ``AUTO,STRICT`` and
+``AVX512,STRICT`` still drifted on an AVX-512 machine, ``COMPATIBLE`` cost 50 %.
 
-MKL reads ``MKL_CBWR`` once, at its first call, so :func:`reproducible_cpu_math` must run before
-any CPU matrix product of the process: the ``samkern`` command line calls it first thing, and
-:func:`samkern.demo.run_demo` at its start (effective in a fresh process). A value the user set is
-left alone (``MKL_CBWR=AUTO`` restores MKL's default). No effect on GPU math nor without MKL.
+Opt-in, like other frameworks' determinism switches: ``samkern demo --deterministic`` /
+``samkern train --deterministic`` call :func:`reproducible_cpu_math` right after parsing, before
+anything computes (MKL reads ``MKL_CBWR`` once, at its first call; in your own script, call it
+before the first CPU matrix product, or set the variable in the environment). A value the user
+set is left alone. No effect on GPU math nor without MKL.
 """
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""``samkern.reproducible``: the command line pins MKL's reproducible mode before anything
-computes, and leaves a value the user set alone."""
+"""``samkern.reproducible``: ``--deterministic`` pins MKL's reproducible mode before anything
+computes, leaves a value the user set alone, and nothing changes without it."""
 from __future__ import annotations
 
 import os
@@ -19,13 +19,15 @@ def test_sets_the_mode_unless_the_user_did(monkeypatch):
     assert reproducible_cpu_math() == "AUTO" and os.environ["MKL_CBWR"] == "AUTO"
 
 
-def test_cli_sets_it_before_parsing(monkeypatch):
+def test_cli_sets_it_only_when_asked(monkeypatch):
+    import samkern.train.cli as tcli
     from samkern.cli import main
 
+    seen = []
+    monkeypatch.setattr(tcli, "_cmd_demo", lambda args: seen.append(os.environ.get("MKL_CBWR")) or 0)
     monkeypatch.delenv("MKL_CBWR", raising=False)
-    with pytest.raises(SystemExit):
-        main(["--help"])
-    assert os.environ["MKL_CBWR"] == MKL_MODE
+    assert main(["demo"]) == 0 and seen[-1] is None
+    assert main(["demo", "--deterministic"]) == 0 and seen[-1] == MKL_MODE
 
 
 def test_cli_import_computes_nothing():

@@ -302,6 +302,8 @@ def add_training_commands(sub) -> None:
                       help="comma-separated closed-ended question types to train and score (default: the demo's set)")
     demo.add_argument("--no-caption-metrics", action="store_true", help="skip BLEU/METEOR/CIDEr (no Java needed)")
     demo.add_argument("--quiet", action="store_true")
+    demo.add_argument("--deterministic", action="store_true",
+                      help="bit-reproducible CPU math for the seed (MKL_CBWR=AVX2,STRICT unless set; the CPU demo trains ~20 %% slower): samkern/reproducible.py")
     demo.set_defaults(func=_cmd_demo)
 
     tr = sub.add_parser("train", help="run a training curriculum (LTU presets) on the embedded dataset; torchrun for multi-GPU")
@@ -329,6 +331,8 @@ def add_training_commands(sub) -> None:
     tr.add_argument("--overwrite", action="store_true",
                     help="delete the previous run in --out first (its curriculum.json, train_args.json, final/ and "
                          "stage directories; other files are kept), then start a new run")
+    tr.add_argument("--deterministic", action="store_true",
+                    help="bit-reproducible CPU math for the seed (MKL_CBWR=AVX2,STRICT unless set; the CPU demo trains ~20 %% slower): samkern/reproducible.py")
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a SAM checkpoint on held-out synthetic clips; prints a table, writes JSON")
