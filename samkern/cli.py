@@ -265,16 +265,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--deterministic" in argv:
+        # before the parser is built: building it imports torch, whose set-up calls MKL, and MKL
+        # reads MKL_CBWR once, at its first call (samkern.reproducible); argparse then checks
+        # that the flag belongs to the command
+        from samkern.reproducible import reproducible_cpu_math
+
+        reproducible_cpu_math()
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    if getattr(args, "deterministic", False):
-        # before anything computes (parsing computes nothing): samkern.reproducible
-        from samkern.reproducible import reproducible_cpu_math
-
-        reproducible_cpu_math()
     return args.func(args)
 
 

@@ -11,9 +11,10 @@ with ``MKL_CBWR=AVX2,STRICT`` (two full demos: the same checkpoint, bit for bit)
 ``AVX512,STRICT`` still drifted on an AVX-512 machine, ``COMPATIBLE`` cost 50 %.
 
 Opt-in, like other frameworks' determinism switches: ``samkern demo --deterministic`` /
-``samkern train --deterministic`` call :func:`reproducible_cpu_math` right after parsing, before
-anything computes (MKL reads ``MKL_CBWR`` once, at its first call; in your own script, call it
-before the first CPU matrix product, or set the variable in the environment). A value the user
+``samkern train --deterministic`` call :func:`reproducible_cpu_math` before the parser is even
+built (MKL reads ``MKL_CBWR`` once, at its first call, and importing torch's set-up already calls
+it: set after the parser was built, the flag changed nothing, ``NOTES.md``). In your own script,
+set the variable in the environment, or call this before importing torch. A value the user
 set is left alone. No effect on GPU math nor without MKL.
 """
 from __future__ import annotations
