@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 
 __all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms",
-           "row_stride_unit",
+           "row_stride_unit", "row_strides",
            "tuning_from_env", "next_pow2", "cdiv"]
 
 log = logging.getLogger("samkern")
@@ -168,3 +168,9 @@ def row_stride_unit(elem_size: int, *strides: int) -> int:
     if not ROW_STRIDE_HINT or all(st % 16 == 0 for st in strides) or any(st % unit for st in strides):
         return 1
     return unit
+
+
+def row_strides(elem_size: int, *strides: int) -> Tuple[int, Tuple[int, ...]]:
+    """``(unit, strides divided by it)``: :func:`row_stride_unit` and the values to pass."""
+    unit = row_stride_unit(elem_size, *strides)
+    return unit, tuple(st // unit for st in strides)

@@ -17,10 +17,12 @@ def hf_sd():
     return {k: v.contiguous() for k, v in enc.hf_state_dict().items()}
 
 
-def test_corrupt_safetensors_names_the_file(tmp_path):
-    p = tmp_path / "bad.safetensors"
+@pytest.mark.parametrize("name,message", [("bad.safetensors", "bad.safetensors.*corrupt or truncated"),
+                                          ("bad.pt", "bad.pt")])
+def test_corrupt_file_names_the_file(tmp_path, name, message):
+    p = tmp_path / name
     p.write_bytes(b"garbage" * 10)
-    with pytest.raises(ValueError, match="bad.safetensors.*corrupt or truncated"):
+    with pytest.raises(ValueError, match=message):
         load_state_dict_file(p)
 
 
@@ -33,13 +35,6 @@ def test_torch_file_with_python_objects_names_the_expected_layout(tmp_path, hf_s
         load_eat_checkpoint(p)
     msg = str(ei.value)
     assert "fairseq.pt" in msg and "HF release layout" in msg and "weights_only" not in msg
-
-
-def test_corrupt_torch_file_names_the_file(tmp_path):
-    p = tmp_path / "bad.pt"
-    p.write_bytes(b"garbage" * 10)
-    with pytest.raises(ValueError, match="bad.pt"):
-        load_state_dict_file(p)
 
 
 def test_plain_torch_state_dict_still_loads(tmp_path, hf_sd):

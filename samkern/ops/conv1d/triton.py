@@ -33,7 +33,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import next_pow2, row_stride_unit
+from samkern.backend import next_pow2, row_strides
 from samkern.launch import fast_launch
 
 __all__ = ["causal_conv1d_fwd_triton", "causal_conv1d_bwd_triton"]
@@ -377,10 +377,6 @@ def _conv_dw_reduce_kernel(
 _CONV_DW_REDUCE = fast_launch(_conv_dw_reduce_kernel)
 
 
-def _scaled(unit: int, *strides: int) -> tuple:
-    return tuple(st // unit for st in strides)
-
-
 def _grid(batch: int, L: int, D: int):
     return (triton.cdiv(L, BLOCK_L), triton.cdiv(D, BLOCK_D), batch)
 
@@ -394,8 +390,7 @@ def causal_conv1d_fwd_triton(
     W = weight.shape[1]
     y = torch.empty((batch, L, D), device=x.device, dtype=x.dtype)
     seq = seq_idx if seq_idx is not None else x
-    rs = row_stride_unit(x.element_size(), x.stride(0), x.stride(2), y.stride(0), y.stride(1))
-    s_xb, s_xl, s_yb, s_yl = _scaled(rs, x.stride(0), x.stride(2), y.stride(0), y.stride(1))
+    rs, (s_xb, s_xl, s_yb, s_yl) = row_strides(x.element_size(), x.stride(0), x.stride(2), y.stride(0), y.stride(1))
     _CONV_FWD[_grid(batch, L, D)](
         x, weight, bias if bias is not None else weight, seq, y, L, D,
         s_xb, x.stride(1), s_xl, s_yb, s_yl,
@@ -451,15 +446,12 @@ def causal_conv1d_bwd_triton(
     else:
         dw_part = db_part = dx_out  # never touched
     seq = seq_idx if seq_idx is not None else x
-    rows_strides = [x.stride(0), x.stride(2), dx_out.stride(0), dx_out.stride(1)]
-    for t in (dy0, dy1, dy2):
-        rows_strides += [t.stride(0), t.stride(2)]
-    rs = row_stride_unit(x.element_size(), *rows_strides)
-    s_xb, s_xl, s_dxb, s_dxl = _scaled(rs, *rows_strides[:4])
-    dy_strides = ()
-    for t in (dy0, dy1, dy2):
-        sb, sl = _scaled(rs, t.stride(0), t.stride(2))
-        dy_strides += (sb, t.stride(1), sl)
+    dys3 = (dy0, dy1, dy2)
+    rs, (s_xb, s_xl, s_dxb, s_dxl, *dy_bl) = row_strides(
+        x.element_size(), x.stride(0), x.stride(2), dx_out.stride(0), dx_out.stride(1),
+        *(st for t in dys3 for st in (t.stride(0), t.stride(2))))
+    # per gradient tensor: (batch, channel, row) strides, the channel stride as given
+    dy_strides = tuple(v for i, t in enumerate(dys3) for v in (dy_bl[2 * i], t.stride(1), dy_bl[2 * i + 1]))
     s_sb = seq_idx.stride(0) if seq_idx is not None else 0
     _CONV_BWD[(n_lblk, triton.cdiv(D, block_d), batch)](
         x, weight, bias if bias is not None else weight, seq, dy0, dy1, dy2, dx_out, dw_part, db_part, L, D, d1, d2,

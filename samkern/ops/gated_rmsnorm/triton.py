@@ -25,7 +25,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import num_sms, row_stride_unit
+from samkern.backend import num_sms, row_strides
 from samkern.launch import fast_launch
 
 # software-pipelining depth of the backward's row loop (tl.range num_stages: the next rows' x / z /
@@ -136,11 +136,10 @@ def rmsnorm_gated_fwd_triton(
     y = torch.empty((M, N), device=x.device, dtype=x.dtype)
     rstd = torch.empty((M, n_groups), device=x.device, dtype=torch.float32)
     block, warps = _block_and_warps(group_size)
-    strides = (x.stride(0), z.stride(0) if z is not None else 0, y.stride(0))
-    rs = row_stride_unit(x.element_size(), *strides)
+    rs, strides = row_strides(x.element_size(), x.stride(0), z.stride(0) if z is not None else 0, y.stride(0))
     _NORM_FWD[(M, n_groups)](
         x, z if z is not None else x, weight, y, rstd, N, group_size, n_groups, float(eps),
-        *(st // rs for st in strides),
+        *strides,
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block, RS=rs, num_warps=warps,
     )
     return y, rstd
@@ -166,13 +165,12 @@ def rmsnorm_gated_bwd_triton(
     dz = torch.empty((M, N), device=x.device, dtype=z.dtype) if z is not None else None
     dw_part = torch.empty((n_prog, N), device=x.device, dtype=torch.float32)
     block, warps = _block_and_warps(group_size)
-    strides = (x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0), dx.stride(0),
-               dz.stride(0) if dz is not None else 0)
-    rs = row_stride_unit(x.element_size(), *strides)
+    rs, strides = row_strides(x.element_size(), x.stride(0), z.stride(0) if z is not None else 0, dy.stride(0),
+                              dx.stride(0), dz.stride(0) if dz is not None else 0)
     _NORM_BWD[(n_prog, n_groups)](
         x, z if z is not None else x, weight, rstd, dy, dx, dz if dz is not None else dx, dw_part,
         M, N, group_size, n_groups,
-        *(st // rs for st in strides),
+        *strides,
         HAS_Z=z is not None, NORM_BEFORE_GATE=norm_before_gate, BLOCK_N=block,
         NUM_STAGES=BWD_STAGES or _bwd_stages(block), RS=rs, num_warps=warps,
     )
