@@ -127,6 +127,8 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         bwd_mod.num_sms = lambda dev: n_sms
         bwd_mod._pick_heads_per_program = lambda hpg, other, dev: old_pick(hpg, other, _Cuda())
         bwd_mod.BWD_TUNING.update(tuning)
+        if bwd_mod.BWD_TUNING.get("chunk_programs") is None:  # (the balanced grid's GPU program count)
+            bwd_mod.BWD_TUNING["chunk_programs"] = n_sms
         fwd_mod.FWD_TUNING.update(fwd_tuning or {})
         batch, L, H = SHAPES[shape]
         T, bf = batch * L, torch.bfloat16
@@ -144,7 +146,8 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
                         want_chunk_states=True, block_q=bq, skip_unread_rows=True, **y_kw)
         cs = torch.zeros(T // bq + batch, H, P, N)
         bwd_mod.ssd_bwd(torch.zeros_like(x), x, dt, A, Bm, Cm, cu, None, cs, bq, D=D, z=z, dt_bias=dtb,
-                        dt_softplus=True, validate=False, **({"y_pre": y_kw["y_out"]} if y_kw else {}))
+                        dt_softplus=True, validate=False, seq_len=L,  # a plain batch, as ssd_chunk_scan's
+                        **({"y_pre": y_kw["y_out"]} if y_kw else {}))
     finally:
         for mod, name, obj in patched:
             setattr(mod, name, obj)

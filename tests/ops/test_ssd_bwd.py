@@ -135,7 +135,7 @@ def bwd_tuning(**overrides):
         bwd_mod.BWD_TUNING.update(old)
 
 
-def run_kernel(case, block_q, cs, device, block_p=None, factor_range=None):
+def run_kernel(case, block_q, cs, device, block_p=None, factor_range=None, seq_len=None):
     inp = {k: (None if v is None else v.to(device)) for k, v in case["inp"].items()}
     cu = torch.tensor(case["cu"], dtype=torch.int32, device=device)
     idx = torch.tensor(case["init_idx"], dtype=torch.int32, device=device)
@@ -143,7 +143,7 @@ def run_kernel(case, block_q, cs, device, block_p=None, factor_range=None):
                   block_q, D=inp["D"], z=inp["z"], dt_bias=inp["dt_bias"], initial_states=inp["initial_states"],
                   dt_softplus=case["dt_softplus"], dt_limit=case["dt_limit"],
                   dfinal_states=None if case["dfinal"] is None else case["dfinal"].to(device), block_p=block_p,
-                  factor_range=factor_range)
+                  factor_range=factor_range, seq_len=seq_len)
     return dict(zip(GRAD_NAMES, res))
 
 
@@ -326,6 +326,38 @@ def test_bwd_head_blocks(heads_per_program, scan_block_p, kernel_device):
                 ref, cs = reference_grads(case, block_q=16)
                 got = run_kernel(case, 16, cs, kernel_device)
                 check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
+
+@pytest.mark.parametrize("programs", [1, 4, 5, 7, 1000])
+def test_bwd_balanced_grid(programs, kernel_device, monkeypatch):
+    """The chunk kernel's balanced grid (``seq_len`` given: equal-length sequences): the (busy
+    row, group, head) items split over 4, 5, 7 programs and one per item (1000 is capped at the
+    item count), so that programs start and end mid-row, span up to three (row, group) segments
+    and a row's heads meet up to four programs, whose dCB slots the dB/dC kernel must all sum.
+    One program would span more segments than the kernel unrolls: the row-blocked grid runs.
+    Sequences of 24 tokens (a partial last chunk and a row past each end, which the balanced grid
+    never visits), 5 heads in one group and 6 in two, two P-blocks, D per channel, z;
+    NaN-poisoned buffers."""
+    grids = []
+    real = bwd_mod._balanced_grid
+    monkeypatch.setattr(bwd_mod, "_balanced_grid", lambda *a: grids.append(real(*a)) or grids[-1])
+    with bwd_tuning(chunk_programs=programs), poisoned_empty():
+        for H, G, lens in ((5, 1, [24, 24, 24]), (6, 2, [32, 32])):
+            case = make_case(lens, H=H, G=G, P=32, N=16, D="channel", z=True, dt_bias=True, softplus=True,
+                             n_init=1, init_idx=[0] + [-1] * (len(lens) - 1), dfinal=True)
+            ref, cs = reference_grads(case, block_q=16)
+            got = run_kernel(case, 16, cs, kernel_device, block_p=16, seq_len=lens[0])
+            check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+    # 3 rows x 2 chunks x 5 heads = 30 items, 2 x 2 chunks x 2 groups x 3 heads = 24 items
+    if programs == 1:
+        assert grids == [None, None]
+        return
+    assert [g[:2] for g in grids] == [(30, min(programs, 30)), (24, min(programs, 24))]
+    for (W, NP, n_seg, max_segs), hpg in zip(grids, (5, 3)):
+        # the bounds, by brute force: owners of each (row, group)'s heads, segments of each program
+        owner = [max(i for i in range(NP) if i * W // NP <= x) for x in range(W)]
+        assert max(len(set(owner[r * hpg:(r + 1) * hpg])) for r in range(W // hpg)) <= n_seg
+        assert max(len({x // hpg for x in range(W) if owner[x] == i}) for i in range(NP)) <= max_segs
 
 
 def test_bwd_without_d_poisoned(kernel_device):

@@ -103,11 +103,12 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # program loops over; state_tiles_fp32: the dS walk's B dSᵀ / C S_inᵀ tiles in fp32 instead of the
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
-# ``factor_range`` (``_factor_range``; 0 = never).
+# ``factor_range`` (``_factor_range``; 0 = never); balanced: False = the row-blocked chunk grid
+# even for equal-length sequences (``_balanced_grid``); chunk_programs: the balanced grid's programs.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
-                    "factor_range": None}
+                    "factor_range": None, "balanced": None, "chunk_programs": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -188,6 +189,33 @@ def _min_wave_heads(hpg: int, busy_programs: int, sms: int) -> int:
         if best is None or cost < best[0]:
             best = (cost, hb)
     return best[1]
+
+
+def _balanced_grid(W: int, HPG: int, NPB: int, device: torch.device) -> Optional[Tuple[int, int, int, int]]:
+    """(W, NP, NSEG, MAX_SEGS) of the chunk kernel's balanced grid, or None where it does not apply:
+    its W (busy row, group, head) items over NP programs per P-block, the most programs whose item
+    ranges one (row, group) of HPG heads can meet (its dCB slots), and the most (row, group)
+    segments one program's range can meet (the kernel unrolls that many, so more than
+    ``MAX_BALANCED_SEGS`` leave the row-blocked grid in place: many heads per program, where that
+    grid's last wave matters least). The kernel runs one program per SM (255 registers × 8 warps),
+    so NP = SMs / NPB (one wave). The row-blocked grid (``_pick_heads_per_program``) splits a row's
+    heads only into equal head blocks: at 130m B32 L192 (96 busy rows of 24 heads, 132 SMs) its
+    best is 384 programs of 6 heads in three waves, 21 heads' time per SM (+ per-program work);
+    here 132 programs take 17–18 heads each. ``BWD_TUNING["chunk_programs"]`` overrides NP
+    (tests: segments that split rows anywhere)."""
+    np_ = BWD_TUNING.get("chunk_programs")
+    if np_ is None:
+        np_ = max(1, num_sms(device) // NPB) if device.type == "cuda" else 5
+    np_ = max(1, min(int(np_), W))
+    m_max = cdiv(W, np_)
+    max_segs = (m_max + HPG - 2) // HPG + 1
+    if max_segs > MAX_BALANCED_SEGS:
+        return None
+    return W, np_, (HPG - 1) // (W // np_) + 2, max_segs
+
+
+# the most (row, group) segments a balanced chunk program may span (unrolled copies of its head loop)
+MAX_BALANCED_SEGS = 3
 
 
 def _pick_dbdc_split(hpg: int, programs: int, wide: bool, device: torch.device) -> int:
@@ -437,7 +465,7 @@ _DT_CACHE = fast_launch(_ssd_dt_cache_kernel)  # cheaper eager launches (samkern
 def _chunk_head(
     dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
     dx_ptr, dz_ptr, ddt_ptr, red_ptr,
-    h, row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
+    h, row, red_row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
     CB, CBT, dCB_sum,
     T, HT, H, P, NPB, NPBW, RED_D, RED_W,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
@@ -445,7 +473,9 @@ def _chunk_head(
     PREC: tl.constexpr,
 ):
     """One head of the chunk kernel's loop: every gradient of head ``h`` in this chunk except
-    dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``FACTORED``: ``CBT`` is
+    dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``row`` is the chunk's
+    row (of the walk's Σ dS ∘ S_in partials), ``red_row`` its row of the partials buffer ``red``.
+    ``FACTORED``: ``CBT`` is
     ``(C Bᵀ)ᵀ`` already masked to s ≤ t and in the input dtype, and the transposed set uses the
     factored decay (below); otherwise ``CBT`` is the fp32 ``(C Bᵀ)ᵀ``."""
     in_ty = x_ptr.dtype.element_ty
@@ -540,13 +570,75 @@ def _chunk_head(
     tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
 
     # small per-(row, head) partials: [dD (RED_D = P, 0 without D) | dA (NPB) | ddt_bias (NPB)]
-    red_base = (row.to(tl.int64) * H + h) * RED_W
+    red_base = (red_row.to(tl.int64) * H + h) * RED_W
     if HAS_D:
         tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
     tl.store(red_ptr + red_base + RED_D + pid_p, tl.sum(dtv * rc, axis=0))
     tl.store(red_ptr + red_base + RED_D + NPB + pid_p, tl.sum(ddt_pre, axis=0))
 
     return dCB_sum
+
+
+@triton.jit
+def _chunk_heads(
+    dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
+    row, red_row, g, j_lo, j_hi, slot, pid_p, start, end, cstart,
+    T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
+    HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
+    HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, FACTORED: tl.constexpr,
+):
+    """Heads ``j_lo .. j_hi - 1`` of group ``g`` in the chunk of row ``row`` (tokens ``cstart ..``
+    of the sequence ``start .. end``): ``C Bᵀ`` once, then ``_chunk_head`` per head; their summed
+    ``dCB`` goes to dCB slot ``slot``, the small partials to row ``red_row`` of ``red``."""
+    in_ty = x_ptr.dtype.element_ty
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mp = offs_p < P
+    mn = offs_n < N
+    causal = offs_q[:, None] >= offs_q[None, :]  # [t, s]: s ≤ t
+    causal_t = offs_q[None, :] >= offs_q[:, None]  # [s, t]: s ≤ t
+    is_last = offs_q == BLOCK_Q - 1
+    tok = cstart + offs_q  # int64 [Q]
+    mq = tok < end
+    last = tl.minimum(cstart + BLOCK_Q, end) - 1
+    mqp = mq[:, None] & mp[None, :]
+    mqn = mq[:, None] & mn[None, :]
+
+    # C·Bᵀ is shared by the heads of the group: once per call. It and its transpose both come
+    # from loaded operands (never tl.trans of a dot result: Triton 3.6 miscompiles that on
+    # Hopper when the result is cast and fed to another dot)
+    Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+    Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+    CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
+    CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
+    if FACTORED:  # the transposed set's dot operand, masked and rounded once for all heads
+        CBT = tl.where(causal_t, CBT, 0.0).to(in_ty)
+    # Σ over these heads of dCB = dM ∘ L ∘ dt_s: the dB/dC kernel turns it into the intra-chunk
+    # parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
+    dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+    need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
+    for j in range(j_lo, j_hi):
+        dCB_sum = _chunk_head(
+            dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
+            dx_ptr, dz_ptr, ddt_ptr, red_ptr,
+            g * HPG + j, row, red_row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last,
+            need_ds, need_sin, CB, CBT, dCB_sum,
+            T, HT, H, P, NPB, NPBW, RED_D, RED_W,
+            s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
+            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC)
+    qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
+    tl.store(dcb_ptr + slot.to(tl.int64) * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
+
+
+@triton.jit
+def _item_owner(x, W, NP):
+    """The balanced grid's program that owns work item ``x``: program ``i`` takes the items
+    ``i·W // NP .. (i+1)·W // NP − 1``, so the owner is ``ceil((x + 1)·NP / W) − 1``."""
+    return ((x + 1) * NP + W - 1) // W - 1
 
 
 @triton.jit
@@ -557,6 +649,9 @@ def _ssd_bwd_chunk_kernel(
     dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
     # sizes
     T, HT, H, P, N, G, HPG, HB, NHB, NPB, NPBW, RED_D, RED_W, NSEQ, n_search,
+    # the balanced grid (BALANCED): W work items over NP programs, sequences of SEQ_L tokens
+    # (CPS chunks each), NSEG dCB slots per (row, group)
+    W, NP, SEQ_L, CPS, NSEG,
     # strides (last dims are contiguous; these are the token / head / group strides)
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
     s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
@@ -565,81 +660,81 @@ def _ssd_bwd_chunk_kernel(
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
     HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
+    BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr,
 ):
-    row = tl.program_id(0)
-    pid_gh = tl.program_id(1)
     pid_p = tl.program_id(2)
-    g = pid_gh // NHB
-    hb = pid_gh % NHB
-    in_ty = x_ptr.dtype.element_ty
-    start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
-    busy = cstart < end  # rows past a sequence's last chunk hold no tokens: zero partials (below)
-    if FACTOR_RANGE > 0:
-        # which of the two launches takes this program (``factor_range``): the factored one when
-        # every head of the block decays by at most FACTOR_RANGE over the chunk
-        offs_hb = tl.arange(0, HB_P2)
-        hb_last = tl.minimum(cstart + BLOCK_Q, end) - 1
-        a_lasts = tl.load(dtc_ptr + (g * HPG + hb * HB + offs_hb).to(tl.int64) * T + hb_last,
-                          mask=(offs_hb < tl.minimum(HB, HPG - hb * HB)) & busy, other=0.0)
-        busy = busy & ((tl.min(a_lasts, axis=0) >= -FACTOR_RANGE) == FACTORED)
-    if busy:
-        offs_q = tl.arange(0, BLOCK_Q)
-        offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-        offs_n = tl.arange(0, BLOCK_N)
-        mp = offs_p < P
-        mn = offs_n < N
-        causal = offs_q[:, None] >= offs_q[None, :]  # [t, s]: s ≤ t
-        causal_t = offs_q[None, :] >= offs_q[:, None]  # [s, t]: s ≤ t
-        is_last = offs_q == BLOCK_Q - 1
-        tok = cstart + offs_q  # int64 [Q]
-        mq = tok < end
-        last = tl.minimum(cstart + BLOCK_Q, end) - 1
-        mqp = mq[:, None] & mp[None, :]
-        mqn = mq[:, None] & mn[None, :]
-
-        # C·Bᵀ is shared by the heads of the group: once per program. It and its transpose both
-        # come from loaded operands (never tl.trans of a dot result: Triton 3.6 miscompiles that
-        # on Hopper when the result is cast and fed to another dot)
-        Bm = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
-        Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
-        CB = tl.dot(Cm, tl.trans(Bm), input_precision=PREC)  # [t, s]
-        CBT = tl.dot(Bm, tl.trans(Cm), input_precision=PREC)  # [s, t]
-        if FACTORED:  # the transposed set's dot operand, masked and rounded once for all heads
-            CBT = tl.where(causal_t, CBT, 0.0).to(in_ty)
-        # Σ over this program's heads of dCB = dM ∘ L ∘ dt_s: the dB/dC kernel turns it into the
-        # intra-chunk parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
-        dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-        need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
-
-        h0 = g * HPG + hb * HB
-        n_h = tl.minimum(HB, HPG - hb * HB)
-        for j in range(0, n_h):
-            dCB_sum = _chunk_head(
-                dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
-                dx_ptr, dz_ptr, ddt_ptr, red_ptr,
-                h0 + j, row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
-                CB, CBT, dCB_sum,
-                T, HT, H, P, NPB, NPBW, RED_D, RED_W,
-                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
-                HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC)
-
-        # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
-        slot = (row.to(tl.int64) * G + g) * (NHB * NPB) + hb * NPB + pid_p
-        qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
-        tl.store(dcb_ptr + slot * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
+    if BALANCED:
+        # Equal-length sequences (the training batch): the work items are (busy row, group, head),
+        # row-major, and program i takes items i·W // NP .. (i+1)·W // NP − 1 (NP ≈ one program
+        # per SM): every program gets the same number of heads ± 1, wherever the rows' boundaries
+        # fall. A program's items span at most MAX_SEGS (row, group) segments; each segment stores
+        # its dCB sum in slot (its index among the row's owners) of the (row, group)'s NSEG slots.
+        # The segments are unrolled (static_range + a guard), not a loop: a loop around the head
+        # loop cost ptxas 4x the spills (532 vs 128 bytes at 130m), unrolled the head loops keep
+        # the row-blocked grid's (offline sm_90 compile, session 18).
+        # (int64 only for the products that can pass 2^31; int32 indices keep the head loop's
+        # address arithmetic, and its registers, as in the row-blocked grid)
+        pid = tl.program_id(0)
+        lo = ((pid.to(tl.int64) * W) // NP).to(tl.int32)
+        hi = (((pid.to(tl.int64) + 1) * W) // NP).to(tl.int32)
+        rg_end = (hi - 1) // HPG + 1
+        for s in tl.static_range(MAX_SEGS):
+            rg = lo // HPG + s
+            if rg < rg_end:
+                j_lo = tl.maximum(lo - rg * HPG, 0)
+                j_hi = tl.minimum(hi - rg * HPG, HPG)
+                b = rg // G  # busy row: chunk k of sequence seq
+                g = rg - b * G
+                seq = b // CPS
+                k = b - seq * CPS
+                start = seq.to(tl.int64) * SEQ_L
+                seg = pid - _item_owner(rg.to(tl.int64) * HPG, W, NP).to(tl.int32)
+                _chunk_heads(
+                    dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
+                    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
+                    (start // BLOCK_Q + seq + k).to(tl.int32), b, g, j_lo, j_hi, (rg * NSEG + seg) * NPB + pid_p,
+                    pid_p, start, start + SEQ_L, start + k * BLOCK_Q,
+                    T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
+                    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
+                    HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED)
     else:
-        if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
-            # partials: these programs write their zeros, which saves the buffer a zero fill
-            if FACTOR_RANGE > 0:  # a program skipped for its decays belongs to the other launch
-                write_zeros = (cstart >= end) & (pid_p == 0)
-            else:
-                write_zeros = pid_p == 0
-            if write_zeros:
-                offs_w = tl.arange(0, RED_WP)
-                h0 = g * HPG + hb * HB
-                for j in range(0, tl.minimum(HB, HPG - hb * HB)):
-                    tl.store(red_ptr + (row.to(tl.int64) * H + h0 + j) * RED_W + offs_w,
-                             tl.zeros([RED_WP], dtype=tl.float32), mask=offs_w < RED_W)
+        row = tl.program_id(0)
+        pid_gh = tl.program_id(1)
+        g = pid_gh // NHB
+        hb = pid_gh % NHB
+        start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
+        busy = cstart < end  # rows past a sequence's last chunk hold no tokens: zero partials (below)
+        if FACTOR_RANGE > 0:
+            # which of the two launches takes this program (``factor_range``): the factored one when
+            # every head of the block decays by at most FACTOR_RANGE over the chunk
+            offs_hb = tl.arange(0, HB_P2)
+            hb_last = tl.minimum(cstart + BLOCK_Q, end) - 1
+            a_lasts = tl.load(dtc_ptr + (g * HPG + hb * HB + offs_hb).to(tl.int64) * T + hb_last,
+                              mask=(offs_hb < tl.minimum(HB, HPG - hb * HB)) & busy, other=0.0)
+            busy = busy & ((tl.min(a_lasts, axis=0) >= -FACTOR_RANGE) == FACTORED)
+        if busy:
+            # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
+            _chunk_heads(
+                dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
+                dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
+                row, row, g, hb * HB, tl.minimum(HPG, hb * HB + HB), (row.to(tl.int64) * G + g) * (NHB * NPB)
+                + hb * NPB + pid_p, pid_p, start, end, cstart,
+                T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
+                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
+                HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED)
+        else:
+            if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
+                # partials: these programs write their zeros, which saves the buffer a zero fill
+                if FACTOR_RANGE > 0:  # a program skipped for its decays belongs to the other launch
+                    write_zeros = (cstart >= end) & (pid_p == 0)
+                else:
+                    write_zeros = pid_p == 0
+                if write_zeros:
+                    offs_w = tl.arange(0, RED_WP)
+                    h0 = g * HPG + hb * HB
+                    for j in range(0, tl.minimum(HB, HPG - hb * HB)):
+                        tl.store(red_ptr + (row.to(tl.int64) * H + h0 + j) * RED_W + offs_w,
+                                 tl.zeros([RED_WP], dtype=tl.float32), mask=offs_w < RED_W)
 
 
 _CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/launch.py)
@@ -650,17 +745,21 @@ def _ssd_bwd_dbdc_kernel(
     dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
     dB_ptr, dC_ptr,
     T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search,
+    W, NP, SEQ_L, CPS, NSEG, NPB,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, BALANCED: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
     (a GEMM over K = heads × P); one plain store per element, in the output dtype. With
     ``NSPLIT`` > 1 the group's heads are split over programs (``HPS`` heads each: more programs
     when there are few chunks) and each split stores its partial sums into its own fp32 slice
-    (``s_split`` apart), summed by the caller; the intra-chunk part goes with split 0."""
+    (``s_split`` apart), summed by the caller; the intra-chunk part goes with split 0. The chunk
+    kernel's dCB sums of a (row, group) are its ``NSLOT`` slots, or with ``BALANCED`` (that
+    kernel's balanced grid: W, NP, SEQ_L, CPS, NSEG as there) the slots of the programs that owned
+    the (row, group)'s heads."""
     row = tl.program_id(0)
     g = tl.program_id(1) // NSPLIT
     split = tl.program_id(1) % NSPLIT
@@ -703,8 +802,14 @@ def _ssd_bwd_dbdc_kernel(
             dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
             dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
             qq_t = offs_q[None, :] * BLOCK_Q + offs_q[:, None]  # the same tiles read transposed
-            base = (row.to(tl.int64) * G + g) * NSLOT
-            for k in range(0, NSLOT):
+            if BALANCED:
+                rg = ((start // SEQ_L) * CPS + (cstart - start) // BLOCK_Q) * G + g
+                base = rg * NSEG * NPB
+                n_slot = (_item_owner(rg * HPG + HPG - 1, W, NP) - _item_owner(rg * HPG, W, NP) + 1) * NPB
+            else:
+                base = (row.to(tl.int64) * G + g) * NSLOT
+                n_slot = NSLOT
+            for k in range(0, n_slot):
                 dCB += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq)
                 dCBT += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq_t)
             Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
@@ -929,6 +1034,7 @@ def ssd_bwd(
     dt_cache_in: Optional[torch.Tensor] = None,
     init_rows_all_seeded: bool = False,
     factor_range: Optional[float] = None,
+    seq_len: Optional[int] = None,
 ) -> Tuple[Optional[torch.Tensor], ...]:
     """Gradients of the flat (packed) SSD chunked scan.
 
@@ -963,6 +1069,9 @@ def ssd_bwd(
         factor_range: let the chunk kernel factor the decays of head blocks whose chunk decay
             |a_last| is at most this (≤ ``FACTOR_RANGE``; see ``_factor_range``: faster at long
             rows, not at short ones); None / 0 = never.
+        seq_len: every sequence has exactly this many tokens (``cu_seqlens`` is ``arange(nseq + 1)
+            · seq_len``: a plain batch; the caller vouches for it, it is not read back). Lets the
+            chunk kernel spread its (row, head) work evenly over the SMs (``_balanced_grid``).
 
     Returns:
         ``(dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states)`` in the dtypes of the
@@ -997,6 +1106,10 @@ def ssd_bwd(
     busy_rows = _busy_rows(T, nseq, n_rows, block_q)
     HB = _pick_heads_per_program(HPG, busy_rows * G * NPB, dev)
     NHB = cdiv(HPG, HB)
+    factor_range = _factor_range(factor_range)
+    bal = None
+    if seq_len is not None and seq_len * nseq == T and factor_range <= 0 and BWD_TUNING.get("balanced") in (None, True, 1):
+        bal = _balanced_grid(nseq * cdiv(seq_len, block_q) * G * HPG, HPG, NPB, dev)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
 
@@ -1024,11 +1137,23 @@ def ssd_bwd(
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
     dz = torch.empty((T, H, P), device=dev, dtype=z.dtype) if z is not None else dx  # dummy when no z
     ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
-    n_slot = NHB * NPB
-    dcb = torch.empty((n_rows, G, n_slot, block_q, block_q), device=dev, dtype=torch.float32)
     red_d = P if D is not None else 0
     red_w = red_d + 2 * NPB
-    red = torch.empty((n_rows, H, red_w), device=dev, dtype=torch.float32)  # every element written
+    if bal is None:
+        n_slot = NHB * NPB
+        dcb = torch.empty((n_rows, G, n_slot, block_q, block_q), device=dev, dtype=torch.float32)
+        red_rows = n_rows
+        W = NP = CPS = n_seg = max_segs = 1  # (unused)
+        seq_len = 1
+        grid = (n_rows, G * NHB, NPB)
+    else:  # slots of the (busy row, group) pairs; the partials of busy rows only (all written)
+        W, NP, n_seg, max_segs = bal
+        CPS = cdiv(seq_len, block_q)
+        n_slot = 1  # (unused)
+        red_rows = nseq * CPS
+        dcb = torch.empty((red_rows * G, n_seg, NPB, block_q, block_q), device=dev, dtype=torch.float32)
+        grid = (NP, 1, NPB)
+    red = torch.empty((red_rows, H, red_w), device=dev, dtype=torch.float32)  # every element written
     n_search = _n_search(nseq)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
     # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
@@ -1045,13 +1170,13 @@ def ssd_bwd(
     # block's decays allow the factored transposed set, then the rest (one loop each: two loops in
     # one kernel spilled 4x more on the H100, 126 vs 32 bytes, and lost 18-25 % at the short
     # shapes, ``dev-runs/s14-call6-*``)
-    factor_range = _factor_range(factor_range)
     for factored, write_empty in (((True, True), (False, False)) if factor_range > 0 else ((False, True),)):
-        _CHUNK[(n_rows, G * NHB, NPB)](
+        _CHUNK[grid](
             dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             cu_seqlens, *tiles,
             dx, dz, ddt_part, dcb, red,
             T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_d, red_w, nseq, n_search,
+            W, NP, seq_len, CPS, n_seg,
             dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
             B.stride(0), B.stride(1), C.stride(0), C.stride(1),
             (D.stride(0) if D is not None else 0),
@@ -1059,7 +1184,7 @@ def ssd_bwd(
             HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
             BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
             HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
-            num_warps=num_warps, num_stages=num_stages,
+            BALANCED=bal is not None, MAX_SEGS=max_segs, num_warps=num_warps, num_stages=num_stages,
         )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
@@ -1083,11 +1208,12 @@ def ssd_bwd(
         dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
         T, H * T, P, N, G, HPG, nsplit, hps, n_slot, H * P * N, nseq, n_search,
+        W, NP, seq_len, CPS, n_seg, NPB,
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(-3), dB.stride(-2), dC.stride(-3),
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
-        BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb,
+        BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb, BALANCED=bal is not None,
         num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
     # 4. the last reductions, one launch: the small gradients summed over rows and, with split dB/dC,
@@ -1104,10 +1230,10 @@ def ssd_bwd(
     red_wp = next_pow2(red_w)
     _FINISH[(H + (cdiv(n_e, block_e) if nsplit > 1 else 0),)](
         red, small, part if nsplit > 1 else red, dbc if nsplit > 1 else small,
-        n_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
+        red_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
         # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
         # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
-        D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(n_rows), 32768 // red_wp)),
+        D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(red_rows), 32768 // red_wp)),
         BLOCK_E=block_e, num_warps=8, num_stages=1,
     )
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)

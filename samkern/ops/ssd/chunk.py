@@ -214,6 +214,8 @@ class SSDChunkScanFunction(torch.autograd.Function):
     """The eager autograd path. Inputs in the public shapes: x (batch, L, H, P), dt (batch, L, H),
     A (H,), B/C (batch, L, G, N), D (H,)/(H, P) or None, z (batch, L, H, P) or None, dt_bias (H,)
     or None, initial_states (batch, H, P, N) or None; cu (nseq+1,) int32, init_idx (nseq,) int32.
+    ``seq_len``: L when every sequence is a whole row (no seq_idx), which lets the backward balance
+    its chunk kernel's grid (``bwd.ssd_bwd``), else None.
     Returns out (batch, L, H, P) and the fp32 state after every sequence (nseq, H, P, N) (an empty
     tensor unless ``want_final``).
 
@@ -223,7 +225,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, dt_softplus, dt_limit,
-                want_final, block_q, split):
+                want_final, block_q, split, seq_len):
         from samkern.ops.ssd.fwd import ssd_fwd
 
         shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
@@ -255,6 +257,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
             ctx.dt_softplus = dt_softplus
             ctx.dt_limit = dt_limit
             ctx.shapes = shapes
+            ctx.seq_len = seq_len
         ctx.set_materialize_grads(False)
         if not want_final:
             ctx.mark_non_differentiable(final)
@@ -281,11 +284,11 @@ class SSDChunkScanFunction(torch.autograd.Function):
             grads = _bwd_module().ssd_bwd(
                 dout, x, dt, A, B, C, cu, init_idx, cstates, ctx.bq, D=D, z=z, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=ctx.dt_softplus, dt_limit=ctx.dt_limit,
-                dfinal_states=dfinal, validate=False, dt_cache_in=dtc)
+                dfinal_states=dfinal, validate=False, dt_cache_in=dtc, seq_len=ctx.seq_len)
         dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinit = grads
         return (dx.view(x_shape), ddt.view(dt_shape), dA, dB.view(B_shape), dC.view(B_shape), dD,
                 dz.view(z_shape) if dz is not None else None, ddt_bias, dinit,
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def _flatten(x, dt, B, C, z):
@@ -494,7 +497,8 @@ def ssd_chunk_scan(
                                     want_final, block_q)
     else:
         args = (x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, bool(dt_softplus),
-                (float(dt_limit[0]), float(dt_limit[1])), want_final, block_q, split)
+                (float(dt_limit[0]), float(dt_limit[1])), want_final, block_q, split,
+                L if seq_idx is None else None)  # equal-length rows: the backward can balance its grid
         # (without gradients the Function's forward runs without its node: samkern.inference)
         out, final = (SSDChunkScanFunction.apply(*args) if need_grad
                       else inference.forward_only(SSDChunkScanFunction, *args))
