@@ -1108,7 +1108,8 @@ def ssd_bwd(
     NHB = cdiv(HPG, HB)
     factor_range = _factor_range(factor_range)
     bal = None
-    if seq_len is not None and seq_len * nseq == T and factor_range <= 0 and BWD_TUNING.get("balanced") in (None, True, 1):
+    if (seq_len is not None and seq_len * nseq == T and factor_range <= 0
+            and BWD_TUNING.get("balanced") in (None, True, 1)):
         bal = _balanced_grid(nseq * cdiv(seq_len, block_q) * G * HPG, HPG, NPB, dev)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
