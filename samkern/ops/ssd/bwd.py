@@ -20,9 +20,10 @@ its dB/dC were summed over heads with atomics. Now:
    after the first chunk ``dS`` is the gradient of the initial state. At every chunk it also
    forms what the chunk kernel needs from the states: ``B dSᵀ`` and ``C S_inᵀ`` ([Q, P] tiles,
    stored into (T, H, P) buffers in the input dtype) and ``Σ dS∘S_in`` (per walk P-block).
-2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks): every chunk is now
+2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks), or for equal-length
+   sequences a balanced grid of one program per SM (``_balanced_grid``): every chunk is now
    independent. A program forms ``C Bᵀ`` of its chunk once and loops over a block of heads of
-   one group; per head it loads the two state tiles (no state is read here) and writes dx, dz,
+   one group (balanced: over its share of the (row, group, head) items, one ``C Bᵀ`` per row); per head it loads the two state tiles (no state is read here) and writes dx, dz,
    ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its heads and stores
    that [Q, Q] tile per program (the dB/dC kernel reads it transposed from memory for ``dCBᵀ``:
    no second dot, no ``tl.trans`` of a dot result).
