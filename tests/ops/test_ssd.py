@@ -411,6 +411,15 @@ def test_custom_ops_opcheck():
              D.detach(), None, None, init.detach(), False, 0.0, float("inf"), dfin)
     torch.library.opcheck(torch.ops.samkern.ssd_bwd.default, bargs,
                           test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
+    # equal-length sequences (seq_len > 0: the backward's balanced chunk grid), as a compiled
+    # ssd_chunk_scan of a plain batch calls the ops
+    cu_eq = torch.tensor([0, 20, 40], dtype=torch.int32, device=DEV)
+    args_eq = args[:5] + (cu_eq,) + args[6:] + (20,)
+    torch.library.opcheck(torch.ops.samkern.ssd_fwd.default, args_eq)
+    _, _, cst_eq = torch.ops.samkern.ssd_fwd(*args_eq)
+    bargs_eq = bargs[:6] + (cu_eq, init_idx, cst_eq.detach()) + bargs[9:] + (20,)
+    torch.library.opcheck(torch.ops.samkern.ssd_bwd.default, bargs_eq,
+                          test_utils=("test_schema", "test_faketensor", "test_aot_dispatch_dynamic"))
 
 
 def test_eager_autograd_graph_has_no_view_nodes():

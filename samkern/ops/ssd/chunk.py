@@ -313,9 +313,11 @@ def _ssd_fwd_op(
     x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, C: torch.Tensor,
     cu: torch.Tensor, init_idx: Optional[torch.Tensor], D: Optional[torch.Tensor], z: Optional[torch.Tensor],
     dt_bias: Optional[torch.Tensor], initial_states: Optional[torch.Tensor], dt_softplus: bool,
-    dt_min: float, dt_max: float, want_chunk: bool, want_final: bool, block_q: int,
+    dt_min: float, dt_max: float, want_chunk: bool, want_final: bool, block_q: int, seq_len: int = 0,
 ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(out (T, H, P), final (nseq, H, P, N) fp32 or empty, chunk_states (fwd.chunk_state_dtype) or empty)."""
+    """(out (T, H, P), final (nseq, H, P, N) fp32 or empty, chunk_states (fwd.chunk_state_dtype) or empty).
+    ``seq_len``: every sequence's length when they are all equal (``ssd_bwd(seq_len=...)``), else 0;
+    not used here, kept for the registered backward."""
     from samkern.ops.ssd.fwd import ssd_fwd
 
     out, final, cstates, _ = ssd_fwd(
@@ -327,7 +329,7 @@ def _ssd_fwd_op(
 
 @_ssd_fwd_op.register_fake
 def _(x, dt, A, B, C, cu, init_idx, D, z, dt_bias, initial_states, dt_softplus, dt_min, dt_max,
-      want_chunk, want_final, block_q):
+      want_chunk, want_final, block_q, seq_len=0):
     T, H, P = x.shape
     N = B.shape[2]
     nseq = cu.shape[0] - 1
@@ -348,13 +350,14 @@ def _ssd_bwd_op(
     cu: torch.Tensor, init_idx: Optional[torch.Tensor], chunk_states: torch.Tensor, block_q: int,
     D: Optional[torch.Tensor], z: Optional[torch.Tensor], dt_bias: Optional[torch.Tensor],
     initial_states: Optional[torch.Tensor], dt_softplus: bool, dt_min: float, dt_max: float,
-    dfinal: Optional[torch.Tensor],
+    dfinal: Optional[torch.Tensor], seq_len: int = 0,
 ) -> List[torch.Tensor]:
-    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; an empty tensor where the input is None."""
+    """[dx, ddt, dA, dB, dC, dD, dz, ddt_bias, dinitial_states]; an empty tensor where the input is None.
+    ``seq_len`` > 0: every sequence has that many tokens (``ssd_bwd(seq_len=...)``)."""
     grads = _bwd_module().ssd_bwd(
         dout, x, dt, A, B, C, cu, init_idx, chunk_states, block_q, D=D, z=z, dt_bias=dt_bias,
         initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=(dt_min, dt_max), dfinal_states=dfinal,
-        validate=False)
+        validate=False, seq_len=seq_len if seq_len > 0 else None)
     # custom-op outputs may not be views nor alias each other (ssd_bwd returns dA and ddt_bias as
     # views of one reduction, the cheap form for eager calls): fresh tensors here
     return [_empty(x) if g is None else (g if _owns_storage(g) else g.clone()) for g in grads]
@@ -367,21 +370,21 @@ def _owns_storage(t: torch.Tensor) -> bool:
 
 @_ssd_bwd_op.register_fake
 def _(dout, x, dt, A, B, C, cu, init_idx, chunk_states, block_q, D, z, dt_bias, initial_states, dt_softplus,
-      dt_min, dt_max, dfinal):
+      dt_min, dt_max, dfinal, seq_len=0):
     like = [x, dt, A, B, C, D, z, dt_bias, initial_states]
     return [torch.empty_like(t) if t is not None else _empty(x) for t in like]
 
 
 def _fwd_setup_context(ctx, inputs, output):
     (x, dt, A, B, C, cu, init_idx, D, z, dt_bias, initial_states, dt_softplus, dt_min, dt_max,
-     want_chunk, want_final, block_q) = inputs
+     want_chunk, want_final, block_q, seq_len) = inputs
     ctx.save_for_backward(x, dt, A, B, C, cu, init_idx, D, z, dt_bias, initial_states, output[2])
-    ctx.cfg = (dt_softplus, dt_min, dt_max, block_q, want_chunk)
+    ctx.cfg = (dt_softplus, dt_min, dt_max, block_q, want_chunk, seq_len)
 
 
 def _fwd_backward(ctx, dout, dfinal, dchunk):
     x, dt, A, B, C, cu, init_idx, D, z, dt_bias, initial_states, cstates = ctx.saved_tensors
-    dt_softplus, dt_min, dt_max, block_q, want_chunk = ctx.cfg
+    dt_softplus, dt_min, dt_max, block_q, want_chunk, seq_len = ctx.cfg
     if not want_chunk:
         raise RuntimeError("samkern::ssd_fwd was called with want_chunk=False; it cannot be differentiated")
     if dout is None:
@@ -389,11 +392,11 @@ def _fwd_backward(ctx, dout, dfinal, dchunk):
     if dfinal is not None and dfinal.numel() == 0:
         dfinal = None
     g = _ssd_bwd_op(dout, x, dt, A, B, C, cu, init_idx, cstates, block_q, D, z, dt_bias, initial_states,
-                    dt_softplus, dt_min, dt_max, dfinal)
+                    dt_softplus, dt_min, dt_max, dfinal, seq_len)
     opt = [D, z, dt_bias, initial_states]
     dD, dz, ddt_bias, dinit = [gi if t is not None else None for gi, t in zip(g[5:], opt)]
     return (g[0], g[1], g[2], g[3], g[4], None, None, dD, dz, ddt_bias, dinit,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 _ssd_fwd_op.register_autograd(_fwd_backward, setup_context=_fwd_setup_context)
@@ -494,7 +497,7 @@ def ssd_chunk_scan(
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         out, final, _ = _ssd_fwd_op(xf, dtf, A, Bf, Cf, cu, init_idx, D, zf, dt_bias, initial_states,
                                     bool(dt_softplus), float(dt_limit[0]), float(dt_limit[1]), need_grad,
-                                    want_final, block_q)
+                                    want_final, block_q, L if seq_idx is None else 0)
     else:
         args = (x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, bool(dt_softplus),
                 (float(dt_limit[0]), float(dt_limit[1])), want_final, block_q, split,
