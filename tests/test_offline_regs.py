@@ -45,7 +45,7 @@ def test_ssd_sass_loops_finds_the_pipelined_chunk_loop():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_sass_loops.py"),
-                          "_ssd_bwd_dstate_kernel"], env=env, capture_output=True, text=True, timeout=600)
+                          "_ssd_bwd_dstate_kernel", "--bars"], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     whole = [line for line in lines if "whole kernel" in line]
@@ -53,6 +53,10 @@ def test_ssd_sass_loops_finds_the_pipelined_chunk_loop():
     assert len(whole) == 1 and loops, out.stdout
     big = max(loops, key=lambda line: int(line.split("'instrs': ")[1].split(",")[0]))
     assert "'HGMMA': 0," not in big and "'LDGSTS': 0," not in big, big
+    # --bars: the loop's barriers by source line add up to the loop's BAR count
+    n_bar = int(big.split("'BAR': ")[1].split(",")[0])
+    by_line = [line for line in lines if line.startswith("    ") and ".py:" in line]
+    assert n_bar > 0 and sum(int(line.split()[-1]) for line in by_line) == n_bar, out.stdout
 
 
 def test_conv_ptx_fingerprint_ignores_line_info_only():
