@@ -438,6 +438,8 @@ def test_eager_autograd_graph_has_no_view_nodes():
 
 
 def test_torch_compile_matches_eager():
+    """fullgraph torch.compile (inductor on CUDA, aot_eager on the CPU) through the custom ops,
+    a plain batch (the backward's balanced chunk grid: ``seq_len`` travels through the ops)."""
     kw = make(2, 21, 2, 16, 16, D="head", z=True, dt_bias=True, init=True, requires_grad=True)
 
     def fn(x, dt, A, B, C, D, z, dt_bias, initial_states):
@@ -455,6 +457,12 @@ def test_torch_compile_matches_eager():
     assert_close("compiled loss", loss_c, loss, 1e-6)
     for k, g, gc in zip(names, grads, grads_c):
         assert_close(f"compiled grad {k}", gc, g, 1e-5)
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_matches_eager():
+    """The same on CUDA with inductor, under the ``gpu`` marker so that ``-m gpu`` runs include it."""
+    test_torch_compile_matches_eager()
 
 
 def test_deterministic_mode_bitwise():
