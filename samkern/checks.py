@@ -17,6 +17,7 @@ __all__ = [
     "check_same_device",
     "check_finite",
     "check_cu_seqlens",
+    "check_equal_lengths",
     "host_reads_allowed",
     "as_rows",
     "FLOAT_DTYPES",
@@ -94,6 +95,19 @@ def check_finite(**tensors: Optional[torch.Tensor]) -> None:
             continue
         if not bool(torch.isfinite(t).all()):
             raise ValueError(f"{name} contains NaN or inf")
+
+
+def check_equal_lengths(cu_seqlens: torch.Tensor, seq_len: int) -> None:
+    """A caller's promise that every sequence of ``cu_seqlens`` has ``seq_len`` tokens
+    (``cu_seqlens == arange(nseq + 1) · seq_len``): ``seq_len`` must be a positive int; the values
+    are compared where host reads are allowed (CPU tensors, or GPU with ``SAMKERN_SYNC_CHECKS=1``)."""
+    if isinstance(seq_len, bool) or not isinstance(seq_len, int) or seq_len < 1:
+        raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+    if _sync_checks_allowed(cu_seqlens):
+        want = torch.arange(cu_seqlens.shape[0], dtype=torch.int64) * seq_len
+        if not torch.equal(cu_seqlens.detach().cpu().to(torch.int64), want):
+            raise ValueError(f"seq_len={seq_len} but cu_seqlens is not arange(nseq + 1) * seq_len "
+                             "(sequences of different lengths: pass seq_len=None)")
 
 
 def check_cu_seqlens(cu_seqlens: torch.Tensor, total: int) -> torch.Tensor:

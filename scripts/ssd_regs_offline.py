@@ -118,6 +118,7 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
                 patched.append((mod, name, obj))
                 setattr(mod, name, _Capture(obj.fn))
     old_sms, old_pick, old_tuning = bwd_mod.num_sms, bwd_mod._pick_heads_per_program, dict(bwd_mod.BWD_TUNING)
+    old_bal = bwd_mod._balanced_grid
     old_fwd_tuning = dict(fwd_mod.FWD_TUNING)
 
     class _Cuda:  # the launch heuristics branch on the device type
@@ -126,9 +127,8 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
     try:
         bwd_mod.num_sms = lambda dev: n_sms
         bwd_mod._pick_heads_per_program = lambda hpg, other, dev: old_pick(hpg, other, _Cuda())
+        bwd_mod._balanced_grid = lambda W, hpg, npb, dev: old_bal(W, hpg, npb, _Cuda())  # NP = n_sms // npb
         bwd_mod.BWD_TUNING.update(tuning)
-        if bwd_mod.BWD_TUNING.get("chunk_programs") is None:  # (the balanced grid's GPU program count)
-            bwd_mod.BWD_TUNING["chunk_programs"] = n_sms
         fwd_mod.FWD_TUNING.update(fwd_tuning or {})
         batch, L, H = SHAPES[shape]
         T, bf = batch * L, torch.bfloat16
@@ -151,7 +151,7 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
     finally:
         for mod, name, obj in patched:
             setattr(mod, name, obj)
-        bwd_mod.num_sms, bwd_mod._pick_heads_per_program = old_sms, old_pick
+        bwd_mod.num_sms, bwd_mod._pick_heads_per_program, bwd_mod._balanced_grid = old_sms, old_pick, old_bal
         bwd_mod.BWD_TUNING.clear()
         bwd_mod.BWD_TUNING.update(old_tuning)
         fwd_mod.FWD_TUNING.clear()

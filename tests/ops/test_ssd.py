@@ -452,8 +452,18 @@ def test_torch_compile_matches_eager():
     loss = fn(*args)
     grads = torch.autograd.grad(loss, args)
     compiled = torch.compile(fn, backend="inductor" if HAS_CUDA else "aot_eager", fullgraph=True)
-    loss_c = compiled(*args)
-    grads_c = torch.autograd.grad(loss_c, args)
+    from unittest import mock
+
+    import samkern.ops.ssd.bwd as bwd_mod
+
+    # the compiled backward (the custom op's implementation) takes the balanced chunk grid too
+    grids = []
+    real = bwd_mod._balanced_grid
+    with mock.patch.object(bwd_mod, "_balanced_grid", lambda *a: grids.append(real(*a)) or grids[-1]):
+        loss_c = compiled(*args)
+        grads_c = torch.autograd.grad(loss_c, args)
+    # one backward, on the balanced grid: W = 2 sequences x their chunks x 2 heads
+    assert len(grids) == 1 and grids[0] is not None and grids[0][0] % 4 == 0, grids
     assert_close("compiled loss", loss_c, loss, 1e-6)
     for k, g, gc in zip(names, grads, grads_c):
         assert_close(f"compiled grad {k}", gc, g, 1e-5)

@@ -333,7 +333,7 @@ def test_bwd_balanced_grid(programs, kernel_device, monkeypatch):
     """The chunk kernel's balanced grid (``seq_len`` given: equal-length sequences): the (busy
     row, group, head) items split over 4, 5, 7 programs and one per item (1000 is capped at the
     item count), so that programs start and end mid-row, span up to three (row, group) segments
-    and a row's heads meet up to four programs, whose dCB slots the dB/dC kernel must all sum.
+    and a row's heads meet up to five programs, whose dCB slots the dB/dC kernel must all sum.
     One program would span more segments than the kernel unrolls: the row-blocked grid runs.
     Sequences of 24 tokens (a partial last chunk and a row past each end, which the balanced grid
     never visits), 5 heads in one group and 6 in two, two P-blocks, D per channel, z;
@@ -358,6 +358,17 @@ def test_bwd_balanced_grid(programs, kernel_device, monkeypatch):
         owner = [max(i for i in range(NP) if i * W // NP <= x) for x in range(W)]
         assert max(len(set(owner[r * hpg:(r + 1) * hpg])) for r in range(W // hpg)) <= n_seg
         assert max(len({x // hpg for x in range(W) if owner[x] == i}) for i in range(NP)) <= max_segs
+
+
+def test_bwd_rejects_wrong_seq_len():
+    """``seq_len`` is the caller's promise that every sequence has that length; with validation on
+    (and host reads allowed: CPU tensors) a wrong promise is an error, not wrong gradients."""
+    case = make_case([20, 12], H=2, G=1, P=16, N=16)
+    _, cs = reference_grads(case, block_q=16)
+    with pytest.raises(ValueError, match="arange"):
+        run_kernel(case, 16, cs, "cpu", seq_len=16)  # 16 + 16 = 32 tokens, but the lengths are 20, 12
+    with pytest.raises(ValueError, match="positive int"):
+        run_kernel(case, 16, cs, "cpu", seq_len=0)
 
 
 def test_bwd_without_d_poisoned(kernel_device):

@@ -23,10 +23,11 @@ its dB/dC were summed over heads with atomics. Now:
 2. ``_ssd_bwd_chunk_kernel`` — grid (rows, G · head-blocks, P-blocks), or for equal-length
    sequences a balanced grid of one program per SM (``_balanced_grid``): every chunk is now
    independent. A program forms ``C Bᵀ`` of its chunk once and loops over a block of heads of
-   one group (balanced: over its share of the (row, group, head) items, one ``C Bᵀ`` per row); per head it loads the two state tiles (no state is read here) and writes dx, dz,
-   ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its heads and stores
-   that [Q, Q] tile per program (the dB/dC kernel reads it transposed from memory for ``dCBᵀ``:
-   no second dot, no ``tl.trans`` of a dot result).
+   one group (balanced: over its share of the (row, group, head) items, one ``C Bᵀ`` per (row,
+   group) segment); per head it loads the two state tiles (no state is read here) and writes
+   dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its heads and
+   stores that [Q, Q] tile per program (balanced: per segment), and the dB/dC kernel reads it
+   transposed from memory for ``dCBᵀ``: no second dot, no ``tl.trans`` of a dot result.
 3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G · head-splits, N-blocks): dB/dC of a chunk are sums
    over the group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
    Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
@@ -79,7 +80,8 @@ Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
 per (row, head) into one small fp32 buffer (rows past a sequence's end: zeros written by their
-programs, so no zero fill) summed over rows by the finishing kernel. Extra
+programs, so no zero fill; the balanced grid's buffer has only the rows that hold tokens)
+summed over rows by the finishing kernel. Extra
 memory: ``dstates`` (as large as ``chunk_states``), the two state tiles (each as large as ``x``)
 and Q² fp32 per (row, group, slot).
 """
@@ -93,7 +95,7 @@ import triton
 import triton.language as tl
 
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
-from samkern.checks import FLOAT_DTYPES, check_same_device, check_tensor
+from samkern.checks import FLOAT_DTYPES, check_equal_lengths, check_same_device, check_tensor
 from samkern.launch import fast_launch
 from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
 
@@ -201,8 +203,8 @@ def _balanced_grid(W: int, HPG: int, NPB: int, device: torch.device) -> Optional
     grid's last wave matters least). The kernel runs one program per SM (255 registers × 8 warps),
     so NP = SMs / NPB (one wave). The row-blocked grid (``_pick_heads_per_program``) splits a row's
     heads only into equal head blocks: at 130m B32 L192 (96 busy rows of 24 heads, 132 SMs) its
-    best is 384 programs of 6 heads in three waves, 21 heads' time per SM (+ per-program work);
-    here 132 programs take 17–18 heads each. ``BWD_TUNING["chunk_programs"]`` overrides NP
+    best is 384 programs of 6 heads in three waves, 18 heads per SM plus three programs'
+    fixed work; here 132 programs take 17–18 heads each, plus one or two segments' fixed work. ``BWD_TUNING["chunk_programs"]`` overrides NP
     (tests: segments that split rows anywhere)."""
     np_ = BWD_TUNING.get("chunk_programs")
     if np_ is None:
@@ -1081,6 +1083,8 @@ def ssd_bwd(
     if validate:
         _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_q, D, z, dt_bias,
                     initial_states, dt_limit, dfinal_states)
+        if seq_len is not None:
+            check_equal_lengths(cu_seqlens, seq_len)
     T, H, P = x.shape
     G, N = B.shape[1], B.shape[2]
     nseq = cu_seqlens.shape[0] - 1
