@@ -225,7 +225,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, dt_softplus, dt_limit,
-                want_final, block_q, split, seq_len):
+                want_final, block_q, split, seq_len=None):
         from samkern.ops.ssd.fwd import ssd_fwd
 
         shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
