@@ -286,6 +286,10 @@ def _train_and_save(args: argparse.Namespace, cur: Any, rank: int, dev: Any, sta
         print(f"[train] {len(hist)} steps{last}; model saved to {final}")
 
 
+_DETERMINISTIC_HELP = ("bit-reproducible CPU math for the seed (MKL_CBWR=AVX2,STRICT unless set; the CPU demo "
+                       "trains ~20 %% slower): samkern/reproducible.py")
+
+
 def add_training_commands(sub) -> None:
     """Register ``demo``, ``train`` and ``eval`` on an argparse subparsers object."""
     demo = sub.add_parser("demo", help="train a small SAM on the embedded dataset, evaluate it, save it (minutes on a CPU)")
@@ -303,7 +307,7 @@ def add_training_commands(sub) -> None:
     demo.add_argument("--no-caption-metrics", action="store_true", help="skip BLEU/METEOR/CIDEr (no Java needed)")
     demo.add_argument("--quiet", action="store_true")
     demo.add_argument("--deterministic", action="store_true",
-                      help="bit-reproducible CPU math for the seed (MKL_CBWR=AVX2,STRICT unless set; the CPU demo trains ~20 %% slower): samkern/reproducible.py")
+                      help=_DETERMINISTIC_HELP)
     demo.set_defaults(func=_cmd_demo)
 
     tr = sub.add_parser("train", help="run a training curriculum (LTU presets) on the embedded dataset; torchrun for multi-GPU")
@@ -332,7 +336,7 @@ def add_training_commands(sub) -> None:
                     help="delete the previous run in --out first (its curriculum.json, train_args.json, final/ and "
                          "stage directories; other files are kept), then start a new run")
     tr.add_argument("--deterministic", action="store_true",
-                    help="bit-reproducible CPU math for the seed (MKL_CBWR=AVX2,STRICT unless set; the CPU demo trains ~20 %% slower): samkern/reproducible.py")
+                    help=_DETERMINISTIC_HELP)
     tr.set_defaults(func=_cmd_train)
 
     ev = sub.add_parser("eval", help="evaluate a SAM checkpoint on held-out synthetic clips; prints a table, writes JSON")

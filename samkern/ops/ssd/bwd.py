@@ -204,8 +204,8 @@ def _balanced_grid(W: int, HPG: int, NPB: int, device: torch.device) -> Optional
     so NP = SMs / NPB (one wave). The row-blocked grid (``_pick_heads_per_program``) splits a row's
     heads only into equal head blocks: at 130m B32 L192 (96 busy rows of 24 heads, 132 SMs) its
     best is 384 programs of 6 heads in three waves, 18 heads per SM plus three programs'
-    fixed work; here 132 programs take 17–18 heads each, plus one or two segments' fixed work. ``BWD_TUNING["chunk_programs"]`` overrides NP
-    (tests: segments that split rows anywhere)."""
+    fixed work; here 132 programs take 17–18 heads each, plus one or two segments' fixed work.
+    ``BWD_TUNING["chunk_programs"]`` overrides NP (tests: segments that split rows anywhere)."""
     np_ = BWD_TUNING.get("chunk_programs")
     if np_ is None:
         np_ = max(1, num_sms(device) // NPB) if device.type == "cuda" else 5
@@ -1073,7 +1073,8 @@ def ssd_bwd(
             |a_last| is at most this (≤ ``FACTOR_RANGE``; see ``_factor_range``: faster at long
             rows, not at short ones); None / 0 = never.
         seq_len: every sequence has exactly this many tokens (``cu_seqlens`` is ``arange(nseq + 1)
-            · seq_len``: a plain batch; the caller vouches for it, it is not read back). Lets the
+            · seq_len``: a plain batch; the caller's promise, compared with ``cu_seqlens`` under
+            ``validate`` where host reads are allowed: ``checks.check_equal_lengths``). Lets the
             chunk kernel spread its (row, head) work evenly over the SMs (``_balanced_grid``).
 
     Returns:
@@ -1115,7 +1116,8 @@ def ssd_bwd(
     bal = None
     if (seq_len is not None and seq_len * nseq == T and factor_range <= 0
             and BWD_TUNING.get("balanced") in (None, True, 1)):
-        bal = _balanced_grid(nseq * cdiv(seq_len, block_q) * G * HPG, HPG, NPB, dev)
+        CPS = cdiv(seq_len, block_q)  # chunks per sequence: nseq · CPS rows hold tokens
+        bal = _balanced_grid(nseq * CPS * G * HPG, HPG, NPB, dev)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
     dummy = x
 
@@ -1154,7 +1156,6 @@ def ssd_bwd(
         grid = (n_rows, G * NHB, NPB)
     else:  # slots of the (busy row, group) pairs; the partials of busy rows only (all written)
         W, NP, n_seg, max_segs = bal
-        CPS = cdiv(seq_len, block_q)
         n_slot = 1  # (unused)
         red_rows = nseq * CPS
         dcb = torch.empty((red_rows * G, n_seg, NPB, block_q, block_q), device=dev, dtype=torch.float32)
