@@ -58,8 +58,12 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # (:mod:`samkern.ops.ssd.split`); None = its heuristic (``pick_split_len``), 0 = never.
 # "chunk_states": dtype of the states stored for the backward, "input" (bf16 for bf16 inputs, else
 # fp32) or "fp32"; None = "input" (see chunk_state_dtype).
+# "segment_states": the split path's first pass, "chunk" (this kernel in its states-only mode) or
+# "gemm" (``split._segment_state_kernel``); None = "chunk". "segment_warps" / "segment_stages": the
+# latter's launch. "block_q": the inference chunk (``default_block_q``).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
-                    "chunk_states": None}
+                    "chunk_states": None, "segment_states": None, "segment_warps": None, "segment_stages": None,
+                    "block_q": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
@@ -271,8 +275,9 @@ def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     """Internal chunk length for inference: 64 (fastest on an H100 at SAM's short sequences, bf16,
     P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 (1.25 vs 1.37 ms) but
     has not been validated on the GPU by the test suite, so it is not the default. With gradients
-    the wrapper caps the chunk at ``TRAIN_BLOCK_Q`` (see there; 64 as well)."""
-    return 64
+    the wrapper caps the chunk at ``TRAIN_BLOCK_Q`` (see there; 64 as well).
+    ``FWD_TUNING["block_q"]`` overrides."""
+    return int(FWD_TUNING.get("block_q") or 64)
 
 
 # With gradients the forward writes the state entering every chunk for the backward, so the
