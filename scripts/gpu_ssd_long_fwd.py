@@ -27,9 +27,7 @@ from samkern.testing import rel_err  # noqa: E402
 OUT = os.environ.get("OUT", "/tmp")
 WANT = os.environ.get("LONG_FWD_SHAPES", "2.7b-B1-L16384").split(",")
 SWEEP = json.loads(os.environ.get("LONG_FWD_SWEEP", json.dumps([
-    {}, {"segment_states": "gemm"}, {"segment_states": "gemm", "segment_stages": 2},
-    {"segment_states": "gemm", "segment_warps": 8}, {"segment_states": "gemm", "split_len": 512},
-    {"segment_states": "gemm", "split_len": 2048}, {"segment_states": "gemm", "block_q": 128},
+    {"split_dt": "compute"}, {}, {"split_dt": "compute"}, {}, {"split_len": 512}, {"split_len": 2048},
 ])))
 
 

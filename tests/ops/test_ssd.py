@@ -90,8 +90,16 @@ FWD_CASES = {
 }
 
 
+@pytest.fixture(params=[None, "kernel"], ids=["dt_in_forward", "dt_prep_kernel"])
+def dt_prep(request, monkeypatch):
+    """Where the forward gets the processed dt: its own dt processing, or the dt cache made by a
+    launch of its own before it (``FWD_TUNING["dt_prep"]``)."""
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "dt_prep", request.param)
+    return request.param
+
+
 @pytest.mark.parametrize("case", list(FWD_CASES))
-def test_forward_matches_reference(case):
+def test_forward_matches_reference(case, dt_prep):
     b, L, H, P, N, G, dtype, extra = FWD_CASES[case]
     kw = make(b, L, H, P, N, G, dtype, **extra)
     out, fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
@@ -262,7 +270,7 @@ GRAD_CASES = {
 
 
 @pytest.mark.parametrize("case", list(GRAD_CASES))
-def test_gradients_match_reference(case):
+def test_gradients_match_reference(case, dt_prep):
     b, L, H, P, N, G, extra = GRAD_CASES[case]
     kw = make(b, L, H, P, N, G, torch.float32, requires_grad=True, **extra)
     out, fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
@@ -278,7 +286,7 @@ def test_gradients_match_reference(case):
         assert_close(f"grad {k}", kw[k].grad, k64[k].grad, GRAD_RTOL[torch.float32])
 
 
-def test_gradients_varlen_states():
+def test_gradients_varlen_states(dt_prep):
     """Gradients flowing in through varlen_states and final_states (routed to dfinal_states)."""
     kw = _varlen_inputs([18, 3, 27], D="head", z=True, dt_bias=True, init=True)
     for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"):

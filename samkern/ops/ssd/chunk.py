@@ -226,7 +226,7 @@ class SSDChunkScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, dt_softplus, dt_limit,
                 want_final, block_q, split, seq_len=None):
-        from samkern.ops.ssd.fwd import ssd_fwd
+        from samkern.ops.ssd.fwd import FWD_TUNING, ssd_fwd
 
         shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
@@ -242,11 +242,17 @@ class SSDChunkScanFunction(torch.autograd.Function):
             out, final, cstates, bq = res.out, res.final, res.chunk_states, res.block_q
             cu, init_idx, seg_states, seg_decay = res.cu, res.seg_idx, res.seg_states, res.seg_decay
         else:
+            dtc_in = None
+            if FWD_TUNING.get("dt_prep") == "kernel":  # the dt cache by its own launch, read by the forward
+                from samkern.ops.ssd.bwd import dt_cache
+
+                dtc_in = dt_cache(dtf, A, dt_bias, cu, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
+                dtc = dtc_in if need_grad else None
             out, final, cstates, bq = ssd_fwd(
                 xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
                 dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
-                want_final_states=want_final, block_q=block_q, dt_cache_out=dtc,
-                skip_unread_rows=True)  # cstates stay private to this function and its backward
+                want_final_states=want_final, block_q=block_q, dt_cache_out=None if dtc_in is not None else dtc,
+                dt_cache_in=dtc_in, skip_unread_rows=True)  # cstates stay private to this function and its backward
         if final is None:
             final = x.new_empty((0,), dtype=torch.float32)
         if need_grad:

@@ -58,12 +58,12 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # (:mod:`samkern.ops.ssd.split`); None = its heuristic (``pick_split_len``), 0 = never.
 # "chunk_states": dtype of the states stored for the backward, "input" (bf16 for bf16 inputs, else
 # fp32) or "fp32"; None = "input" (see chunk_state_dtype).
-# "segment_states": the split path's first pass, "chunk" (this kernel in its states-only mode) or
-# "gemm" (``split._segment_state_kernel``); None = "chunk". "segment_warps" / "segment_stages": the
-# latter's launch. "block_q": the inference chunk (``default_block_q``).
+# "block_q": the inference chunk (``default_block_q``). "split_dt": how the split path's second pass
+# gets dt, "cache" (the first pass stores the dt cache, the second reads it) or "compute" (both
+# process dt); None = "cache". "dt_prep": without the split, "kernel" = the dt cache by its own
+# launch (``bwd.dt_cache``) before the forward, which reads it; None = the forward processes dt.
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
-                    "chunk_states": None, "segment_states": None, "segment_warps": None, "segment_stages": None,
-                    "block_q": None}
+                    "chunk_states": None, "block_q": None, "split_dt": None, "dt_prep": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
@@ -105,6 +105,19 @@ def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
 
 
 @triton.jit
+def _read_dt_cache(dtc_ptr, h, T, HT, tok, mask):
+    """(processed dt, in-chunk log-decay a, a_last) of one chunk of head ``h`` from the dt cache
+    (two contiguous rows: planes a | dt of ``_store_dt_cache``'s layout), as ``_process_dt`` would
+    give them: dt = 0 and a flat (= a_last, the chunk's whole decay) past the sequence end. a is
+    non-increasing, so its minimum over the valid positions is its last valid entry."""
+    base = dtc_ptr + h.to(tl.int64) * T + tok
+    a = tl.load(base, mask=mask, other=0.0)
+    a_last = tl.min(tl.where(mask, a, 0.0), axis=0)
+    dt = tl.load(base + HT, mask=mask, other=0.0)
+    return dt, tl.where(mask, a, a_last), a_last
+
+
+@triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, init_ptr, init_idx_ptr, cu_ptr,
     out_ptr, final_ptr, cstates_ptr,
@@ -123,6 +136,7 @@ def _ssd_fwd_kernel(
     DT_SOFTPLUS: tl.constexpr, HAS_INIT: tl.constexpr, WRITE_FINAL: tl.constexpr, WRITE_CHUNK: tl.constexpr,
     STATES_ONLY: tl.constexpr, WRITE_DT: tl.constexpr, WRITE_DECAY: tl.constexpr, DOT_PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, SKIP_UNREAD: tl.constexpr = False,
+    READ_DT: tl.constexpr = False,
 ):
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
@@ -181,17 +195,23 @@ def _ssd_fwd_kernel(
             tl.store(cs_base + (crow + c) * HPN, ST.to(cstates_ptr.dtype.element_ty),
                      mask=mask_np & ((c > 0) | HAS_INIT | (not SKIP_UNREAD)))
 
-        # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
-        # slower at the SAM shapes: dev-runs/s7-call2)
-        dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
-        if HAS_DT_BIAS:
-            dt += dt_bias
-        dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
-        if WRITE_DT:
-            if pid_p == 0:  # one writer per (token, head)
-                _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
-        # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
-        a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+        if READ_DT:
+            # the dt cache an earlier launch stored with this chunking: two coalesced rows instead of
+            # the strided dt gather, softplus and cumulative sum, which Nsight Compute put at ~35 %
+            # of this kernel's stall samples at B1 L16384 (dev-runs/s19-call2)
+            dt, a, a_last = _read_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t)
+        else:
+            # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
+            # slower at the SAM shapes: dev-runs/s7-call2)
+            dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
+            if HAS_DT_BIAS:
+                dt += dt_bias
+            dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
+            if WRITE_DT:
+                if pid_p == 0:  # one writer per (token, head)
+                    _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
+            # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
+            a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
         if WRITE_DECAY:
             a_tot += a_last
 
@@ -273,8 +293,9 @@ def check_f32_buffer(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None
 
 def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     """Internal chunk length for inference: 64 (fastest on an H100 at SAM's short sequences, bf16,
-    P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 (1.25 vs 1.37 ms) but
-    has not been validated on the GPU by the test suite, so it is not the default. With gradients
+    P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 in one pass (1.25 vs
+    1.37 ms, session 5), but with the sequence split it is slower there (second pass 843 vs
+    494 us, dev-runs/s19-call1). With gradients
     the wrapper caps the chunk at ``TRAIN_BLOCK_Q`` (see there; 64 as well).
     ``FWD_TUNING["block_q"]`` overrides."""
     return int(FWD_TUNING.get("block_q") or 64)
@@ -326,6 +347,7 @@ def ssd_fwd(
     dt_cache_out: Optional[torch.Tensor] = None,
     decay_out: Optional[torch.Tensor] = None,
     skip_unread_rows: bool = False,
+    dt_cache_in: Optional[torch.Tensor] = None,
 ) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor], Optional[torch.Tensor], int]:
     """Launch the fused forward on flat (packed) inputs. No validation (the wrapper does it), no host sync.
 
@@ -353,6 +375,9 @@ def ssd_fwd(
             last chunk) instead of writing zeros there: at SAM's L192 (three chunks, four rows per
             sequence) half the state bytes. For callers that keep ``chunk_states`` private (the
             autograd function); the custom op returns the buffer and keeps every element defined.
+        dt_cache_in: the dt cache of these very inputs and this chunking (``dt_cache_out`` of an
+            earlier launch, or ``bwd.dt_cache``), read instead of processing dt (``dt``, ``dt_bias``,
+            ``dt_softplus`` and ``dt_limit`` are then not read); exclusive with ``dt_cache_out``.
 
     Returns:
         (out (T, H, P) in x.dtype or None, final_states or None, chunk_states or None, block_q used).
@@ -370,6 +395,10 @@ def ssd_fwd(
 
     if dt_cache_out is not None:
         check_f32_buffer("dt_cache_out", dt_cache_out, (3, H, T))
+    if dt_cache_in is not None:
+        check_f32_buffer("dt_cache_in", dt_cache_in, (3, H, T))
+        if dt_cache_out is not None:
+            raise ValueError("dt_cache_in and dt_cache_out are exclusive")
     if decay_out is not None:
         check_f32_buffer("decay_out", decay_out, (nseq, H))
     out = None if states_only else torch.empty((T, H, P), device=dev, dtype=x.dtype)
@@ -412,13 +441,13 @@ def ssd_fwd(
         *((out.stride(0), out.stride(1)) if out is not None else (0, 0)),
         D.stride(0) if D is not None else 0,
         float(dt_limit[0]), float(dt_limit[1]),
-        dt_cache_out if dt_cache_out is not None else dummy, T, H * T,
+        dt_cache_out if dt_cache_out is not None else (dt_cache_in if dt_cache_in is not None else dummy), T, H * T,
         decay_out if decay_out is not None else dummy,
         HAS_D=D is not None, D_PER_P=D is not None and D.dim() == 2, HAS_Z=z is not None,
         HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), HAS_INIT=has_init,
         WRITE_FINAL=final is not None, WRITE_CHUNK=cstates is not None, STATES_ONLY=states_only,
         WRITE_DT=dt_cache_out is not None, WRITE_DECAY=decay_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, SKIP_UNREAD=bool(skip_unread_rows),
-        num_warps=nw, num_stages=ns,
+        READ_DT=dt_cache_in is not None, num_warps=nw, num_stages=ns,
     )
     return out, final, cstates, block_q

@@ -50,12 +50,11 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import cdiv, next_pow2, num_sms
+from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
 from samkern.launch import fast_launch
-from samkern.ops.ssd.fwd import FWD_TUNING, _process_dt
 
-__all__ = ["segment_layout", "segment_states", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
+__all__ = ["segment_layout", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
 
 SPLIT_MIN_LEN = 1024  # the measured segment length
 SPLIT_MAX_SEGMENTS = 64
@@ -64,7 +63,7 @@ SPLIT_MAX_SEGMENTS = 64
 def pick_split_len(batch: int, L: int, H: int, P: int, N: int, block_q: int, device: torch.device) -> int:
     """Segment length for the split forward of ``batch`` rows of ``L`` tokens, or 0 for one pass
     (see the module docstring for when and why)."""
-    from samkern.ops.ssd.fwd import _pick_block_p
+    from samkern.ops.ssd.fwd import FWD_TUNING, _pick_block_p
 
     forced = FWD_TUNING.get("split_len")
     if forced is not None:
@@ -126,110 +125,6 @@ def _stitch_kernel(src_ptr, ell_ptr, seed_ptr, dst_ptr, K, H, E, REVERSE: tl.con
 _STITCH = fast_launch(_stitch_kernel)  # cheaper eager launches (samkern/launch.py)
 
 
-@triton.jit
-def _segment_state_kernel(
-    x_ptr, dt_ptr, A_ptr, B_ptr, dt_bias_ptr, cu_ptr, state_ptr, ell_ptr,
-    P, N, heads_per_group,
-    s_x_t, s_x_h, s_dt_t, s_dt_h, s_B_t, s_B_g,
-    dt_min, dt_max,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, DOT_PREC: tl.constexpr,
-    BLOCK_K: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_T: tl.constexpr,
-):
-    """The first pass of the split forward as one GEMM per (segment, head, P-block): the state
-    segment ``s`` adds from a zero state, ``S = Σ_t exp(ℓ − a_t)·dt_t · x_t B_tᵀ`` ((P, N) fp32,
-    row ``s`` of ``state``), and its log-decay ``ℓ = Σ_t dt_t·A`` (``ell``), where ``a_t`` is the
-    cumulative log-decay from the segment's start through token t.
-
-    Why not the chunk recurrence (``ssd_fwd(states_only=True)``): that rescales the state by every
-    chunk's decay, an elementwise step on the accumulator between dots. Here a first loop sums the
-    segment's decay ℓ (dt only), so every token's weight ``exp(ℓ − a_t) ≤ 1`` is known in the
-    second loop, which is then a plain K loop ``acc += (w ∘ x)ᵀ B`` over the segment's tokens."""
-    pid_s = tl.program_id(0)
-    h = tl.program_id(1)
-    pid_p = tl.program_id(2)
-    H = tl.num_programs(1)
-    start = tl.load(cu_ptr + pid_s).to(tl.int64)
-    end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
-    g = h // heads_per_group
-    A = tl.load(A_ptr + h).to(tl.float32)
-    if HAS_DT_BIAS:
-        dt_bias = tl.load(dt_bias_ptr + h).to(tl.float32)
-    dt_base = dt_ptr + h * s_dt_h
-
-    # 1. ℓ, BLOCK_T tokens at a time (the decay only: one gather of dt per block)
-    offs_tt = tl.arange(0, BLOCK_T)
-    ell = tl.zeros([], dtype=tl.float32)
-    for t0 in range(start, end, BLOCK_T):
-        tok = t0 + offs_tt
-        m = tok < end
-        v = tl.load(dt_base + tok * s_dt_t, mask=m, other=0.0).to(tl.float32)
-        if HAS_DT_BIAS:
-            v += dt_bias
-        dt, _, _ = _process_dt(v, A, m, dt_min, dt_max, DT_SOFTPLUS, False)
-        ell += tl.sum(dt * A, axis=0)
-
-    # 2. acc += (w ∘ x)ᵀ B chunk by chunk; ``run`` carries a_t across chunks. min(·, 0) absorbs the
-    # rounding difference between ℓ's sum and the running cumulative sum (the exponent is ≤ 0)
-    offs_k = tl.arange(0, BLOCK_K)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mp = offs_p < P
-    mn = offs_n < N
-    x_base = x_ptr + h * s_x_h
-    b_base = B_ptr + g * s_B_g
-    acc = tl.zeros([BLOCK_P, BLOCK_N], dtype=tl.float32)
-    run = tl.zeros([], dtype=tl.float32)
-    for t0 in range(start, end, BLOCK_K):
-        tok = t0 + offs_k
-        m = tok < end
-        v = tl.load(dt_base + tok * s_dt_t, mask=m, other=0.0).to(tl.float32)
-        if HAS_DT_BIAS:
-            v += dt_bias
-        dt, a, _ = _process_dt(v, A, m, dt_min, dt_max, DT_SOFTPLUS, False)
-        a += run
-        run = tl.min(a, axis=0)  # a is non-increasing and flat past the end: its last entry
-        w = tl.exp(tl.minimum(ell - a, 0.0)) * dt
-        xm = tl.load(x_base + tok[:, None] * s_x_t + offs_p[None, :], mask=m[:, None] & mp[None, :], other=0.0)
-        Bm = tl.load(b_base + tok[:, None] * s_B_t + offs_n[None, :], mask=m[:, None] & mn[None, :], other=0.0)
-        xw = (xm.to(tl.float32) * w[:, None]).to(xm.dtype)
-        acc = tl.dot(tl.trans(xw), Bm, acc, input_precision=DOT_PREC)  # xw is no dot result: no miscompile
-
-    row = pid_s.to(tl.int64) * H + h
-    so = row * P * N + offs_p[:, None] * N + offs_n[None, :]
-    tl.store(state_ptr + so, acc, mask=mp[:, None] & mn[None, :])
-    if pid_p == 0:
-        tl.store(ell_ptr + row, ell)
-
-
-_SEG_STATE = fast_launch(_segment_state_kernel)
-
-
-def segment_states(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor, cu: torch.Tensor,
-                   dt_bias: Optional[torch.Tensor], dt_softplus: bool, dt_limit: Tuple[float, float],
-                   block_k: int = 64) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(S (nseg, H, P, N) fp32, ℓ (nseg, H) fp32) of the segments ``[cu[s], cu[s+1])`` by
-    ``_segment_state_kernel`` (flat inputs as ``ssd_fwd`` takes them)."""
-    from samkern.ops.ssd.fwd import _pick_block_p
-
-    T, H, P = x.shape
-    G, N = B.shape[1], B.shape[2]
-    nseg = cu.shape[0] - 1
-    S = torch.empty((nseg, H, P, N), device=x.device, dtype=torch.float32)
-    ell = torch.empty((nseg, H), device=x.device, dtype=torch.float32)
-    block_p = _pick_block_p(P, N)
-    _SEG_STATE[(nseg, H, cdiv(P, block_p))](
-        x, dt, A.contiguous(), B, dt_bias.contiguous() if dt_bias is not None else A, cu, S, ell,
-        P, N, H // G,
-        x.stride(0), x.stride(1), dt.stride(0), dt.stride(1), B.stride(0), B.stride(1),
-        float(dt_limit[0]), float(dt_limit[1]),
-        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
-        DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
-        BLOCK_K=block_k, BLOCK_P=block_p, BLOCK_N=max(16, next_pow2(N)), BLOCK_T=1024,
-        num_warps=FWD_TUNING.get("segment_warps") or 4, num_stages=FWD_TUNING.get("segment_stages") or 3,
-    )
-    return S, ell
-
-
 def _stitch(src: torch.Tensor, ell: torch.Tensor, seed: Optional[torch.Tensor], batch: int, K: int,
             reverse: bool) -> torch.Tensor:
     """``_stitch_kernel`` over (batch·K, H, P, N) fp32 ``src``; ``seed`` (batch, H, P, N) or None."""
@@ -282,7 +177,7 @@ def ssd_fwd_split(
     Returns: :class:`SplitForward` (out (T, H, P) in x's dtype, final states (batch, H, P, N)
     fp32 or None, ...).
     """
-    from samkern.ops.ssd.fwd import default_block_q, ssd_fwd
+    from samkern.ops.ssd.fwd import FWD_TUNING, default_block_q, ssd_fwd
 
     T, H, P = x.shape
     N = B.shape[2]
@@ -294,13 +189,15 @@ def ssd_fwd_split(
     cu, seg_idx = segment_layout(batch, L, seg, x.device)
     common = dict(dt_bias=dt_bias, dt_softplus=dt_softplus, dt_limit=dt_limit, block_q=block_q)
 
-    # 1. the state each segment adds, from a zero state, and each segment's log-decay ℓ_k
-    if FWD_TUNING.get("segment_states") == "gemm":
-        S_loc, ell = segment_states(x, dt, A, B, cu, dt_bias, dt_softplus, dt_limit, block_q)
-    else:
-        ell = torch.empty((batch * K, H), device=x.device, dtype=torch.float32)
-        _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, decay_out=ell,
-                                 **common)
+    # 1. the state each segment adds, from a zero state, and each segment's log-decay ℓ_k; the first
+    # pass also stores the dt cache (same segments, same chunks), which the second pass reads
+    # instead of processing dt again (split_dt "cache"; L16384 H80: second pass 494 -> see README)
+    dtc = None
+    if FWD_TUNING.get("split_dt") != "compute":
+        dtc = dt_cache_out if dt_cache_out is not None else x.new_empty((3, H, T), dtype=torch.float32)
+    ell = torch.empty((batch * K, H), device=x.device, dtype=torch.float32)
+    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, decay_out=ell,
+                             dt_cache_out=dtc, **common)
 
     # 2. stitch: H_0 = H_init, H_k = exp(ℓ_{k-1}) H_{k-1} + S_{k-1}
     H_in = _stitch(S_loc, ell, initial_states, batch, K, reverse=False)
@@ -308,7 +205,7 @@ def ssd_fwd_split(
     # 3. outputs, every segment seeded with the state entering it
     out, fin, cstates, _ = ssd_fwd(x, dt, A, B, C, cu, seg_idx, D=D, z=z, initial_states=H_in,
                                    want_final_states=want_final_states, want_chunk_states=want_chunk_states,
-                                   dt_cache_out=dt_cache_out, **common)
+                                   dt_cache_out=dt_cache_out if dtc is None else None, dt_cache_in=dtc, **common)
     final = fin.view(batch, K, H, P, N)[:, K - 1] if want_final_states else None
     return SplitForward(out, final, cstates, H_in, cu, seg_idx, block_q, ell, dt_cache_out)
 
