@@ -90,7 +90,7 @@ FWD_CASES = {
 }
 
 
-@pytest.fixture(params=[None, "kernel"], ids=["dt_in_forward", "dt_prep_kernel"])
+@pytest.fixture(params=["forward", "kernel"], ids=["dt_in_forward", "dt_prep_kernel"])
 def dt_prep(request, monkeypatch):
     """Where the forward gets the processed dt: its own dt processing, or the dt cache made by a
     launch of its own before it (``FWD_TUNING["dt_prep"]``)."""

@@ -257,6 +257,16 @@ def test_dt_cache_matches_reference(softplus, dt_limit, kernel_device):
         fwd_mod.FWD_TUNING["block_p"] = old
     standalone = bwd_mod.dt_cache(inp["dt"], inp["A"], inp["dt_bias"], cu, block_q=bq, dt_softplus=softplus,
                                   dt_limit=dt_limit)
+    # the equal-length form (no search over cu) on the same tokens read as 4 rows of 14 + the rest:
+    # rows of 14 tokens cut chunks at other places, so compare it with its own reference below
+    T_eq = (T // 14) * 14
+    cu_eq = torch.arange(0, T_eq + 1, 14, dtype=torch.int32, device=kernel_device)
+    equal = torch.full((3, H, T_eq), float("nan"), device=kernel_device)
+    bwd_mod.dt_cache(inp["dt"][:T_eq], inp["A"], inp["dt_bias"], cu_eq, block_q=bq, dt_softplus=softplus,
+                     dt_limit=dt_limit, out=equal, seq_len=14)
+    searched = bwd_mod.dt_cache(inp["dt"][:T_eq], inp["A"], inp["dt_bias"], cu_eq, block_q=bq,
+                                dt_softplus=softplus, dt_limit=dt_limit)
+    assert_close("equal-length dt_cache() vs searched", equal.cpu(), searched.cpu(), rtol=0)
 
     v = (case["inp"]["dt"] + case["inp"]["dt_bias"]).double().requires_grad_(True)
     dtp = _proc_dt(v, None, softplus, dt_limit)

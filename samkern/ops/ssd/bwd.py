@@ -443,14 +443,22 @@ def _n_search(nseq: int) -> int:
 
 @triton.jit
 def _ssd_dt_cache_kernel(
-    dt_ptr, A_ptr, dtb_ptr, cu_ptr, dtc_ptr, T, HT, NSEQ, n_search, s_dt_t, s_dt_h, dt_min, dt_max,
-    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr,
+    dt_ptr, A_ptr, dtb_ptr, cu_ptr, dtc_ptr, T, HT, NSEQ, n_search, s_dt_t, s_dt_h, dt_min, dt_max, SEQ_L, CPS,
+    HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr, EQUAL: tl.constexpr = False,
 ):
-    """The dt cache of one (chunk row, head), as the forward stores it (``fwd._store_dt_cache``),
-    for backward calls that get none (torch.compile's custom op, direct calls)."""
+    """The dt cache of one (chunk row, head), as the forward stores it (``fwd._store_dt_cache``).
+    EQUAL (every sequence SEQ_L tokens, CPS chunks): program ``row`` is chunk ``row % CPS`` of
+    sequence ``row // CPS``, no binary search over ``cu``: the search's dependent loads were most
+    of this small kernel's latency, which is its whole time (it runs before the forward)."""
     row = tl.program_id(0)
     h = tl.program_id(1)
-    start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
+    if EQUAL:
+        seq = row // CPS
+        start = seq.to(tl.int64) * SEQ_L
+        end = start + SEQ_L
+        cstart = start + (row - seq * CPS) * BLOCK_Q
+    else:
+        start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
     if cstart < end:
         tok = cstart + tl.arange(0, BLOCK_Q)
         mq = tok < end
@@ -937,18 +945,26 @@ def _check_args(dout, x, dt, A, B, C, cu_seqlens, init_idx, chunk_states, block_
 
 def dt_cache(
     dt: torch.Tensor, A: torch.Tensor, dt_bias: Optional[torch.Tensor], cu_seqlens: torch.Tensor, *, block_q: int,
-    dt_softplus: bool, dt_limit: Tuple[float, float],
+    dt_softplus: bool, dt_limit: Tuple[float, float], out: Optional[torch.Tensor] = None, seq_len: int = 0,
 ) -> torch.Tensor:
     """The dt cache ((3, H, T) fp32: in-chunk log-decay a | processed dt | d dt / d(dt_raw + dt_bias),
     see :mod:`samkern.ops.ssd.fwd`) in one launch of (chunk rows × heads) programs: what the forward
-    stores with ``dt_cache_out``, for a backward that was given none."""
+    stores with ``dt_cache_out``, for a backward that was given none, or made before the forward,
+    which then reads it (``ssd_fwd(dt_cache_in=...)``). ``out``: a buffer to fill, else a new one.
+    ``seq_len`` > 0: every sequence of ``cu_seqlens`` has that length (a plain batch; not checked
+    here), which saves the kernel its search for each row's sequence."""
     T, H = dt.shape
     nseq = cu_seqlens.shape[0] - 1
-    out = torch.empty((3, H, T), device=dt.device, dtype=torch.float32)
-    _DT_CACHE[(T // block_q + nseq, H)](
+    if out is None:
+        out = torch.empty((3, H, T), device=dt.device, dtype=torch.float32)
+    else:
+        check_f32_buffer("out", out, (3, H, T))
+    cps = cdiv(seq_len, block_q) if seq_len > 0 else 0
+    _DT_CACHE[(nseq * cps if cps else T // block_q + nseq, H)](
         dt, A, dt_bias if dt_bias is not None else dt, cu_seqlens, out, T, H * T, nseq,
-        _n_search(nseq), dt.stride(0), dt.stride(1), float(dt_limit[0]), float(dt_limit[1]),
-        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), BLOCK_Q=block_q, num_warps=1,
+        _n_search(nseq), dt.stride(0), dt.stride(1), float(dt_limit[0]), float(dt_limit[1]), seq_len, cps,
+        HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus), BLOCK_Q=block_q, EQUAL=cps > 0,
+        num_warps=1,
     )
     return out
 
@@ -1123,7 +1139,8 @@ def ssd_bwd(
 
     dtc = dt_cache_in
     if dtc is None:
-        dtc = dt_cache(dt, A, dt_bias, cu_seqlens, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
+        dtc = dt_cache(dt, A, dt_bias, cu_seqlens, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                       seq_len=seq_len if seq_len and seq_len * nseq == T else 0)
     elif validate:
         check_f32_buffer("dt_cache_in", dtc, (3, H, T))
 

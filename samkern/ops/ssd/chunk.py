@@ -226,13 +226,14 @@ class SSDChunkScanFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, dt, A, B, C, D, z, dt_bias, initial_states, cu, init_idx, dt_softplus, dt_limit,
                 want_final, block_q, split, seq_len=None):
+        from samkern.ops.ssd.bwd import dt_cache
         from samkern.ops.ssd.fwd import FWD_TUNING, ssd_fwd
 
         shapes = (x.shape, dt.shape, B.shape, z.shape if z is not None else None)
         xf, dtf, Bf, Cf, zf = _flatten(x, dt, B, C, z)
         need_grad = any(ctx.needs_input_grad[:9])
         seg_states = seg_decay = None
-        # the forward's dt processing, kept for the backward's kernels (fwd.py, "The dt cache")
+        # the dt processing, kept for the backward's kernels (fwd.py, "The dt cache")
         dtc = xf.new_empty((3,) + dtf.shape[::-1], dtype=torch.float32) if need_grad else None
         if split:  # plain rows in segments (samkern/ops/ssd/split.py); the backward runs in that layout
             res = split_mod.ssd_fwd_split(
@@ -243,15 +244,15 @@ class SSDChunkScanFunction(torch.autograd.Function):
             cu, init_idx, seg_states, seg_decay = res.cu, res.seg_idx, res.seg_states, res.seg_decay
         else:
             dtc_in = None
-            if FWD_TUNING.get("dt_prep") == "kernel":  # the dt cache by its own launch, read by the forward
-                from samkern.ops.ssd.bwd import dt_cache
-
-                dtc_in = dt_cache(dtf, A, dt_bias, cu, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
-                dtc = dtc_in if need_grad else None
+            if FWD_TUNING.get("dt_prep") != "forward":
+                # the dt cache by a launch of its own, read by the forward: the dt gather, softplus and
+                # cumulative sum leave the forward's critical path (README, "dt processing")
+                dtc_in = dt_cache(dtf, A, dt_bias, cu, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit,
+                                  out=dtc, seq_len=seq_len or 0)
             out, final, cstates, bq = ssd_fwd(
                 xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
                 dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
-                want_final_states=want_final, block_q=block_q, dt_cache_out=None if dtc_in is not None else dtc,
+                want_final_states=want_final, block_q=block_q, dt_cache_out=dtc if dtc_in is None else None,
                 dt_cache_in=dtc_in, skip_unread_rows=True)  # cstates stay private to this function and its backward
         if final is None:
             final = x.new_empty((0,), dtype=torch.float32)

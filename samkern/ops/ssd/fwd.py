@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Fused Mamba-2 SSD chunked scan, forward: ONE Triton launch.
+"""Fused Mamba-2 SSD chunked scan, forward: ONE Triton launch (two where the wrapper makes the dt
+cache first, ``dt_cache_in``).
 
 Design ("one program per (sequence, head, P-block), sequential over chunks"): program
 ``(i, h, pb)`` walks the tokens ``[cu[i], cu[i+1])`` of sequence ``i`` in internal chunks of
@@ -60,8 +61,9 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # fp32) or "fp32"; None = "input" (see chunk_state_dtype).
 # "block_q": the inference chunk (``default_block_q``). "split_dt": how the split path's second pass
 # gets dt, "cache" (the first pass stores the dt cache, the second reads it) or "compute" (both
-# process dt); None = "cache". "dt_prep": without the split, "kernel" = the dt cache by its own
-# launch (``bwd.dt_cache``) before the forward, which reads it; None = the forward processes dt.
+# process dt); None = "cache". "dt_prep": without the split (eager calls), "kernel" = the dt cache
+# by a launch of its own (``bwd.dt_cache``) before the forward, which reads it, or "forward" = the
+# forward processes dt itself; None = "kernel" (README, "dt processing off the critical path").
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
                     "chunk_states": None, "block_q": None, "split_dt": None, "dt_prep": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON

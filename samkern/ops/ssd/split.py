@@ -191,7 +191,9 @@ def ssd_fwd_split(
 
     # 1. the state each segment adds, from a zero state, and each segment's log-decay ℓ_k; the first
     # pass also stores the dt cache (same segments, same chunks), which the second pass reads
-    # instead of processing dt again (split_dt "cache"; L16384 H80: second pass 494 -> see README)
+    # instead of processing dt again (FWD_TUNING split_dt "cache"; B1 L16384 H80 on the H100:
+    # second pass 489-495 -> 411-416 us, first pass 148-149 -> 155, forward 673 -> 603-607 us,
+    # dev-runs/s19-call3)
     dtc = None
     if FWD_TUNING.get("split_dt") != "compute":
         dtc = dt_cache_out if dt_cache_out is not None else x.new_empty((3, H, T), dtype=torch.float32)
