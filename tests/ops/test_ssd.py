@@ -552,6 +552,50 @@ def test_gpu_block_sizes_wide_dbdc_vs_mamba_ssm(P, N, monkeypatch):
                     torch.bfloat16)
 
 
+def _read_dt_matches_processing(P, N, dtype, device, L=200, block_q=64):
+    """``ssd_fwd`` reading the dt cache (``dt_cache_in``, made by ``bwd.dt_cache``: every eager call's
+    default) against ``ssd_fwd`` processing dt itself, two sequences with a ragged last chunk, as
+    inference and as a training forward (chunk states and, from the latter, the dt cache stored):
+    the same arithmetic, so the same numbers up to fp32 rounding."""
+    from samkern.ops.ssd.bwd import dt_cache
+
+    H = 4
+    kw = make(2, L, H, P, N, 1, dtype, device=device, D="head", z=True, dt_bias=True, init=True)
+    T = 2 * L
+    x, dt, z = kw["x"].reshape(T, H, P), kw["dt"].reshape(T, H), kw["z"].reshape(T, H, P)
+    B, C = kw["B"].reshape(T, 1, N), kw["C"].reshape(T, 1, N)
+    cu = torch.tensor([0, L, T], dtype=torch.int32, device=device)
+    init_idx = torch.arange(2, dtype=torch.int32, device=device)
+    common = dict(D=kw["D"], z=z, dt_bias=kw["dt_bias"], initial_states=kw["initial_states"], dt_softplus=True,
+                  want_final_states=True, block_q=block_q)
+    for train in (False, True):
+        stored = torch.full((3, H, T), float("nan"), device=device) if train else None
+        ref = ssd_fwd(x, dt, kw["A"], B, C, cu, init_idx, want_chunk_states=train, dt_cache_out=stored, **common)
+        dtc = dt_cache(dt, kw["A"], kw["dt_bias"], cu, block_q=block_q, dt_softplus=True,
+                       dt_limit=(0.0, float("inf")), seq_len=L)
+        got = ssd_fwd(x, dt, kw["A"], B, C, cu, init_idx, want_chunk_states=train, dt_cache_in=dtc, **common)
+        for name, a, b in zip(("out", "final_states", "chunk_states"), got[:3], ref[:3]):
+            if b is not None:
+                assert_close(f"P{P} N{N} train={train} {name}", a, b, rtol=1e-6)
+        if train:
+            assert_close(f"P{P} N{N} dt cache", dtc, stored, rtol=1e-6)
+
+
+def test_read_dt_matches_processing():
+    _read_dt_matches_processing(16, 16, torch.float32, DEV, L=37, block_q=16)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(ON_CPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("N", [16, 64, 128, 256])
+@pytest.mark.parametrize("P", [32, 64, 128])
+def test_gpu_read_dt_every_block_size(P, N):
+    """Every (BLOCK_P, BLOCK_N) tile the forward's launcher ships, bf16: the forward that reads the
+    dt cache equals the one that processes dt (itself checked against mamba-ssm at every tile,
+    ``test_gpu_block_sizes_vs_mamba_ssm``): the Triton 3.6 Hopper miscompiles are per tile."""
+    _read_dt_matches_processing(P, N, torch.bfloat16, "cuda")
+
+
 def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype):
     """Forward and every gradient: ours within 2x mamba-ssm's error against an fp64 reference."""
     mcs = _mamba()
