@@ -581,6 +581,32 @@ def _read_dt_matches_processing(P, N, dtype, device, L=200, block_q=64):
             assert_close(f"P{P} N{N} dt cache", dtc, stored, rtol=1e-6)
 
 
+@pytest.mark.parametrize("grad", [False, True])
+def test_eager_forward_reads_dt_cache_by_default(grad, monkeypatch):
+    """Eager calls make the dt cache first and hand it to the forward (the default, FWD_TUNING
+    "dt_prep"); "forward" keeps the dt processing in the forward. With gradients the backward
+    reuses that very buffer."""
+    import samkern.ops.ssd.bwd as bwd_mod
+
+    seen = []
+    real_fwd, real_cache = fwd_mod.ssd_fwd, bwd_mod.dt_cache
+    monkeypatch.setattr(fwd_mod, "ssd_fwd", lambda *a, **k: seen.append(("fwd", k.get("dt_cache_in") is not None,
+                                                                        k.get("dt_cache_out") is not None))
+                        or real_fwd(*a, **k))
+    monkeypatch.setattr(bwd_mod, "dt_cache", lambda *a, **k: seen.append(("cache",)) or real_cache(*a, **k))
+    kw = make(2, 37, 2, 16, 16, D="head", dt_bias=True, requires_grad=grad)
+    out = ssd_chunk_scan(**kw, chunk_size=64, backend="triton")
+    assert seen == [("cache",), ("fwd", True, False)]
+    if grad:
+        out.sum().backward()  # the backward takes the forward's cache: no second dt_cache launch
+        assert seen == [("cache",), ("fwd", True, False)]
+    seen.clear()
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "dt_prep", "forward")
+    with torch.no_grad():
+        ssd_chunk_scan(**kw, chunk_size=64, backend="triton")
+    assert seen == [("fwd", False, False)]
+
+
 def test_read_dt_matches_processing():
     _read_dt_matches_processing(16, 16, torch.float32, DEV, L=37, block_q=16)
 
