@@ -12,15 +12,17 @@ Forward (:func:`ssd_fwd_split`):
 
 1. local states: the same kernel over the segments as independent sequences from a zero state,
    in its ``states_only`` mode (only the state update: no ``C B^T``, no output, C / D / z not
-   read), giving ``S_k``, the state a segment adds at its end;
+   read), giving ``S_k``, the state a segment adds at its end; it also stores the dt cache
+   (``fwd.py``, "The dt cache") for the third step;
 2. stitching (one small Triton launch, ``_stitch_kernel``): with ``ℓ_k = Σ_{t in segment k} dt_t·A``
    (the segment's log-decay, ≤ 0, which the first pass stores), the state entering segment k is
    ``H_0 = H_init``, ``H_k = exp(ℓ_{k-1}) H_{k-1} + S_{k-1}``: a K-step elementwise recurrence
    over the (P·N) state entries of every (row, head), reading S and writing H once. (A batched
    matmul of exp(c_{k-1} − c_j) weights over the cumulative decays did the same with ~12 torch
    launches and ~100 us of copies and fp32 GEMM at B1 L16384 H80, ``dev-runs/s7-call2-*``.)
-3. outputs: the kernel again over the segments, each seeded with its ``H_k`` (with gradients it
-   also stores the chunk states, in the segment layout).
+3. outputs: the kernel again over the segments, each seeded with its ``H_k``, reading the dt
+   cache instead of processing dt (with gradients it also stores the chunk states, in the segment
+   layout, and the backward reuses the same dt cache).
 
 Backward (:func:`ssd_bwd_split`): the same three steps for the reverse dS walk (see there), then
 the ordinary per-chunk kernels over the segments. Every per-chunk kernel sees the true entering
