@@ -607,6 +607,41 @@ def test_eager_forward_reads_dt_cache_by_default(grad, monkeypatch):
     assert seen == [("fwd", False, False)]
 
 
+def test_strided_A_and_dt_bias(dt_prep):
+    """A and dt_bias as strided views (a column of an (H, 2) leaf): the kernels index them by head
+    with unit stride, so the wrappers make them contiguous (the dt-cache launch and the backward's
+    chunk kernel did not before session 19). The other column is poison (A > 0, a huge bias)."""
+    kw = make(2, 37, 3, 16, 16, D="head", dt_bias=True)
+    A_full = torch.stack([kw["A"], torch.full_like(kw["A"], 7.0)], dim=1).requires_grad_(True)
+    b_full = torch.stack([kw["dt_bias"], torch.full_like(kw["dt_bias"], -9.0)], dim=1).requires_grad_(True)
+    kw["x"].requires_grad_(True)
+    kw.update(A=A_full[:, 0], dt_bias=b_full[:, 0])
+    assert kw["A"].stride() == (2,)
+    out = ssd_chunk_scan(**kw, chunk_size=64, backend="triton")
+    k64 = to64({**kw, "A": A_full[:, 0].detach().contiguous(), "dt_bias": b_full[:, 0].detach().contiguous()})
+    k64["A"].requires_grad_(True)
+    k64["dt_bias"].requires_grad_(True)
+    ref = ssd_chunk_scan_ref(**k64, chunk_size=16)
+    assert_close("out", out, ref, RTOL[torch.float32])
+    g = torch.randn_like(ref)
+    (out.double() * g).sum().backward()
+    (ref * g).sum().backward()
+    assert_close("grad x", kw["x"].grad, k64["x"].grad, GRAD_RTOL[torch.float32])
+    assert_close("grad A", A_full.grad[:, 0], k64["A"].grad, GRAD_RTOL[torch.float32])
+    assert_close("grad dt_bias", b_full.grad[:, 0], k64["dt_bias"].grad, GRAD_RTOL[torch.float32])
+    assert float(A_full.grad[:, 1].abs().sum()) == 0.0 and float(b_full.grad[:, 1].abs().sum()) == 0.0
+
+
+def test_dt_cache_offsets_check():
+    """The dt cache's int32 plane offsets: a clear error where they would wrap (2^30 <= H·T < 2^31)."""
+    from samkern.ops.ssd.fwd import check_dt_cache_offsets
+
+    check_dt_cache_offsets(80, (1 << 30) // 80)  # just below
+    check_dt_cache_offsets(2, 1 << 30)  # 2^31: Triton passes it as int64
+    with pytest.raises(ValueError, match="int32 plane offsets"):
+        check_dt_cache_offsets(80, (1 << 30) // 80 + 1)
+
+
 def test_read_dt_matches_processing():
     _read_dt_matches_processing(16, 16, torch.float32, DEV, L=37, block_q=16)
 

@@ -257,13 +257,13 @@ def test_dt_cache_matches_reference(softplus, dt_limit, kernel_device):
         fwd_mod.FWD_TUNING["block_p"] = old
     standalone = bwd_mod.dt_cache(inp["dt"], inp["A"], inp["dt_bias"], cu, block_q=bq, dt_softplus=softplus,
                                   dt_limit=dt_limit)
-    # the equal-length form (no search over cu) on the same tokens read as 4 rows of 14 + the rest:
-    # rows of 14 tokens cut chunks at other places, so compare it with its own reference below
-    T_eq = (T // 14) * 14
-    cu_eq = torch.arange(0, T_eq + 1, 14, dtype=torch.int32, device=kernel_device)
+    # the equal-length form (no search over cu) against the searched one on the same tokens read as
+    # rows of 29 (two chunks each, the second ragged), bitwise
+    T_eq = (T // 29) * 29
+    cu_eq = torch.arange(0, T_eq + 1, 29, dtype=torch.int32, device=kernel_device)
     equal = torch.full((3, H, T_eq), float("nan"), device=kernel_device)
     bwd_mod.dt_cache(inp["dt"][:T_eq], inp["A"], inp["dt_bias"], cu_eq, block_q=bq, dt_softplus=softplus,
-                     dt_limit=dt_limit, out=equal, seq_len=14)
+                     dt_limit=dt_limit, out=equal, seq_len=29)
     searched = bwd_mod.dt_cache(inp["dt"][:T_eq], inp["A"], inp["dt_bias"], cu_eq, block_q=bq,
                                 dt_softplus=softplus, dt_limit=dt_limit)
     assert_close("equal-length dt_cache() vs searched", equal.cpu(), searched.cpu(), rtol=0)

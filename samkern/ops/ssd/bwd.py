@@ -97,7 +97,7 @@ import triton.language as tl
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_equal_lengths, check_same_device, check_tensor
 from samkern.launch import fast_launch
-from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
+from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_dt_cache_offsets, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 
@@ -955,6 +955,10 @@ def dt_cache(
     here), which saves the kernel its search for each row's sequence."""
     T, H = dt.shape
     nseq = cu_seqlens.shape[0] - 1
+    check_dt_cache_offsets(H, T)
+    A = A.contiguous()  # the kernel indexes A and dt_bias by head, unit stride (a view may not be)
+    if dt_bias is not None:
+        dt_bias = dt_bias.contiguous()
     if out is None:
         out = torch.empty((3, H, T), device=dt.device, dtype=torch.float32)
     else:
@@ -1114,6 +1118,7 @@ def ssd_bwd(
         dfinal_states = dfinal_states.contiguous()
     if D is not None:
         D = D.contiguous()
+    A = A.contiguous()  # the kernels index A (and dt_bias, in dt_cache) by head, unit stride
     dev = x.device
 
     BLOCK_N = max(16, next_pow2(N))

@@ -111,7 +111,11 @@ def _read_dt_cache(dtc_ptr, h, T, HT, tok, mask):
     """(processed dt, in-chunk log-decay a, a_last) of one chunk of head ``h`` from the dt cache
     (two contiguous rows: planes a | dt of ``_store_dt_cache``'s layout), as ``_process_dt`` would
     give them: dt = 0 and a flat (= a_last, the chunk's whole decay) past the sequence end. a is
-    non-increasing, so its minimum over the valid positions is its last valid entry."""
+    non-increasing (A ≤ 0, dt ≥ 0: the op's contract, and the clamp keeps dt ≥ dt_min ≥ 0), so its
+    minimum over the valid positions is its last valid entry (on the GPU, up to the rounding of
+    the parallel scan that made it; the 1e-6 equivalence test at every tile covers that). A scalar
+    load of the last entry, as the backward's ``_load_dt_cache`` does, would not need the
+    assumption; it has not been timed in this loop (a scalar load may not be pipelined)."""
     base = dtc_ptr + h.to(tl.int64) * T + tok
     a = tl.load(base, mask=mask, other=0.0)
     a_last = tl.min(tl.where(mask, a, 0.0), axis=0)
@@ -293,6 +297,16 @@ def check_f32_buffer(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None
         raise ValueError(f"{name} must be contiguous")
 
 
+def check_dt_cache_offsets(H: int, T: int) -> None:
+    """``ValueError`` where the dt cache's third plane would be addressed wrongly: the kernels
+    compute its offset ``2·H·T`` in int32 when ``H·T`` itself fits int32 (Triton passes such ints as
+    int32), which wraps for 2^30 ≤ H·T < 2^31 (about 13M tokens at 80 heads). Below and above that
+    range the offsets are exact."""
+    if (1 << 30) <= H * T < (1 << 31):
+        raise ValueError(f"tokens x heads = {H * T} is in [2^30, 2^31), where the dt cache's int32 plane "
+                         "offsets overflow; split the call (fewer tokens per call)")
+
+
 def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     """Internal chunk length for inference: 64 (fastest on an H100 at SAM's short sequences, bf16,
     P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 in one pass (1.25 vs
@@ -395,6 +409,8 @@ def ssd_fwd(
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = _pick_block_p(P, N)
 
+    if dt_cache_out is not None or dt_cache_in is not None:
+        check_dt_cache_offsets(H, T)
     if dt_cache_out is not None:
         check_f32_buffer("dt_cache_out", dt_cache_out, (3, H, T))
     if dt_cache_in is not None:

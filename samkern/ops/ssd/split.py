@@ -146,7 +146,7 @@ class SplitForward(NamedTuple):
     (``cu`` / ``seg_idx``, :func:`segment_layout`), the state entering every segment
     (``seg_states``, (batch·K, H, P, N) fp32), the chunk states of the second pass in that
     layout (or None without ``want_chunk_states``), every segment's log-decay ``ℓ`` ((batch·K, H)
-    fp32, from the first pass; the backward's stitch reuses it), and the second pass's dt cache
+    fp32, from the first pass; the backward's stitch reuses it), and the dt cache of the segments
     (``dt_cache_out``, or None)."""
 
     out: torch.Tensor
@@ -174,7 +174,8 @@ def ssd_fwd_split(
     A (H,), B/C (T, G, N), T = batch·L, row b = tokens [b·L, (b+1)·L)); ``initial_states``
     (batch, H, P, N) seeds row b; ``seg`` a multiple of the kernel's chunk ``block_q``;
     ``want_chunk_states``: keep the second pass's chunk states for :func:`ssd_bwd_split`;
-    ``dt_cache_out``: receives the second pass's dt cache (``ssd_fwd``), for the same.
+    ``dt_cache_out``: receives the segments' dt cache (written by the first pass, or by the
+    second with ``split_dt`` "compute"), for the same.
 
     Returns: :class:`SplitForward` (out (T, H, P) in x's dtype, final states (batch, H, P, N)
     fp32 or None, ...).
