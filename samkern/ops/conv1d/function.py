@@ -38,6 +38,7 @@ class CausalConv1dFunction(torch.autograd.Function):
         from samkern.ops.conv1d.triton import causal_conv1d_fwd_triton
 
         w = weight.contiguous()
+        bias = bias.contiguous() if bias is not None else None  # the kernels index it by channel, unit stride
         seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
         ctx.save_for_backward(x, w, bias, seq)
         ctx.silu = silu
@@ -112,6 +113,7 @@ class ConvSplitFunction(torch.autograd.Function):
         ctx.set_materialize_grads(False)  # unused parts: None, not a tensor of zeros
         cols = _starts(sizes)
         w = weight.contiguous()
+        bias = bias.contiguous() if bias is not None else None  # the kernels index it by channel, unit stride
         seq = seq_idx.to(torch.int32).contiguous() if seq_idx is not None else None
         ctx.save_for_backward(proj, w, bias, seq)
         ctx.silu, ctx.sizes, ctx.conv_index, ctx.conv_sizes = silu, sizes, conv_index, conv_sizes

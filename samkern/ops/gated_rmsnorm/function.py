@@ -29,6 +29,7 @@ class RMSNormGatedFunction(torch.autograd.Function):
     def forward(ctx, x, weight, z, eps: float, group_size: int, norm_before_gate: bool):
         from samkern.ops.gated_rmsnorm.triton import rmsnorm_gated_fwd_triton
 
+        weight = weight.contiguous()  # the kernels index it by column, unit stride (a view may not be)
         y, rstd = rmsnorm_gated_fwd_triton(x, weight, z, eps, group_size, norm_before_gate)
         ctx.save_for_backward(x, weight, z, rstd)
         ctx.group_size, ctx.norm_before_gate = group_size, norm_before_gate

@@ -625,6 +625,8 @@ def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) ->
 
 def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None:
     """``lora_gemm`` / ``lora_proj_gemm`` into ``out`` (and ``a2`` when ``proj`` is given)."""
+    if bias is not None and bias.stride(0) != 1:
+        bias = bias.contiguous()  # the kernels index it by column with unit stride (a view may not have it)
     sig = None
     if config is None and not INTERPRET:
         sig = _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path)
