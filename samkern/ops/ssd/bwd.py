@@ -442,6 +442,16 @@ def _n_search(nseq: int) -> int:
 
 
 @triton.jit
+def _equal_row(b, SEQ_L, CPS):
+    """(sequence, its chunk k, sequence start) of busy row ``b`` (the rows that hold tokens, in
+    order) when every sequence has SEQ_L tokens in CPS chunks: no search over ``cu``; chunk k
+    starts at ``start + k · BLOCK_Q``."""
+    seq = b // CPS
+    k = b - seq * CPS
+    return seq, k, seq.to(tl.int64) * SEQ_L
+
+
+@triton.jit
 def _ssd_dt_cache_kernel(
     dt_ptr, A_ptr, dtb_ptr, cu_ptr, dtc_ptr, T, HT, NSEQ, n_search, s_dt_t, s_dt_h, dt_min, dt_max, SEQ_L, CPS,
     HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, BLOCK_Q: tl.constexpr, EQUAL: tl.constexpr = False,
@@ -453,10 +463,9 @@ def _ssd_dt_cache_kernel(
     row = tl.program_id(0)
     h = tl.program_id(1)
     if EQUAL:
-        seq = row // CPS
-        start = seq.to(tl.int64) * SEQ_L
+        _seq, k, start = _equal_row(row, SEQ_L, CPS)
         end = start + SEQ_L
-        cstart = start + (row - seq * CPS) * BLOCK_Q
+        cstart = start + k * BLOCK_Q
     else:
         start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
     if cstart < end:
@@ -696,9 +705,7 @@ def _ssd_bwd_chunk_kernel(
                 j_hi = tl.minimum(hi - rg * HPG, HPG)
                 b = rg // G  # busy row: chunk k of sequence seq
                 g = rg - b * G
-                seq = b // CPS
-                k = b - seq * CPS
-                start = seq.to(tl.int64) * SEQ_L
+                seq, k, start = _equal_row(b, SEQ_L, CPS)
                 seg = pid - _item_owner(rg.to(tl.int64) * HPG, W, NP).to(tl.int32)
                 _chunk_heads(
                     dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
@@ -1134,9 +1141,9 @@ def ssd_bwd(
     HB = _pick_heads_per_program(HPG, busy_rows * G * NPB, dev)
     NHB = cdiv(HPG, HB)
     factor_range = _factor_range(factor_range)
+    equal_len = seq_len if seq_len is not None and seq_len * nseq == T else 0  # every sequence seq_len tokens
     bal = None
-    if (seq_len is not None and seq_len * nseq == T and factor_range <= 0
-            and BWD_TUNING.get("balanced") in (None, True, 1)):
+    if equal_len and factor_range <= 0 and BWD_TUNING.get("balanced") in (None, True, 1):
         CPS = cdiv(seq_len, block_q)  # chunks per sequence: nseq · CPS rows hold tokens
         bal = _balanced_grid(nseq * CPS * G * HPG, HPG, NPB, dev)
     PREC = "ieee" if x.dtype == torch.float32 else "tf32"
@@ -1145,7 +1152,7 @@ def ssd_bwd(
     dtc = dt_cache_in
     if dtc is None:
         dtc = dt_cache(dt, A, dt_bias, cu_seqlens, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                       seq_len=seq_len if seq_len and seq_len * nseq == T else 0)
+                       seq_len=equal_len)
     elif validate:
         check_f32_buffer("dt_cache_in", dtc, (3, H, T))
 

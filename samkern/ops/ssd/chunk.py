@@ -234,8 +234,9 @@ class SSDChunkScanFunction(torch.autograd.Function):
         need_grad = any(ctx.needs_input_grad[:9])
         seg_states = seg_decay = None
         # the dt processing, kept for the backward's kernels (fwd.py, "The dt cache")
-        dtc = xf.new_empty((3,) + dtf.shape[::-1], dtype=torch.float32) if need_grad else None
+        dtc = None
         if split:  # plain rows in segments (samkern/ops/ssd/split.py); the backward runs in that layout
+            dtc = xf.new_empty((3,) + dtf.shape[::-1], dtype=torch.float32) if need_grad else None
             res = split_mod.ssd_fwd_split(
                 xf, dtf, A, Bf, Cf, x.shape[0], x.shape[1], split, D=D, z=zf, dt_bias=dt_bias,
                 initial_states=initial_states, dt_softplus=dt_softplus, dt_limit=dt_limit,
@@ -248,7 +249,10 @@ class SSDChunkScanFunction(torch.autograd.Function):
                 # the dt cache by a launch of its own, read by the forward: the dt gather, softplus and
                 # cumulative sum leave the forward's critical path (README, "dt processing")
                 dtc_in = dt_cache(dtf, A, dt_bias, cu, block_q=block_q, dt_softplus=dt_softplus, dt_limit=dt_limit,
-                                  out=dtc, seq_len=seq_len or 0)
+                                  seq_len=seq_len or 0)
+                dtc = dtc_in if need_grad else None
+            elif need_grad:  # the forward stores it
+                dtc = xf.new_empty((3,) + dtf.shape[::-1], dtype=torch.float32)
             out, final, cstates, bq = ssd_fwd(
                 xf, dtf, A, Bf, Cf, cu, init_idx, D=D, z=zf, dt_bias=dt_bias, initial_states=initial_states,
                 dt_softplus=dt_softplus, dt_limit=dt_limit, want_chunk_states=need_grad,
