@@ -632,15 +632,32 @@ def test_strided_A_and_dt_bias(dt_prep):
     assert float(A_full.grad[:, 1].abs().sum()) == 0.0 and float(b_full.grad[:, 1].abs().sum()) == 0.0
 
 
-def test_dt_cache_offsets_check():
-    """The dt cache's int32 plane offsets: a clear error where they would wrap (2^30 <= H·T < 2^31)."""
-    from samkern.ops.ssd.fwd import check_dt_cache_offsets
+@pytest.mark.gpu
+@pytest.mark.skipif(ON_CPU, reason="needs a CUDA GPU")
+def test_gpu_dt_cache_past_2_30_elements():
+    """The dt cache's third plane starts 2·H·T elements in; Triton passes an H·T below 2^31 as int32,
+    so an offset written as ``2 * HT`` wrapped for 2^30 <= H·T < 2^31 (an illegal address or a
+    write into the wrong plane). 64 heads of 2^24 + 192 tokens (H·T just past 2^30, 17 GB): the
+    first and last heads' planes equal the same heads computed alone (H·T small), the buffer
+    poisoned with NaN beforehand."""
+    from samkern.ops.ssd.bwd import dt_cache
 
-    check_dt_cache_offsets(80, (1 << 30) // 80)  # just below
-    check_dt_cache_offsets(2, 1 << 30)  # 2^31: Triton passes it as int64
-    with pytest.raises(ValueError, match="int32 plane offsets"):
-        check_dt_cache_offsets(80, (1 << 30) // 80 + 1)
-
+    H, T = 64, (1 << 24) + 192
+    assert (1 << 30) <= H * T < (1 << 31)
+    dt = torch.randn(T, H, device="cuda")
+    A = -torch.rand(H, device="cuda") - 0.1
+    dt_bias = torch.randn(H, device="cuda") * 0.5
+    cu = torch.tensor([0, T // 2, T], device="cuda", dtype=torch.int32)
+    kw = dict(block_q=64, dt_softplus=True, dt_limit=(0.0, 0.2))
+    out = torch.full((3, H, T), float("nan"), device="cuda")
+    dt_cache(dt, A, dt_bias, cu, out=out, **kw)
+    for h in (0, H - 1):
+        alone = dt_cache(dt[:, h:h + 1], A[h:h + 1], dt_bias[h:h + 1], cu, **kw)
+        for plane in range(3):
+            torch.testing.assert_close(out[plane, h], alone[plane, 0], rtol=0, atol=0,
+                                       msg=f"plane {plane} head {h}")
+    del out, dt
+    torch.cuda.empty_cache()
 
 def test_read_dt_matches_processing():
     _read_dt_matches_processing(16, 16, torch.float32, DEV, L=37, block_q=16)

@@ -434,6 +434,18 @@ def test_bwd_dbdc_head_split(split, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+
+@pytest.mark.parametrize("D", ["channel", "head", None])
+def test_bwd_finish_kernel_unfused(D, kernel_device):
+    """Without split dB/dC the per-head dA / ddt_bias / dD sums run as extra rows of the dB/dC grid
+    (every other test here); ``fuse_finish=False`` puts them back in the finishing kernel."""
+    case = make_case([37, 20], H=4, G=2, P=16, N=24, D=D, z=True, dt_bias=True, softplus=True,
+                     n_init=2, init_idx=[1, 0], dfinal=True)
+    ref, cs = reference_grads(case, block_q=16)
+    with bwd_tuning(fuse_finish=False, dbdc_split=1):
+        got = run_kernel(case, 16, cs, kernel_device)
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref
 def chunk_scan_ref_grads(case, layout):
     """fp64 autograd through :func:`ssd_chunk_scan_ref` (the project reference).

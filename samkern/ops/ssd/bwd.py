@@ -32,9 +32,11 @@ its dB/dC were summed over heads with atomics. Now:
    over the group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
    Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
    plain store in the output dtype (or fp32 partials per head split when there are few chunks).
-4. ``_ssd_bwd_finish_kernel`` — grid (H + dB/dC blocks,): the last reductions in fixed order: dA,
-   ddt_bias, dD summed over rows from the chunk kernel's partials and, with split dB/dC, the
-   splits' partials summed and cast (they were two to four torch kernels, ~10 us under graphs).
+4. The last reductions in fixed order: dA, ddt_bias, dD summed over rows from the chunk kernel's
+   partials and, with split dB/dC, the splits' partials summed and cast (they were two to four
+   torch kernels, ~10 us under graphs). Without split dB/dC the per-head sums are H extra rows of
+   the dB/dC kernel's grid (``FUSE_HEADS``); with it ``_ssd_bwd_finish_kernel`` (grid (H + dB/dC
+   blocks,)) does both.
 No atomics anywhere, so the backward is always deterministic (bitwise reproducible) at no extra
 cost.
 
@@ -97,7 +99,7 @@ import triton.language as tl
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_equal_lengths, check_same_device, check_tensor
 from samkern.launch import fast_launch
-from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_dt_cache_offsets, check_f32_buffer
+from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 
@@ -107,11 +109,12 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # input dtype; scan_block_p / scan_warps / scan_stages: the dS kernel; block_nb / dbdc_warps /
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
 # ``factor_range`` (``_factor_range``; 0 = never); balanced: False = the row-blocked chunk grid
-# even for equal-length sequences (``_balanced_grid``); chunk_programs: the balanced grid's programs.
+# even for equal-length sequences (``_balanced_grid``); chunk_programs: the balanced grid's programs;
+# fuse_finish: False = the per-head sums in the finishing kernel even without split dB/dC.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
-                    "factor_range": None, "balanced": None, "chunk_programs": None}
+                    "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -500,7 +503,7 @@ def _chunk_head(
     factored decay (below); otherwise ``CBT`` is the fp32 ``(C Bᵀ)ᵀ``."""
     in_ty = x_ptr.dtype.element_ty
     dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
-    chain = tl.load(dtc_ptr + 2 * HT + h.to(tl.int64) * T + tok, mask=mq, other=0.0)
+    chain = tl.load(dtc_ptr + h.to(tl.int64) * T + HT + HT + tok, mask=mq, other=0.0)  # HT + HT: no int32 2·HT
     A_h = tl.load(A_ptr + h).to(tl.float32)
     decay = tl.exp(a)  # exp(a_t)
     to_end = tl.exp(a_last - a)  # exp(a_last − a_s)
@@ -766,8 +769,10 @@ def _ssd_bwd_dbdc_kernel(
     W, NP, SEQ_L, CPS, NSEG, NPB,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
+    red_ptr, small_ptr, n_rows, red_rows, H, RED_D, RED_W,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, BALANCED: tl.constexpr,
+    FUSE_HEADS: tl.constexpr, D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
@@ -777,8 +782,47 @@ def _ssd_bwd_dbdc_kernel(
     (``s_split`` apart), summed by the caller; the intra-chunk part goes with split 0. The chunk
     kernel's dCB sums of a (row, group) are its ``NSLOT`` slots, or with ``BALANCED`` (that
     kernel's balanced grid: W, NP, SEQ_L, CPS, NSEG as there) the slots of the programs that owned
-    the (row, group)'s heads."""
+    the (row, group)'s heads.
+
+    ``FUSE_HEADS``: the grid has ``H`` more rows after the ``n_rows`` chunk rows, and their
+    ``(·, 0, 0)`` programs do the finishing kernel's per-head sums (``_finish_head``; the other
+    programs of those rows exit). They depend on the chunk kernel only, so they run beside the dB/dC
+    programs (on SMs the chunk rows leave free) instead of in a launch of their own after them."""
     row = tl.program_id(0)
+    if FUSE_HEADS:
+        if row >= n_rows:
+            if (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+                _finish_head(red_ptr, small_ptr, row - n_rows, red_rows, H, P, RED_D, RED_W, NPB,
+                             D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R)
+        else:
+            _dbdc_program(
+                row, dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr, dB_ptr, dC_ptr,
+                T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search, W, NP, SEQ_L, CPS, NSEG, NPB,
+                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+                s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
+                HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_NB, BALANCED)
+    else:
+        _dbdc_program(
+            row, dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr, dB_ptr, dC_ptr,
+            T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search, W, NP, SEQ_L, CPS, NSEG, NPB,
+            s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+            s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
+            HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_NB, BALANCED)
+
+
+@triton.jit
+def _dbdc_program(
+    row,
+    dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
+    dB_ptr, dC_ptr,
+    T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search,
+    W, NP, SEQ_L, CPS, NSEG, NPB,
+    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+    s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
+    HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, BALANCED: tl.constexpr,
+):
+    """One program of ``_ssd_bwd_dbdc_kernel`` for chunk row ``row`` (see there)."""
     g = tl.program_id(1) // NSPLIT
     split = tl.program_id(1) % NSPLIT
     pid_n = tl.program_id(2)
@@ -844,6 +888,32 @@ _DBDC = fast_launch(_ssd_bwd_dbdc_kernel)  # cheaper eager launches (samkern/lau
 
 
 @triton.jit
+def _finish_head(red_ptr, small_ptr, h, n_rows, H, P, RED_D, RED_W, NPB,
+                 D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr):
+    """Head ``h``'s small gradients from the chunk kernel's per-(row, head) partials ``red`` (rows,
+    H, RED_W) = [dD (RED_D) | dA (NPB) | ddt_bias (NPB)], summed over rows in a fixed order into
+    ``small`` (fp32, flat): ``[dA (H) | ddt_bias (H) | dD (H·P per channel, H per head; only with
+    RED_D > 0)]``."""
+    offs_w = tl.arange(0, RED_WP)
+    mw = offs_w < RED_W
+    acc = tl.zeros([RED_WP], dtype=tl.float32)
+    for r0 in range(0, n_rows, BLOCK_R):
+        rows = r0 + tl.arange(0, BLOCK_R)
+        tile = tl.load(red_ptr + (rows.to(tl.int64)[:, None] * H + h) * RED_W + offs_w[None, :],
+                       mask=(rows < n_rows)[:, None] & mw[None, :], other=0.0)
+        acc += tl.sum(tile, axis=0)
+    in_a = (offs_w >= RED_D) & (offs_w < RED_D + NPB)
+    in_b = (offs_w >= RED_D + NPB) & mw
+    tl.store(small_ptr + h, tl.sum(tl.where(in_a, acc, 0.0), axis=0))
+    tl.store(small_ptr + H + h, tl.sum(tl.where(in_b, acc, 0.0), axis=0))
+    if RED_D > 0:
+        if D_PER_CHANNEL:
+            tl.store(small_ptr + 2 * H + h * P + offs_w, acc, mask=offs_w < P)
+        else:
+            tl.store(small_ptr + 2 * H + h, tl.sum(tl.where(offs_w < P, acc, 0.0), axis=0))
+
+
+@triton.jit
 def _ssd_bwd_finish_kernel(
     red_ptr, small_ptr, part_ptr, dbc_ptr,
     n_rows, H, P, RED_D, RED_W, NPB, NSPLIT, E,
@@ -858,23 +928,8 @@ def _ssd_bwd_finish_kernel(
     the splits' fp32 partials ``part`` (2, NSPLIT, E) stored in the output dtype into ``dbc`` (2, E)."""
     pid = tl.program_id(0)
     if pid < H:
-        offs_w = tl.arange(0, RED_WP)
-        mw = offs_w < RED_W
-        acc = tl.zeros([RED_WP], dtype=tl.float32)
-        for r0 in range(0, n_rows, BLOCK_R):
-            rows = r0 + tl.arange(0, BLOCK_R)
-            tile = tl.load(red_ptr + (rows.to(tl.int64)[:, None] * H + pid) * RED_W + offs_w[None, :],
-                           mask=(rows < n_rows)[:, None] & mw[None, :], other=0.0)
-            acc += tl.sum(tile, axis=0)
-        in_a = (offs_w >= RED_D) & (offs_w < RED_D + NPB)
-        in_b = (offs_w >= RED_D + NPB) & mw
-        tl.store(small_ptr + pid, tl.sum(tl.where(in_a, acc, 0.0), axis=0))
-        tl.store(small_ptr + H + pid, tl.sum(tl.where(in_b, acc, 0.0), axis=0))
-        if RED_D > 0:
-            if D_PER_CHANNEL:
-                tl.store(small_ptr + 2 * H + pid * P + offs_w, acc, mask=offs_w < P)
-            else:
-                tl.store(small_ptr + 2 * H + pid, tl.sum(tl.where(offs_w < P, acc, 0.0), axis=0))
+        _finish_head(red_ptr, small_ptr, pid, n_rows, H, P, RED_D, RED_W, NPB,
+                     D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R)
     else:
         offs_e = (pid - H).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
         me = offs_e < E
@@ -962,7 +1017,6 @@ def dt_cache(
     here), which saves the kernel its search for each row's sequence."""
     T, H = dt.shape
     nseq = cu_seqlens.shape[0] - 1
-    check_dt_cache_offsets(H, T)
     A = A.contiguous()  # the kernel indexes A and dt_bias by head, unit stride (a view may not be)
     if dt_bias is not None:
         dt_bias = dt_bias.contiguous()
@@ -1240,7 +1294,18 @@ def ssd_bwd(
     else:
         dB = torch.empty_like(B)
         dC = torch.empty_like(C)
-    _DBDC[(n_rows, G * nsplit, n_nb)](
+    # 4. the last reductions: each head's dA / ddt_bias / dD summed over the rows of the chunk
+    # kernel's partials and, with split dB/dC, the splits' partials summed and cast (the torch
+    # reductions they replace cost ~10 us under graphs at SAM's shapes). Without split dB/dC the
+    # per-head sums run as H extra rows of the dB/dC grid (they need only the chunk kernel's output),
+    # which saves the finishing kernel's launch; otherwise that kernel does both.
+    d_chan = D is not None and D.dim() == 2
+    p_d = (P if d_chan else 1) if D is not None else 0
+    small = torch.empty((2 * H + H * p_d,), device=dev, dtype=torch.float32)  # [dA | ddt_bias | dD]
+    red_wp = next_pow2(red_w)
+    fuse_heads = nsplit == 1 and BWD_TUNING.get("fuse_finish") is not False
+    dbdc_warps = BWD_TUNING.get("dbdc_warps") or (8 if wide else 4)
+    _DBDC[(n_rows + (H if fuse_heads else 0), G * nsplit, n_nb)](
         dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
         T, H * T, P, N, G, HPG, nsplit, hps, n_slot, H * P * N, nseq, n_search,
@@ -1248,30 +1313,29 @@ def ssd_bwd(
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(-3), dB.stride(-2), dC.stride(-3),
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
+        red, small, n_rows, red_rows, H, red_d, red_w,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb, BALANCED=bal is not None,
-        num_warps=BWD_TUNING.get("dbdc_warps") or (8 if wide else 4), num_stages=BWD_TUNING.get("dbdc_stages") or 2,
+        # the fused head sums load [BLOCK_R, RED_WP] tiles of at most 64 values per thread (the dB/dC
+        # programs' registers bound the kernel's; the head programs run beside them, hidden)
+        FUSE_HEADS=fuse_heads, D_PER_CHANNEL=d_chan, RED_WP=red_wp,
+        BLOCK_R=max(1, min(next_pow2(red_rows), 2048 * dbdc_warps // red_wp)),
+        num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
-    # 4. the last reductions, one launch: the small gradients summed over rows and, with split dB/dC,
-    # the splits' partials summed and cast (the torch reductions they replace cost ~10 us under
-    # graphs at SAM's shapes; also fewer torch calls for eager training)
-    d_chan = D is not None and D.dim() == 2
-    p_d = (P if d_chan else 1) if D is not None else 0
-    small = torch.empty((2 * H + H * p_d,), device=dev, dtype=torch.float32)  # [dA | ddt_bias | dD]
-    n_e = T * G * N
-    block_e = 1024
-    if nsplit > 1:
-        dbc = torch.empty((2, T, G, N), device=dev, dtype=B.dtype)
-        dB, dC = dbc[0], dbc[1]
-    red_wp = next_pow2(red_w)
-    _FINISH[(H + (cdiv(n_e, block_e) if nsplit > 1 else 0),)](
-        red, small, part if nsplit > 1 else red, dbc if nsplit > 1 else small,
-        red_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
-        # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
-        # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
-        D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(red_rows), 32768 // red_wp)),
-        BLOCK_E=block_e, num_warps=8, num_stages=1,
-    )
+    if not fuse_heads:
+        n_e = T * G * N
+        block_e = 1024
+        if nsplit > 1:
+            dbc = torch.empty((2, T, G, N), device=dev, dtype=B.dtype)
+            dB, dC = dbc[0], dbc[1]
+        _FINISH[(H + (cdiv(n_e, block_e) if nsplit > 1 else 0),)](
+            red, small, part if nsplit > 1 else red, dbc if nsplit > 1 else small,
+            red_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
+            # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
+            # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
+            D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(red_rows), 32768 // red_wp)),
+            BLOCK_E=block_e, num_warps=8, num_stages=1,
+        )
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
     # views of one buffer; casts only where the parameter is not fp32 (each torch call is host
     # time in eager training)

@@ -99,11 +99,13 @@ def _process_dt(v, A, mask, dt_min, dt_max, DT_SOFTPLUS: tl.constexpr, WANT_CHAI
 
 @triton.jit
 def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
-    # (3, H, T) fp32: planes a | dt | chain (HT = H·T apart), each row (one head) contiguous in tokens
+    # (3, H, T) fp32: planes a | dt | chain (HT = H·T apart), each row (one head) contiguous in tokens.
+    # The third plane is two pointer steps of HT, never the product 2·HT: Triton passes an HT below
+    # 2^31 as int32, and 2·HT wraps from 2^30 on
     base = dtc_ptr + h.to(tl.int64) * T + tok
     tl.store(base, a, mask=mask)
     tl.store(base + HT, dt, mask=mask)
-    tl.store(base + 2 * HT, chain, mask=mask)
+    tl.store(dtc_ptr + HT + HT + h.to(tl.int64) * T + tok, chain, mask=mask)
 
 
 @triton.jit
@@ -297,16 +299,6 @@ def check_f32_buffer(name: str, t: torch.Tensor, shape: Tuple[int, ...]) -> None
         raise ValueError(f"{name} must be contiguous")
 
 
-def check_dt_cache_offsets(H: int, T: int) -> None:
-    """``ValueError`` where the dt cache's third plane would be addressed wrongly: the kernels
-    compute its offset ``2·H·T`` in int32 when ``H·T`` itself fits int32 (Triton passes such ints as
-    int32), which wraps for 2^30 ≤ H·T < 2^31 (about 13M tokens at 80 heads). Below and above that
-    range the offsets are exact."""
-    if (1 << 30) <= H * T < (1 << 31):
-        raise ValueError(f"tokens x heads = {H * T} is in [2^30, 2^31), where the dt cache's int32 plane "
-                         "offsets overflow; split the call (fewer tokens per call)")
-
-
 def default_block_q(T: int, nseq: int, dtype: torch.dtype) -> int:
     """Internal chunk length for inference: 64 (fastest on an H100 at SAM's short sequences, bf16,
     P 64, N 128). 128 with 8 warps was measured 9% faster at B1 L16384 H80 in one pass (1.25 vs
@@ -409,8 +401,6 @@ def ssd_fwd(
     BLOCK_N = max(16, next_pow2(N))
     BLOCK_P = _pick_block_p(P, N)
 
-    if dt_cache_out is not None or dt_cache_in is not None:
-        check_dt_cache_offsets(H, T)
     if dt_cache_out is not None:
         check_f32_buffer("dt_cache_out", dt_cache_out, (3, H, T))
     if dt_cache_in is not None:
