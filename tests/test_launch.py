@@ -220,15 +220,23 @@ def test_gpu_ssd_and_lora_take_the_direct_path():
     A = -torch.rand(4, device="cuda") - 0.5
     B = torch.randn(2, 64, 1, 128, device="cuda", dtype=torch.bfloat16)
     C = torch.randn(2, 64, 1, 128, device="cuda", dtype=torch.bfloat16)
-    outs = []
-    for _ in range(3):
-        y = ssd_chunk_scan(x, dt, A, B, C, 64, dt_softplus=True)
-        (g,) = torch.autograd.grad(y.float().square().sum(), x)
-        outs.append((y, g))
-    for y, g in outs[1:]:  # the direct path gives bitwise the same results
-        assert torch.equal(y, outs[0][0]) and torch.equal(g, outs[0][1])
+    # the default backward (per-head sums fused into the dB/dC grid), then the one that launches
+    # the finishing kernel
+    for fuse in (None, False):
+        old = bwd.BWD_TUNING["fuse_finish"]
+        bwd.BWD_TUNING["fuse_finish"] = fuse
+        try:
+            outs = []
+            for _ in range(3):
+                y = ssd_chunk_scan(x, dt, A, B, C, 64, dt_softplus=True)
+                (g,) = torch.autograd.grad(y.float().square().sum(), x)
+                outs.append((y, g))
+        finally:
+            bwd.BWD_TUNING["fuse_finish"] = old
+        for y, g in outs[1:]:  # the direct path gives bitwise the same results
+            assert torch.equal(y, outs[0][0]) and torch.equal(g, outs[0][1])
     assert fwd._FWD.hits >= 2 and bwd._CHUNK.hits >= 2 and bwd._DBDC.hits >= 2 and bwd._DSTATE.hits >= 2
-    assert bwd._FINISH.hits >= 2
+    assert bwd._FINISH.hits >= 2 and bwd._DT_CACHE.hits >= 2
 
     u = torch.randn(64, 8, device="cuda", dtype=torch.bfloat16)
     Bl = torch.randn(40, 8, device="cuda", dtype=torch.bfloat16)
