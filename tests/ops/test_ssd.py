@@ -659,6 +659,7 @@ def test_gpu_dt_cache_past_2_30_elements():
     del out, dt
     torch.cuda.empty_cache()
 
+
 def test_read_dt_matches_processing():
     _read_dt_matches_processing(16, 16, torch.float32, DEV, L=37, block_q=16)
 

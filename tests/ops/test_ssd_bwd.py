@@ -125,7 +125,10 @@ def reference_grads(case, block_q):
 
 @contextlib.contextmanager
 def bwd_tuning(**overrides):
-    """Temporarily override ``BWD_TUNING`` launch settings."""
+    """Temporarily override ``BWD_TUNING`` launch settings (known keys only: a misspelt one would
+    leave the default in place and the test testing it)."""
+    unknown = set(overrides) - set(bwd_mod.BWD_TUNING)
+    assert not unknown, f"not BWD_TUNING keys: {sorted(unknown)}"
     old = dict(bwd_mod.BWD_TUNING)
     bwd_mod.BWD_TUNING.update(overrides)
     try:
@@ -435,16 +438,34 @@ def test_bwd_dbdc_head_split(split, kernel_device):
 
 
 
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "finishing_kernel"])
 @pytest.mark.parametrize("D", ["channel", "head", None])
-def test_bwd_finish_kernel_unfused(D, kernel_device):
+def test_bwd_finish_fused_or_not(D, fuse, kernel_device, monkeypatch):
     """Without split dB/dC the per-head dA / ddt_bias / dD sums run as extra rows of the dB/dC grid
-    (every other test here); ``fuse_finish=False`` puts them back in the finishing kernel."""
+    (``fuse_finish=True``, on the CPU the default) or in the finishing kernel (``False``); every
+    gradient matches, buffers poisoned, and the launches are the ones claimed."""
     case = make_case([37, 20], H=4, G=2, P=16, N=24, D=D, z=True, dt_bias=True, softplus=True,
                      n_init=2, init_idx=[1, 0], dfinal=True)
     ref, cs = reference_grads(case, block_q=16)
-    with bwd_tuning(fuse_finish=False, dbdc_split=1):
+    grids = {"finish": [], "dbdc": []}
+
+    class Spy:  # records the grids of one launcher's calls
+        def __init__(self, real, name):
+            self.real, self.name = real, name
+
+        def __getitem__(self, grid):
+            grids[self.name].append(grid)
+            return self.real[grid]
+
+    monkeypatch.setattr(bwd_mod, "_FINISH", Spy(bwd_mod._FINISH, "finish"))
+    monkeypatch.setattr(bwd_mod, "_DBDC", Spy(bwd_mod._DBDC, "dbdc"))
+    with bwd_tuning(fuse_finish=fuse, dbdc_split=1), poisoned_empty():
         got = run_kernel(case, 16, cs, kernel_device)
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+    n_rows = (37 + 20) // 16 + 2  # chunk rows: T // block_q + nseq (``chunk_states``' rows)
+    assert len(grids["dbdc"]) == 1 and grids["dbdc"][0][0] == n_rows + (4 if fuse else 0)
+    assert len(grids["finish"]) == (0 if fuse else 1)
+
 
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref
 def chunk_scan_ref_grads(case, layout):

@@ -28,15 +28,16 @@ its dB/dC were summed over heads with atomics. Now:
    dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its heads and
    stores that [Q, Q] tile per program (balanced: per segment), and the dB/dC kernel reads it
    transposed from memory for ``dCBᵀ``: no second dot, no ``tl.trans`` of a dot result.
-3. ``_ssd_bwd_dbdc_kernel`` — grid (rows, G · head-splits, N-blocks): dB/dC of a chunk are sums
+3. ``_ssd_bwd_dbdc_kernel`` — grid (rows [+ H], G · head-splits, N-blocks): dB/dC of a chunk are sums
    over the group's heads, ``dB = (Σ dCB)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ dCB) B +
    Σ_h (exp(a_h) ∘ dy_h) S_in,h``: a GEMM over K = heads × P with a [Q, N-block] accumulator, one
    plain store in the output dtype (or fp32 partials per head split when there are few chunks).
 4. The last reductions in fixed order: dA, ddt_bias, dD summed over rows from the chunk kernel's
    partials and, with split dB/dC, the splits' partials summed and cast (they were two to four
-   torch kernels, ~10 us under graphs). Without split dB/dC the per-head sums are H extra rows of
-   the dB/dC kernel's grid (``FUSE_HEADS``); with it ``_ssd_bwd_finish_kernel`` (grid (H + dB/dC
-   blocks,)) does both.
+   torch kernels, ~10 us under graphs). Where dB/dC is not split and its programs leave room
+   (``_fuse_finish_heads``) the per-head sums are H extra rows of the dB/dC kernel's grid
+   (``FUSE_HEADS``); otherwise ``_ssd_bwd_finish_kernel`` (grid (H + dB/dC blocks,)) does them
+   (and, with split dB/dC, sums the splits).
 No atomics anywhere, so the backward is always deterministic (bitwise reproducible) at no extra
 cost.
 
@@ -83,7 +84,7 @@ P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states hav
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
 per (row, head) into one small fp32 buffer (rows past a sequence's end: zeros written by their
 programs, so no zero fill; the balanced grid's buffer has only the rows that hold tokens)
-summed over rows by the finishing kernel. Extra
+summed over rows by the finishing step (4. above). Extra
 memory: ``dstates`` (as large as ``chunk_states``), the two state tiles (each as large as ``x``)
 and Q² fp32 per (row, group, slot).
 """
@@ -110,7 +111,8 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # dbdc_stages / dbdc_split (head splits): the dB/dC kernel; factor_range: overrides ssd_bwd's
 # ``factor_range`` (``_factor_range``; 0 = never); balanced: False = the row-blocked chunk grid
 # even for equal-length sequences (``_balanced_grid``); chunk_programs: the balanced grid's programs;
-# fuse_finish: False = the per-head sums in the finishing kernel even without split dB/dC.
+# fuse_finish: the per-head sums in the dB/dC launch (``_fuse_finish_heads``): None = where they
+# fit beside its programs, True = always without split dB/dC, False = never.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
@@ -240,6 +242,23 @@ def _pick_dbdc_split(hpg: int, programs: int, wide: bool, device: torch.device) 
         return 1
     return max(1, min(cdiv(num_sms(device), max(1, programs)), hpg // 8))
 
+
+
+def _fuse_finish_heads(nsplit: int, programs: int, H: int, device: torch.device) -> bool:
+    """Whether the per-head dA / ddt_bias / dD sums run as ``H`` extra rows of the dB/dC grid
+    (``FUSE_HEADS``) instead of in the finishing kernel: only without split dB/dC (the finishing
+    kernel runs then anyway), and on the GPU only where the head programs fit beside the dB/dC
+    kernel's ``programs`` busy programs in one wave (one program per SM in its wide form).
+    Measured (H100, graph fwd+bwd, dev-runs/s20-call1): 130m B32 L192 (96 + 24 programs) 317.7 /
+    315.4 -> 313.8 / 312.4 us; 2.7b B8 L640 (80 + 80) 874.2 / 882.2 -> 875.5 / 884.0 (the dB/dC
+    kernel 6-8 us longer, kept unfused). ``BWD_TUNING["fuse_finish"]``: True / 1 always (without
+    split), False / 0 never."""
+    v = BWD_TUNING.get("fuse_finish")
+    if nsplit > 1 or v is False or v == 0:
+        return False
+    if v is True or v == 1 or device.type != "cuda":
+        return True
+    return programs + H <= num_sms(device)
 
 @triton.jit
 def _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last):
@@ -787,7 +806,8 @@ def _ssd_bwd_dbdc_kernel(
     ``FUSE_HEADS``: the grid has ``H`` more rows after the ``n_rows`` chunk rows, and their
     ``(·, 0, 0)`` programs do the finishing kernel's per-head sums (``_finish_head``; the other
     programs of those rows exit). They depend on the chunk kernel only, so they run beside the dB/dC
-    programs (on SMs the chunk rows leave free) instead of in a launch of their own after them."""
+    programs (the launcher fuses only where those leave SMs free: ``_fuse_finish_heads``) instead
+    of in a launch of their own after them."""
     row = tl.program_id(0)
     if FUSE_HEADS:
         if row >= n_rows:
@@ -1296,14 +1316,15 @@ def ssd_bwd(
         dC = torch.empty_like(C)
     # 4. the last reductions: each head's dA / ddt_bias / dD summed over the rows of the chunk
     # kernel's partials and, with split dB/dC, the splits' partials summed and cast (the torch
-    # reductions they replace cost ~10 us under graphs at SAM's shapes). Without split dB/dC the
-    # per-head sums run as H extra rows of the dB/dC grid (they need only the chunk kernel's output),
-    # which saves the finishing kernel's launch; otherwise that kernel does both.
+    # reductions they replace cost ~10 us under graphs at SAM's shapes). Without split dB/dC, where
+    # they fit beside its programs (``_fuse_finish_heads``), the per-head sums run as H extra rows of
+    # the dB/dC grid (they need only the chunk kernel's output), which saves the finishing kernel's
+    # launch; otherwise that kernel does them.
     d_chan = D is not None and D.dim() == 2
     p_d = (P if d_chan else 1) if D is not None else 0
     small = torch.empty((2 * H + H * p_d,), device=dev, dtype=torch.float32)  # [dA | ddt_bias | dD]
     red_wp = next_pow2(red_w)
-    fuse_heads = nsplit == 1 and BWD_TUNING.get("fuse_finish") is not False
+    fuse_heads = _fuse_finish_heads(nsplit, busy_rows * G * n_nb, H, dev)
     dbdc_warps = BWD_TUNING.get("dbdc_warps") or (8 if wide else 4)
     _DBDC[(n_rows + (H if fuse_heads else 0), G * nsplit, n_nb)](
         dout, x, dtc, B, C, z if z is not None else dummy,
@@ -1316,10 +1337,12 @@ def ssd_bwd(
         red, small, n_rows, red_rows, H, red_d, red_w,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb, BALANCED=bal is not None,
-        # the fused head sums load [BLOCK_R, RED_WP] tiles of at most 64 values per thread (the dB/dC
-        # programs' registers bound the kernel's; the head programs run beside them, hidden)
-        FUSE_HEADS=fuse_heads, D_PER_CHANNEL=d_chan, RED_WP=red_wp,
-        BLOCK_R=max(1, min(next_pow2(red_rows), 2048 * dbdc_warps // red_wp)),
+        # the fused head sums load [BLOCK_R, RED_WP] tiles of 64 values per thread (the dB/dC
+        # programs' registers bound the kernel's; the head programs run beside them, hidden). A
+        # fixed BLOCK_R (not sized to the rows) and fixed values when not fused: each distinct
+        # constexpr would compile this kernel again
+        FUSE_HEADS=fuse_heads, D_PER_CHANNEL=d_chan and fuse_heads, RED_WP=red_wp if fuse_heads else 1,
+        BLOCK_R=max(1, 2048 * dbdc_warps // red_wp) if fuse_heads else 1,
         num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
     if not fuse_heads:
