@@ -809,99 +809,73 @@ def _ssd_bwd_dbdc_kernel(
     programs (the launcher fuses only where those leave SMs free: ``_fuse_finish_heads``) instead
     of in a launch of their own after them."""
     row = tl.program_id(0)
+    head_row = False  # (a constexpr False unless FUSE_HEADS: then no branch is compiled)
     if FUSE_HEADS:
-        if row >= n_rows:
-            if (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
-                _finish_head(red_ptr, small_ptr, row - n_rows, red_rows, H, P, RED_D, RED_W, NPB,
-                             D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R)
-        else:
-            _dbdc_program(
-                row, dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr, dB_ptr, dC_ptr,
-                T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search, W, NP, SEQ_L, CPS, NSEG, NPB,
-                s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-                s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
-                HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_NB, BALANCED)
+        head_row = row >= n_rows
+    if head_row:
+        if (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
+            _finish_head(red_ptr, small_ptr, row - n_rows, red_rows, H, P, RED_D, RED_W, NPB,
+                         D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R)
     else:
-        _dbdc_program(
-            row, dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr, dB_ptr, dC_ptr,
-            T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search, W, NP, SEQ_L, CPS, NSEG, NPB,
-            s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-            s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
-            HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_NB, BALANCED)
+        g = tl.program_id(1) // NSPLIT
+        split = tl.program_id(1) % NSPLIT
+        pid_n = tl.program_id(2)
+        in_ty = x_ptr.dtype.element_ty
+        start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
+        if cstart < end:
+            offs_q = tl.arange(0, BLOCK_Q)
+            offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
+            mn = offs_n < N
+            tok = cstart + offs_q
+            mq = tok < end
+            last = tl.minimum(cstart + BLOCK_Q, end) - 1
+            mqn = mq[:, None] & mn[None, :]
+            accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
+            accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
+            need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
+            for j in range(split * HPS, tl.minimum(split * HPS + HPS, HPG)):
+                h = g * HPG + j
+                dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
+                w = tl.exp(a_last - a) * dtv
+                decay = tl.exp(a)
+                st_row = row.to(tl.int64) * HPN + h * P * N
+                for p0 in range(0, P, BLOCK_P):
+                    offs_p = p0 + tl.arange(0, BLOCK_P)
+                    mp = offs_p < P
+                    mqp = mq[:, None] & mp[None, :]
+                    x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
+                    dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
+                    so = st_row + offs_p[:, None] * N + offs_n[None, :]
+                    mpn = mp[:, None] & mn[None, :]
+                    dSn = tl.load(ds_ptr + so, mask=mpn & need_ds, other=0.0).to(in_ty)
+                    Sn = tl.load(cs_ptr + so, mask=mpn & need_sin, other=0.0).to(in_ty)
+                    accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
+                    accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
 
-
-@triton.jit
-def _dbdc_program(
-    row,
-    dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
-    dB_ptr, dC_ptr,
-    T, HT, P, N, G, HPG, NSPLIT, HPS, NSLOT, HPN, NSEQ, n_search,
-    W, NP, SEQ_L, CPS, NSEG, NPB,
-    s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-    s_dB_t, s_dB_g, s_dC_t, s_dC_g, s_split,
-    HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, BALANCED: tl.constexpr,
-):
-    """One program of ``_ssd_bwd_dbdc_kernel`` for chunk row ``row`` (see there)."""
-    g = tl.program_id(1) // NSPLIT
-    split = tl.program_id(1) % NSPLIT
-    pid_n = tl.program_id(2)
-    in_ty = x_ptr.dtype.element_ty
-    start, end, cstart = _row_chunk(cu_ptr, row, NSEQ, n_search, BLOCK_Q)
-    if cstart < end:
-        offs_q = tl.arange(0, BLOCK_Q)
-        offs_n = pid_n * BLOCK_NB + tl.arange(0, BLOCK_NB)
-        mn = offs_n < N
-        tok = cstart + offs_q
-        mq = tok < end
-        last = tl.minimum(cstart + BLOCK_Q, end) - 1
-        mqn = mq[:, None] & mn[None, :]
-        accB = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
-        accC = tl.zeros([BLOCK_Q, BLOCK_NB], dtype=tl.float32)
-        need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
-        for j in range(split * HPS, tl.minimum(split * HPS + HPS, HPG)):
-            h = g * HPG + j
-            dtv, a, a_last = _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last)
-            w = tl.exp(a_last - a) * dtv
-            decay = tl.exp(a)
-            st_row = row.to(tl.int64) * HPN + h * P * N
-            for p0 in range(0, P, BLOCK_P):
-                offs_p = p0 + tl.arange(0, BLOCK_P)
-                mp = offs_p < P
-                mqp = mq[:, None] & mp[None, :]
-                x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
-                dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
-                so = st_row + offs_p[:, None] * N + offs_n[None, :]
-                mpn = mp[:, None] & mn[None, :]
-                dSn = tl.load(ds_ptr + so, mask=mpn & need_ds, other=0.0).to(in_ty)
-                Sn = tl.load(cs_ptr + so, mask=mpn & need_sin, other=0.0).to(in_ty)
-                accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
-                accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
-
-        if split == 0:
-            # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
-            qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
-            dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-            dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
-            qq_t = offs_q[None, :] * BLOCK_Q + offs_q[:, None]  # the same tiles read transposed
-            if BALANCED:
-                rg = ((start // SEQ_L) * CPS + (cstart - start) // BLOCK_Q) * G + g
-                base = rg * NSEG * NPB
-                n_slot = (_item_owner(rg * HPG + HPG - 1, W, NP) - _item_owner(rg * HPG, W, NP) + 1) * NPB
-            else:
-                base = (row.to(tl.int64) * G + g) * NSLOT
-                n_slot = NSLOT
-            for k in range(0, n_slot):
-                dCB += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq)
-                dCBT += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq_t)
-            Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
-            Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
-            accC += tl.dot(dCB.to(in_ty), Bn, input_precision=PREC)
-            accB += tl.dot(dCBT.to(in_ty), Cn, input_precision=PREC)
-        out = split.to(tl.int64) * s_split + tok[:, None] * s_dB_t + g * s_dB_g + offs_n[None, :]
-        tl.store(dB_ptr + out, accB.to(dB_ptr.dtype.element_ty), mask=mqn)
-        out = split.to(tl.int64) * s_split + tok[:, None] * s_dC_t + g * s_dC_g + offs_n[None, :]
-        tl.store(dC_ptr + out, accC.to(dC_ptr.dtype.element_ty), mask=mqn)
+            if split == 0:
+                # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
+                qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
+                dCB = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+                dCBT = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
+                qq_t = offs_q[None, :] * BLOCK_Q + offs_q[:, None]  # the same tiles read transposed
+                if BALANCED:
+                    rg = ((start // SEQ_L) * CPS + (cstart - start) // BLOCK_Q) * G + g
+                    base = rg * NSEG * NPB
+                    n_slot = (_item_owner(rg * HPG + HPG - 1, W, NP) - _item_owner(rg * HPG, W, NP) + 1) * NPB
+                else:
+                    base = (row.to(tl.int64) * G + g) * NSLOT
+                    n_slot = NSLOT
+                for k in range(0, n_slot):
+                    dCB += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq)
+                    dCBT += tl.load(dcb_ptr + (base + k) * (BLOCK_Q * BLOCK_Q) + qq_t)
+                Bn = tl.load(B_ptr + tok[:, None] * s_B_t + g * s_B_g + offs_n[None, :], mask=mqn, other=0.0)
+                Cn = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+                accC += tl.dot(dCB.to(in_ty), Bn, input_precision=PREC)
+                accB += tl.dot(dCBT.to(in_ty), Cn, input_precision=PREC)
+            out = split.to(tl.int64) * s_split + tok[:, None] * s_dB_t + g * s_dB_g + offs_n[None, :]
+            tl.store(dB_ptr + out, accB.to(dB_ptr.dtype.element_ty), mask=mqn)
+            out = split.to(tl.int64) * s_split + tok[:, None] * s_dC_t + g * s_dC_g + offs_n[None, :]
+            tl.store(dC_ptr + out, accC.to(dC_ptr.dtype.element_ty), mask=mqn)
 
 
 _DBDC = fast_launch(_ssd_bwd_dbdc_kernel)  # cheaper eager launches (samkern/launch.py)
