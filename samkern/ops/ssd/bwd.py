@@ -112,11 +112,13 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # ``factor_range`` (``_factor_range``; 0 = never); balanced: False = the row-blocked chunk grid
 # even for equal-length sequences (``_balanced_grid``); chunk_programs: the balanced grid's programs;
 # fuse_finish: the per-head sums in the dB/dC launch (``_fuse_finish_heads``): None = where they
-# fit beside its programs, True = always without split dB/dC, False = never.
+# fit beside its programs, True = always without split dB/dC, False = never; dbdc_one_pb: False =
+# the dB/dC kernel keeps its P-block loop even when P fits one block.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
-                    "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None}
+                    "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None,
+                    "dbdc_one_pb": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -781,6 +783,27 @@ _CHUNK = fast_launch(_ssd_bwd_chunk_kernel)  # cheaper eager launches (samkern/l
 
 
 @triton.jit
+def _dbdc_pblock(accB, accC, p0, h, st_row, tok, mq, offs_n, mn, w, decay, need_ds, need_sin,
+                 dout_ptr, x_ptr, z_ptr, cs_ptr, ds_ptr, P, N, s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
+                 HAS_Z: tl.constexpr, PREC: tl.constexpr, BLOCK_P: tl.constexpr):
+    """Head ``h``'s state terms of dB / dC for the P-block at ``p0``: ``accB += (w ∘ x) dS``,
+    ``accC += (exp(a) ∘ dy) S_in`` (the dB/dC kernel's inner GEMM step)."""
+    in_ty = x_ptr.dtype.element_ty
+    offs_p = p0 + tl.arange(0, BLOCK_P)
+    mp = offs_p < P
+    mqp = mq[:, None] & mp[None, :]
+    x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
+    dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
+    so = st_row + offs_p[:, None] * N + offs_n[None, :]
+    mpn = mp[:, None] & mn[None, :]
+    dSn = tl.load(ds_ptr + so, mask=mpn & need_ds, other=0.0).to(in_ty)
+    Sn = tl.load(cs_ptr + so, mask=mpn & need_sin, other=0.0).to(in_ty)
+    accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
+    accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
+    return accB, accC
+
+
+@triton.jit
 def _ssd_bwd_dbdc_kernel(
     dout_ptr, x_ptr, dtc_ptr, B_ptr, C_ptr, z_ptr, cu_ptr, cs_ptr, ds_ptr, dcb_ptr,
     dB_ptr, dC_ptr,
@@ -792,6 +815,7 @@ def _ssd_bwd_dbdc_kernel(
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, BALANCED: tl.constexpr,
     FUSE_HEADS: tl.constexpr, D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr,
+    ONE_PB: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
@@ -839,18 +863,21 @@ def _ssd_bwd_dbdc_kernel(
                 w = tl.exp(a_last - a) * dtv
                 decay = tl.exp(a)
                 st_row = row.to(tl.int64) * HPN + h * P * N
-                for p0 in range(0, P, BLOCK_P):
-                    offs_p = p0 + tl.arange(0, BLOCK_P)
-                    mp = offs_p < P
-                    mqp = mq[:, None] & mp[None, :]
-                    x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
-                    dy = _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
-                    so = st_row + offs_p[:, None] * N + offs_n[None, :]
-                    mpn = mp[:, None] & mn[None, :]
-                    dSn = tl.load(ds_ptr + so, mask=mpn & need_ds, other=0.0).to(in_ty)
-                    Sn = tl.load(cs_ptr + so, mask=mpn & need_sin, other=0.0).to(in_ty)
-                    accB += tl.dot((w[:, None] * x.to(tl.float32)).to(in_ty), dSn, input_precision=PREC)
-                    accC += tl.dot((decay[:, None] * dy).to(in_ty), Sn, input_precision=PREC)
+                if ONE_PB:
+                    # one P-block: no inner loop, so the head loop is the innermost loop and Triton's
+                    # pipeliner prefetches the next head's tiles (an inner loop of one iteration
+                    # left every load of the head loop unpipelined: 38 % of the stall samples on
+                    # long scoreboard at 130m, dev-runs/s20-call9)
+                    accB, accC = _dbdc_pblock(
+                        accB, accC, 0, h, st_row, tok, mq, offs_n, mn, w, decay, need_ds, need_sin,
+                        dout_ptr, x_ptr, z_ptr, cs_ptr, ds_ptr, P, N, s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h,
+                        HAS_Z, PREC, BLOCK_P)
+                else:
+                    for p0 in range(0, P, BLOCK_P):
+                        accB, accC = _dbdc_pblock(
+                            accB, accC, p0, h, st_row, tok, mq, offs_n, mn, w, decay, need_ds, need_sin,
+                            dout_ptr, x_ptr, z_ptr, cs_ptr, ds_ptr, P, N, s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t,
+                            s_z_h, HAS_Z, PREC, BLOCK_P)
 
             if split == 0:
                 # intra-chunk parts from the chunk kernel's per-slot sums (loaded: not a dot result)
@@ -1300,6 +1327,7 @@ def ssd_bwd(
     red_wp = next_pow2(red_w)
     fuse_heads = _fuse_finish_heads(nsplit, busy_rows * G * n_nb, H, dev)
     dbdc_warps = BWD_TUNING.get("dbdc_warps") or (8 if wide else 4)
+    one_pb = min(BLOCK_P, 64) >= P and BWD_TUNING.get("dbdc_one_pb") is not False
     _DBDC[(n_rows + (H if fuse_heads else 0), G * nsplit, n_nb)](
         dout, x, dtc, B, C, z if z is not None else dummy,
         cu_seqlens, chunk_states, dstates, dcb, dB, dC,
@@ -1317,7 +1345,14 @@ def ssd_bwd(
         # constexpr would compile this kernel again
         FUSE_HEADS=fuse_heads, D_PER_CHANNEL=d_chan and fuse_heads, RED_WP=red_wp if fuse_heads else 1,
         BLOCK_R=max(1, 2048 * dbdc_warps // red_wp) if fuse_heads else 1,
-        num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
+        # P in one block (``ONE_PB``): the head loop is the innermost loop and the pipeliner prefetches
+        # the next head's tiles (H100, graph, dB/dC kernel us, P-block loop / one block at 2 / 3
+        # stages: 130m B32 L192 63.8 / 57.1 / 45.7, 2.7b B16 L192 110.0 / 94.2 / 75.2, B8 L640
+        # 183.6 / 164.4 / 130.6; dev-runs/s20-call10). 2 stages: the 3-stage kernel is faster still
+        # but has not been run through the GPU's headdim x d_state grid yet (the Triton 3.6 Hopper
+        # miscompiles are per compiled kernel), so it stays behind BWD_TUNING["dbdc_stages"] = 3.
+        # BWD_TUNING["dbdc_one_pb"] = False keeps the P-block loop
+        ONE_PB=one_pb, num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
     )
     if not fuse_heads:
         n_e = T * G * N
