@@ -467,6 +467,34 @@ def test_bwd_finish_fused_or_not(D, fuse, kernel_device, monkeypatch):
     assert len(grids["finish"]) == (0 if fuse else 1)
 
 
+@pytest.mark.parametrize("P, block_p, one_pb_setting, want_one_pb", [
+    (32, None, None, True),  # P in one block: the head loop without the P-block loop (pipelined)
+    (24, 16, None, False),  # two P-blocks: the loop
+    (32, None, False, False),  # the loop kept by BWD_TUNING["dbdc_one_pb"]
+])
+def test_bwd_dbdc_one_p_block(P, block_p, one_pb_setting, want_one_pb, kernel_device, monkeypatch):
+    """The dB/dC kernel's two forms of its head loop (``ONE_PB``): the launcher picks the one-block
+    form exactly where P fits one block, and both give every gradient (buffers poisoned)."""
+    case = make_case([37, 20], H=4, G=2, P=P, N=24, D="channel", z=True, dt_bias=True, softplus=True,
+                     n_init=2, init_idx=[1, 0], dfinal=True)
+    ref, cs = reference_grads(case, block_q=16)
+    seen = []
+    real = bwd_mod._DBDC
+
+    class Spy:  # records the constexprs of the dB/dC launches
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                seen.append(kwargs)
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(bwd_mod, "_DBDC", Spy())
+    with bwd_tuning(dbdc_one_pb=one_pb_setting), poisoned_empty():
+        got = run_kernel(case, 16, cs, kernel_device, block_p=block_p)
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+    assert [k["ONE_PB"] for k in seen] == [want_one_pb]
+
+
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref
 def chunk_scan_ref_grads(case, layout):
     """fp64 autograd through :func:`ssd_chunk_scan_ref` (the project reference).
