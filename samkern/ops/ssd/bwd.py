@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches and a small finishing one
-(one more without a dt cache, one more with ``factor_range``: the chunk kernel's factored decays,
-``_factor_range``).
+"""Backward of the fused Mamba-2 SSD chunked scan: three Triton launches, plus a small finishing
+kernel where dB/dC is split or its per-head sums do not fit beside the dB/dC programs
+(``_fuse_finish_heads``); one more without a dt cache, one more with ``factor_range`` (the chunk
+kernel's factored decays, ``_factor_range``).
 
 Glossary: T total tokens (batch·L, sequences packed back to back), H heads, P headdim,
 N d_state, G ngroups (head ``h`` reads B/C group ``h // (H // G)``), Q the internal chunk
