@@ -17,9 +17,11 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from benchmarks.harness import time_graph  # noqa: E402
 from benchmarks.ops.bench_ssd import SHAPES, fwd_fn, make_inputs  # noqa: E402
+from gpu_ssd_profile import profiled_calls  # noqa: E402
 import samkern.ops.ssd.fwd as fwd_mod  # noqa: E402
 from samkern.ops.ssd.chunk import ssd_chunk_scan  # noqa: E402
 from samkern.testing import rel_err  # noqa: E402
@@ -33,14 +35,7 @@ SWEEP = json.loads(os.environ.get("LONG_FWD_SWEEP", json.dumps([
 
 def launches(fn, iters: int = 3) -> list:
     """(kernel name, us) of every launch of one call, in launch order (median over ``iters`` calls)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
+    prof = profiled_calls(fn, iters)
     ev = sorted((e for e in prof.events() if str(getattr(e, "device_type", "")).endswith("CUDA")),
                 key=lambda e: e.time_range.start)
     ks = [(e.name[:40], e.time_range.elapsed_us()) for e in ev]

@@ -40,17 +40,23 @@ SWEEP = json.loads(os.environ.get("SSD_PROFILE_SWEEP", json.dumps(
     [{"num_warps": w, "num_stages": s} for w in (4, 8) for s in (1, 2)])))
 
 
-def kernel_times(fn, iters: int = 5, counts: Optional[dict] = None) -> dict:
-    """CUDA time per call of each kernel name (us), from torch.profiler; ``counts``, if given,
-    receives the launches per call of each name."""
-    fn()
-    torch.cuda.synchronize()
+def profiled_calls(fn, iters: int):
+    """The torch.profiler record (CUDA activity) of ``iters`` calls of ``fn`` after one warm-up call."""
     from torch.profiler import ProfilerActivity, profile
 
+    fn()
+    torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             fn()
         torch.cuda.synchronize()
+    return prof
+
+
+def kernel_times(fn, iters: int = 5, counts: Optional[dict] = None) -> dict:
+    """CUDA time per call of each kernel name (us), from torch.profiler; ``counts``, if given,
+    receives the launches per call of each name."""
+    prof = profiled_calls(fn, iters)
     acc: dict = defaultdict(float)
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
