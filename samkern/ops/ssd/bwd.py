@@ -1349,11 +1349,11 @@ def ssd_bwd(
         # P in one block (``ONE_PB``): the head loop is the innermost loop and the pipeliner prefetches
         # the next head's tiles (H100, graph, dB/dC kernel us, P-block loop / one block at 2 / 3
         # stages: 130m B32 L192 63.8 / 57.1 / 45.7, 2.7b B16 L192 110.0 / 94.2 / 75.2, B8 L640
-        # 183.6 / 164.4 / 130.6; dev-runs/s20-call10). 2 stages: the 3-stage kernel is faster still
-        # but has not been run through the GPU's headdim x d_state grid yet (the Triton 3.6 Hopper
-        # miscompiles are per compiled kernel), so it stays behind BWD_TUNING["dbdc_stages"] = 3.
-        # BWD_TUNING["dbdc_one_pb"] = False keeps the P-block loop
-        ONE_PB=one_pb, num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or 2,
+        # 183.6 / 164.4 / 130.6; dev-runs/s20-call10). 3 stages for the one-block form (validated on
+        # the GPU's headdim x d_state grid against mamba-ssm, dev-runs/s21-call1: the Triton 3.6
+        # Hopper miscompiles are per compiled kernel); the P-block loop keeps 2 (its inner loop is
+        # the pipelined one). BWD_TUNING["dbdc_one_pb"] = False keeps the P-block loop
+        ONE_PB=one_pb, num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or (3 if one_pb else 2),
     )
     if not fuse_heads:
         n_e = T * G * N
