@@ -112,6 +112,33 @@ def test_forward_matches_reference(case, dt_prep):
     assert_close("out vs recurrence", out, rec_out, RTOL[dtype])
 
 
+def test_decay_tiles_on_both_sides_of_the_split_range(dt_prep):
+    """The [Q, Q] decay tiles (``fwd._times_causal_decay``): chunks whose whole decay |a_last| is
+    at most ``DECAY_SPLIT_RANGE`` take the outer product of two exp vectors, faster ones the exp of
+    the masked difference. Heads from ~1 to ~900 over a 16-token chunk put chunks on both sides
+    (and both inside one sequence, whose last chunk is short); output, final states and every
+    gradient against fp64, finite everywhere."""
+    assert fwd_mod.DECAY_SPLIT_RANGE == 160.0  # the literal in the kernel helper
+    kw = make(2, 37, 4, 16, 16, 1, D="head", z=True, dt_bias=True, init=True, requires_grad=True)
+    with torch.no_grad():
+        kw["A"].copy_(torch.tensor([-0.1, -4.0, -10.0, -60.0]))
+    out, fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
+    k64 = to64(kw)
+    ref_out, ref_fin = ssd_chunk_scan_ref(**k64, chunk_size=16, return_final_states=True)
+    # the test's premise: some (chunk, head) decays on each side of the range
+    dt = torch.nn.functional.softplus(k64["dt"] + k64["dt_bias"]).detach()
+    decays = (dt[:, :32].reshape(2, 2, 16, 4).sum(2) * -k64["A"].detach()).flatten()
+    assert bool((decays < 150).any()) and bool((decays > 170).any())
+    assert_close("out", out, ref_out, RTOL[torch.float32])
+    assert_close("final_states", fin, ref_fin, RTOL[torch.float32])
+    g_out, g_fin = torch.randn_like(ref_out), torch.randn_like(ref_fin)
+    ((out.double() * g_out).sum() + (fin.double() * g_fin).sum()).backward()
+    ((ref_out * g_out).sum() + (ref_fin * g_fin).sum()).backward()
+    for k in ("x", "dt", "A", "B", "C", "D", "z", "dt_bias", "initial_states"):
+        assert bool(torch.isfinite(kw[k].grad).all()), k
+        assert_close(f"grad {k}", kw[k].grad, k64[k].grad, GRAD_RTOL[torch.float32])
+
+
 def test_pick_block_p_keeps_the_state_tile_in_registers():
     """All of P per program up to P * N = 8192 (every shape mamba-ssm ships), cut to 8192 / N past it."""
     pick = fwd_mod._pick_block_p

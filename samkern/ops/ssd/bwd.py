@@ -101,7 +101,7 @@ import triton.language as tl
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_equal_lengths, check_same_device, check_tensor
 from samkern.launch import fast_launch
-from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache, check_f32_buffer
+from samkern.ops.ssd.fwd import _times_causal_decay, _process_dt, _store_dt_cache, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 
@@ -551,7 +551,7 @@ def _chunk_head(
     if HAS_Z:
         zz = tl.load(z_ptr + tok[:, None] * s_z_t + h * s_z_h + offs_p[None, :], mask=mqp,
                      other=0.0).to(tl.float32)
-        M = CB * tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf"))) * dtv[None, :]
+        M = _times_causal_decay(CB * dtv[None, :], a, a_last, causal, False)
         y = tl.dot(M.to(in_ty), x, input_precision=PREC) + decay[:, None] * CS
         if HAS_D:
             y += Dv * x.to(tl.float32)
@@ -575,8 +575,7 @@ def _chunk_head(
         udy = (tl.exp(a - c_mid)[:, None] * dy).to(in_ty)
         dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(CBT, udy, input_precision=PREC) + w[:, None] * BdS
     else:
-        LT = tl.exp(tl.where(causal_t, a[None, :] - a[:, None], float("-inf")))  # [s, t]
-        MT = CBT * LT * dtv[:, None]  # [s, t]
+        MT = _times_causal_decay(CBT * dtv[:, None], a, a_last, causal_t, True)  # [s, t]
         dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
     if HAS_D:
         dx += Dv * dy
@@ -585,10 +584,12 @@ def _chunk_head(
              mask=mqp)
 
     # ---- direct set: dM = dy xᵀ, the dt / decay gradients through M, Σ dCB
-    L = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))  # [t, s]
+    # L_ts = exp(a_t − a_s) on s ≤ t, formed before the dot (a dot result used inside the helper's
+    # branch fails Triton 3.6's pipeliner pass)
+    L = _times_causal_decay(1.0, a, a_last, causal, False)
     dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]
     dML = dM * L
-    GL = dML * CB  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal: L = 0)
+    GL = dML * CB  # dM_ts·CB_ts·L_ts = ∂/∂dt_s through M (zero above the diagonal)
     # R = GL ∘ dt_s = dM ∘ M; its column sums are dt_s·ddt_dir_s: one cross-warp reduction
     # of a [Q, Q] tile fewer (column sums run across warps, row sums within one)
     ddt_dir = tl.sum(GL, axis=0)

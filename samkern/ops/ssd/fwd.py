@@ -108,6 +108,46 @@ def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
     tl.store(dtc_ptr + HT + HT + h.to(tl.int64) * T + tok, chain, mask=mask)
 
 
+# The [Q, Q] decay tile exp(a_t − a_s) as an outer product exp(a_t − c) · exp(c − a_s), c = a_last / 2,
+# for chunks whose whole decay |a_last| is at most this: two [Q] vector exps instead of Q² (the
+# tile's exp was the forward's top stall line, 12.5 % of its samples at 130m: dev-runs/s20-call9;
+# the backward's chunk kernel forms two such tiles per head). H100, one call, graph fwd+bwd us,
+# exp / outer product: 130m B32 L192 295.2 / 276.8, 2.7b B16 L192 466.8 / 431.3, B8 L640 820.9 /
+# 769.2, B1 L16384 2835 / 2659; the chunk kernel 133 / 118, 211 / 183, 359 / 310, 1022 / 902
+# (dev-runs/s21-call4). The branch yields the product with the caller's tile, not the decay tile:
+# one [Q, Q] tile fewer live at its end (offline sm_90: chunk kernel spills 324 -> 232 bytes).
+# Every a_t lies between 0 and a_last, so both factors stay within exp(±80), inside fp32's normal
+# range (exp(±87)) even with flush-to-zero; the product of a valid pair (s ≤ t) is the decay itself,
+# at most 1. Chunks decaying faster take the exp of the masked difference, as before.
+DECAY_SPLIT_RANGE = 160.0
+
+
+@triton.jit
+def _times_causal_decay(t, a, a_last, causal, TRANSPOSED: tl.constexpr):
+    """``t`` ∘ exp(a_t − a_s) where ``causal`` (s ≤ t), 0 elsewhere: ``t`` is a [t, s] tile, or with
+    ``TRANSPOSED`` an [s, t] one (``causal`` then masks [s, t]). ``a`` is the chunk's in-chunk
+    log-decay [Q], ``a_last`` its whole decay (a scalar: the branch is uniform over the program).
+    The product, not the decay tile, leaves the branch: a [Q, Q] tile fewer live at its end."""
+    if tl.abs(a_last) <= 160.0:  # DECAY_SPLIT_RANGE
+        c = 0.5 * a_last
+        e = tl.exp(a - c)  # exp(a_t − c)
+        f = tl.exp(c - a)  # exp(c − a_s)
+        # the decay first, masked: at most 1 on valid pairs (t · e alone could overflow); masked
+        # pairs (s > t) may overflow to inf, selected away before t multiplies (no inf · 0)
+        if TRANSPOSED:
+            v = f[:, None] * e[None, :]
+        else:
+            v = e[:, None] * f[None, :]
+        out = t * tl.where(causal, v, 0.0)
+    else:
+        if TRANSPOSED:
+            d = a[None, :] - a[:, None]
+        else:
+            d = a[:, None] - a[None, :]
+        out = t * tl.exp(tl.where(causal, d, float("-inf")))  # masked *before* exp: no overflow
+    return out
+
+
 @triton.jit
 def _read_dt_cache(dtc_ptr, h, T, HT, tok, mask):
     """(processed dt, in-chunk log-decay a, a_last) of one chunk of head ``h`` from the dt cache
@@ -231,11 +271,9 @@ def _ssd_fwd_kernel(
             Cm = tl.load(c_base + offs_t[:, None] * stride_c_t + offs_n[None, :],
                          mask=mask_t[:, None] & mask_n[None, :], other=0.0)
 
-            # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (exp argument <= 0 there;
-            # the upper triangle is masked *before* exp so it cannot overflow)
+            # intra-chunk: M = (C B^T) o L, L_ts = exp(a_t - a_s) dt_s on s <= t (``_causal_decay``)
             CB = tl.dot(Cm, tl.trans(Bm), input_precision=DOT_PREC)
-            decay = tl.exp(tl.where(causal, a[:, None] - a[None, :], float("-inf")))
-            Mm = CB * decay * dt[None, :]
+            Mm = _times_causal_decay(CB * dt[None, :], a, a_last, causal, False)
             y = tl.dot(Mm.to(xm.dtype), xm, input_precision=DOT_PREC)
             # inter-chunk: exp(a_t) * C_t . S (state entering the chunk)
             y += tl.exp(a)[:, None] * tl.dot(Cm, ST.to(Cm.dtype), input_precision=DOT_PREC)
