@@ -805,9 +805,12 @@ def test_gpu_deterministic_mode():
         assert_exact("deterministic rerun", a, b)
 
 
-def test_cu_seqlens_inconsistent_with_seq_idx_is_ignored_without_varlen():
+def test_cu_seqlens_inconsistent_with_seq_idx_is_ignored_without_varlen(monkeypatch):
     """Like the reference (and mamba-ssm), cu_seqlens only matters for return_varlen_states: an
-    inconsistent one is not used and seq_idx defines the sequences."""
+    inconsistent one is not used and seq_idx defines the sequences. The consistency check is a
+    value check (a host sync): always on the CPU, on a GPU only with ``SAMKERN_SYNC_CHECKS=1``
+    (without it a given cu_seqlens is trusted, ``chunk._value_checks``), so the test turns it on."""
+    monkeypatch.setenv("SAMKERN_SYNC_CHECKS", "1")
     kw = _varlen_inputs([12, 20], D="head", init=True)
     kw["cu_seqlens"] = torch.tensor([0, 5, 32], dtype=torch.int32, device=DEV)
     out, fin = ssd_chunk_scan(**kw, chunk_size=64, return_final_states=True, backend="triton")
