@@ -3,10 +3,10 @@
 # (per-kernel CUDA time and the fwd+bwd CUDA-graph total, scripts/gpu_ssd_profile.py), so that host
 # drift between calls cannot fake a difference (session 13 used it for every kernel change).
 #
-#   bash scripts/gpu_ssd_ab.sh prepare <base-rev>   # here: writes ./abbase/ (untracked, NOT ignored,
-#                                                   # so it travels with the tree; never commit it)
-#   bash scripts/gpu_ssd_ab.sh run                  # device, carry [".gpu-kit"]: logs in $OUT (without
-#                                                   # abbase/: the tree and AB_VARIANTS only)
+#   bash scripts/gpu_ssd_ab.sh prepare <base-rev>   # here: writes ./abbase/ (git-ignored, so a commit
+#                                                   # cannot pick it up: session 21's did, when it was not)
+#   bash scripts/gpu_ssd_ab.sh run                  # device, carry [".gpu-kit", "abbase"]: logs in $OUT
+#                                                   # (without abbase/: the tree and AB_VARIANTS only)
 #   rm -rf abbase                                   # here, afterwards
 #
 # Environment: SSD_PROFILE_SHAPES (default: the four harness shapes), SSD_PROFILE_SWEEP (default
