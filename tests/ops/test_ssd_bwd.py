@@ -394,6 +394,9 @@ def test_bwd_without_d_poisoned(kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+# the outer-product decay tile (fwd._times_causal_decay) overflows to inf on masked pairs (s > t) of
+# fast-decaying chunks before they are selected away: numpy (the interpreter) reports it, harmlessly
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
 @pytest.mark.parametrize("factor_range", [None, 0, 5, 80])
 def test_bwd_factored_decay(factor_range, kernel_device):
     """The chunk kernel's factored decays (``bwd._factor_range``, two launches): heads decaying
