@@ -142,7 +142,8 @@ def _factor_range(requested: Optional[float]) -> float:
     much over the chunk (|a_last|): the factors then stay within exp(±40), far from fp32 / bf16
     overflow even after multiplying dy and summing 64 terms. ``FACTOR_RANGE`` (80) covers
     Mamba-2's initialisation (A in [-16, -1], dt ≤ 0.1: at most 102 over 64 tokens, most heads far
-    less); blocks with a head beyond it take the [Q, Q] exp per head, in a second launch.
+    less); blocks with a head beyond it take the per-head decay tile (``fwd._times_causal_decay``:
+    an outer product up to |a_last| = 160, the [Q, Q] exp beyond), in a second launch.
     Measured (H100, ``dev-runs/s14-call7-*``, chunk kernel us, exp path / factored): B1 L16384
     (the sequence split) 1158 / 1017; 130m B32 L192 138 / 140, 2.7b B16 L192 216 / 222, B8 L640
     365 / 376. So only the sequence split asks for it. Returns the bound for the kernel, −1 = off
@@ -541,7 +542,7 @@ def _chunk_head(
     dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
                    other=0.0)
     # [Q, Q] tiles are the register hogs: each is formed right before its uses, in an
-    # order that ends the transposed set (LT, MT) before the direct set (L, dM) starts
+    # order that ends the transposed set (MT) before the direct set (L, dM) starts
     # ---- gate
     if HAS_D:
         if D_PER_CHANNEL:
