@@ -440,6 +440,22 @@ def test_bwd_dbdc_head_split(split, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+def spy_launches(monkeypatch, name):
+    """Wrap the backward's launcher ``bwd_mod.<name>`` so that each launch is recorded as (grid,
+    keyword arguments: the constexprs and launch settings) before it runs; returns that list."""
+    calls = []
+    real = getattr(bwd_mod, name)
+
+    class Spy:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                calls.append((grid, kwargs))
+                return real[grid](*args, **kwargs)
+            return launch
+
+    monkeypatch.setattr(bwd_mod, name, Spy())
+    return calls
+
 
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "finishing_kernel"])
 @pytest.mark.parametrize("D", ["channel", "head", None])
@@ -450,24 +466,14 @@ def test_bwd_finish_fused_or_not(D, fuse, kernel_device, monkeypatch):
     case = make_case([37, 20], H=4, G=2, P=16, N=24, D=D, z=True, dt_bias=True, softplus=True,
                      n_init=2, init_idx=[1, 0], dfinal=True)
     ref, cs = reference_grads(case, block_q=16)
-    grids = {"finish": [], "dbdc": []}
-
-    class Spy:  # records the grids of one launcher's calls
-        def __init__(self, real, name):
-            self.real, self.name = real, name
-
-        def __getitem__(self, grid):
-            grids[self.name].append(grid)
-            return self.real[grid]
-
-    monkeypatch.setattr(bwd_mod, "_FINISH", Spy(bwd_mod._FINISH, "finish"))
-    monkeypatch.setattr(bwd_mod, "_DBDC", Spy(bwd_mod._DBDC, "dbdc"))
+    finish = spy_launches(monkeypatch, "_FINISH")
+    dbdc = spy_launches(monkeypatch, "_DBDC")
     with bwd_tuning(fuse_finish=fuse, dbdc_split=1), poisoned_empty():
         got = run_kernel(case, 16, cs, kernel_device)
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
     n_rows = (37 + 20) // 16 + 2  # chunk rows: T // block_q + nseq (``chunk_states``' rows)
-    assert len(grids["dbdc"]) == 1 and grids["dbdc"][0][0] == n_rows + (4 if fuse else 0)
-    assert len(grids["finish"]) == (0 if fuse else 1)
+    assert len(dbdc) == 1 and dbdc[0][0][0] == n_rows + (4 if fuse else 0)
+    assert len(finish) == (0 if fuse else 1)
 
 
 @pytest.mark.parametrize("P, block_p, one_pb_setting, want_one_pb", [
@@ -481,21 +487,11 @@ def test_bwd_dbdc_one_p_block(P, block_p, one_pb_setting, want_one_pb, kernel_de
     case = make_case([37, 20], H=4, G=2, P=P, N=24, D="channel", z=True, dt_bias=True, softplus=True,
                      n_init=2, init_idx=[1, 0], dfinal=True)
     ref, cs = reference_grads(case, block_q=16)
-    seen = []
-    real = bwd_mod._DBDC
-
-    class Spy:  # records the constexprs of the dB/dC launches
-        def __getitem__(self, grid):
-            def launch(*args, **kwargs):
-                seen.append(kwargs)
-                return real[grid](*args, **kwargs)
-            return launch
-
-    monkeypatch.setattr(bwd_mod, "_DBDC", Spy())
+    seen = spy_launches(monkeypatch, "_DBDC")
     with bwd_tuning(dbdc_one_pb=one_pb_setting), poisoned_empty():
         got = run_kernel(case, 16, cs, kernel_device, block_p=block_p)
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
-    assert [k["ONE_PB"] for k in seen] == [want_one_pb]
+    assert [k["ONE_PB"] for _, k in seen] == [want_one_pb]
 
 
 # --------------------------------------------------------------------------- against ssd_chunk_scan_ref

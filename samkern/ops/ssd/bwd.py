@@ -247,7 +247,6 @@ def _pick_dbdc_split(hpg: int, programs: int, wide: bool, device: torch.device) 
     return max(1, min(cdiv(num_sms(device), max(1, programs)), hpg // 8))
 
 
-
 def _fuse_finish_heads(nsplit: int, programs: int, H: int, device: torch.device) -> bool:
     """Whether the per-head dA / ddt_bias / dD sums run as ``H`` extra rows of the dB/dC grid
     (``FUSE_HEADS``) instead of in the finishing kernel: only without split dB/dC (the finishing
@@ -263,6 +262,7 @@ def _fuse_finish_heads(nsplit: int, programs: int, H: int, device: torch.device)
     if v is True or v == 1 or device.type != "cuda":
         return True
     return programs + H <= num_sms(device)
+
 
 @triton.jit
 def _load_dt_cache(dtc_ptr, h, T, HT, tok, mq, last):

@@ -109,24 +109,13 @@ def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
 
 
 # The [Q, Q] decay tile exp(a_t − a_s) as an outer product exp(a_t − c) · exp(c − a_s), c = a_last / 2,
-# for chunks whose whole decay |a_last| is at most this: two [Q] vector exps instead of Q² (the
-# tile's exp was the forward's top stall line, 12.5 % of its samples at 130m: dev-runs/s20-call9;
-# the backward's chunk kernel forms two such tiles per head, three with z). H100, one call, graph
-# fwd+bwd us, exp / outer product (first round): 130m B32 L192 295.2 / 276.8, 2.7b B16 L192 466.8 /
-# 431.3, B8 L640 820.9 / 769.2, B1 L16384 2835 / 2659; the chunk kernel 133 / 118, 211 / 183,
-# 359 / 310, 1022 / 902 (dev-runs/s21-call4). The branch yields the product with the caller's tile, not the decay tile:
-# one [Q, Q] tile fewer live at its end (offline sm_90: chunk kernel spills 324 -> 232 bytes).
-# Every a_t lies between 0 and a_last (A ≤ 0, dt ≥ 0: the op's contract), so both factors stay
-# within exp(±80), inside fp32's normal range (exp(±87)) even with flush-to-zero; the product of a
-# valid pair (s ≤ t) is the decay itself, at most 1. Its rounding: the factors' arguments reach ±80,
-# where fp32's spacing is ~7.6e-6, so a near-diagonal entry can be off by ~1e-5 relative at the
-# range's end (the exp of the difference has the rounding of a itself, of the same order there).
-# Chunks decaying faster take the exp of the masked difference, as before; NaN / inf decays too
-# (the comparison is false). Outside the contract (A > 0: a increasing, and the forward's dt-cache
-# read takes a_last as min(a)) the factors can overflow where the old tile stayed finite: those
-# inputs were wrong before as well (the state update uses a_last), and the value checks reject
-# A > 0 (on a GPU with SAMKERN_SYNC_CHECKS=1). The kernel helper spells the bound as a literal
-# (a test checks that it matches this constant).
+# for chunks whose whole decay |a_last| is at most this: two [Q] vector exps instead of Q² (graph
+# fwd+bwd 295 -> 277 us at 130m B32 L192, 467 -> 431 at 2.7b B16 L192: dev-runs/s21-call4). Every
+# a_t lies between 0 and a_last (A ≤ 0, dt ≥ 0: the op's contract), so both factors stay within
+# exp(±80), inside fp32's normal range even with flush-to-zero; faster chunks (and NaN / inf ones)
+# take the exp of the masked difference. Rounding, out-of-contract inputs and why the branch yields
+# a product: the op README, "Decay tiles as outer products". The kernel helper spells the bound as
+# a literal (a test checks that it matches this constant).
 DECAY_SPLIT_RANGE = 160.0
 
 
