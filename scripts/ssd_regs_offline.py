@@ -90,10 +90,11 @@ def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
 
 
 def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Optional[dict] = None,
-                     with_z: bool = False) -> list:
-    """(kernel, grid, args, kwargs) of every SSD launch of one bf16 training step at a benchmark
-    shape (per-head D, dt_bias, softplus; no z, as the benchmark: SAM's block gates in its RMSNorm;
-    ``with_z`` compiles the gated specialisation instead), from the host code on CPU tensors."""
+                     with_z: bool = False, dtype: torch.dtype = torch.bfloat16) -> list:
+    """(kernel, grid, args, kwargs) of every SSD launch of one training step at a benchmark shape
+    (per-head D, dt_bias, softplus; no z, as the benchmark: SAM's block gates in its RMSNorm;
+    ``with_z`` compiles the gated specialisation instead; x / z / B / C in ``dtype``, bf16 as the
+    benchmark), from the host code on CPU tensors."""
     from benchmarks.ops.bench_ssd import G, N, P, SHAPES
     import samkern.ops.ssd.bwd as bwd_mod
     import samkern.ops.ssd.fwd as fwd_mod
@@ -131,7 +132,7 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         bwd_mod.BWD_TUNING.update(tuning)
         fwd_mod.FWD_TUNING.update(fwd_tuning or {})
         batch, L, H = SHAPES[shape]
-        T, bf = batch * L, torch.bfloat16
+        T, bf = batch * L, dtype
         x = torch.zeros(T, H, P, dtype=bf)
         z = torch.zeros_like(x) if with_z else None
         Bm, Cm = torch.zeros(T, G, N, dtype=bf), torch.zeros(T, G, N, dtype=bf)
@@ -144,7 +145,7 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
             y_kw = {"y_out": torch.zeros_like(x)}
         fwd_mod.ssd_fwd(x, dt, A, Bm, Cm, cu, None, D=D, z=z, dt_bias=dtb, dt_softplus=True,
                         want_chunk_states=True, block_q=bq, skip_unread_rows=True, **y_kw)
-        cs = torch.zeros(T // bq + batch, H, P, N)
+        cs = torch.zeros(T // bq + batch, H, P, N, dtype=fwd_mod.chunk_state_dtype(dtype))
         bwd_mod.ssd_bwd(torch.zeros_like(x), x, dt, A, Bm, Cm, cu, None, cs, bq, D=D, z=z, dt_bias=dtb,
                         dt_softplus=True, validate=False, seq_len=L,  # a plain batch, as ssd_chunk_scan's
                         **({"y_pre": y_kw["y_out"]} if y_kw else {}))
@@ -170,14 +171,17 @@ def main() -> None:
     ap.add_argument("--with-z", action="store_true",
                     help="the gated (z) specialisation; default: no z, as the benchmark and the GPU profile "
                          "(before session 15 the default was z: its numbers differ, e.g. chunk-kernel spills)")
+    ap.add_argument("--fp32", action="store_true", help="fp32 inputs (default: bf16, as the benchmark)")
     args = ap.parse_args()
     tuning, fwd_tuning = json.loads(args.tuning), json.loads(args.fwd_tuning)
     want = {k for k in args.kernels.split(",") if k}
-    for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning, with_z=args.with_z):
+    dtype = torch.float32 if args.fp32 else torch.bfloat16
+    for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning, with_z=args.with_z,
+                                            dtype=dtype):
         if want and fn.__name__ not in want:
             continue
         r = compile_report(fn, a, kw, args.arch, args.ptx_dir)
-        print(json.dumps({"shape": args.shape, "tuning": tuning, "fwd_tuning": fwd_tuning, "grid": list(grid), **r}),
+        print(json.dumps({"shape": args.shape, "dtype": str(dtype).split(".")[-1], "tuning": tuning, "fwd_tuning": fwd_tuning, "grid": list(grid), **r}),
               flush=True)
 
 

@@ -38,6 +38,29 @@ def test_ssd_kernel_compiles_offline_with_register_report():
     assert 0 < r["regs"] <= 255 and r["spill_store_bytes"] >= 0 and r["smem_bytes"] > 0, r
 
 
+# the most shared memory one Hopper (H100 / H200) program may use: 227 KB
+HOPPER_MAX_SMEM = 232448
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
+@pytest.mark.parametrize("flags", [["--with-z"], ["--with-z", "--fp32"]], ids=["bf16", "fp32"])
+def test_ssd_kernels_fit_hopper_shared_memory(flags):
+    """Every SSD launch of a training step, as the launchers configure it (130m shape: the wide
+    dB/dC form), compiles within an H100's shared memory, in bf16 and in fp32 (twice the tile bytes).
+    Session 21's 3-stage dB/dC kernel needed 241 KB in fp32 and failed to launch there: the GPU
+    tests run their block-size grids in bf16 only."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_regs_offline.py"), *flags],
+                         env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    names = {r["kernel"] for r in rows}
+    assert {"_ssd_fwd_kernel", "_ssd_bwd_dstate_kernel", "_ssd_bwd_chunk_kernel", "_ssd_bwd_dbdc_kernel"} <= names
+    too_big = [(r["kernel"], r["stages"], r["smem_bytes"]) for r in rows if r["smem_bytes"] > HOPPER_MAX_SMEM]
+    assert not too_big, too_big
+
+
 @pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
 def test_ssd_sass_loops_finds_the_pipelined_chunk_loop():
     """scripts/ssd_sass_loops.py: the dS walk's chunk loop is found in the SASS, with its tensor-core

@@ -581,6 +581,22 @@ def test_gpu_block_sizes_vs_mamba_ssm(P, N):
 @pytest.mark.gpu
 @pytest.mark.parametrize("N", [16, 64, 128, 256])
 @pytest.mark.parametrize("P", [32, 64, 128])
+def test_gpu_block_sizes_no_gate_vs_mamba_ssm(P, N):
+    """The same grid without z (Mamba2Block's case: the gate goes to the norm), which compiles the
+    backward's chunk kernel differently: its per-head dD comes from the diagonal of dM there.
+
+    The per-head parameters (A, dt_bias, D: 4 numbers each) get 4x the peer's error here, not 2x:
+    without the gate the peer's own error on them is smaller and moves 3x between random inputs, and
+    ours reached 2.9x of it on dA once (P64 N256, 1.1e-2 vs 3.8e-3) with bit-for-bit the same result
+    from the previous commit's kernels on the same inputs (dev-runs/s22-call7, s22-call8): the
+    yardstick, not a change. A miscompiled tile is off by far more than 4x."""
+    _check_vs_mamba(f"P{P}-N{N}-no-z", 2, 200, 4, P, N, 1, dict(D="head", dt_bias=True, init=True),
+                    torch.bfloat16, head_factor=4.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("N", [16, 64, 128, 256])
+@pytest.mark.parametrize("P", [32, 64, 128])
 def test_gpu_block_sizes_wide_dbdc_vs_mamba_ssm(P, N, monkeypatch):
     """The same grid with the backward's dB/dC kernel in its wide form (N-blocks of 128, 8 warps),
     which the launcher takes only for many chunk rows (so the small grid above never reaches it)."""
@@ -715,8 +731,9 @@ def test_gpu_read_dt_every_block_size(P, N):
     _read_dt_matches_processing(P, N, torch.bfloat16, "cuda")
 
 
-def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype):
-    """Forward and every gradient: ours within 2x mamba-ssm's error against an fp64 reference."""
+def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype, head_factor=2.0):
+    """Forward and every gradient: ours within 2x mamba-ssm's error against an fp64 reference
+    (``head_factor`` x for the per-head parameters' gradients, at most 1024 numbers each)."""
     mcs = _mamba()
     kw = make(b, L, H, P, N, G, dtype, device="cuda", requires_grad=True, **extra)
     names = [k for k, v in kw.items() if isinstance(v, torch.Tensor) and v.requires_grad]
@@ -743,8 +760,10 @@ def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype):
         # peer's relative error over so few numbers is a noisy yardstick (long-bf16 on the H100:
         # dt_bias ours 2.67e-3 vs mamba-ssm 1.33e-3, 4 elements). Below bf16's half-ulp (2^-9)
         # both are at the precision of the inputs, so the budget never drops under it.
-        floor = 2.0 ** -9 if dtype == torch.bfloat16 and k_ours[k].numel() <= 1024 else 1e-6
-        assert_close_lowp(f"{shape} grad {k}", k_ours[k].grad, k64[k].grad, k_mam[k].grad, floor=floor)
+        small = k_ours[k].numel() <= 1024
+        floor = 2.0 ** -9 if dtype == torch.bfloat16 and small else 1e-6
+        assert_close_lowp(f"{shape} grad {k}", k_ours[k].grad, k64[k].grad, k_mam[k].grad,
+                          factor=head_factor if small else 2.0, floor=floor)
 
 
 @pytest.mark.gpu

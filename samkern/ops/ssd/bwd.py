@@ -291,6 +291,16 @@ def _load_dy(dout_ptr, z_ptr, h, tok, offs_p, mask, s_dout_t, s_dout_h, s_z_t, s
 
 
 @triton.jit
+def _add2(a0, b0, a1, b1):
+    return a0 + a1, b0 + b1
+
+
+@triton.jit
+def _add3(a0, b0, c0, a1, b1, c1):
+    return a0 + a1, b0 + b1, c0 + c1
+
+
+@triton.jit
 def _may_be_nonzero(start, end, cstart, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, BLOCK_Q: tl.constexpr):
     """(dS leaving the chunk at ``cstart`` may be nonzero, the state entering it may be nonzero):
     the dS walk stores neither where it is known to be zero (module docstring, "Known-zero
@@ -580,7 +590,8 @@ def _chunk_head(
         dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
     if HAS_D:
         dx += Dv * dy
-        dD = tl.sum(dy * x.to(tl.float32), axis=0)
+        if D_PER_CHANNEL:
+            dD = tl.sum(dy * x.to(tl.float32), axis=0)
     tl.store(dx_ptr + tok[:, None] * (H * P) + h * P + offs_p[None, :], dx.to(dx_ptr.dtype.element_ty),
              mask=mqp)
 
@@ -594,20 +605,35 @@ def _chunk_head(
     # R = GL ∘ dt_s = dM ∘ M; its column sums are dt_s·ddt_dir_s: one cross-warp reduction
     # of a [Q, Q] tile fewer (column sums run across warps, row sums within one)
     ddt_dir = tl.sum(GL, axis=0)
-    # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp
-    da = tl.sum(GL * dtv[None, :], axis=1) - ddt_dir * dtv + decay * tl.sum(dy * CS, axis=1)
+    # Row sums of [Q, P] tiles in one reduction: u_s = Σ_{p,n} x_sp B_sn dS_pn and
+    # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp. A per-head D needs only Σ_{t,p} dy_tp x_tp.
+    # Without the gate dy equals its input-dtype copy, so Σ_p dy_tp x_tp is dM's diagonal, summed
+    # in da's row reduction; with it (dy rounded for the dots), a row sum of dy ∘ x. The token sum
+    # joins the last reduction below. This replaced a cross-warp column sum of dy ∘ x per head:
+    # offline 1797 -> 1678 SASS instructions per head, spills 232 -> 132 bytes; chunk kernel
+    # 118 -> 100 us at 130m B32 L192, 308 -> 266 at B8 L640 (H100, dev-runs/s22-call4)
+    xf = x.to(tl.float32)
+    u, dyCS = tl.reduce((xf * BdS, dy * CS), 1, _add2)
+    if HAS_D and not D_PER_CHANNEL and not HAS_Z:
+        da_row, dD_rows = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0)), 1, _add2)
+    else:
+        da_row = tl.sum(GL * dtv[None, :], axis=1)
+        if HAS_D and not D_PER_CHANNEL:
+            dD_rows = tl.sum(dy * xf, axis=1)
+    da = da_row - ddt_dir * dtv + decay * dyCS
     dCB_sum += dML * dtv[None, :]
 
     # ---- state path's dt / decay terms
-    u = tl.sum(x.to(tl.float32) * BdS, axis=1)  # Σ_{p,n} x_sp B_sn dS_pn
     ddt_dir += u * to_end
     uw = u * w
     da -= uw
     da_last = tl.sum(uw, axis=0)
     if pid_p == 0:  # Σ dS ∘ S_in over the whole head (the walk's P-block partials), counted once
         sds_row = sds_ptr + (row.to(tl.int64) * H + h) * NPBW
-        da_last += tl.exp(a_last) * tl.sum(tl.load(sds_row + tl.arange(0, 16), mask=tl.arange(0, 16) < NPBW,
-                                                   other=0.0), axis=0)
+        sds = tl.load(sds_row)
+        for k in range(1, NPBW):  # scalar loads: a vector sum here was a cross-warp reduction
+            sds += tl.load(sds_row + k)
+        da_last += tl.exp(a_last) * sds
     da += tl.where(is_last, da_last, 0.0)
 
     # ---- cumsum backward, then chain through clamp / softplus / bias (the forward's
@@ -616,12 +642,18 @@ def _chunk_head(
     ddt_pre = (ddt_dir + A_h * rc) * chain
     tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
 
-    # small per-(row, head) partials: [dD (RED_D = P, 0 without D) | dA (NPB) | ddt_bias (NPB)]
+    # small per-(row, head) partials: [dD (RED_D: P per channel, NPB per head, 0 without D) |
+    # dA (NPB) | ddt_bias (NPB)]
     red_base = (red_row.to(tl.int64) * H + h) * RED_W
-    if HAS_D:
-        tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
-    tl.store(red_ptr + red_base + RED_D + pid_p, tl.sum(dtv * rc, axis=0))
-    tl.store(red_ptr + red_base + RED_D + NPB + pid_p, tl.sum(ddt_pre, axis=0))
+    if HAS_D and not D_PER_CHANNEL:
+        dA_part, dbias_part, dD_part = tl.reduce((dtv * rc, ddt_pre, dD_rows), 0, _add3)
+        tl.store(red_ptr + red_base + pid_p, dD_part)
+    else:
+        dA_part, dbias_part = tl.reduce((dtv * rc, ddt_pre), 0, _add2)
+        if HAS_D:
+            tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
+    tl.store(red_ptr + red_base + RED_D + pid_p, dA_part)
+    tl.store(red_ptr + red_base + RED_D + NPB + pid_p, dbias_part)
 
     return dCB_sum
 
@@ -934,7 +966,7 @@ def _finish_head(red_ptr, small_ptr, h, n_rows, H, P, RED_D, RED_W, NPB,
         if D_PER_CHANNEL:
             tl.store(small_ptr + 2 * H + h * P + offs_w, acc, mask=offs_w < P)
         else:
-            tl.store(small_ptr + 2 * H + h, tl.sum(tl.where(offs_w < P, acc, 0.0), axis=0))
+            tl.store(small_ptr + 2 * H + h, tl.sum(tl.where(offs_w < RED_D, acc, 0.0), axis=0))
 
 
 @triton.jit
@@ -1238,7 +1270,9 @@ def ssd_bwd(
     dstates = torch.empty_like(chunk_states)  # rows past a sequence's last chunk are never read
     tile_dtype = torch.float32 if BWD_TUNING.get("state_tiles_fp32") else x.dtype
     npbw = walk_p_blocks(P, BLOCK_P)
-    if npbw > 16:  # the chunk kernel sums the walk's Σ dS ∘ S_in partials as one 16-wide vector
+    # (the chunk kernel summed the walk's Σ dS ∘ S_in partials as one 16-wide vector until session 22;
+    # its scalar loop now has no such limit, but lifting the check wants a GPU test past P 256)
+    if npbw > 16:
         raise ValueError(f"headdim {P} needs {npbw} dS-walk P-blocks; at most 16 are supported (raise scan_block_p)")
     tiles = (torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # B dSᵀ
              torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # C S_inᵀ
@@ -1252,7 +1286,7 @@ def ssd_bwd(
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
     dz = torch.empty((T, H, P), device=dev, dtype=z.dtype) if z is not None else dx  # dummy when no z
     ddt_part = torch.empty((NPB, T, H), device=dev, dtype=torch.float32)
-    red_d = P if D is not None else 0
+    red_d = (P if D.dim() == 2 else NPB) if D is not None else 0  # _chunk_head's dD partials
     red_w = red_d + 2 * NPB
     if bal is None:
         n_slot = NHB * NPB
@@ -1354,8 +1388,12 @@ def ssd_bwd(
         # 183.6 / 164.4 / 130.6; dev-runs/s20-call10). 3 stages for the one-block form (validated on
         # the GPU's headdim x d_state grid against mamba-ssm, dev-runs/s21-call1: the Triton 3.6
         # Hopper miscompiles are per compiled kernel); the P-block loop keeps 2 (its inner loop is
-        # the pipelined one). BWD_TUNING["dbdc_one_pb"] = False keeps the P-block loop
-        ONE_PB=one_pb, num_warps=dbdc_warps, num_stages=BWD_TUNING.get("dbdc_stages") or (3 if one_pb else 2),
+        # the pipelined one). BWD_TUNING["dbdc_one_pb"] = False keeps the P-block loop. fp32 inputs keep
+        # 2 stages: their tiles are twice as large, and the wide form at 3 stages needs 241 KB of
+        # shared memory, over the H100's 227 KB (it failed to launch at 1 x 8192 x 8 heads, fp32:
+        # dev-runs/s22-call6)
+        ONE_PB=one_pb, num_warps=dbdc_warps,
+        num_stages=BWD_TUNING.get("dbdc_stages") or (3 if one_pb and x.element_size() <= 2 else 2),
     )
     if not fuse_heads:
         n_e = T * G * N
