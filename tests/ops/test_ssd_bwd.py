@@ -305,6 +305,18 @@ def test_bwd_block_q32_fp16(kernel_device):
     check_grads(got, ref, case, rtol=5e-3)
 
 
+def test_bwd_fp32_dout_with_fp16_inputs(kernel_device):
+    """dout in fp32 with fp16 inputs, no gate, per-head D: the chunk kernel takes dD from dy itself,
+    not from the diagonal of dM, whose dy operand is rounded to fp16 (that would cost dD ~1e-4)."""
+    case = make_case([37, 20], H=2, G=1, P=16, N=16, D="head", dt_bias=True, softplus=True,
+                     dtype=torch.float16)
+    case["dout"] = torch.randn(57, 2, 16)  # fp32, not representable in fp16
+    ref, cs = reference_grads(case, block_q=16)
+    got = run_kernel(case, 16, cs, kernel_device)
+    check_grads(got, ref, case, rtol=5e-3)  # the dot operands are fp16 (test_bwd_block_q32_fp16)
+    assert_close("dD", got["dD"].cpu(), ref["dD"], rtol=1e-5)
+
+
 def test_bwd_deterministic(kernel_device):
     """No atomics anywhere: two runs are bitwise equal, with or without deterministic mode."""
     case = make_case([30, 18], H=2, G=1, P=24, N=16, D="channel", z=True, dt_bias=True, softplus=True,

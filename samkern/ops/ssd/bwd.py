@@ -609,14 +609,15 @@ def _chunk_head(
     ddt_dir = tl.sum(GL, axis=0)
     # Row sums of [Q, P] tiles in one reduction: u_s = Σ_{p,n} x_sp B_sn dS_pn and
     # Σ_n C_tn (dy S_in)_tn = Σ_p dy_tp (C S_inᵀ)_tp. A per-head D needs only Σ_{t,p} dy_tp x_tp.
-    # Without the gate dy equals its input-dtype copy, so Σ_p dy_tp x_tp is dM's diagonal, summed
-    # in da's row reduction; with it (dy rounded for the dots), a row sum of dy ∘ x. The token sum
+    # Without the gate (and with dout in x's dtype, as autograd passes it) dy equals its
+    # input-dtype copy, so Σ_p dy_tp x_tp is dM's diagonal, summed in da's row reduction; otherwise
+    # (dy rounded for the dots), a row sum of dy ∘ x. The token sum
     # joins the last reduction below. This replaced a cross-warp column sum of dy ∘ x per head:
     # offline 1797 -> 1678 SASS instructions per head, spills 232 -> 132 bytes; chunk kernel
     # 118 -> 100 us at 130m B32 L192, 308 -> 266 at B8 L640 (H100, dev-runs/s22-call4)
     xf = x.to(tl.float32)
     u, dyCS = tl.reduce((xf * BdS, dy * CS), 1, _add2)
-    if HAS_D and not D_PER_CHANNEL and not HAS_Z:
+    if HAS_D and not D_PER_CHANNEL and not HAS_Z and dout_ptr.dtype.element_ty == in_ty:
         da_row, dD_rows = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0)), 1, _add2)
     else:
         da_row = tl.sum(GL * dtv[None, :], axis=1)
