@@ -33,10 +33,14 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--gate", action="store_true", help="with z (the gated grid); default: without")
     ap.add_argument("--all", action="store_true", help="print every output and gradient")
+    ap.add_argument("--head-factor", type=float, default=2.0,
+                    help="budget factor for gradients of at most 1024 numbers (the no-gate grid test uses 4)")
     args = ap.parse_args()
     watch = ("grad A", "grad D", "grad dt", "grad dt_bias")
 
     def report(name, out, ref, lowp, factor=2.0, floor=1e-6):
+        if out.numel() <= 1024 and " grad " in name:
+            factor = args.head_factor
         ours, peer = rel_err(out, ref), rel_err(lowp, ref)
         budget = factor * peer + floor
         if args.all or ours > budget or any(name.endswith(w) for w in watch):

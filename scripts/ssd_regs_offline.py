@@ -171,11 +171,12 @@ def main() -> None:
     ap.add_argument("--with-z", action="store_true",
                     help="the gated (z) specialisation; default: no z, as the benchmark and the GPU profile "
                          "(before session 15 the default was z: its numbers differ, e.g. chunk-kernel spills)")
-    ap.add_argument("--fp32", action="store_true", help="fp32 inputs (default: bf16, as the benchmark)")
+    ap.add_argument("--dtype", choices=("bf16", "fp16", "fp32"), default="bf16",
+                    help="x / z / B / C dtype (default: bf16, as the benchmark)")
     args = ap.parse_args()
     tuning, fwd_tuning = json.loads(args.tuning), json.loads(args.fwd_tuning)
     want = {k for k in args.kernels.split(",") if k}
-    dtype = torch.float32 if args.fp32 else torch.bfloat16
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     for fn, grid, a, kw in capture_launches(args.shape, tuning, fwd_tuning=fwd_tuning, with_z=args.with_z,
                                             dtype=dtype):
         if want and fn.__name__ not in want:

@@ -43,12 +43,15 @@ HOPPER_MAX_SMEM = 232448
 
 
 @pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
-@pytest.mark.parametrize("flags", [["--with-z"], ["--with-z", "--fp32"]], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("flags", [[], ["--with-z"], ["--with-z", "--dtype", "fp16"], ["--dtype", "fp32"],
+                                   ["--with-z", "--dtype", "fp32"]],
+                         ids=["bf16", "bf16-z", "fp16-z", "fp32", "fp32-z"])
 def test_ssd_kernels_fit_hopper_shared_memory(flags):
     """Every SSD launch of a training step, as the launchers configure it (130m shape: the wide
-    dB/dC form), compiles within an H100's shared memory, in bf16 and in fp32 (twice the tile bytes).
-    Session 21's 3-stage dB/dC kernel needed 241 KB in fp32 and failed to launch there: the GPU
-    tests run their block-size grids in bf16 only."""
+    dB/dC form), compiles within an H100's shared memory, with and without the gate, in bf16, fp16
+    (fp32 chunk states: the 3-stage dB/dC kernel needs 222,216 of the 232,448 bytes) and fp32 (twice
+    the tile bytes). Session 21's 3-stage dB/dC kernel needed 241 KB in fp32 and failed to launch
+    there: the GPU tests run their block-size grids in bf16 only."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_regs_offline.py"), *flags],

@@ -733,7 +733,8 @@ def test_gpu_read_dt_every_block_size(P, N):
 
 def _check_vs_mamba(shape, b, L, H, P, N, G, extra, dtype, head_factor=2.0):
     """Forward and every gradient: ours within 2x mamba-ssm's error against an fp64 reference
-    (``head_factor`` x for the per-head parameters' gradients, at most 1024 numbers each)."""
+    (``head_factor`` x for gradients of at most 1024 numbers: in these shapes, the per-head
+    parameters A, D, dt_bias)."""
     mcs = _mamba()
     kw = make(b, L, H, P, N, G, dtype, device="cuda", requires_grad=True, **extra)
     names = [k for k, v in kw.items() if isinstance(v, torch.Tensor) and v.requires_grad]

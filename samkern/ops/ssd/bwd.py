@@ -83,8 +83,8 @@ between them stays branch-free): walk 53 -> 49 us at 130m B32 L192 (``dev-runs/s
 Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``x dS``, so
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
-(one number per P-block for a per-head D: the diagonal of dM without the gate, README "A per-head
-dD without a cross-warp column sum"; P numbers per channel) per (row, head) into one small fp32
+(one number per P-block for a per-head D: the diagonal of dM without the gate and with dout in
+x's dtype, README "A per-head dD without a cross-warp column sum"; P numbers per channel) per (row, head) into one small fp32
 buffer (rows past a sequence's end: zeros written by their
 programs, so no zero fill; the balanced grid's buffer has only the rows that hold tokens)
 summed over rows by the finishing step (4. above). Extra
