@@ -132,10 +132,10 @@ def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Opt
         bwd_mod.BWD_TUNING.update(tuning)
         fwd_mod.FWD_TUNING.update(fwd_tuning or {})
         batch, L, H = SHAPES[shape]
-        T, bf = batch * L, dtype
-        x = torch.zeros(T, H, P, dtype=bf)
+        T = batch * L
+        x = torch.zeros(T, H, P, dtype=dtype)
         z = torch.zeros_like(x) if with_z else None
-        Bm, Cm = torch.zeros(T, G, N, dtype=bf), torch.zeros(T, G, N, dtype=bf)
+        Bm, Cm = torch.zeros(T, G, N, dtype=dtype), torch.zeros(T, G, N, dtype=dtype)
         dt, A, D, dtb = torch.zeros(T, H), -torch.ones(H), torch.ones(H), torch.zeros(H)
         cu = torch.arange(batch + 1, dtype=torch.int32) * L
         bq = fwd_mod.TRAIN_BLOCK_Q
@@ -182,8 +182,8 @@ def main() -> None:
         if want and fn.__name__ not in want:
             continue
         r = compile_report(fn, a, kw, args.arch, args.ptx_dir)
-        print(json.dumps({"shape": args.shape, "dtype": str(dtype).split(".")[-1], "tuning": tuning, "fwd_tuning": fwd_tuning, "grid": list(grid), **r}),
-              flush=True)
+        print(json.dumps({"shape": args.shape, "dtype": args.dtype, "tuning": tuning, "fwd_tuning": fwd_tuning,
+                          "grid": list(grid), **r}), flush=True)
 
 
 if __name__ == "__main__":

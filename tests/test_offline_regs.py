@@ -22,14 +22,18 @@ def _ptxas_available() -> bool:
     return shutil.which("ptxas") is not None or os.path.exists(bundled)
 
 
-@pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
-def test_ssd_kernel_compiles_offline_with_register_report():
+def _run_script(name: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """``scripts/<name> args`` in a fresh interpreter without ``TRITON_INTERPRET`` (compiled Triton)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run([sys.executable, os.path.join(ROOT, "scripts", name), *args], env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
+def test_ssd_kernel_compiles_offline_with_register_report():
     # one kernel keeps CI short; without --kernels the script compiles all four
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_regs_offline.py"),
-                          "--kernels", "_ssd_bwd_dstate_kernel"], env=env, capture_output=True, text=True,
-                         timeout=600)
+    out = _run_script("ssd_regs_offline.py", "--kernels", "_ssd_bwd_dstate_kernel")
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     assert [r["kernel"] for r in rows] == ["_ssd_bwd_dstate_kernel"], out.stdout
@@ -52,10 +56,7 @@ def test_ssd_kernels_fit_hopper_shared_memory(flags):
     (fp32 chunk states: the 3-stage dB/dC kernel needs 222,216 of the 232,448 bytes) and fp32 (twice
     the tile bytes). Session 21's 3-stage dB/dC kernel needed 241 KB in fp32 and failed to launch
     there: the GPU tests run their block-size grids in bf16 only."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_regs_offline.py"), *flags],
-                         env=env, capture_output=True, text=True, timeout=900)
+    out = _run_script("ssd_regs_offline.py", *flags, timeout=900)
     assert out.returncode == 0, out.stderr[-2000:]
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     names = {r["kernel"] for r in rows}
@@ -68,10 +69,7 @@ def test_ssd_kernels_fit_hopper_shared_memory(flags):
 def test_ssd_sass_loops_finds_the_pipelined_chunk_loop():
     """scripts/ssd_sass_loops.py: the dS walk's chunk loop is found in the SASS, with its tensor-core
     ops and asynchronous copies (software-pipelined), and counted apart from the whole kernel."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    out = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "ssd_sass_loops.py"),
-                          "_ssd_bwd_dstate_kernel", "--bars"], env=env, capture_output=True, text=True, timeout=600)
+    out = _run_script("ssd_sass_loops.py", "_ssd_bwd_dstate_kernel", "--bars")
     assert out.returncode == 0, out.stderr[-2000:]
     lines = out.stdout.splitlines()
     whole = [line for line in lines if "whole kernel" in line]

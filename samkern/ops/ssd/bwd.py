@@ -84,8 +84,8 @@ Everything in the chunk kernel is linear in the P-block's share of ``dM`` and ``
 P-blocks (P > 64) emit partials. Reductions: dx, dz, dB, dC, dinitial_states have one owner
 (plain stores). ddt per P-block into (nPB, T, H) fp32 (no reduction at nPB = 1). dA, ddt_bias, dD
 (one number per P-block for a per-head D: the diagonal of dM without the gate and with dout in
-x's dtype, README "A per-head dD without a cross-warp column sum"; P numbers per channel) per (row, head) into one small fp32
-buffer (rows past a sequence's end: zeros written by their
+x's dtype, README "A per-head dD without a cross-warp column sum"; P numbers per channel) per
+(row, head) into one small fp32 buffer (rows past a sequence's end: zeros written by their
 programs, so no zero fill; the balanced grid's buffer has only the rows that hold tokens)
 summed over rows by the finishing step (4. above). Extra
 memory: ``dstates`` (as large as ``chunk_states``), the two state tiles (each as large as ``x``)
