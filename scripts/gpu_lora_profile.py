@@ -1,0 +1,90 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Where the LoRA linear's fwd+bwd time goes (development aid, #4): per-kernel CUDA time of one
+forward+backward with a frozen base (torch.profiler, after the tuner has run), at the harness's
+shapes (6144 tokens, bf16, r = 8 and 256), beside the plain cuBLAS GEMM, with the tuner's choices.
+
+    source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_lora_profile.py
+
+Environment: ``LORA_PROFILE_SHAPES`` (comma list like ``1536x768,768x3352``; default all six),
+``LORA_PROFILE_RANKS`` (default ``8,256``). Writes ``$OUT/lora-profile.json``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections import defaultdict
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.ops.bench_lora_linear import DTYPE, SHAPES, T  # noqa: E402
+from samkern.ops.lora.function import lora_linear  # noqa: E402
+from samkern.ops.lora.triton import tuning_choices  # noqa: E402
+
+OUT = os.environ.get("OUT", "/tmp")
+
+
+def kernel_times(fn, iters: int = 10) -> dict:
+    """Average CUDA time per call of each kernel name (us)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+    acc: dict = defaultdict(float)
+    for ev in prof.key_averages():
+        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
+        if ev.key.startswith(("cudaLaunch", "cuLaunch", "cudaMemcpy", "cudaStream")) or t <= 0:
+            continue
+        acc[ev.key[:90]] += t / iters
+    return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
+
+
+def main() -> None:
+    want = os.environ.get("LORA_PROFILE_SHAPES")
+    shapes = [tuple(int(v) for v in s.split("x")) for s in want.split(",")] if want else SHAPES
+    ranks = [int(r) for r in os.environ.get("LORA_PROFILE_RANKS", "8,256").split(",")]
+    res = []
+    for K, N in shapes:
+        x = torch.randn(T, K, device="cuda", dtype=DTYPE, requires_grad=True)
+        W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(DTYPE)
+        dy = torch.randn(T, N, device="cuda", dtype=DTYPE)
+        base = kernel_times(lambda: F.linear(x, W))
+        for r in ranks:
+            A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(DTYPE).requires_grad_(True)
+            B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(DTYPE).requires_grad_(True)
+
+            def fwdbwd():
+                return torch.autograd.grad(lora_linear(x, W, None, A, B, 2.0), (x, A, B), dy)
+
+            for _ in range(3):  # the tuner's first calls
+                fwdbwd()
+            torch.cuda.synchronize()
+            with torch.no_grad():
+                fwd = kernel_times(lambda: lora_linear(x, W, None, A, B, 2.0))
+            both = kernel_times(fwdbwd)
+            row = dict(shape=f"{K}x{N}", r=r, cublas_fwd_us=round(sum(base.values()), 1),
+                       fwd_us=round(sum(fwd.values()), 1), fwdbwd_us=round(sum(both.values()), 1),
+                       fwd_kernels={k: round(v, 1) for k, v in fwd.items()},
+                       fwdbwd_kernels={k: round(v, 1) for k, v in both.items()})
+            res.append(row)
+            print(f"== {K}x{N} r{r}: cuBLAS fwd {row['cublas_fwd_us']} us; fwd {row['fwd_us']}; fwd+bwd "
+                  f"{row['fwdbwd_us']}", flush=True)
+            for k, v in both.items():
+                print(f"    {v:8.1f}  {k}", flush=True)
+    choices = {str(k): str(v) for k, v in tuning_choices().items()}
+    print("tuner choices (GPU time):", flush=True)
+    for k, v in choices.items():
+        print(f"  {k} -> {v}", flush=True)
+    with open(os.path.join(OUT, "lora-profile.json"), "w") as f:
+        json.dump(dict(rows=res, choices=choices, gpu=torch.cuda.get_device_name()), f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
