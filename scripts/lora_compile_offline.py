@@ -1,7 +1,7 @@
 # SPDX-License-Identifier: Apache-2.0
 """Compile every LoRA GEMM kernel variant the tuner can launch (pointer / TMA / persistent TMA,
-fused projection or not, both operand layouts, every shipped tile) and the dA / dB kernels
-(``rank_grads.py``, with and without M splits) for sm_90 on a machine without a GPU, and report registers, spills and shared memory per variant: compile errors and shared-memory
+fused projection or not, both operand layouts, every shipped tile) for sm_90 on a machine without
+a GPU, and report registers, spills and shared memory per variant: compile errors and shared-memory
 overruns show up here instead of on the device (the CPU interpreter does not check the block
 shapes a compiled kernel needs).
 
@@ -25,12 +25,10 @@ from ssd_regs_offline import compile_report  # noqa: E402
 SMEM_LIMIT = 232448  # bytes of shared memory one H100 program may use
 
 
-def capture(call, module=None, names=("_PTR", "_TMA", "_PTMA")) -> list:
-    """(kernel, args, kwargs) of the launches ``call()`` makes through ``module``'s launchers
-    ``names`` (default: the GEMM kernels), run on CPU tensors."""
+def capture(call) -> list:
+    """(kernel, args, kwargs) of the launches ``call()`` makes, run on CPU tensors."""
     import samkern.ops.lora.triton as lt
 
-    lt = module or lt
     launches = []
 
     class _Capture:
@@ -40,7 +38,7 @@ def capture(call, module=None, names=("_PTR", "_TMA", "_PTMA")) -> list:
         def __getitem__(self, grid):
             return lambda *a, **kw: launches.append((self.fn, a, kw))
 
-    saved = {n: getattr(lt, n) for n in names}
+    saved = {n: getattr(lt, n) for n in ("_PTR", "_TMA", "_PTMA")}
     try:
         for n, fl in saved.items():
             setattr(lt, n, _Capture(fl))
@@ -51,25 +49,7 @@ def capture(call, module=None, names=("_PTR", "_TMA", "_PTMA")) -> list:
     return launches
 
 
-def _report(fn, a, kw, row: dict, fingerprint: bool) -> int:
-    """Compile one captured launch into ``row``, print it; 1 if it failed or overflows smem."""
-    try:
-        row.update(compile_report(fn, a, kw))
-        if fingerprint:
-            from conv_ptx_fingerprint import fingerprint as fp
-
-            row["ptx"] = fp(fn, a, kw)
-        row["fits"] = row["smem_bytes"] <= SMEM_LIMIT
-        bad = not row["fits"]
-    except Exception as e:  # noqa: BLE001 - reported, counted
-        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
-        bad = True
-    print(json.dumps(row), flush=True)
-    return int(bad)
-
-
 def main() -> None:
-    import samkern.ops.lora.rank_grads as rg
     import samkern.ops.lora.triton as lt
 
     ap = argparse.ArgumentParser()
@@ -101,13 +81,18 @@ def main() -> None:
                     for fn, a, kw in capture(call):
                         row = dict(kind=kind, layout=layout, fused=fused, r=r,
                                    tile=[cfg[k] for k in names[:5]])
-                        bad += _report(fn, a, kw, row, args.fingerprint)
-        g_s, u_s = torch.zeros(M, r, dtype=dt), torch.zeros(M, r, dtype=dt)
-        for splits in (1, 4):  # direct stores; fp32 partials + the summing kernel
-            call = lambda: rg.lora_rank_grads(g_s, x, u_s, dy, splits=splits)  # noqa: E731
-            for fn, a, kw in capture(call, rg, ("_GRADS", "_SUM")):
-                row = dict(kind="rank_grads", kernel=fn.__name__, splits=splits, r=r)
-                bad += _report(fn, a, kw, row, args.fingerprint)
+                        try:
+                            row.update(compile_report(fn, a, kw))
+                            if args.fingerprint:
+                                from conv_ptx_fingerprint import fingerprint
+
+                                row["ptx"] = fingerprint(fn, a, kw)
+                            row["fits"] = row["smem_bytes"] <= SMEM_LIMIT
+                            bad += not row["fits"]
+                        except Exception as e:  # noqa: BLE001 - reported, counted
+                            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
+                            bad += 1
+                        print(json.dumps(row), flush=True)
     print(f"{bad} variant(s) failed to compile or exceed shared memory")
     sys.exit(1 if bad else 0)
 

@@ -162,16 +162,6 @@ def _gemm2(a1: Tensor, b1: Tensor, a2: Optional[Tensor], b2: Optional[Tensor], b
     return out.addmm_(a2, b2) if a2 is not None else out
 
 
-def _rank_grads(g_s: Tensor, xl: Tensor, u_s: Tensor, dy: Tensor) -> Tuple[Tensor, Tensor]:
-    """(dA, dB) = (g_sᵀ x', dyᵀ u_s): the Triton kernel where it applies (``rank_grads.py``:
-    16-bit CUDA inputs of one dtype, r <= 64; above, cuBLAS was faster), else two cuBLAS GEMMs."""
-    from samkern.ops.lora.rank_grads import MAX_BLOCK_R, lora_rank_grads, rank_grads_enabled
-
-    if rank_grads_enabled(dy) and g_s.shape[1] <= MAX_BLOCK_R and g_s.dtype == xl.dtype == u_s.dtype == dy.dtype:
-        return lora_rank_grads(g_s, xl, u_s, dy)
-    return g_s.t() @ xl, dy.t() @ u_s
-
-
 def _fwd_impl(x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, scale: float,
               xd: Optional[Tensor]) -> Tuple[Tensor, Tensor]:
     """x (M, K), W (N, K), b (N,)?, A (r, K), B (N, r), xd (M, K)? -> y (M, N), u_s = s·xd Aᵀ (M, r)."""
@@ -192,11 +182,11 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
         from samkern.ops.lora.triton import lora_proj_gemm
 
         dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
-        dA, dB = _rank_grads(g_s, x, u_s, dy)
-        return dx, dA, dB, x.new_empty((0,))
+        return dx, g_s.t() @ x, dy.t() @ u_s, x.new_empty((0,))
     g_s = _scaled_mm(dy, B, scale)
     xl = x if xd is None else xd
-    dA, dB = _rank_grads(g_s, xl, u_s, dy)
+    dA = g_s.t() @ xl
+    dB = dy.t() @ u_s
     if xd is None:
         dx = _gemm2(dy, W, g_s, A, None) if need_dx else x.new_empty((0,))
         dxd = x.new_empty((0,))
