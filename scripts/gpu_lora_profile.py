@@ -18,9 +18,12 @@ from collections import defaultdict
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+sys.path.insert(0, HERE)
 
 from benchmarks.ops.bench_lora_linear import DTYPE, SHAPES, T  # noqa: E402
+from gpu_ssd_profile import profiled_calls  # noqa: E402
 from samkern.ops.lora.function import lora_linear  # noqa: E402
 from samkern.ops.lora.triton import tuning_choices  # noqa: E402
 
@@ -29,14 +32,7 @@ OUT = os.environ.get("OUT", "/tmp")
 
 def kernel_times(fn, iters: int = 10) -> dict:
     """Average CUDA time per call of each kernel name (us)."""
-    from torch.profiler import ProfilerActivity, profile
-
-    fn()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(iters):
-            fn()
-        torch.cuda.synchronize()
+    prof = profiled_calls(fn, iters)
     acc: dict = defaultdict(float)
     for ev in prof.key_averages():
         t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
