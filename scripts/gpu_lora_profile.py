@@ -1,7 +1,8 @@
 # SPDX-License-Identifier: Apache-2.0
 """Where the LoRA linear's fwd+bwd time goes (development aid, #4): per-kernel CUDA time of one
 forward+backward with a frozen base (torch.profiler, after the tuner has run), at the harness's
-shapes (6144 tokens, bf16, r = 8 and 256), beside the plain cuBLAS GEMM, with the tuner's choices.
+shapes (6144 tokens, bf16, r = 8 and 256), beside the plain cuBLAS GEMM, with the tuner's choices
+(by GPU time, which CUDA-graph captures use, and by wall time, which eager calls use).
 
     source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_lora_profile.py
 
@@ -74,10 +75,13 @@ def main() -> None:
                   f"{row['fwdbwd_us']}", flush=True)
             for k, v in both.items():
                 print(f"    {v:8.1f}  {k}", flush=True)
-    choices = {str(k): str(v) for k, v in tuning_choices().items()}
-    print("tuner choices (GPU time):", flush=True)
-    for k, v in choices.items():
-        print(f"  {k} -> {v}", flush=True)
+    choices = {}
+    for eager in (False, True):  # by GPU time (graph replay), by wall time per eager call
+        name = "eager" if eager else "gpu"
+        choices[name] = {str(k): str(v) for k, v in tuning_choices(eager=eager).items()}
+        print(f"tuner choices ({'wall time per eager call' if eager else 'GPU time'}):", flush=True)
+        for k, v in choices[name].items():
+            print(f"  {k} -> {v}", flush=True)
     with open(os.path.join(OUT, "lora-profile.json"), "w") as f:
         json.dump(dict(rows=res, choices=choices, gpu=torch.cuda.get_device_name()), f, indent=1)
 
