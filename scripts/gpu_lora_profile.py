@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections import defaultdict
 
 import torch
 import torch.nn.functional as F
@@ -24,23 +23,11 @@ sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
 from benchmarks.ops.bench_lora_linear import DTYPE, SHAPES, T  # noqa: E402
-from gpu_ssd_profile import profiled_calls  # noqa: E402
+from gpu_ssd_profile import kernel_times  # noqa: E402
 from samkern.ops.lora.function import lora_linear  # noqa: E402
 from samkern.ops.lora.triton import tuning_choices  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
-
-
-def kernel_times(fn, iters: int = 10) -> dict:
-    """Average CUDA time per call of each kernel name (us)."""
-    prof = profiled_calls(fn, iters)
-    acc: dict = defaultdict(float)
-    for ev in prof.key_averages():
-        t = getattr(ev, "device_time_total", None) or getattr(ev, "cuda_time_total", 0.0)
-        if ev.key.startswith(("cudaLaunch", "cuLaunch", "cudaMemcpy", "cudaStream")) or t <= 0:
-            continue
-        acc[ev.key[:90]] += t / iters
-    return dict(sorted(acc.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -52,7 +39,7 @@ def main() -> None:
         x = torch.randn(T, K, device="cuda", dtype=DTYPE, requires_grad=True)
         W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(DTYPE)
         dy = torch.randn(T, N, device="cuda", dtype=DTYPE)
-        base = kernel_times(lambda: F.linear(x, W))
+        base = kernel_times(lambda: F.linear(x, W), iters=10)
         for r in ranks:
             A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(DTYPE).requires_grad_(True)
             B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(DTYPE).requires_grad_(True)
@@ -64,8 +51,8 @@ def main() -> None:
                 fwdbwd()
             torch.cuda.synchronize()
             with torch.no_grad():
-                fwd = kernel_times(lambda: lora_linear(x, W, None, A, B, 2.0))
-            both = kernel_times(fwdbwd)
+                fwd = kernel_times(lambda: lora_linear(x, W, None, A, B, 2.0), iters=10)
+            both = kernel_times(fwdbwd, iters=10)
             row = dict(shape=f"{K}x{N}", r=r, cublas_fwd_us=round(sum(base.values()), 1),
                        fwd_us=round(sum(fwd.values()), 1), fwdbwd_us=round(sum(both.values()), 1),
                        fwd_kernels={k: round(v, 1) for k, v in fwd.items()},
