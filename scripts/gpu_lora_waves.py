@@ -8,9 +8,10 @@ M, samkern's forward (``lora_proj_gemm``, r 8: the fused projection or the split
 the tuner picks; M stays in the tuner's 8192 bucket, so the choice is the same for every M) and
 cuBLAS's plain GEMM, under CUDA-graph replay (``do_bench_cudagraph``, median). If time grows in
 steps with ⌈tiles / slots⌉ rather than with M, the steps are the quantisation loss a stream-K /
-split-K tail would recover (LoRA README, "Wave quantisation"; session 24's run of this script
-with a section that timed row-split tail launches is ``dev-runs/s24-call6-*``, the code for
-them ``dev-runs/s24-call5-lora-wave-tail.diff``).
+split-K tail would recover (LoRA README, "Wave quantisation"; session 24's runs of this script
+with a section that timed row-split and split-K tail launches are ``dev-runs/s24-call6-*`` and
+``s24-call7-*``, the code for them ``dev-runs/s24-call5-lora-wave-tail.diff`` and
+``s24-call7-lora-splitk-tail.diff``).
 
     PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_lora_waves.py   # env WAVES_SHAPES="1536x768,3072x1536",
                                                                     #     WAVES_MS="6144,5632"
