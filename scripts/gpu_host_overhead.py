@@ -12,21 +12,16 @@ from __future__ import annotations
 import cProfile
 import pstats
 import sys
-import time
 
 import torch
 
 
 def host_us(fn, n: int = 300) -> float:
+    from gpu_eager_host import timed_loop  # (this folder is on sys.path: scripts run from it)
+
     for _ in range(10):
         fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(n):
-        fn()
-    t1 = time.perf_counter()
-    torch.cuda.synchronize()
-    return 1e6 * (t1 - t0) / n
+    return timed_loop(fn, n)[0]
 
 
 def profile(name, fn, n=200):
