@@ -11,7 +11,7 @@ steps with ⌈tiles / slots⌉ rather than with M, the steps are the quantisatio
 split-K tail would recover (LoRA README, "Wave quantisation"; session 24's runs of this script
 with a section that timed row-split and split-K tail launches are ``dev-runs/s24-call6-*`` and
 ``s24-call7-*``, the code for them ``dev-runs/s24-call5-lora-wave-tail.diff`` and
-``s24-call7-lora-splitk-tail.diff``).
+``s24-call7-lora-splitk-tail.diff``; a stream-K kernel timed the same way: ``s24-call8-*``).
 
     PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_lora_waves.py   # env WAVES_SHAPES="1536x768,3072x1536",
                                                                     #     WAVES_MS="6144,5632"
