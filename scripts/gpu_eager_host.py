@@ -106,22 +106,16 @@ def measure(fns: dict, row: dict, profile_who: str) -> None:
 
 def lora_rows(result: dict) -> None:
     import torch
-    import torch.nn.functional as F
 
+    from benchmarks.ops.bench_lora_linear import make_operands, peft_style
     from samkern.ops.lora import function as lf
     from samkern.ops.lora import triton as lt
 
-    dev, dt = "cuda", torch.bfloat16
     for K, N, r in ROWS:
-        x = torch.randn(TOKENS, K, device=dev, dtype=dt, requires_grad=True)
-        W = (torch.randn(N, K, device=dev) * K ** -0.5).to(dt)
-        A = (torch.randn(r, K, device=dev) * K ** -0.5).to(dt).requires_grad_(True)
-        B = (torch.randn(N, r, device=dev) * r ** -0.5).to(dt).requires_grad_(True)
-        g = torch.randn(TOKENS, N, device=dev, dtype=dt)
+        x, W, A, B, g = make_operands(K, N, r, TOKENS)
         fns = {
             "samkern": lambda: torch.autograd.grad(lf.lora_linear(x, W, None, A, B, 2.0), (x, A, B), g),
-            "peft-style": lambda: torch.autograd.grad(F.linear(x, W) + F.linear(F.linear(x, A), B) * 2.0,
-                                                      (x, A, B), g),
+            "peft-style": lambda: torch.autograd.grad(peft_style(x, W, A, B, 2.0), (x, A, B), g),
         }
         row = {"case": f"lora T{TOKENS} {K}x{N} r{r}"}
         measure(fns, row, "samkern")

@@ -22,7 +22,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 sys.path.insert(0, HERE)
 
-from benchmarks.ops.bench_lora_linear import DTYPE, SHAPES, T  # noqa: E402
+from benchmarks.ops.bench_lora_linear import SHAPES, make_operands  # noqa: E402
 from gpu_ssd_profile import kernel_times  # noqa: E402
 from samkern.ops.lora.function import lora_linear  # noqa: E402
 from samkern.ops.lora.triton import tuning_choices  # noqa: E402
@@ -36,13 +36,9 @@ def main() -> None:
     ranks = [int(r) for r in os.environ.get("LORA_PROFILE_RANKS", "8,256").split(",")]
     res = []
     for K, N in shapes:
-        x = torch.randn(T, K, device="cuda", dtype=DTYPE, requires_grad=True)
-        W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(DTYPE)
-        dy = torch.randn(T, N, device="cuda", dtype=DTYPE)
-        base = kernel_times(lambda: F.linear(x, W), iters=10)
         for r in ranks:
-            A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(DTYPE).requires_grad_(True)
-            B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(DTYPE).requires_grad_(True)
+            x, W, A, B, dy = make_operands(K, N, r)
+            base = kernel_times(lambda: F.linear(x, W), iters=10)
 
             def fwdbwd():
                 return torch.autograd.grad(lora_linear(x, W, None, A, B, 2.0), (x, A, B), dy)

@@ -26,6 +26,22 @@ DTYPE = torch.bfloat16
 _BASE_TF: dict = {}
 
 
+def make_operands(K: int, N: int, r: int, tokens: int = T):
+    """(x, W, A, B, g): bf16 LoRA operands at one shape (x, A, B require grad; W frozen; g the
+    output gradient), scaled so that the products stay O(1). Shared with the dev scripts."""
+    x = torch.randn(tokens, K, device="cuda", dtype=DTYPE, requires_grad=True)
+    W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(DTYPE)
+    A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(DTYPE).requires_grad_(True)
+    B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(DTYPE).requires_grad_(True)
+    g = torch.randn(tokens, N, device="cuda", dtype=DTYPE)
+    return x, W, A, B, g
+
+
+def peft_style(x, W, A, B, s: float):
+    """The unfused baseline: what peft's LoRA layer computes, with PyTorch autograd."""
+    return F.linear(x, W) + F.linear(F.linear(x, A), B) * s
+
+
 def _base_tflops(results, K: int, N: int) -> float:
     if (K, N) not in _BASE_TF:
         x = torch.randn(T, K, device="cuda", dtype=DTYPE)
@@ -46,16 +62,12 @@ def test_lora_linear(K, N, r, provider, results):
     from samkern.ops.lora.function import lora_linear
 
     base = _base_tflops(results, K, N)
-    x = torch.randn(T, K, device="cuda", dtype=DTYPE, requires_grad=True)
-    W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(DTYPE)
-    A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(DTYPE).requires_grad_(True)
-    B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(DTYPE).requires_grad_(True)
-    g = torch.randn(T, N, device="cuda", dtype=DTYPE)
+    x, W, A, B, g = make_operands(K, N, r)
     s = 2.0
     if provider == "samkern":
         call = lambda: lora_linear(x, W, None, A, B, s)  # noqa: E731
     else:
-        call = lambda: F.linear(x, W) + F.linear(F.linear(x, A), B) * s  # noqa: E731
+        call = lambda: peft_style(x, W, A, B, s)  # noqa: E731
     flops = {"fwd": 2 * T * N * K + 2 * T * r * (K + N), "fwdbwd": 4 * T * N * K + 6 * T * r * (K + N)}
     fns = {
         "fwd": call,
