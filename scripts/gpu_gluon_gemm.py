@@ -269,7 +269,7 @@ def check(ci: int) -> None:
     """Run config ``ci`` once at every shape and layout on NaN-poisoned outputs (in a subprocess of
     ``main``, which kills it if a pipeline bug makes the kernel hang)."""
     cfg = CONFIGS[ci]
-    for K, N in SHAPES:
+    for K, N in SHAPES[:int(os.environ.get("GLUON_CHECK_SHAPES", len(SHAPES)))]:
         for layout, (a, b) in _operands(K, N).items():
             out = torch.full((a.shape[0], b.shape[1]), float("nan"), device="cuda", dtype=a.dtype)
             gluon_gemm(a, b, out, cfg)
@@ -290,7 +290,8 @@ def main() -> None:
     good = []
     for ci, cfg in enumerate(CONFIGS):
         try:
-            res = subprocess.run([sys.executable, __file__, "--check", str(ci)], capture_output=True, text=True, timeout=90)
+            res = subprocess.run([sys.executable, __file__, "--check", str(ci)], capture_output=True, text=True,
+                                 timeout=float(os.environ.get("GLUON_CHECK_TIMEOUT", "90")))
             lines = [ln for ln in res.stdout.splitlines() if ln.startswith("CHECK")]
             errs = [float(ln.split()[-1]) for ln in lines]
             ok = res.returncode == 0 and len(errs) == 2 * len(SHAPES) and max(errs) < 1e-2
@@ -298,7 +299,7 @@ def main() -> None:
                   flush=True)
         except subprocess.TimeoutExpired:
             ok = False
-            print(cfg, "HUNG (killed after 90 s)", flush=True)
+            print(cfg, "HUNG (killed after the check timeout)", flush=True)
         if ok:
             good.append(cfg)
     names = ("BLOCK_M", "BLOCK_N", "BLOCK_K", "num_warps", "num_stages", "GROUP_M")

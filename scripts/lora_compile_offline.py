@@ -93,8 +93,42 @@ def main() -> None:
                             row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
                             bad += 1
                         print(json.dumps(row), flush=True)
+    bad += gluon_variants(args.quick)
     print(f"{bad} variant(s) failed to compile or exceed shared memory")
     sys.exit(1 if bad else 0)
+
+
+def gluon_variants(quick: bool) -> int:
+    """The warp-specialised Gluon kernel of the split path (samkern/ops/lora/gluon.py), every
+    candidate (the first with ``quick``) in both layouts at r = 8; returns the failures."""
+    from samkern.ops.lora import gluon as lg
+
+    launches = []
+
+    class _Capture:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launches.append((lg._ws_lora_gemm_kernel, a, kw))
+
+    M, K, N, r, dt = 1024, 1536, 768, 8, torch.bfloat16
+    x, W, A, B, dy = (torch.zeros(*s, dtype=dt) for s in ((M, K), (N, K), (r, K), (N, r), (M, N)))
+    u = torch.zeros(M, r, dtype=dt)
+    bad = 0
+    for cfg in lg.GLUON_CANDIDATES[:1] if quick else lg.GLUON_CANDIDATES:
+        for layout, (a1, b1, b2, out, kmajor) in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
+                                                  "bwd": (dy, W, A, x.clone(), False)}.items():
+            launches.clear()
+            lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture())
+            row = dict(kind="gluon", layout=layout, r=r, tile=list(cfg))
+            try:
+                row.update(compile_report(*launches[0]))
+                # a spill in a warp-specialised partition would serialise it behind local memory
+                row["fits"] = row["smem_bytes"] <= SMEM_LIMIT and not row["spill_store_bytes"]
+                bad += not row["fits"]
+            except Exception as e:  # noqa: BLE001 - reported, counted
+                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
+                bad += 1
+            print(json.dumps(row), flush=True)
+    return bad
 
 
 if __name__ == "__main__":

@@ -63,7 +63,10 @@ def compile_launch(fn, args, kwargs, arch: int = 90):
     """Triton's CompiledKernel of one captured launch, for sm_<arch>, as its launcher would build it."""
     sig, constexprs, attrs = _signature(fn, args, kwargs)
     opts = {k: kwargs[k] for k in ("num_warps", "num_stages", "maxnreg") if k in kwargs}
-    return triton.compile(ASTSource(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
+    source = ASTSource
+    if type(fn).__name__ == "GluonJITFunction":  # a Gluon kernel (samkern/ops/lora/gluon.py)
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    return triton.compile(source(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
 
 
 def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:

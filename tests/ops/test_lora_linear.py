@@ -388,6 +388,58 @@ def test_gpu_fused_projection_every_shipped_config(kind, cfg, r):
         assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
 
 
+def _gluon_candidates():
+    try:
+        from samkern.ops.lora.gluon import GLUON_CANDIDATES
+    except ImportError:  # a Triton without Gluon: the tuner never offers it either
+        return []
+    return GLUON_CANDIDATES
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("r", [8, 16])
+@pytest.mark.parametrize("M,K,N", [(1111, 1536, 768), (6144, 768, 3352), (300, 3072, 1000)])
+@pytest.mark.parametrize("cfg", _gluon_candidates(), ids=lambda c: "x".join(map(str, c[:4])))
+def test_gpu_gluon_split_gemm_every_candidate(cfg, M, K, N, r):
+    """The warp-specialised Gluon kernel of the split path (``C = a1 b1 + u_s b2``) at every
+    candidate, both layouts, ragged M and N (TMA zero-fills and clips), against fp64 by the 2x
+    rule; the output poisoned with NaN. Several tiles per program (the ping-pong consumers' turns)
+    at every shape: the grid is at most one program per SM."""
+    from samkern.ops.lora.gluon import launch_gluon
+    from samkern.ops.lora.triton import _gluon_enabled
+
+    if not _gluon_enabled(torch.device("cuda")):
+        pytest.skip("the Gluon kernel runs on sm_90 only")
+    dt = torch.bfloat16
+    x, W, A, B, dy = (torch.randn(*sh, device="cuda").to(dt) for sh in ((M, K), (N, K), (r, K), (N, r), (M, N)))
+    W, A, B = W * K ** -0.5, A * K ** -0.5, B * r ** -0.5
+    for name, (a1, b1, u, b2, kmajor) in {"fwd": (x, W.t(), x @ A.t(), B.t(), True),
+                                          "bwd": (dy, W, dy @ B, A, False)}.items():
+        out = torch.full((M, b1.shape[1]), float("nan"), device="cuda", dtype=dt)
+        launch_gluon(a1, b1, u, b2, kmajor, out, cfg)
+        y_hi = a1.double() @ b1.double() + u.double() @ b2.double()
+        assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
+
+
+@pytest.mark.gpu
+def test_gpu_tuner_offers_gluon_in_the_split_path():
+    """At a #4 shape on an H100 the split path's GEMM times the Gluon candidates (their choice is
+    the tuner's), and the layer's result agrees with the reference whatever it picked."""
+    import samkern.ops.lora.triton as lt
+
+    if not lt._gluon_enabled(torch.device("cuda")):
+        pytest.skip("the Gluon kernel runs on sm_90 only")
+    x, W, b, A, B, s, _ = _inputs((2, 1536), 768, 3352, 8, torch.bfloat16, "cuda", bias=False)
+    u = torch.randn(3072, 8, device="cuda").to(torch.bfloat16)
+    out = torch.full((3072, 3352), float("nan"), device="cuda", dtype=torch.bfloat16)
+    x2 = x.detach().reshape(-1, 768)
+    lt.lora_gemm(x2, W.t(), u, B.detach().t(), out=out)
+    keys = [k for k in lt.tuning_choices() if k[-2] is True and k[5] == 3352 and k[6] == 768]  # (.., gluon_ok, fusable)
+    assert keys, "the split-path GEMM was not tuned with the Gluon candidates"
+    y_hi = x2.double() @ W.double().t() + u.double() @ B.detach().double().t()
+    assert_close_lowp("C", out, y_hi, x2 @ W.t() + u @ B.detach().t())
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("train_base", [False, True])
 def test_gpu_cuda_graph(train_base):

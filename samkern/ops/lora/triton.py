@@ -301,6 +301,7 @@ PTMA_MAX_R = 16
 # lora_proj_gemm makes the projection inside the GEMM up to this rank (one rank block): above it
 # the recomputation per column panel (r / BLOCK_N more MMA work) is not worth one launch
 FUSE_MAX_R = 64
+_GLUON_MAX_R = 16  # = gluon.GLUON_MAX_R (not imported here: Gluon loads only where it can run)
 PTR_CANDIDATES = [
     (128, 256, 64, 8, 3, 8),
     (256, 128, 64, 8, 3, 8),
@@ -362,6 +363,26 @@ def _tma_enabled(device: torch.device) -> bool:
     return _TMA_DEVICES[idx]
 
 
+_GLUON_DEVICES: Dict[int, bool] = {}
+
+
+def _gluon_enabled(device: torch.device) -> bool:
+    """Whether the warp-specialised Gluon kernel (``gluon.py``: wgmma, so sm_90 only) may compete
+    in the split path's GEMM here; ``SAMKERN_LORA_GLUON=0`` keeps it out."""
+    if os.environ.get("SAMKERN_LORA_GLUON", "1") == "0" or device.type != "cuda" or INTERPRET:
+        return False
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _GLUON_DEVICES:
+        ok = torch.cuda.get_device_capability(idx) == (9, 0)
+        if ok:
+            try:
+                from samkern.ops.lora import gluon  # noqa: F401  (Triton builds without Gluon)
+            except ImportError:
+                ok = False
+        _GLUON_DEVICES[idx] = ok
+    return _GLUON_DEVICES[idx]
+
+
 def _tma_layout(b1: torch.Tensor, b2: Optional[torch.Tensor], proj: Optional[torch.Tensor] = None):
     """``kmajor`` (True: the (K, n) operands b1, b2, proj are stored (n, K), as the forward's W, B,
     A; False: stored as given) when every one can be a TMA descriptor in that common layout, else
@@ -420,6 +441,12 @@ def _launch_tma(a1, b1, a2, b2, kmajor, bias, out, cfg: tuple, block_r: int, pro
                     num_stages=stages)
     else:
         _TMA[(tiles,)](*args, **meta, num_warps=warps, num_stages=stages)
+
+
+def _launch_gluon(a1, b1, a2, b2, kmajor, out, cfg: tuple) -> None:
+    from samkern.ops.lora.gluon import launch_gluon
+
+    launch_gluon(a1, b1, a2, b2, kmajor, out, cfg)
 
 
 def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0) -> None:
@@ -597,7 +624,8 @@ def _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path) -> tuple:
     return (a1.shape, a1.stride(), b1.shape, b1.stride(), out.stride(),
             None if a2 is None else (a2.shape, a2.stride(), b2.stride()), None if proj is None else proj.stride(),
             ptrs & 15 == 0, bias is not None, a1.dtype, a1.device, use_tma, path,
-            os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), _capturing(a1), _gpu_timing())
+            os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), os.environ.get("SAMKERN_LORA_GLUON"),
+            _capturing(a1), _gpu_timing())
 
 
 def _plan(layout, block_r: int, choice: tuple) -> tuple:
@@ -619,6 +647,8 @@ def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) ->
         _split_proj(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path)
     elif kind == "cublas":
         _launch_cublas(a1, b1, a2, b2, bias, out)
+    elif kind == "gluon":
+        _launch_gluon(a1, b1, a2, b2, layout, out, cfg)
     else:  # tma, ptma, ptma_flat
         _launch_tma(a1, b1, a2, b2, layout, bias, out, cfg, block_r, pj, sc, kind != "tma", kind == "ptma_flat")
 
@@ -674,8 +704,12 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
         run(("split", None) if fusable else ("cublas", None), remember=True)
         return
+    # the split path's GEMM (u_s made, rank <= 16, no bias, 16-bit, TMA-able) on an H100 can also
+    # run the warp-specialised Gluon kernel (gluon.py)
+    gluon_ok = (layout is not None and has_lora and not fusable and bias is None and 0 < K2 <= _GLUON_MAX_R
+                and a1.dtype in (torch.bfloat16, torch.float16) and mode == "auto" and _gluon_enabled(a1.device))
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
-           _m_bucket(M), N, K1, K2, bias is not None, mode, fusable)
+           _m_bucket(M), N, K1, K2, bias is not None, mode, gluon_ok, fusable)
     capturing = _capturing(a1)
     by_gpu = capturing or _gpu_timing()
     choice = (_CHOICE if by_gpu else _EAGER_CHOICE).get(key)
@@ -688,6 +722,10 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         if layout is not None:
             # slower on the GPU than TMA, but its launch costs less than half the host time
             cands += [("ptr" + sfx, c) for c in _prune(PTR_CANDIDATES, M, N)]
+        if gluon_ok:
+            from samkern.ops.lora.gluon import GLUON_CANDIDATES
+
+            cands += [("gluon", c) for c in GLUON_CANDIDATES]
         if mode == "auto" and not fusable:
             cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:
