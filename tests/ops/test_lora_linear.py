@@ -397,14 +397,15 @@ def _gluon_candidates():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("r", [8, 16])
+@pytest.mark.parametrize("r", [8, 72, 256])
 @pytest.mark.parametrize("M,K,N", [(1111, 1536, 768), (6144, 768, 3352), (300, 3072, 1000)])
 @pytest.mark.parametrize("cfg", _gluon_candidates(), ids=lambda c: "x".join(map(str, c[:4])))
 def test_gpu_gluon_split_gemm_every_candidate(cfg, M, K, N, r):
     """The warp-specialised Gluon kernel of the split path (``C = a1 b1 + u_s b2``) at every
-    candidate, both layouts, ragged M and N (TMA zero-fills and clips), against fp64 by the 2x
-    rule; the output poisoned with NaN. Several tiles per program (the ping-pong consumers' turns)
-    at every shape: the grid is at most one program per SM."""
+    candidate, both layouts, ragged M, N and rank (TMA zero-fills and clips: r 72 leaves a part
+    of its second 64-wide K step empty), against fp64 by the 2x rule; the output poisoned with
+    NaN. Several tiles per program (the ping-pong consumers' turns) at every shape: the grid is at
+    most one program per SM."""
     from samkern.ops.lora.gluon import launch_gluon
     from samkern.ops.lora.triton import _gluon_enabled
 

@@ -1,16 +1,17 @@
 # SPDX-License-Identifier: Apache-2.0
 """Warp-specialised Hopper kernel for the LoRA GEMM's split path, in Gluon.
 
-    C = A1 · B1 + A2 · B2          A1 (M, K1), B1 (K1, N), A2 = u_s (M, r ≤ 16), B2 (r, N)
+    C = A1 · B1 + A2 · B2          A1 (M, K1), B1 (K1, N), A2 = u_s or g_s (M, r), B2 (r, N)
 
-The same contraction as ``triton.py``'s kernels, for the split path (u_s already made by one
-cuBLAS GEMM): one TMA producer warp group fills a ring of shared-memory slots with A1 / B1 tiles,
-two 4-warp wgmma consumers take alternate output tiles of a persistent program ("ping-pong": one
-consumer's epilogue runs under the other's K loop), and after its K loop a consumer adds
-``u_s tile @ B2 tile`` (one more wgmma, K = 16: the rank is zero-padded by TMA) and stores C by
-TMA. Triton 3.6's own kernels cannot be warp-specialised on Hopper (its pass hung,
-``dev-runs/s11-call2``); written in Gluon the split form beats them by up to 23 % at some of #4's
-shapes (``dev-runs/s25-call3-gluon-ws-lora.log``), so the tuner times it as one more candidate.
+The contraction of ``triton.py``'s kernels, for the split path (the rank-r operand already made
+by one cuBLAS GEMM): one TMA producer warp group fills a ring of shared-memory slots with A1 / B1
+tiles and then, in the same block shapes, A2 / B2 tiles (r more K steps, zero-filled by TMA past
+r); two 4-warp wgmma consumers take alternate output tiles of a persistent program ("ping-pong":
+one consumer's epilogue runs under the other's K loop) and store C by TMA. Triton 3.6's own
+kernels cannot be warp-specialised on Hopper (its pass hung, ``dev-runs/s11-call2``); written in
+Gluon the plain GEMM reaches cuBLAS's time at some of #4's shapes where Triton's kernels are
+10-25 % slower (``dev-runs/s25-call1-gluon-ws-gemm.log``), so the tuner times it as one more
+candidate of the split path's GEMM.
 
 Why the two consumers take turns (``turn`` barriers): the ring's ``ready`` waits use one phase
 bit, which cannot tell ring rounds apart; a consumer starting its K loop a round ahead of the
@@ -19,8 +20,8 @@ other's K loop to end before starting its own (as CUTLASS's ping-pong orders the
 still overlap K loops.
 
 Needs sm_90, 16-bit inputs, TMA-able operands (``triton._tma_able``: 16-byte aligned rows), no
-bias, 1 ≤ r ≤ 16. Gluon kernels do not run in the CPU interpreter: CPU CI compiles this one for
-sm_90 (``scripts/lora_compile_offline.py``); the GPU tests check it on the device.
+bias. Gluon kernels do not run in the CPU interpreter: CPU CI compiles this one for sm_90
+(``scripts/lora_compile_offline.py``); the GPU tests check it on the device.
 """
 from __future__ import annotations
 
@@ -36,16 +37,13 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from samkern.backend import num_sms
 
-__all__ = ["GLUON_CANDIDATES", "GLUON_MAX_R", "launch_gluon"]
-
-GLUON_MAX_R = 16
-_RP = gl.constexpr(16)  # the rank block (TMA zero-fills the columns past r)
+__all__ = ["GLUON_CANDIDATES", "launch_gluon"]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, ring slots, GROUP_M, consumer registers, producer registers): two
 # 4-warp consumers at 232 registers and a producer warp group at 40 fill the SM's 64 K registers;
-# 4 slots take 213 KB of shared memory, 3 slots 181 KB (offline, sm_90). Both were correct at
-# every #4 shape and layout on the H100 (dev-runs/s25-call3).
-GLUON_CANDIDATES = [(128, 128, 64, 4, 8, 232, 40), (128, 128, 64, 3, 8, 232, 40)]
+# ring slots of 32 KB plus two 32 KB C tiles (4 slots: ~197 KB of shared memory, 5: ~229 KB of the
+# H100's 227 KB per program; ``scripts/lora_compile_offline.py`` reports them).
+GLUON_CANDIDATES = [(128, 128, 64, 4, 8, 232, 40), (128, 128, 64, 5, 8, 232, 40)]
 
 
 @gluon.jit
@@ -58,15 +56,16 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, u_desc, q_desc, ready, empty, q_ready, q_empty, a_bufs, b_bufs, u_bufs, q_bufs,
-              M, N, K, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
+def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, a_bufs, b_bufs, M, N, K, K2,
+              B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
               BN: gl.constexpr, BK: gl.constexpr):
-    """Each tile's u_s and B2 tiles into its consumer's buffers, then its K steps into the ring
-    (a slot is refilled once its consumer released it; mbarriers start with phase 1 complete, so
-    the first round's waits pass)."""
+    """Every K step of every tile of this program, in order, into the ring: first over (A1, B1),
+    then over (A2, B2) in the same block shapes (TMA zero-fills past r); a slot is refilled once
+    its consumer released it (mbarriers start with phase 1 complete, so the first round passes)."""
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
-    k_tiles = gl.cdiv(K, BK)
+    k1_tiles = gl.cdiv(K, BK)
+    k_tiles = k1_tiles + gl.cdiv(K2, BK)
     first = gl.program_id(0)
     step = gl.num_programs(0)
     n = 0
@@ -74,48 +73,42 @@ def _producer(a_desc, b_desc, u_desc, q_desc, ready, empty, q_ready, q_empty, a_
         pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BM
         off_n = pid_n * BN
-        c = j % 2
-        mbarrier.wait(q_empty.index(c), ((j // 2) & 1) ^ 1)
-        mbarrier.expect(q_ready.index(c), q_desc.block_type.nbytes + u_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(u_desc, [off_m, 0], q_ready.index(c), u_bufs.index(c))
-        if B_KMAJOR:
-            tma.async_copy_global_to_shared(q_desc, [off_n, 0], q_ready.index(c), q_bufs.index(c))
-        else:
-            tma.async_copy_global_to_shared(q_desc, [0, off_n], q_ready.index(c), q_bufs.index(c))
         for k in range(k_tiles):
             i = n % NUM_BUF
             mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
             bar = ready.index(i)
             mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bar, a_bufs.index(i))
-            if B_KMAJOR:
-                tma.async_copy_global_to_shared(b_desc, [off_n, k * BK], bar, b_bufs.index(i))
+            if k < k1_tiles:
+                tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bar, a_bufs.index(i))
+                if B_KMAJOR:
+                    tma.async_copy_global_to_shared(b_desc, [off_n, k * BK], bar, b_bufs.index(i))
+                else:
+                    tma.async_copy_global_to_shared(b_desc, [k * BK, off_n], bar, b_bufs.index(i))
             else:
-                tma.async_copy_global_to_shared(b_desc, [k * BK, off_n], bar, b_bufs.index(i))
+                k2 = (k - k1_tiles) * BK
+                tma.async_copy_global_to_shared(a2_desc, [off_m, k2], bar, a_bufs.index(i))
+                if B_KMAJOR:
+                    tma.async_copy_global_to_shared(b2_desc, [off_n, k2], bar, b_bufs.index(i))
+                else:
+                    tma.async_copy_global_to_shared(b2_desc, [k2, off_n], bar, b_bufs.index(i))
             n += 1
 
 
 @gluon.jit
-def _consumer(c_desc, ready, empty, turn, q_ready, q_empty, a_bufs, b_bufs, u_bufs, q_bufs, c_bufs, M, N, K,
-              WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
-              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr):
-    """Tiles j = WHICH, WHICH + 2, ... of this program: the K loop (one async wgmma per step, the
-    previous step's slot released once at most this step's is in flight), then ``+= u_s @ B2``
-    and the TMA store."""
+def _consumer(c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, WHICH: gl.constexpr,
+              B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
+              BN: gl.constexpr, BK: gl.constexpr):
+    """Tiles j = WHICH, WHICH + 2, ... of this program: the K loop over both operand pairs (one
+    async wgmma per step; the previous step's slot released once at most this step's is in
+    flight), then the TMA store."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BN, 16])
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
-    k_tiles = gl.cdiv(K, BK)
+    k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
     first = gl.program_id(0)
     step = gl.num_programs(0)
     c_smem = c_bufs.index(WHICH)
-    u_smem = u_bufs.index(WHICH)
-    q_buf = q_bufs.index(WHICH)
-    if B_KMAJOR:
-        q_op = q_buf.permute((1, 0))
-    else:
-        q_op = q_buf
     for j in range(WHICH, gl.cdiv(num_pid_m * num_pid_n - first, step), 2):
         pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
         n0 = j * k_tiles
@@ -136,10 +129,6 @@ def _consumer(c_desc, ready, empty, turn, q_ready, q_empty, a_bufs, b_bufs, u_bu
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
         mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
-        mbarrier.wait(q_ready.index(WHICH), (j // 2) & 1)
-        acc = warpgroup_mma(u_smem, q_op, acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(q_empty.index(WHICH))
         tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
@@ -148,7 +137,7 @@ def _consumer(c_desc, ready, empty, turn, q_ready, q_empty, a_bufs, b_bufs, u_bu
 
 
 @gluon.jit
-def _ws_lora_gemm_kernel(a_desc, b_desc, u_desc, q_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr,
+def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, B_KMAJOR: gl.constexpr,
                          NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
                          PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
     BM: gl.constexpr = c_desc.block_type.shape[0]
@@ -157,30 +146,24 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, u_desc, q_desc, c_desc, M, N, K, B_KMAJ
     dtype: gl.constexpr = a_desc.dtype
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + b_desc.block_type.shape, b_desc.layout)
-    u_bufs = gl.allocate_shared_memory(dtype, [2] + u_desc.block_type.shape, u_desc.layout)
-    q_bufs = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     c_bufs = gl.allocate_shared_memory(dtype, [2] + c_desc.block_type.shape, c_desc.layout)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    q_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
-        mbarrier.init(q_ready.index(i), count=1)
-        mbarrier.init(q_empty.index(i), count=1)
     # (the argument tuples are spelled out: a tuple built by concatenation inside a Gluon kernel
     # left a plain int in it, which the warp_specialize call could not lower)
     gl.warp_specialize([
-        (_consumer, (c_desc, ready, empty, turn, q_ready, q_empty, a_bufs, b_bufs, u_bufs, q_bufs, c_bufs, M, N, K,
-                     0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK)),
-        (_consumer, (c_desc, ready, empty, turn, q_ready, q_empty, a_bufs, b_bufs, u_bufs, q_bufs, c_bufs, M, N, K,
-                     1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK)),
-        (_producer, (a_desc, b_desc, u_desc, q_desc, ready, empty, q_ready, q_empty, a_bufs, b_bufs, u_bufs, q_bufs,
-                     M, N, K, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK)),
+        (_consumer, (c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M,
+                     BM, BN, BK)),
+        (_consumer, (c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M,
+                     BM, BN, BK)),
+        (_producer, (a_desc, b_desc, a2_desc, b2_desc, ready, empty, a_bufs, b_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF,
+                     GROUP_M, BM, BN, BK)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -199,30 +182,27 @@ def _descriptor(t: torch.Tensor, shape, strides, block, dt):
 
 def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
                  out: torch.Tensor, cfg: Tuple[int, ...], launcher=None) -> None:
-    """``out = a1 @ b1 + a2 @ b2`` (a2 = u_s, (M, r ≤ 16)); ``kmajor``: b1 / b2 are transposes of
-    row-major storage (the forward's Wᵀ, Bᵀ), else row-major (the backward's W, A), as
-    ``triton._tma_layout`` found. ``launcher``: stands in for the kernel (offline compiles)."""
+    """``out = a1 @ b1 + a2 @ b2``; ``kmajor``: b1 / b2 are transposes of row-major storage (the
+    forward's Wᵀ, Bᵀ), else row-major (the backward's W, A), as ``triton._tma_layout`` found; every
+    operand TMA-able (``triton._tma_able``). ``launcher``: stands in for the kernel (offline
+    compiles)."""
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]
-    r = a2.shape[1]
-    if not 1 <= r <= GLUON_MAX_R:
-        raise ValueError(f"the Gluon LoRA GEMM takes ranks 1..{GLUON_MAX_R}, got {r}")
+    K2 = a2.shape[1]
     dt = _gl_dtype(a1.dtype)
-    rp = int(_RP)
+
+    def right(b):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
+        (k, n), (s0, s1) = b.shape, b.stride()
+        if kmajor:
+            return _descriptor(b, (n, k), (s1, s0), [bn, bk], dt)
+        return _descriptor(b, (k, n), (s0, s1), [bk, bn], dt)
+
     d_a = _descriptor(a1, (M, K), a1.stride(), [bm, bk], dt)
-    d_u = _descriptor(a2, (M, r), a2.stride(), [bm, rp], dt)
-    (k1, n1), (s0, s1) = b1.shape, b1.stride()
-    (k2, n2), (t0, t1) = b2.shape, b2.stride()
-    if kmajor:  # descriptors over the transposes' (n, k) storage
-        d_b = _descriptor(b1, (n1, k1), (s1, s0), [bn, bk], dt)
-        d_q = _descriptor(b2, (n2, k2), (t1, t0), [bn, rp], dt)
-    else:
-        d_b = _descriptor(b1, (k1, n1), (s0, s1), [bk, bn], dt)
-        d_q = _descriptor(b2, (k2, n2), (t0, t1), [rp, bn], dt)
+    d_a2 = _descriptor(a2, (M, K2), a2.stride(), [bm, bk], dt)
     d_c = _descriptor(out, (M, N), out.stride(), [bm, bn], dt)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     (launcher or _ws_lora_gemm_kernel)[(max(1, min(tiles, n_sms)),)](
-        d_a, d_b, d_u, d_q, d_c, M, N, K, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group, CONSUMER_REGS=creg,
-        PRODUCER_REGS=preg, num_warps=4)
+        d_a, right(b1), d_a2, right(b2), d_c, M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
+        CONSUMER_REGS=creg, PRODUCER_REGS=preg, num_warps=4)

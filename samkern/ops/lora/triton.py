@@ -301,7 +301,6 @@ PTMA_MAX_R = 16
 # lora_proj_gemm makes the projection inside the GEMM up to this rank (one rank block): above it
 # the recomputation per column panel (r / BLOCK_N more MMA work) is not worth one launch
 FUSE_MAX_R = 64
-_GLUON_MAX_R = 16  # = gluon.GLUON_MAX_R (not imported here: Gluon loads only where it can run)
 PTR_CANDIDATES = [
     (128, 256, 64, 8, 3, 8),
     (256, 128, 64, 8, 3, 8),
@@ -704,9 +703,9 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
         run(("split", None) if fusable else ("cublas", None), remember=True)
         return
-    # the split path's GEMM (u_s made, rank <= 16, no bias, 16-bit, TMA-able) on an H100 can also
-    # run the warp-specialised Gluon kernel (gluon.py)
-    gluon_ok = (layout is not None and has_lora and not fusable and bias is None and 0 < K2 <= _GLUON_MAX_R
+    # the split path's GEMM (u_s / g_s made, no bias, 16-bit, TMA-able) on an H100 can also run the
+    # warp-specialised Gluon kernel (gluon.py)
+    gluon_ok = (layout is not None and has_lora and not fusable and bias is None
                 and a1.dtype in (torch.bfloat16, torch.float16) and mode == "auto" and _gluon_enabled(a1.device))
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, gluon_ok, fusable)
