@@ -100,7 +100,8 @@ def main() -> None:
 
 def gluon_variants(quick: bool) -> int:
     """The warp-specialised Gluon kernel of the split path (samkern/ops/lora/gluon.py), every
-    candidate (the first with ``quick``) in both layouts at r = 8; returns the failures."""
+    candidate (the first with ``quick``) in both layouts at r = 8 (rank epilogue) and 64 (rank
+    through the ring); returns the failures."""
     from samkern.ops.lora import gluon as lg
 
     launches = []
@@ -109,13 +110,15 @@ def gluon_variants(quick: bool) -> int:
         def __getitem__(self, grid):
             return lambda *a, **kw: launches.append((lg._ws_lora_gemm_kernel, a, kw))
 
-    M, K, N, r, dt = 1024, 1536, 768, 8, torch.bfloat16
-    x, W, A, B, dy = (torch.zeros(*s, dtype=dt) for s in ((M, K), (N, K), (r, K), (N, r), (M, N)))
-    u = torch.zeros(M, r, dtype=dt)
+    M, K, N, dt = 1024, 1536, 768, torch.bfloat16
     bad = 0
-    for cfg in lg.GLUON_CANDIDATES[:1] if quick else lg.GLUON_CANDIDATES:
-        for layout, (a1, b1, b2, out, kmajor) in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
-                                                  "bwd": (dy, W, A, x.clone(), False)}.items():
+    for r in (8, 64):
+        x, W, A, B, dy = (torch.zeros(*s, dtype=dt) for s in ((M, K), (N, K), (r, K), (N, r), (M, N)))
+        u = torch.zeros(M, r, dtype=dt)
+        cands = lg.candidates(r)
+        for cfg, (layout, (a1, b1, b2, out, kmajor)) in ((c, lay) for c in (cands[:1] if quick else cands)
+                                                         for lay in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
+                                                                     "bwd": (dy, W, A, x.clone(), False)}.items()):
             launches.clear()
             lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture())
             row = dict(kind="gluon", layout=layout, r=r, tile=list(cfg))

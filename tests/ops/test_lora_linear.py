@@ -397,20 +397,23 @@ def _gluon_candidates():
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("r", [8, 72, 256])
+@pytest.mark.parametrize("r", [8, 16, 72, 256])
 @pytest.mark.parametrize("M,K,N", [(1111, 1536, 768), (6144, 768, 3352), (300, 3072, 1000)])
 @pytest.mark.parametrize("cfg", _gluon_candidates(), ids=lambda c: "x".join(map(str, c[:4])))
 def test_gpu_gluon_split_gemm_every_candidate(cfg, M, K, N, r):
     """The warp-specialised Gluon kernel of the split path (``C = a1 b1 + u_s b2``) at every
-    candidate, both layouts, ragged M, N and rank (TMA zero-fills and clips: r 72 leaves a part
+    candidate, both layouts, ragged M, N and rank (TMA zero-fills and clips: r 8 fills half the
+    rank epilogue's 16-wide tile, r 16 all of it; r 72 and 256 go through the ring, 72 leaving a part
     of its second 64-wide K step empty), against fp64 by the 2x rule; the output poisoned with
     NaN. Several tiles per program (the ping-pong consumers' turns) at every shape: the grid is at
     most one program per SM."""
-    from samkern.ops.lora.gluon import launch_gluon
+    from samkern.ops.lora.gluon import candidates, launch_gluon
     from samkern.ops.lora.triton import _gluon_enabled
 
     if not _gluon_enabled(torch.device("cuda")):
         pytest.skip("the Gluon kernel runs on sm_90 only")
+    if cfg not in candidates(r):
+        pytest.skip("not a candidate at this rank (shared memory)")
     dt = torch.bfloat16
     x, W, A, B, dy = (torch.randn(*sh, device="cuda").to(dt) for sh in ((M, K), (N, K), (r, K), (N, r), (M, N)))
     W, A, B = W * K ** -0.5, A * K ** -0.5, B * r ** -0.5

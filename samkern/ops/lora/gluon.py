@@ -37,13 +37,22 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from samkern.backend import num_sms
 
-__all__ = ["GLUON_CANDIDATES", "launch_gluon"]
+__all__ = ["GLUON_CANDIDATES", "candidates", "launch_gluon"]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, ring slots, GROUP_M, consumer registers, producer registers): two
 # 4-warp consumers at 232 registers and a producer warp group at 40 fill the SM's 64 K registers;
 # ring slots of 32 KB plus two 32 KB C tiles (4 slots: ~197 KB of shared memory, 5: ~229 KB of the
 # H100's 227 KB per program; ``scripts/lora_compile_offline.py`` reports them).
 GLUON_CANDIDATES = [(128, 128, 64, 4, 8, 232, 40), (128, 128, 64, 5, 8, 232, 40)]
+# ranks up to this are added by one wgmma after the K loop (``R_EPILOGUE``), larger ones by r more
+# K steps through the ring
+R_EPILOGUE_MAX = 16
+
+
+def candidates(r: int) -> list:
+    """The tiles that fit at rank ``r``: the epilogue's own A2 / B2 buffers (16 KB) leave no room
+    for a fifth ring slot (246 KB of shared memory, offline)."""
+    return [c for c in GLUON_CANDIDATES if r > R_EPILOGUE_MAX or c[3] <= 4]
 
 
 @gluon.jit
@@ -56,16 +65,21 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, a_bufs, b_bufs, M, N, K, K2,
-              B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
-              BN: gl.constexpr, BK: gl.constexpr):
+def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs,
+              M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
+              BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr):
     """Every K step of every tile of this program, in order, into the ring: first over (A1, B1),
     then over (A2, B2) in the same block shapes (TMA zero-fills past r); a slot is refilled once
-    its consumer released it (mbarriers start with phase 1 complete, so the first round passes)."""
+    its consumer released it (mbarriers start with phase 1 complete, so the first round passes).
+    With ``R_EPILOGUE`` the ring carries (A1, B1) only, and each tile's A2 / B2 tiles (r ≤ 16
+    wide) go to its consumer's own buffers."""
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k1_tiles = gl.cdiv(K, BK)
-    k_tiles = k1_tiles + gl.cdiv(K2, BK)
+    if R_EPILOGUE:
+        k_tiles = k1_tiles
+    else:
+        k_tiles = k1_tiles + gl.cdiv(K2, BK)
     first = gl.program_id(0)
     step = gl.num_programs(0)
     n = 0
@@ -73,6 +87,15 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, a_bufs, b_bufs, M,
         pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BM
         off_n = pid_n * BN
+        if R_EPILOGUE:
+            c = j % 2
+            mbarrier.wait(r_empty.index(c), ((j // 2) & 1) ^ 1)
+            mbarrier.expect(r_ready.index(c), a2_desc.block_type.nbytes + b2_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a2_desc, [off_m, 0], r_ready.index(c), a2_bufs.index(c))
+            if B_KMAJOR:
+                tma.async_copy_global_to_shared(b2_desc, [off_n, 0], r_ready.index(c), b2_bufs.index(c))
+            else:
+                tma.async_copy_global_to_shared(b2_desc, [0, off_n], r_ready.index(c), b2_bufs.index(c))
         for k in range(k_tiles):
             i = n % NUM_BUF
             mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
@@ -95,20 +118,31 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, a_bufs, b_bufs, M,
 
 
 @gluon.jit
-def _consumer(c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, WHICH: gl.constexpr,
-              B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
-              BN: gl.constexpr, BK: gl.constexpr):
+def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K, K2,
+              WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr):
     """Tiles j = WHICH, WHICH + 2, ... of this program: the K loop over both operand pairs (one
     async wgmma per step; the previous step's slot released once at most this step's is in
-    flight), then the TMA store."""
+    flight), then the TMA store. With ``R_EPILOGUE`` the loop covers (A1, B1) and one more wgmma
+    (K = 16) adds A2 B2 from this consumer's own buffers: cheaper than a 64-wide K step for r ≤ 16
+    (1536→6448 r8 fwd, graph replay, L2 flushed: 207 vs 223 µs, ``dev-runs/s25-call6`` vs
+    ``s25-call9``)."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BN, 16])
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
-    k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
+    if R_EPILOGUE:
+        k_tiles = gl.cdiv(K, BK)
+    else:
+        k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
     first = gl.program_id(0)
     step = gl.num_programs(0)
     c_smem = c_bufs.index(WHICH)
+    a2_smem = a2_bufs.index(WHICH)
+    if B_KMAJOR:
+        b2_op = b2_bufs.index(WHICH).permute((1, 0))
+    else:
+        b2_op = b2_bufs.index(WHICH)
     for j in range(WHICH, gl.cdiv(num_pid_m * num_pid_n - first, step), 2):
         pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
         n0 = j * k_tiles
@@ -129,6 +163,11 @@ def _consumer(c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, W
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
         mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
+        if R_EPILOGUE:
+            mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
+            acc = warpgroup_mma(a2_smem, b2_op, acc, is_async=True)
+            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+            mbarrier.arrive(r_empty.index(WHICH))
         tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
@@ -139,7 +178,7 @@ def _consumer(c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, W
 @gluon.jit
 def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, B_KMAJOR: gl.constexpr,
                          NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
+                         PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -150,20 +189,30 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, 
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    if R_EPILOGUE:  # each consumer's own A2 / B2 tiles
+        a2_bufs = gl.allocate_shared_memory(dtype, [2] + a2_desc.block_type.shape, a2_desc.layout)
+        b2_bufs = gl.allocate_shared_memory(dtype, [2] + b2_desc.block_type.shape, b2_desc.layout)
+    else:  # (not read: the ring carries A2 / B2)
+        a2_bufs = a_bufs
+        b2_bufs = b_bufs
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
+        mbarrier.init(r_ready.index(i), count=1)
+        mbarrier.init(r_empty.index(i), count=1)
     # (the argument tuples are spelled out: a tuple built by concatenation inside a Gluon kernel
     # left a plain int in it, which the warp_specialize call could not lower)
     gl.warp_specialize([
-        (_consumer, (c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M,
-                     BM, BN, BK)),
-        (_consumer, (c_desc, ready, empty, turn, a_bufs, b_bufs, c_bufs, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M,
-                     BM, BN, BK)),
-        (_producer, (a_desc, b_desc, a2_desc, b2_desc, ready, empty, a_bufs, b_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF,
-                     GROUP_M, BM, BN, BK)),
+        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K,
+                     K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
+        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K,
+                     K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
+        (_producer, (a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs,
+                     b2_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -191,18 +240,20 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     N = out.shape[1]
     K2 = a2.shape[1]
     dt = _gl_dtype(a1.dtype)
+    epilogue = K2 <= R_EPILOGUE_MAX
+    bk2 = R_EPILOGUE_MAX if epilogue else bk
 
-    def right(b):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
+    def right(b, bk):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
         (k, n), (s0, s1) = b.shape, b.stride()
         if kmajor:
             return _descriptor(b, (n, k), (s1, s0), [bn, bk], dt)
         return _descriptor(b, (k, n), (s0, s1), [bk, bn], dt)
 
     d_a = _descriptor(a1, (M, K), a1.stride(), [bm, bk], dt)
-    d_a2 = _descriptor(a2, (M, K2), a2.stride(), [bm, bk], dt)
+    d_a2 = _descriptor(a2, (M, K2), a2.stride(), [bm, bk2], dt)
     d_c = _descriptor(out, (M, N), out.stride(), [bm, bn], dt)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     (launcher or _ws_lora_gemm_kernel)[(max(1, min(tiles, n_sms)),)](
-        d_a, right(b1), d_a2, right(b2), d_c, M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
-        CONSUMER_REGS=creg, PRODUCER_REGS=preg, num_warps=4)
+        d_a, right(b1, bk), d_a2, right(b2, bk2), d_c, M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
+        CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue, num_warps=4)

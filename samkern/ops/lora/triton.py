@@ -722,9 +722,9 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
             # slower on the GPU than TMA, but its launch costs less than half the host time
             cands += [("ptr" + sfx, c) for c in _prune(PTR_CANDIDATES, M, N)]
         if gluon_ok:
-            from samkern.ops.lora.gluon import GLUON_CANDIDATES
+            from samkern.ops.lora.gluon import candidates as gluon_candidates
 
-            cands += [("gluon", c) for c in GLUON_CANDIDATES]
+            cands += [("gluon", c) for c in gluon_candidates(K2)]
         if mode == "auto" and not fusable:
             cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:
