@@ -748,5 +748,11 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         wall = [_wall_ms(lambda c=c: run(c)) if t < float("inf") else t for c, t in zip(cands, gpu)]
         _CHOICE[key] = cands[min(range(len(cands)), key=gpu.__getitem__)]
         _EAGER_CHOICE[key] = cands[min(range(len(cands)), key=wall.__getitem__)]
+        if os.environ.get("SAMKERN_LORA_TUNE_LOG") == "1":  # what the tuner saw (its choices flip between runs)
+            import sys
+
+            print(f"samkern lora tuner {key}: " + ", ".join(
+                f"{c[0]}{'' if c[1] is None else list(c[1])} gpu {1e3 * g:.1f} wall {1e3 * w:.1f} us"
+                for c, g, w in zip(cands, gpu, wall)), file=sys.stderr, flush=True)
         choice = (_CHOICE if by_gpu else _EAGER_CHOICE)[key]
     run(choice, remember=True)
