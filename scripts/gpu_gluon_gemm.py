@@ -27,14 +27,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (  # noqa: E402
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor  # noqa: E402
 
-
-@gluon.jit
-def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
-    """Grouped order: GROUP_M row tiles share each column panel of B in L2."""
-    in_group = GROUP_M * num_pid_n
-    first_m = (tile // in_group) * GROUP_M
-    size_m = min(num_pid_m - first_m, GROUP_M)
-    return first_m + (tile % size_m), (tile % in_group) // size_m
+from samkern.ops.lora.gluon import _tile_coords  # noqa: E402  (grouped tile order, shared with the shipped kernel)
 
 
 @gluon.jit
@@ -126,103 +119,11 @@ def _gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM_BU
         mbarrier.invalidate(bars.index(j))
 
 
-@gluon.jit
-def _ws_producer(a_desc, b_desc, ready, empty, a_bufs, b_bufs, M, N, K, B_KMAJOR: gl.constexpr,
-                 NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-                 BK: gl.constexpr):
-    """One warp: every K step of every tile of this program, in order, into the ring; a slot is
-    refilled once its consumer has released it (``empty``; the first round passes: parity ^ 1)."""
-    num_pid_m = gl.cdiv(M, BM)
-    num_pid_n = gl.cdiv(N, BN)
-    k_tiles = gl.cdiv(K, BK)
-    first = gl.program_id(0)
-    step = gl.num_programs(0)
-    n = 0
-    for j in range(gl.cdiv(num_pid_m * num_pid_n - first, step)):
-        pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
-        for k in range(k_tiles):
-            mbarrier.wait(empty.index(n % NUM_BUF), ((n // NUM_BUF) & 1) ^ 1)
-            n = _load(n, a_desc, b_desc, pid_m * BM, pid_n * BN, k * BK, ready, a_bufs, b_bufs, B_KMAJOR, NUM_BUF)
-
-
-@gluon.jit
-def _ws_consumer(a_desc, b_desc, c_desc, ready, empty, turn, a_bufs, b_bufs, c_smem, M, N, K, WHICH: gl.constexpr,
-                 B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
-                 BN: gl.constexpr, BK: gl.constexpr):
-    """One warp group: this program's tiles j = WHICH, WHICH + 2, ... (ping-pong with the other
-    consumer: its epilogue runs under the other's MMAs); releases each slot when its MMA is done.
-
-    The two consumers' K loops take turns (``turn``: consumer c waits on ``turn[c]`` before its K
-    loop and arrives on ``turn[1 - c]`` after it), as CUTLASS's ping-pong orders them: the ``ready``
-    waits use phase parity only, which cannot tell ring rounds apart, and without the turns
-    consumer 1 would wait for slot ``k_tiles`` (a ring round or more ahead of the producer when
-    ``k_tiles >= NUM_BUF``) while consumer 0 still reads slot 0: it passes at once, reads unfilled
-    buffers and releases slots consumer 0 still uses. (Session 11's version had no turns and died
-    with "unspecified launch failure"; whether this was the cause is untested.)"""
-    acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                         instr_shape=[16, BN, 16])
-    num_pid_m = gl.cdiv(M, BM)
-    num_pid_n = gl.cdiv(N, BN)
-    k_tiles = gl.cdiv(K, BK)
-    first = gl.program_id(0)
-    step = gl.num_programs(0)
-    for j in range(WHICH, gl.cdiv(num_pid_m * num_pid_n - first, step), 2):
-        pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
-        n0 = j * k_tiles
-        # my turn: consumer 0's first wait passes at once (parity ^ 1, as the producer's first round)
-        mbarrier.wait(turn.index(WHICH), ((j // 2) & 1) ^ (1 - WHICH))
-        acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
-        for k in range(k_tiles):
-            acc = _mma_step(acc, ready, a_bufs, b_bufs, n0 + k, B_KMAJOR, NUM_BUF)
-            if k > 0:  # the previous step's MMA is done: its slot can be refilled
-                mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
-        mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
-        tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
-        c_smem.store(acc.to(c_desc.dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
-    tma.store_wait(pendings=0)
-
-
-@gluon.jit
-def _ws_gemm_kernel(a_desc, b_desc, c_desc, M, N, K, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
-                    GROUP_M: gl.constexpr, PRODUCER_WARPS: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                    PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
-    """``_gemm_kernel``'s contraction, warp-specialised: a one-warp TMA producer and two 4-warp
-    wgmma consumers taking alternate tiles (the default partition is consumer 0)."""
-    BM: gl.constexpr = c_desc.block_type.shape[0]
-    BN: gl.constexpr = c_desc.block_type.shape[1]
-    BK: gl.constexpr = a_desc.block_type.shape[1]
-    dtype: gl.constexpr = a_desc.dtype
-    a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + b_desc.block_type.shape, b_desc.layout)
-    c0 = gl.allocate_shared_memory(dtype, c_desc.block_type.shape, c_desc.layout)
-    c1 = gl.allocate_shared_memory(dtype, c_desc.block_type.shape, c_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(NUM_BUF):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
-    for i in gl.static_range(2):
-        mbarrier.init(turn.index(i), count=1)
-    gl.warp_specialize([
-        (_ws_consumer, (a_desc, b_desc, c_desc, ready, empty, turn, a_bufs, b_bufs, c0, M, N, K, 0, B_KMAJOR,
-                        NUM_BUF, GROUP_M, BM, BN, BK)),
-        (_ws_consumer, (a_desc, b_desc, c_desc, ready, empty, turn, a_bufs, b_bufs, c1, M, N, K, 1, B_KMAJOR,
-                        NUM_BUF, GROUP_M, BM, BN, BK)),
-        (_ws_producer, (a_desc, b_desc, ready, empty, a_bufs, b_bufs, M, N, K, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN,
-                        BK)),
-    ], [4, PRODUCER_WARPS], [CONSUMER_REGS, PRODUCER_REGS])
-
-
 def gluon_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: tuple, n_sms: int = 132,
                launcher=None) -> torch.Tensor:
     """out = a @ b; b (K, N) any of: row-major, or the transpose of a row-major (N, K) (K-major)."""
     bm, bn, bk, warps, nbuf, group, per_sm = cfg[:7]
-    kernel = _ws_gemm_kernel if len(cfg) > 7 and cfg[7] == "ws" else _gemm_kernel
+    kernel = _gemm_kernel
     M, K = a.shape
     N = b.shape[1]
     kmajor = b.stride(0) == 1
@@ -237,25 +138,17 @@ def gluon_gemm(a: torch.Tensor, b: torch.Tensor, out: torch.Tensor, cfg: tuple, 
     assert triton.cdiv(K, bk) >= nbuf - 1
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     grid = (min(tiles, per_sm * n_sms),)
-    extra = {}
-    if kernel is _ws_gemm_kernel:  # (producer warps, consumer registers, producer registers)
-        extra = dict(zip(("PRODUCER_WARPS", "CONSUMER_REGS", "PRODUCER_REGS"), cfg[8] if len(cfg) > 8 else (1, 232, 40)))
     (launcher or kernel)[grid](a_d, b_d, c_d, M, N, K, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
-                               num_warps=warps, **extra)
+                               num_warps=warps)
     return out
 
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, buffers, GROUP_M, programs per SM)
 CONFIGS = [(128, 256, 64, 8, 3, 8, 1), (256, 128, 64, 8, 3, 8, 1), (128, 128, 64, 4, 4, 8, 1),
-           (128, 128, 64, 4, 2, 8, 2), (128, 128, 64, 8, 4, 8, 1),
-           # warp-specialised ping-pong: 4-warp consumers hold a 128x128 fp32 accumulator each
-           # (s11-call9: one producer warp with setmaxnreg -> "unspecified launch failure"; Hopper's
-           # setmaxnreg is per warp group, so the producer gets a whole warp group below; s11-call10
-           # still failed; session 12 added the consumers' turns (see _ws_consumer), not yet run)
-           (128, 128, 64, 4, 4, 8, 1, "ws", (4, 232, 40)), (128, 128, 64, 4, 4, 8, 1, "ws", (4, 168, 168)),
-           (128, 128, 64, 4, 5, 8, 1, "ws", (4, 232, 40))]
-if os.environ.get("GLUON_ONLY_WS") == "1":
-    CONFIGS = [c for c in CONFIGS if len(c) > 7]
+           (128, 128, 64, 4, 2, 8, 2), (128, 128, 64, 8, 4, 8, 1)]
+# The warp-specialised ping-pong variant (sessions 11-12; correct on the H100 since session 12's
+# turns, dev-runs/s13-call1 and s25-call1) is shipped as samkern/ops/lora/gluon.py; the script as run then:
+# git show 7b504bd:scripts/gpu_gluon_gemm.py (GLUON_ONLY_WS=1).
 
 
 def _operands(K, N):
@@ -365,7 +258,7 @@ def offline() -> None:
             gluon_gemm(a, b, out, cfg, launcher=Cap())
             args, kw = launches[0]
             try:
-                kern = _ws_gemm_kernel if len(cfg) > 7 else _gemm_kernel
+                kern = _gemm_kernel
                 sig, constexprs, attrs = _signature(kern, args, kw)
                 ck = triton.compile(GluonASTSource(kern, sig, constexprs, attrs),
                                     target=GPUTarget("cuda", 90, 32), options={"num_warps": kw["num_warps"]})
