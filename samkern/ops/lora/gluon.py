@@ -6,7 +6,8 @@
 The contraction of ``triton.py``'s kernels, for the split path (the rank-r operand already made
 by one cuBLAS GEMM): one TMA producer warp group fills a ring of shared-memory slots with A1 / B1
 tiles and then, in the same block shapes, A2 / B2 tiles (r more K steps, zero-filled by TMA past
-r); two 4-warp wgmma consumers take alternate output tiles of a persistent program ("ping-pong":
+r; for r ≤ 16 instead each consumer's own 16-wide A2 / B2 tiles, added by one K = 16 wgmma after
+its K loop: ``R_EPILOGUE``); two 4-warp wgmma consumers take alternate output tiles of a persistent program ("ping-pong":
 one consumer's epilogue runs under the other's K loop) and store C by TMA. Triton 3.6's own
 kernels cannot be warp-specialised on Hopper (its pass hung, ``dev-runs/s11-call2``); written in
 Gluon the plain GEMM reaches cuBLAS's time at some of #4's shapes where Triton's kernels are
@@ -41,8 +42,8 @@ __all__ = ["GLUON_CANDIDATES", "candidates", "launch_gluon"]
 
 # (BLOCK_M, BLOCK_N, BLOCK_K, ring slots, GROUP_M, consumer registers, producer registers): two
 # 4-warp consumers at 232 registers and a producer warp group at 40 fill the SM's 64 K registers;
-# ring slots of 32 KB plus two 32 KB C tiles (4 slots: ~197 KB of shared memory, 5: ~229 KB of the
-# H100's 227 KB per program; ``scripts/lora_compile_offline.py`` reports them).
+# ring slots of 32 KiB plus two 32 KiB C tiles (4 slots: 196,872 bytes of shared memory, 5: 229,672
+# of the H100's 232,448 per program; ``scripts/lora_compile_offline.py`` reports them).
 GLUON_CANDIDATES = [(128, 128, 64, 4, 8, 232, 40), (128, 128, 64, 5, 8, 232, 40)]
 # ranks up to this are added by one wgmma after the K loop (``R_EPILOGUE``), larger ones by r more
 # K steps through the ring
