@@ -49,6 +49,24 @@ def capture(call) -> list:
     return launches
 
 
+def report(row: dict, launch: tuple, fingerprint: bool = False, no_spills: bool = False) -> int:
+    """Compile one captured (kernel, args, kwargs) launch for sm_90, print ``row`` with its
+    registers, spills and shared memory (and PTX hash), and return 1 if it failed to compile,
+    exceeds shared memory or (``no_spills``) spills, else 0."""
+    fn, a, kw = launch
+    try:
+        row.update(compile_report(fn, a, kw))
+        if fingerprint:
+            from conv_ptx_fingerprint import fingerprint as ptx_hash
+
+            row["ptx"] = ptx_hash(fn, a, kw)
+        row["fits"] = row["smem_bytes"] <= SMEM_LIMIT and not (no_spills and row["spill_store_bytes"])
+    except Exception as e:  # noqa: BLE001 - reported, counted
+        row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
+    print(json.dumps(row), flush=True)
+    return 0 if row.get("fits") else 1
+
+
 def main() -> None:
     import samkern.ops.lora.triton as lt
 
@@ -78,21 +96,10 @@ def main() -> None:
                     else:
                         u = torch.zeros(M, r, dtype=dt)
                         call = lambda: lt.lora_gemm(a1, b1, u, b2, config=cfg, use_tma=kind != "ptr")  # noqa: E731
-                    for fn, a, kw in capture(call):
+                    for launch in capture(call):
                         row = dict(kind=kind, layout=layout, fused=fused, r=r,
                                    tile=[cfg[k] for k in names[:5]])
-                        try:
-                            row.update(compile_report(fn, a, kw))
-                            if args.fingerprint:
-                                from conv_ptx_fingerprint import fingerprint
-
-                                row["ptx"] = fingerprint(fn, a, kw)
-                            row["fits"] = row["smem_bytes"] <= SMEM_LIMIT
-                            bad += not row["fits"]
-                        except Exception as e:  # noqa: BLE001 - reported, counted
-                            row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
-                            bad += 1
-                        print(json.dumps(row), flush=True)
+                        bad += report(row, launch, fingerprint=args.fingerprint)
     bad += gluon_variants(args.quick)
     print(f"{bad} variant(s) failed to compile or exceed shared memory")
     sys.exit(1 if bad else 0)
@@ -121,16 +128,8 @@ def gluon_variants(quick: bool) -> int:
                                                                      "bwd": (dy, W, A, x.clone(), False)}.items()):
             launches.clear()
             lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture())
-            row = dict(kind="gluon", layout=layout, r=r, tile=list(cfg))
-            try:
-                row.update(compile_report(*launches[0]))
-                # a spill in a warp-specialised partition would serialise it behind local memory
-                row["fits"] = row["smem_bytes"] <= SMEM_LIMIT and not row["spill_store_bytes"]
-                bad += not row["fits"]
-            except Exception as e:  # noqa: BLE001 - reported, counted
-                row["error"] = f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:200]}"
-                bad += 1
-            print(json.dumps(row), flush=True)
+            # a spill in a warp-specialised partition would serialise it behind local memory
+            bad += report(dict(kind="gluon", layout=layout, r=r, tile=list(cfg)), launches[0], no_spills=True)
     return bad
 
 
