@@ -25,10 +25,12 @@ from ssd_regs_offline import compile_report  # noqa: E402
 SMEM_LIMIT = 232448  # bytes of shared memory one H100 program may use
 
 
-def capture(call) -> list:
-    """(kernel, args, kwargs) of the launches ``call()`` makes, run on CPU tensors."""
+def capture(call, module=None, names=("_PTR", "_TMA", "_PTMA")) -> list:
+    """(kernel, args, kwargs) of the launches ``call()`` makes through ``module``'s fast-launch
+    wrappers ``names`` (default: the GEMM kernels of ``samkern.ops.lora.triton``), on CPU tensors."""
     import samkern.ops.lora.triton as lt
 
+    lt = module or lt
     launches = []
 
     class _Capture:
@@ -38,7 +40,7 @@ def capture(call) -> list:
         def __getitem__(self, grid):
             return lambda *a, **kw: launches.append((self.fn, a, kw))
 
-    saved = {n: getattr(lt, n) for n in ("_PTR", "_TMA", "_PTMA")}
+    saved = {n: getattr(lt, n) for n in names}
     try:
         for n, fl in saved.items():
             setattr(lt, n, _Capture(fl))
@@ -101,6 +103,7 @@ def main() -> None:
                                    tile=[cfg[k] for k in names[:5]])
                         bad += report(row, launch, fingerprint=args.fingerprint)
     bad += gluon_variants(args.quick)
+    bad += rank_pass_variants()
     print(f"{bad} variant(s) failed to compile or exceed shared memory")
     sys.exit(1 if bad else 0)
 
@@ -130,6 +133,22 @@ def gluon_variants(quick: bool) -> int:
             lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture())
             # a spill in a warp-specialised partition would serialise it behind local memory
             bad += report(dict(kind="gluon", layout=layout, r=r, tile=list(cfg)), launches[0], no_spills=True)
+    return bad
+
+
+def rank_pass_variants() -> int:
+    """The rank pass (samkern/ops/lora/rank_pass.py) with and without U, a row length that keeps
+    16-byte groups whole (wrapped columns) and one that does not (masked), and its summing
+    kernel; returns the failures."""
+    from samkern.ops.lora import rank_pass as rp
+
+    bad = 0
+    dt = torch.bfloat16
+    for M, N, r, with_u in ((1024, 3352, 8, True), (1024, 768, 16, True), (1024, 3352, 8, False), (1000, 3350, 1, True)):
+        a = torch.zeros(M, N, dtype=dt)
+        p, u = torch.zeros(N, r, dtype=dt), (torch.zeros(M, r, dtype=dt) if with_u else None)
+        for launch in capture(lambda: rp.lora_rank_pass(a, p, 2.0, u), rp, ("_PASS", "_SUM")):
+            bad += report(dict(kind="rank_pass", N=N, r=r, u=with_u), launch, no_spills=True)
     return bad
 
 

@@ -225,6 +225,59 @@ def test_lora_proj_gemm_kernels(kernel_device, kind, r):
     assert_close("dx", dx, d(dy) @ d(W) + d(g_s) @ d(A), 2e-3)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("M,N,r,splits,pad", [
+    (37, 48, 8, 0, 0),    # ragged rows; 16-byte groups whole: wrapped columns
+    (37, 45, 1, 2, 0),    # r = 1, N breaks the groups: masked columns; two column splits
+    (50, 96, 16, 1, 8),   # r = 16 fills the rank block; a row stride wider than N; one split
+    (5, 40, 3, 3, 3),     # fewer rows than one block; an odd row stride
+])
+def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad):
+    """``lora_rank_pass``: g = s·a P and d = aᵀ U from one read of a, against fp64, with every
+    buffer it allocates (outputs and fp32 partials) NaN-poisoned and a poisoned g_out; without U
+    too (the forward's split path)."""
+    if kernel_device == "cpu" and not INTERPRET:
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    from samkern.ops.lora.rank_pass import lora_rank_pass, rank_pass_enabled
+    from samkern.testing import poisoned_empty
+
+    dev = kernel_device
+    a = torch.randn(M, N + pad, device=dev).to(dtype)[:, :N]
+    p, u = torch.randn(N, r, device=dev).to(dtype), torch.randn(M, r, device=dev).to(dtype)
+    if not rank_pass_enabled(a, r):
+        pytest.skip("the rank pass takes 16-bit inputs on a GPU")
+    tol = 2e-6 if dtype == torch.float32 else 2e-3
+    g_ref, d_ref = 0.75 * a.double() @ p.double(), a.double().t() @ u.double()
+    with poisoned_empty():
+        g_out = torch.full((M, r), float("nan"), device=dev, dtype=dtype)
+        g, d = lora_rank_pass(a, p.t().contiguous().t(), 0.75, u, g_out=g_out, splits=splits)
+        g2, d2 = lora_rank_pass(a, p, 0.75, splits=splits)
+    assert g is g_out and d2 is None
+    assert_close("g", g, g_ref, tol)
+    assert_close("d", d, d_ref, tol)
+    assert_close("g without U", g2, g_ref, tol)
+
+
+def test_rank_pass_takes_only_what_it_can():
+    """Ranks above MAX_R, a non-unit column stride, fp32 / fp64 on a GPU and the switch send the
+    backward to cuBLAS; with it off the LoRA gradients are the same math."""
+    from samkern.ops.lora import rank_pass as rp
+
+    a = torch.randn(8, 32).half()
+    interp = INTERPRET
+    assert rp.rank_pass_enabled(a, rp.MAX_R) == interp
+    assert not rp.rank_pass_enabled(a, rp.MAX_R + 1)
+    assert not rp.rank_pass_enabled(a.t(), 4)
+    os.environ["SAMKERN_LORA_RANK_PASS"] = "0"
+    try:
+        assert not rp.rank_pass_enabled(a, 4)
+    finally:
+        del os.environ["SAMKERN_LORA_RANK_PASS"]
+    if torch.cuda.is_available():
+        assert not rp.rank_pass_enabled(torch.randn(8, 32, device="cuda"), 4)
+        assert rp.rank_pass_enabled(a.cuda(), 4)
+
+
 def test_triton_noncontiguous_and_no_dx(kernel_device):
     if kernel_device == "cpu" and not INTERPRET:
         pytest.skip("needs a GPU or TRITON_INTERPRET=1")
@@ -349,6 +402,29 @@ def test_gpu_sam_shapes_bf16(K, N, r):
     assert_close_lowp("dx", gx, rx, lx)
     assert_close_lowp("dA", gA, rA, lA)
     assert_close_lowp("dB", gB, rB, lB)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("r", [1, 8, 16])
+@pytest.mark.parametrize("M,N", [(6144, 3352), (6144, 768), (1111, 10576), (1111, 2560), (300, 1000)])
+def test_gpu_rank_pass(M, N, r):
+    """The rank pass in bf16 at SAM widths (and a ragged one) against fp64 by the 2x rule (the
+    same products by torch in bf16), its allocations and g_out NaN-poisoned."""
+    from samkern.ops.lora.rank_pass import lora_rank_pass
+    from samkern.testing import poisoned_empty
+
+    dt = torch.bfloat16
+    a = torch.randn(M, N, device="cuda").to(dt)
+    p, u = (torch.randn(N, r, device="cuda") * N ** -0.5).to(dt), torch.randn(M, r, device="cuda").to(dt)
+    with poisoned_empty():
+        g_out = torch.empty((M, r), device="cuda", dtype=dt)
+        g, d = lora_rank_pass(a, p, 2.0, u, g_out=g_out)
+        g2, _ = lora_rank_pass(a, p, 2.0)
+    g_hi, d_hi = 2.0 * a.double() @ p.double(), a.double().t() @ u.double()
+    g_lp = torch.addmm(torch.empty_like(g), a, p, beta=0, alpha=2.0)
+    assert_close_lowp("g", g, g_hi, g_lp)
+    assert_close_lowp("g without U", g2, g_hi, g_lp)
+    assert_close_lowp("d", d, d_hi, a.t() @ u)
 
 
 def _shipped_configs():

@@ -131,11 +131,12 @@ def lora_linear(
 #   fwd:  u_s = s·(x' Aᵀ)                       (M, r)  saved for backward
 #         y   = x Wᵀ + u_s Bᵀ + b               (M, N)  with x' = x both in ONE Triton kernel
 #                                                         (lora_proj_gemm), else cuBLAS + kernel
-#   bwd:  g_s = s·(dy B)                        (M, r)
-#         dx  = dy W + g_s A                    (M, K)  with x' = x both in one kernel, as above
+#   bwd:  g_s = s·(dy B)                        (M, r)  r <= 16: with dB from one read of dy
+#                                                         (rank_pass.py), else as below
+#         dx  = dy W + g_s A                    (M, K)  r > 16, x' = x: both in one kernel, as above
 #         dx' = g_s A                           (M, K)  only with dropout (x' != x); dx = dy W
 #         dA  = g_sᵀ x'                         (r, K)  cuBLAS
-#         dB  = dyᵀ u_s                         (N, r)  cuBLAS
+#         dB  = dyᵀ u_s                         (N, r)  the rank pass (r <= 16) or cuBLAS
 #         dW  = dyᵀ x, db = Σ_m dy              only when the base is trained
 # ---------------------------------------------------------------------------------------------
 
@@ -143,6 +144,12 @@ def lora_linear(
 def _use_kernel(t: Tensor) -> bool:
     # CPU tensors run the Triton kernel only in the interpreter; otherwise the same math in torch
     return t.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def _rank_pass_enabled(dy: Tensor, r: int) -> bool:
+    from samkern.ops.lora.rank_pass import rank_pass_enabled
+
+    return rank_pass_enabled(dy, r)
 
 
 def _scaled_mm(a: Tensor, b: Tensor, scale: float) -> Tensor:
@@ -178,15 +185,23 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
               xd: Optional[Tensor], need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout)."""
     # placeholders for gradients not computed: distinct tensors (custom-op outputs may not alias)
-    if xd is None and need_dx and _use_kernel(dy):
+    dB = None
+    if _use_kernel(dy) and _rank_pass_enabled(dy, A.shape[0]):
+        # g_s and dB from one read of dy (rank_pass.py); dx then is the split GEMM
+        from samkern.ops.lora.rank_pass import lora_rank_pass
+
+        g_s, dB = lora_rank_pass(dy, B, scale, u_s)
+    elif xd is None and need_dx and _use_kernel(dy):
         from samkern.ops.lora.triton import lora_proj_gemm
 
         dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
         return dx, g_s.t() @ x, dy.t() @ u_s, x.new_empty((0,))
-    g_s = _scaled_mm(dy, B, scale)
+    else:
+        g_s = _scaled_mm(dy, B, scale)
     xl = x if xd is None else xd
     dA = g_s.t() @ xl
-    dB = dy.t() @ u_s
+    if dB is None:
+        dB = dy.t() @ u_s
     if xd is None:
         dx = _gemm2(dy, W, g_s, A, None) if need_dx else x.new_empty((0,))
         dxd = x.new_empty((0,))
