@@ -28,8 +28,8 @@ from samkern.ops.lora import rank_pass as rp  # noqa: E402
 T = 6144
 WIDTHS = [768, 1536, 2560, 3072, 3352, 6448, 10576]  # every K and N of the harness's shapes
 # (BLOCK_M, BLOCK_N, num_warps, num_stages, programs per SM)
-SETTINGS = [(128, 128, 8, 3, 2), (128, 128, 8, 2, 2), (128, 128, 4, 2, 2), (64, 128, 4, 3, 2),
-            (128, 64, 4, 3, 2), (64, 256, 8, 2, 2), (256, 64, 8, 2, 1)]
+SETTINGS = [(128, 128, 8, 2, 2), (128, 128, 8, 3, 1), (128, 64, 4, 3, 2), (128, 64, 4, 4, 2), (128, 64, 8, 3, 2),
+            (256, 64, 8, 3, 1), (256, 128, 8, 2, 1), (64, 128, 4, 3, 3)]
 
 
 def _set(s) -> None:

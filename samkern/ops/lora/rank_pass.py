@@ -54,10 +54,15 @@ def _rank_pass_kernel(
     M, N, COLS_PER_PROG,
     s_am, s_an, s_pn, s_pr, s_um, s_ur,
     R: tl.constexpr, HAS_U: tl.constexpr, COL_WRAP: tl.constexpr, PREC: tl.constexpr, RS: tl.constexpr,
+    RSPN: tl.constexpr, RSPR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
     """Program (row block, column split): g partial [BLOCK_M, R] at ``gpart[split]``, and with U
-    one d partial [BLOCK_N, R] per column block at ``dpart[row block]`` (fp32, rows of R)."""
+    one d partial [BLOCK_N, R] per column block at ``dpart[row block]`` (fp32, rows of R).
+    RS / RSPN, RSPR: ``a``'s row stride and P's non-unit stride come divided by these constexprs
+    (``samkern.backend.row_stride_unit``): B's rows of r = 8 elements, or Aᵀ's columns of
+    K = 3352, would otherwise be read 2 bytes at a time by synchronous loads that stall every
+    step of the loop (offline PTX: 16 ``ld.global`` in the loop without the hint)."""
     pid_m = tl.program_id(0)
     pid_c = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -79,8 +84,8 @@ def _rank_pass_kernel(
             a = tl.load(a_ptr + rows[:, None] * s_am + cols[None, :] * s_an)
         else:
             a = tl.load(a_ptr + rows[:, None] * s_am + offs_n[None, :] * s_an, mask=mn[None, :], other=0.0)
-        p = tl.load(p_ptr + offs_n[:, None] * s_pn + offs_r[None, :] * s_pr, mask=mn[:, None] & mr[None, :],
-                    other=0.0)
+        p = tl.load(p_ptr + offs_n[:, None] * (s_pn * RSPN) + offs_r[None, :] * (s_pr * RSPR),
+                    mask=mn[:, None] & mr[None, :], other=0.0)
         g = tl.dot(a, p, g, input_precision=PREC)
         if HAS_U:
             d = tl.dot(tl.trans(a), u, input_precision=PREC)
@@ -133,6 +138,18 @@ def rank_pass_enabled(a: torch.Tensor, r: int) -> bool:
     return a.is_cuda and a.dtype in (torch.float16, torch.bfloat16)
 
 
+def _stride_hint(elem_size: int, s0: int, s1: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
+    """``((unit0, unit1), (s0 / unit0, s1 / unit1))``: ``row_stride_unit`` applied to the non-unit
+    stride of a 2-D operand whose other stride is 1 (units of 1 otherwise: strides as given)."""
+    if s1 == 1:
+        u, (q,) = row_strides(elem_size, s0)
+        return (u, 1), (q, s1)
+    if s0 == 1:
+        u, (q,) = row_strides(elem_size, s1)
+        return (1, u), (s0, q)
+    return (1, 1), (s0, s1)
+
+
 def lora_rank_pass(
     a: torch.Tensor, p: torch.Tensor, scale: float, u: Optional[torch.Tensor] = None,
     g_out: Optional[torch.Tensor] = None, splits: int = 0,
@@ -153,18 +170,23 @@ def lora_rank_pass(
     interp = _interpret()
     bm, bn = (16, 32) if interp else (BLOCK_M, BLOCK_N)  # small tiles keep the interpreter fast
     n_mb, n_nb = cdiv(M, bm), cdiv(N, bn)
-    want = splits or cdiv(PROGRAMS_PER_SM * (num_sms(dev) if dev.type == "cuda" else 4), n_mb)
+    # at most one round of PROGRAMS_PER_SM programs per SM: a few programs past a whole round
+    # (288 for 264 slots at 6144 tokens, session 26's first sweep) leave the GPU mostly idle
+    want = splits or (PROGRAMS_PER_SM * (num_sms(dev) if dev.type == "cuda" else 4)) // n_mb
     per_prog = cdiv(n_nb, max(1, min(want, n_nb)))
     n_split = cdiv(n_nb, per_prog)
     gpart = torch.empty((n_split, M, r), device=dev, dtype=torch.float32)
     dpart = torch.empty((n_mb, N, r), device=dev, dtype=torch.float32) if u is not None else gpart
     unit = max(1, 16 // a.element_size())
     rs, (s_am,) = row_strides(a.element_size(), a.stride(0))
+    # P is B (N, r) in the backward, Aᵀ (K, r) with unit row stride in the forward: the hint
+    # goes to the other stride
+    (rspn, rspr), (s_pn, s_pr) = _stride_hint(a.element_size(), p.stride(0), p.stride(1))
     uu = u if u is not None else p  # (unused without U)
     _PASS[(n_mb, n_split)](
-        a, p, uu, gpart, dpart, M, N, per_prog, s_am, a.stride(1), p.stride(0), p.stride(1),
-        uu.stride(0), uu.stride(1),
+        a, p, uu, gpart, dpart, M, N, per_prog, s_am, a.stride(1), s_pn, s_pr, uu.stride(0), uu.stride(1),
         R=r, HAS_U=u is not None, COL_WRAP=N % unit == 0, PREC="ieee" if dt == torch.float32 else "tf32", RS=rs,
+        RSPN=rspn, RSPR=rspr,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16,
         num_warps=1 if interp else NUM_WARPS, num_stages=1 if interp else NUM_STAGES,
     )
