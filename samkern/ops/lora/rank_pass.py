@@ -39,11 +39,13 @@ __all__ = ["lora_rank_pass", "rank_pass_enabled", "MAX_R"]
 
 MAX_R = 16  # ranks above this are real GEMMs (r = 256): cuBLAS
 # launch settings (module constants, so that a sweep script can set them)
-BLOCK_M = 128
-BLOCK_N = 128
+# (session 26's sweep at 6144 tokens, dev-runs/s26-call2: 256-row blocks halve the d partials and
+# were the fastest at all seven widths, 38.4 vs 44.5-62.1 us for 128 / 64 rows at 3352 columns)
+BLOCK_M = 256
+BLOCK_N = 64
 NUM_WARPS = 8
 NUM_STAGES = 3
-PROGRAMS_PER_SM = 2  # the column split aims at this many programs per SM
+PROGRAMS_PER_SM = 1  # the column split aims at this many programs per SM (98 KB of shared memory each)
 SUM_BLOCK = 1024  # flat output elements per program of the summing launch
 SUM_SPLITS = 8  # partials loaded per step there (one dependent load per partial is latency-bound)
 
