@@ -177,8 +177,10 @@ def lora_rank_pass(
     want = splits or (PROGRAMS_PER_SM * (num_sms(dev) if dev.type == "cuda" else 4)) // n_mb
     per_prog = cdiv(n_nb, max(1, min(want, n_nb)))
     n_split = cdiv(n_nb, per_prog)
-    gpart = torch.empty((n_split, M, r), device=dev, dtype=torch.float32)
-    dpart = torch.empty((n_mb, N, r), device=dev, dtype=torch.float32) if u is not None else gpart
+    # both partials in one allocation (eager calls pay host time per allocation)
+    g_len, d_len = M * r, (N * r if u is not None else 0)
+    part = torch.empty((n_split * g_len + n_mb * d_len,), device=dev, dtype=torch.float32)
+    gpart, dpart = part[:n_split * g_len], (part[n_split * g_len:] if u is not None else part)
     unit = max(1, 16 // a.element_size())
     rs, (s_am,) = row_strides(a.element_size(), a.stride(0))
     # P is B (N, r) in the backward, Aᵀ (K, r) with unit row stride in the forward: the hint
@@ -192,7 +194,6 @@ def lora_rank_pass(
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16,
         num_warps=1 if interp else NUM_WARPS, num_stages=1 if interp else NUM_STAGES,
     )
-    g_len, d_len = M * r, (N * r if u is not None else 0)
     g_progs = cdiv(g_len, SUM_BLOCK)
     _SUM[(g_progs + cdiv(d_len, SUM_BLOCK),)](
         gpart, dpart, g, d if d is not None else g, g_len, d_len, n_split, n_mb, g_progs, float(scale),
