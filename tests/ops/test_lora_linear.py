@@ -260,7 +260,7 @@ def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad):
 
 def test_rank_pass_takes_only_what_it_can():
     """Ranks above MAX_R, a non-unit column stride, fp32 / fp64 on a GPU and the switch send the
-    backward to cuBLAS; with it off the LoRA gradients are the same math."""
+    backward to the fused dx kernel and cuBLAS."""
     from samkern.ops.lora import rank_pass as rp
 
     a = torch.randn(8, 32).half()
@@ -275,7 +275,13 @@ def test_rank_pass_takes_only_what_it_can():
         del os.environ["SAMKERN_LORA_RANK_PASS"]
     if torch.cuda.is_available():
         assert not rp.rank_pass_enabled(torch.randn(8, 32, device="cuda"), 4)
-        assert rp.rank_pass_enabled(a.cuda(), 4)
+        # default "auto": in CUDA-graph captures only (eager calls keep the path with fewer launches)
+        assert rp.rank_pass_enabled(a.cuda(), 4) == interp
+        os.environ["SAMKERN_LORA_RANK_PASS"] = "1"
+        try:
+            assert rp.rank_pass_enabled(a.cuda(), 4)
+        finally:
+            del os.environ["SAMKERN_LORA_RANK_PASS"]
 
 
 def test_triton_noncontiguous_and_no_dx(kernel_device):
@@ -387,6 +393,19 @@ SAM_SHAPES = [(768, 3352), (1536, 768), (1536, 6448), (3072, 1536), (2560, 10576
 @pytest.mark.parametrize("r", [8, 256])
 @pytest.mark.parametrize("K,N", SAM_SHAPES)
 def test_gpu_sam_shapes_bf16(K, N, r):
+    _check_sam_shape(K, N, r)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("K,N", SAM_SHAPES)
+def test_gpu_sam_shapes_bf16_rank_pass(K, N, monkeypatch):
+    """The same with the backward's rank pass forced on in eager calls (by default it runs in
+    CUDA-graph captures only)."""
+    monkeypatch.setenv("SAMKERN_LORA_RANK_PASS", "1")
+    _check_sam_shape(K, N, 8)
+
+
+def _check_sam_shape(K, N, r):
     T = 2 * 1111  # odd-ish token count: tile edges in M
     x, W, b, A, B, s, _ = _inputs((2, T // 2), K, N, r, torch.bfloat16, "cuda", bias=(K == 1536))
     g = torch.randn(2, T // 2, N, device="cuda").to(torch.bfloat16)

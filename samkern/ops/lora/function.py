@@ -131,12 +131,12 @@ def lora_linear(
 #   fwd:  u_s = s·(x' Aᵀ)                       (M, r)  saved for backward
 #         y   = x Wᵀ + u_s Bᵀ + b               (M, N)  with x' = x both in ONE Triton kernel
 #                                                         (lora_proj_gemm), else cuBLAS + kernel
-#   bwd:  g_s = s·(dy B)                        (M, r)  r <= 16: with dB from one read of dy
-#                                                         (rank_pass.py), else as below
-#         dx  = dy W + g_s A                    (M, K)  r > 16, x' = x: both in one kernel, as above
+#   bwd:  g_s = s·(dy B)                        (M, r)  r <= 16 in a CUDA-graph capture: with dB
+#                                                         from one read of dy (rank_pass.py); else
+#         dx  = dy W + g_s A                    (M, K)  with x' = x both in one kernel, as above
 #         dx' = g_s A                           (M, K)  only with dropout (x' != x); dx = dy W
 #         dA  = g_sᵀ x'                         (r, K)  cuBLAS
-#         dB  = dyᵀ u_s                         (N, r)  the rank pass (r <= 16) or cuBLAS
+#         dB  = dyᵀ u_s                         (N, r)  the rank pass (as g_s) or cuBLAS
 #         dW  = dyᵀ x, db = Σ_m dy              only when the base is trained
 # ---------------------------------------------------------------------------------------------
 

@@ -132,12 +132,24 @@ def _interpret() -> bool:
 def rank_pass_enabled(a: torch.Tensor, r: int) -> bool:
     """Whether :func:`lora_rank_pass` takes ``a`` (M, N) at rank ``r``: r ≤ ``MAX_R``, unit column
     stride, 16-bit CUDA tensors (fp32 stays with cuBLAS, as the GEMMs do: Triton's exact fp32 dot
-    is emulated) or anything in the CPU interpreter; ``SAMKERN_LORA_RANK_PASS=0`` turns it off."""
-    if r > MAX_R or a.dim() != 2 or a.stride(1) != 1 or os.environ.get("SAMKERN_LORA_RANK_PASS", "1") == "0":
+    is emulated) or anything in the CPU interpreter, and ``SAMKERN_LORA_RANK_PASS``: ``auto``
+    (default) only while a CUDA graph is being captured, ``1`` always, ``0`` never.
+
+    Why only in graphs by default: the pass saves GPU time (an A/B of the switch, graph replays:
+    fwd+bwd −3 to −7 % at five of the six r = 8 rows, ``dev-runs/s26-call3``) but costs an eager
+    call host time (two launches and its buffers where the fused dx kernel had one launch):
+    +70 to +140 µs per fwd+bwd on the H100 box, where eager LoRA steps at these shapes are bound
+    by host time (~1 ms per fwd+bwd, ``dev-runs/s26-call10-lora-eager-switch.log``)."""
+    if r > MAX_R or a.dim() != 2 or a.stride(1) != 1:
+        return False
+    mode = os.environ.get("SAMKERN_LORA_RANK_PASS", "auto")
+    if mode == "0":
         return False
     if _interpret():
         return True
-    return a.is_cuda and a.dtype in (torch.float16, torch.bfloat16)
+    if not (a.is_cuda and a.dtype in (torch.float16, torch.bfloat16)):
+        return False
+    return mode == "1" or torch.cuda.is_current_stream_capturing()
 
 
 def _stride_hint(elem_size: int, s0: int, s1: int) -> Tuple[Tuple[int, int], Tuple[int, int]]:
