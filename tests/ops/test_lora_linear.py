@@ -232,7 +232,7 @@ def test_lora_proj_gemm_kernels(kernel_device, kind, r):
     (50, 96, 16, 1, 8),   # r = 16 fills the rank block; a row stride wider than N; one split
     (5, 40, 3, 3, 3),     # fewer rows than one block; an odd row stride
 ])
-def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad):
+def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad, monkeypatch):
     """``lora_rank_pass``: g = s·a P and d = aᵀ U from one read of a, against fp64, with every
     buffer it allocates (outputs and fp32 partials) NaN-poisoned and a poisoned g_out; without U
     too (the forward's split path)."""
@@ -244,6 +244,7 @@ def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad):
     dev = kernel_device
     a = torch.randn(M, N + pad, device=dev).to(dtype)[:, :N]
     p, u = torch.randn(N, r, device=dev).to(dtype), torch.randn(M, r, device=dev).to(dtype)
+    monkeypatch.setenv("SAMKERN_LORA_RANK_PASS", "1")  # (on a GPU its default is graph captures only)
     if not rank_pass_enabled(a, r):
         pytest.skip("the rank pass takes 16-bit inputs on a GPU")
     tol = 2e-6 if dtype == torch.float32 else 2e-3
