@@ -10,7 +10,8 @@ Backward:  dx = dy · W + g_s · A             with g_s = s·(dy B)  (M, r)
 
 So the LoRA update costs no extra pass over y or dx: the rank-r part is just r more steps of
 the same K loop (padded to a 16-wide block, masked). The small GEMMs (u_s, g_s, dA = g_sᵀ x,
-dB = dyᵀ u_s) are plain cuBLAS calls through torch: they have nothing to fuse with.
+dB = dyᵀ u_s) are plain cuBLAS calls through torch, except g_s and dB together in CUDA-graph
+captures at r ≤ 16 (``rank_pass.py``: one read of dy for both).
 
 Two kernels compute the same contraction: ``_lora_gemm_tma_kernel`` (Hopper TMA descriptors,
 needs 16-byte aligned rows: K, N, r multiples of 8 in bf16) and ``_lora_gemm_kernel`` (plain
