@@ -509,7 +509,9 @@ def _graph_ms(fn) -> Optional[float]:
         with torch.cuda.stream(side):
             fn()
         torch.cuda.current_stream().wait_stream(side)
-        with torch.cuda.graph(graph):
+        # thread_local: a CUDA call of another thread (a DataLoader's pin-memory thread, say)
+        # must neither fail nor invalidate this capture ("global", the default, does both)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
             fn()
     except RuntimeError:  # (not capturable here: timed eagerly instead)
         torch.cuda.synchronize()
