@@ -104,7 +104,7 @@ def test_conv_ptx_fingerprint_ignores_line_info_only():
 @pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
 def test_lora_kernels_compile_offline_for_sm90():
     """scripts/lora_compile_offline.py --quick: the first tile of every LoRA GEMM kernel (pointer,
-    TMA, persistent TMA, fused projection or not; the Gluon split-path kernel), both operand layouts, compiles for sm_90 and fits
+    TMA, persistent TMA, fused projection or not; the Gluon split-path kernel; the rank pass), both operand layouts, compiles for sm_90 and fits
     in shared memory. The CPU interpreter does not check the block shapes a compiled kernel needs:
     a TMA tile shape mismatch passed it and failed only on the GPU (session 10)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -113,8 +113,13 @@ def test_lora_kernels_compile_offline_for_sm90():
                           "--r", "8"], env=env, capture_output=True, text=True, timeout=900)
     assert out.returncode == 0, (out.stdout[-3000:], out.stderr[-2000:])
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-    seen = {(r["kind"], r["layout"], r["fused"]) for r in rows if r.get("regs") and r["kind"] != "gluon"}
+    seen = {(r["kind"], r["layout"], r["fused"]) for r in rows if r.get("regs") and r["kind"] in ("tma", "ptma", "ptr")}
     assert seen == {(k, lay, f) for k in ("tma", "ptma", "ptr") for lay in ("fwd", "bwd") for f in (True, False)}, seen
     # the warp-specialised Gluon kernel of the split path (samkern/ops/lora/gluon.py), both layouts,
     # no spills (lora_compile_offline.gluon_variants counts one as a failure)
     assert {r["layout"] for r in rows if r["kind"] == "gluon" and r.get("regs")} == {"fwd", "bwd"}
+    # the backward's rank pass (samkern/ops/lora/rank_pass.py) with and without U, wrapped and
+    # masked columns, and its summing kernel
+    rp = [r for r in rows if r["kind"] == "rank_pass" and r.get("regs")]
+    assert {(r["kernel"], r["u"]) for r in rp} == {(k, u) for k in ("_rank_pass_kernel", "_rank_pass_sum_kernel")
+                                                   for u in (True, False)}, rp

@@ -317,7 +317,10 @@ def test_inputs_embeds_equals_input_ids():
     with torch.no_grad():
         ref = model(input_ids=ids)
         assert_exact("forward(inputs_embeds)", model(inputs_embeds=emb), ref)
-        assert_exact("num_last_tokens", model(input_ids=ids, num_last_tokens=3), ref[:, -3:])
+        # the LM head then multiplies 6 rows instead of 34: MKL may pick another kernel for the
+        # smaller product (it did on an AMD EPYC, 842 of 3072 logits differing in the last bits),
+        # so equal to fp32 rounding, not bit for bit; a wrong slice would be off by O(1)
+        assert_close("num_last_tokens", model(input_ids=ids, num_last_tokens=3), ref[:, -3:], 1e-5)
         # prefill/step through embeddings equal the id path
         lg_ids, c_ids = model.prefill(input_ids=ids[:, :9])
         lg_emb, c_emb = model.prefill(inputs_embeds=emb[:, :9])
