@@ -13,9 +13,12 @@ its tiles of ``a`` once and feeds each to two MMAs: ``a P`` accumulates over its
 registers, ``aᵀ U`` is one [BLOCK_N, r] result per tile. Both sums are completed by a second,
 small launch from fp32 partials (column splits for g, row blocks for d) in a fixed order: no
 atomics, bitwise reproducible. The partials cost ``4 r / (2 BLOCK_M)`` of the bytes of ``a``
-for d (12.5 % at r = 8) and a few column splits' worth of g.
+for d (6.25 % at r = 8 with 256-row blocks) and a few column splits' worth of g.
 
-The forward's split path uses the same kernel without U for ``u_s = s·x Aᵀ``.
+Measured (H100, graph replays with the L2 flushed, 6144 tokens, r = 8, ``dev-runs/s26-call2``):
+g + d 38.4 us vs cuBLAS's two calls 47.6 at 3352 columns, 79.6 vs 112.6 at 10576, 17.2 vs 18.6
+at 768. Without U (the forward's ``u_s = s·x Aᵀ``) it was no faster than cuBLAS, so the forward
+does not use it. The backward uses it in CUDA-graph captures only (``rank_pass_enabled``).
 
 No dot result is transposed (``tl.trans`` only of a loaded tile: the Triton 3.6 Hopper
 miscompile does not apply). Rows past M are wrapped onto valid rows (their U rows load as zero,
