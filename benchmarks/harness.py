@@ -57,20 +57,10 @@ def time_eager(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> tu
 
 def time_graph(fn: Callable[[], object], warmup: int = 25, rep: int = 100) -> float:
     """Median microseconds of CUDA-graph replays of ``fn`` (captured after 3 side-stream warm-ups,
-    so autotuning and lazy initialisation happen outside the capture)."""
-    from triton.testing import do_bench
+    so autotuning and lazy initialisation happen outside the capture; ``samkern.backend.graph_replay_ms``)."""
+    from samkern.backend import graph_replay_ms
 
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    torch.cuda.synchronize()
-    return 1e3 * do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+    return 1e3 * graph_replay_ms(fn, warmup=warmup, rep=rep)
 
 
 def _git_commit() -> str:

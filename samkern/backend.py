@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 
 __all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms",
-           "row_stride_unit", "row_strides",
+           "row_stride_unit", "row_strides", "graph_replay_ms",
            "tuning_from_env", "next_pow2", "cdiv"]
 
 log = logging.getLogger("samkern")
@@ -114,6 +114,28 @@ def num_sms(device: torch.device) -> int:
     if idx not in _NUM_SMS:
         _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _NUM_SMS[idx]
+
+
+def graph_replay_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100, side_warmups: int = 3,
+                    capture_error_mode: str = "global") -> float:
+    """Median milliseconds of CUDA-graph replays of ``fn`` (``triton.testing.do_bench``: the L2
+    flushed between replays), captured after ``side_warmups`` calls on a side stream, so lazy
+    initialisation and tuning happen outside the capture. The benchmark harness's graph column
+    (``benchmarks.harness.time_graph``) and the LoRA tuner's GPU time both come from here.
+    Raises what the capture raises (a RuntimeError when ``fn`` cannot be captured)."""
+    from triton.testing import do_bench
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(side_warmups):
+            fn()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
+        fn()
+    torch.cuda.synchronize()
+    return do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
 
 
 def tuning_from_env(var: str, table: dict) -> dict:

@@ -13,7 +13,6 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
@@ -21,18 +20,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.ops.bench_lora_linear import make_operands  # noqa: E402
 from samkern.ops.lora.function import lora_linear  # noqa: E402
+from samkern.ops.lora.triton import _wall_ms  # noqa: E402  (the tuner's wall time: same measure)
 
 VAR = os.environ.get("LORA_SWITCH", "SAMKERN_LORA_RANK_PASS")
 ROWS = json.loads(os.environ.get("LORA_AB_ROWS", "[[1536, 768, 8], [768, 3352, 8], [5120, 2560, 8]]"))
-
-
-def wall_us(fn, calls: int = 20) -> float:
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return 1e6 * (time.perf_counter() - t0) / calls
 
 
 def main() -> None:
@@ -50,7 +41,7 @@ def main() -> None:
         for _ in range(6):
             for flag in ("0", "1"):
                 os.environ[VAR] = flag
-                res[flag]["wall"].append(wall_us(fb))
+                res[flag]["wall"].append(1e3 * _wall_ms(fb, calls=20, bursts=1))
                 res[flag]["bench"].append(1e3 * do_bench(fb, warmup=5, rep=30, return_mode="median"))
         summ = {f: {k: round(statistics.median(v), 1) for k, v in d.items()} for f, d in res.items()}
         print(f"{K}x{N} r{r}: {VAR}=0 wall {summ['0']['wall']} us, do_bench {summ['0']['bench']} | "

@@ -259,7 +259,7 @@ def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad, monkeypatc
     assert_close("g without U", g2, g_ref, tol)
 
 
-def test_rank_pass_takes_only_what_it_can():
+def test_rank_pass_takes_only_what_it_can(monkeypatch):
     """Ranks above MAX_R, a non-unit column stride, fp32 / fp64 on a GPU and the switch send the
     backward to the fused dx kernel and cuBLAS."""
     from samkern.ops.lora import rank_pass as rp
@@ -269,20 +269,15 @@ def test_rank_pass_takes_only_what_it_can():
     assert rp.rank_pass_enabled(a, rp.MAX_R) == interp
     assert not rp.rank_pass_enabled(a, rp.MAX_R + 1)
     assert not rp.rank_pass_enabled(a.t(), 4)
-    os.environ["SAMKERN_LORA_RANK_PASS"] = "0"
-    try:
+    with monkeypatch.context() as m:
+        m.setenv("SAMKERN_LORA_RANK_PASS", "0")
         assert not rp.rank_pass_enabled(a, 4)
-    finally:
-        del os.environ["SAMKERN_LORA_RANK_PASS"]
     if torch.cuda.is_available():
         assert not rp.rank_pass_enabled(torch.randn(8, 32, device="cuda"), 4)
         # default "auto": in CUDA-graph captures only (eager calls keep the path with fewer launches)
         assert rp.rank_pass_enabled(a.cuda(), 4) == interp
-        os.environ["SAMKERN_LORA_RANK_PASS"] = "1"
-        try:
-            assert rp.rank_pass_enabled(a.cuda(), 4)
-        finally:
-            del os.environ["SAMKERN_LORA_RANK_PASS"]
+        monkeypatch.setenv("SAMKERN_LORA_RANK_PASS", "1")
+        assert rp.rank_pass_enabled(a.cuda(), 4)
 
 
 def test_triton_noncontiguous_and_no_dx(kernel_device):

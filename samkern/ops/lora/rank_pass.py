@@ -198,8 +198,8 @@ def lora_rank_pass(
     gpart, dpart = part[:n_split * g_len], (part[n_split * g_len:] if u is not None else part)
     unit = max(1, 16 // a.element_size())
     rs, (s_am,) = row_strides(a.element_size(), a.stride(0))
-    # P is B (N, r) in the backward, Aᵀ (K, r) with unit row stride in the forward: the hint
-    # goes to the other stride
+    # P is B (N, r) in the backward (unit column stride); a transposed view (unit row stride)
+    # gets the hint on its other stride
     (rspn, rspr), (s_pn, s_pr) = _stride_hint(a.element_size(), p.stride(0), p.stride(1))
     uu = u if u is not None else p  # (unused without U)
     _PASS[(n_mb, n_split)](

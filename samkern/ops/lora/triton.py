@@ -34,7 +34,7 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import cdiv, next_pow2, num_sms
+from samkern.backend import cdiv, graph_replay_ms, next_pow2, num_sms
 from samkern.launch import fast_launch
 
 __all__ = ["lora_gemm", "lora_proj_gemm", "tuning_choices", "INTERPRET", "FUSE_MAX_R"]
@@ -499,27 +499,14 @@ def _graph_ms(fn) -> Optional[float]:
     kernel (~120 us of host time per launch on the H100 box) was timed at 168.7 us in the
     tuner and 64.4 us as graph replays at 768->3352 r8 (``dev-runs/s26-call6-lora-tuner-check.log``),
     and such choices flipped between runs with the host's speed."""
-    from triton.testing import do_bench
-
     fn()  # compiles and any nested tuning (the split path's GEMM) happen outside the capture
-    graph = torch.cuda.CUDAGraph()
     try:
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            fn()
-        torch.cuda.current_stream().wait_stream(side)
         # thread_local: a CUDA call of another thread (a DataLoader's pin-memory thread, say)
         # must neither fail nor invalidate this capture ("global", the default, does both)
-        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            fn()
+        return graph_replay_ms(fn, warmup=5, rep=20, side_warmups=1, capture_error_mode="thread_local")
     except RuntimeError:  # (not capturable here: timed eagerly instead)
         torch.cuda.synchronize()
         return None
-    try:
-        return do_bench(graph.replay, warmup=5, rep=20, return_mode="median")
-    finally:
-        del graph
 
 
 def _bench_ms(fn) -> float:
