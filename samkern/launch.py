@@ -16,8 +16,9 @@ its binder:
 * tensors: dtype and whether the data pointer is 16-byte aligned (Triton's ``D`` attribute);
 * ints: the exact value (covers ``== 1``, ``% 16 == 0`` and int32 / int64);
 * floats: only the type (Triton never specialises float arguments);
-* host TMA descriptors (``triton.tools.tensor_descriptor.TensorDescriptor``): dtype, shape,
-  strides, block shape and padding (their base is 16-byte aligned by construction);
+* host TMA descriptors (``triton.tools.tensor_descriptor.TensorDescriptor``, and Gluon's, which
+  adds its shared-memory layout): dtype, shape, strides, block shape, padding and layout (their
+  base is 16-byte aligned by construction);
 * every constexpr (passed by keyword), ``num_warps``, ``num_stages`` and the current device.
 
 Anything else (a ``None`` or bool argument, a callable grid, launch hooks installed
@@ -59,13 +60,16 @@ class FastLaunch:
         self.hits = 0  # launches that took the direct path (tests read it)
         self._cache: Dict[tuple, Any] = {}
         if params is None:
-            self.n_runtime, self.constexpr_names = 0, ()
+            self.n_runtime, self.constexpr_names, self._options = 0, (), ()
             return
         flags = [p.is_constexpr for p in params]
         self.n_runtime = flags.index(True) if True in flags else len(flags)
         if any(not f for f in flags[self.n_runtime:]):
             raise ValueError(f"fast_launch({getattr(fn, '__name__', fn)}): constexpr parameters must come last")
         self.constexpr_names = tuple(p.name for p in params[self.n_runtime:])
+        # launch options passed besides the constexprs (a Gluon kernel may declare num_warps as a
+        # constexpr parameter: then it is keyed as one)
+        self._options = tuple(o for o in ("num_warps", "num_stages") if o not in self.constexpr_names)
 
     def __getitem__(self, grid: Tuple[int, ...]):
         return functools.partial(self.launch, grid)
@@ -102,7 +106,7 @@ class FastLaunch:
             key += [kwargs[name] for name in self.constexpr_names]
         except (_Unkeyed, KeyError):  # an argument Triton's binder has to look at, a defaulted constexpr
             return None
-        n_opts = ("num_warps" in kwargs) + ("num_stages" in kwargs)
+        n_opts = sum(o in kwargs for o in self._options)
         if len(kwargs) != len(self.constexpr_names) + n_opts:  # another launch option (num_ctas, ...)
             return None
         key.append(kwargs.get("num_warps", 4))
@@ -121,7 +125,9 @@ def _other_spec(a: Any):
     if t is float:
         return float  # Triton never specialises floats
     if t.__name__ == "TensorDescriptor":  # a host TMA descriptor (base always 16-byte aligned)
-        return (a.base.dtype, tuple(a.shape), tuple(a.strides), tuple(a.block_shape), a.padding)
+        # Gluon's descriptors carry their shared-memory layout too (part of the specialisation)
+        return (a.base.dtype, tuple(a.shape), tuple(a.strides), tuple(a.block_shape), a.padding,
+                getattr(a, "layout", None))
     raise _Unkeyed  # None, bool, ...: Triton's binder decides
 
 

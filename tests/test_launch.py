@@ -44,7 +44,7 @@ class _FakeKernel:
     __name__ = "fake_kernel"
 
     def __init__(self, names=("x", "n", "eps", "BLOCK")) -> None:
-        self.params = [_Param(n, n.isupper()) for n in names]
+        self.params = [_Param(n, n.isupper() or n == "num_warps") for n in names]
         self.slow = []
 
     def __getitem__(self, grid):
@@ -144,6 +144,37 @@ def test_tma_descriptors_are_keyed_by_their_layout(fake):
     assert len(k.slow) == 3 and fl.hits == 2
 
 
+def test_gluon_descriptors_are_keyed_by_their_layout_too(fake):
+    pytest.importorskip("triton.experimental.gluon")
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+    k, fl = fake
+    t = torch.empty(64, 64, dtype=torch.bfloat16)
+    swizzled = gl.NVMMASharedLayout.get_default_for([16, 64], gl.bfloat16)
+    other = gl.NVMMASharedLayout(swizzle_byte_width=32, element_bitwidth=16, rank=2)
+    assert swizzled != other
+    for layout in (swizzled, swizzled, other, other):
+        fl[(1,)](TensorDescriptor(t, [64, 64], [64, 1], [16, 64], layout), 32, 0.5, BLOCK=16)
+    assert len(k.slow) == 2 and fl.hits == 2
+
+
+def test_num_warps_declared_as_a_constexpr_parameter(fake):
+    # Gluon kernels declare ``num_warps: gl.constexpr``; the launch passes it once, as the
+    # parameter, and the direct path must hand it to the compiled launcher in its slot
+    _, _ = fake
+    k = _FakeKernel(names=("x", "n", "BLOCK", "num_warps"))
+    fl = launch.FastLaunch(k)
+    x = _buf()
+    for _ in range(2):
+        fl[(2,)](x, 32, BLOCK=16, num_warps=4)
+    assert len(k.slow) == 1 and fl.hits == 1
+    (call,) = fl._cache[next(iter(fl._cache))].calls
+    assert call[-4:] == (x, 32, 16, 4)
+    fl[(2,)](x, 32, BLOCK=16, num_warps=8)  # another value: another specialisation
+    assert len(k.slow) == 2
+
+
 def test_profiler_hooks_are_detected():
     from triton import knobs
 
@@ -205,6 +236,27 @@ def test_gpu_direct_launch_matches_tritons_path():
         fl[(triton.cdiv(n, 256),)](x, y, n, 2.5, BLOCK=256, num_warps=4, num_stages=1)
         torch.testing.assert_close(y, 2.5 * x + 1.0)
     assert fl.hits >= 2, "the repeated shapes should take the direct path"
+
+
+@pytest.mark.gpu
+def test_gpu_gluon_lora_gemm_takes_the_direct_path():
+    if not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("needs an sm_90 GPU (the Gluon kernel is wgmma)")
+    from samkern.ops.lora import gluon as lg
+
+    M, K, N, r = 512, 256, 384, 8
+    a1 = torch.randn(M, K, device="cuda", dtype=torch.bfloat16)
+    W = torch.randn(N, K, device="cuda", dtype=torch.bfloat16) / 16
+    a2 = torch.randn(M, r, device="cuda", dtype=torch.bfloat16)
+    B = torch.randn(N, r, device="cuda", dtype=torch.bfloat16)
+    ref = (a1.float() @ W.float().t() + a2.float() @ B.float().t())
+    hits = lg._WS.hits
+    for _ in range(3):
+        out = torch.full((M, N), float("nan"), device="cuda", dtype=torch.bfloat16)
+        lg.launch_gluon(a1, W.t(), a2, B.t(), True, out, lg.candidates(r)[0])
+        err = float((out.float() - ref).norm() / ref.norm())
+        assert err < 1e-2, err
+    assert lg._WS.hits - hits >= 2
 
 
 @pytest.mark.gpu

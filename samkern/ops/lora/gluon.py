@@ -26,6 +26,7 @@ bias. Gluon kernels do not run in the CPU interpreter: CPU CI compiles this one 
 """
 from __future__ import annotations
 
+import functools
 from typing import Tuple
 
 import torch
@@ -37,6 +38,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from samkern.backend import num_sms
+from samkern.launch import fast_launch
 
 __all__ = ["GLUON_CANDIDATES", "candidates", "launch_gluon"]
 
@@ -217,6 +219,11 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, 
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
 
+# the direct launch (samkern/launch.py): Triton's ``kernel[grid](...)`` binds and keys the five
+# descriptors (their layouts' strings) in Python on every call
+_WS = fast_launch(_ws_lora_gemm_kernel)
+
+
 def _gl_dtype(dtype: torch.dtype):
     if dtype == torch.bfloat16:
         return gl.bfloat16
@@ -225,9 +232,22 @@ def _gl_dtype(dtype: torch.dtype):
     raise ValueError(f"the Gluon LoRA GEMM takes bf16 or fp16, got {dtype}")
 
 
+@functools.lru_cache(maxsize=None)
+def _smem_layout(block: Tuple[int, ...], dt) -> "gl.NVMMASharedLayout":
+    # ~10 us of Python per call uncached, five calls per launch
+    return gl.NVMMASharedLayout.get_default_for(list(block), dt)
+
+
 def _descriptor(t: torch.Tensor, shape, strides, block, dt):
-    layout = gl.NVMMASharedLayout.get_default_for(block, dt)
-    return TensorDescriptor(t, list(shape), list(strides), list(block), layout)
+    """A host TMA descriptor built without ``TensorDescriptor.__post_init__``'s checks: the split
+    path launches this kernel only on operands ``triton._tma_able`` passed (16-byte aligned base
+    and row pitch, unit last stride, no empty dimension), with the candidates' power-of-two blocks.
+    Checked construction plus uncached layouts cost ~75 us of host time per launch (five
+    descriptors), in calls that are host-bound when eager."""
+    d = TensorDescriptor.__new__(TensorDescriptor)
+    d.base, d.shape, d.strides, d.block_shape = t, list(shape), list(strides), list(block)
+    d.layout, d.padding = _smem_layout(tuple(block), dt), "zero"
+    return d
 
 
 def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
@@ -255,6 +275,6 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     d_c = _descriptor(out, (M, N), out.stride(), [bm, bn], dt)
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
-    (launcher or _ws_lora_gemm_kernel)[(max(1, min(tiles, n_sms)),)](
+    (launcher or _WS)[(max(1, min(tiles, n_sms)),)](
         d_a, right(b1, bk), d_a2, right(b2, bk2), d_c, M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
         CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue, num_warps=4)
