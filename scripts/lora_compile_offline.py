@@ -104,7 +104,6 @@ def main() -> None:
                         bad += report(row, launch, fingerprint=args.fingerprint)
     bad += gluon_variants(args.quick)
     bad += rank_pass_variants()
-    bad += fused_bwd_variants(args.quick)
     print(f"{bad} variant(s) failed to compile or exceed shared memory")
     sys.exit(1 if bad else 0)
 
@@ -150,23 +149,6 @@ def rank_pass_variants() -> int:
         p, u = torch.zeros(N, r, dtype=dt), (torch.zeros(M, r, dtype=dt) if with_u else None)
         for launch in capture(lambda: rp.lora_rank_pass(a, p, 2.0, u), rp, ("_PASS", "_SUM")):
             bad += report(dict(kind="rank_pass", N=N, r=r, u=with_u), launch, no_spills=True)
-    return bad
-
-
-def fused_bwd_variants(quick: bool) -> int:
-    """The fused backward (samkern/ops/lora/fused_bwd.py: dx, g_s and dB from one read of dy),
-    every candidate tile (the first with ``quick``) at r = 8 and 16, and its summing launch;
-    returns the failures."""
-    from samkern.ops.lora import fused_bwd as fb
-
-    bad = 0
-    M, N, K, dt = 1024, 3352, 768, torch.bfloat16
-    cands = fb.FUSED_BWD_CANDIDATES[:1] if quick else fb.FUSED_BWD_CANDIDATES
-    for r in (8, 16):
-        dy, W, B, A, u = (torch.zeros(*s, dtype=dt) for s in ((M, N), (N, K), (N, r), (r, K), (M, r)))
-        for cfg in cands:
-            for launch in capture(lambda: fb.lora_dx_db(dy, W, B, A, u, 2.0, config=cfg), fb, ("_DX_DB", "_SUM")):
-                bad += report(dict(kind="fused_bwd", r=r, tile=list(cfg[:5])), launch)
     return bad
 
 

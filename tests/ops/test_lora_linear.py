@@ -259,78 +259,6 @@ def test_rank_pass_kernel(kernel_device, dtype, M, N, r, splits, pad, monkeypatc
     assert_close("g without U", g2, g_ref, tol)
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
-@pytest.mark.parametrize("M,N,K,r", [
-    (37, 48, 40, 8),    # ragged rows (3 row blocks), 2 column panels of dx (one writes g_s, dB)
-    (16, 80, 64, 16),   # r = 16 fills the rank block; 5 K steps, one row block
-    (50, 24, 96, 4),    # fp32 only (r = 4 in fp16 has 8-byte rows: not fused); 3 panels
-])
-def test_fused_bwd_kernel(kernel_device, dtype, M, N, K, r):
-    """``lora_dx_db``: dx = dy W + g_s A, g_s = s·dy B and dB = dyᵀ u_s from one kernel against
-    fp64, every output and the fp32 dB partials NaN-poisoned (unwritten elements fail)."""
-    if kernel_device == "cpu" and not INTERPRET:
-        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-    from samkern.ops.lora.fused_bwd import fused_bwd_enabled, lora_dx_db
-    from samkern.testing import poisoned_empty
-
-    dev = kernel_device
-    dy, W, B = torch.randn(M, N, device=dev), torch.randn(N, K, device=dev) / 4, torch.randn(N, r, device=dev) / 4
-    A, u_s = torch.randn(r, K, device=dev) / 4, torch.randn(M, r, device=dev)
-    dy, W, B, A, u_s = (t.to(dtype) for t in (dy, W, B, A, u_s))
-    if not fused_bwd_enabled(dy, W, B, A, u_s):
-        pytest.skip("not a shape the fused backward takes (16-byte rows of g_s, 16-bit on a GPU)")
-    s = 0.75
-    with poisoned_empty():
-        dx, g_s, dB = lora_dx_db(dy, W, B, A, u_s, s)
-    d = lambda t: t.double()  # noqa: E731
-    tol = 2e-6 if dtype == torch.float32 else 2e-3
-    assert_close("g_s", g_s, s * d(dy) @ d(B), tol)
-    assert_close("dx", dx, d(dy) @ d(W) + d(g_s) @ d(A), tol)
-    assert_close("dB", dB, d(dy).t() @ d(u_s), tol)
-
-
-def test_fused_bwd_takes_only_what_it_can(monkeypatch):
-    from samkern.ops.lora import fused_bwd as fb
-
-    monkeypatch.setattr(fb.lt, "INTERPRET", True)  # the rules apart from the device
-    M, N, K = 32, 48, 40
-    ok = dict(dy=torch.randn(M, N), W=torch.randn(N, K), B=torch.randn(N, 8), A=torch.randn(8, K),
-              u_s=torch.randn(M, 8))
-    assert fb.fused_bwd_enabled(**ok)
-    assert not fb.fused_bwd_enabled(**{**ok, "B": torch.randn(N, 32), "A": torch.randn(32, K),
-                                       "u_s": torch.randn(M, 32)})  # r > 16: cuBLAS / rank blocks
-    assert not fb.fused_bwd_enabled(**{**ok, "dy": torch.randn(M, N + 1)[:, :N]})  # rows not 16-byte aligned
-    assert not fb.fused_bwd_enabled(**{**ok, "W": torch.randn(N, K + 1)[:, :K]})
-    half = {k: v.half() for k, v in ok.items()}
-    assert fb.fused_bwd_enabled(**half)
-    assert not fb.fused_bwd_enabled(**{**half, "B": half["B"][:, :4], "A": half["A"][:4], "u_s": half["u_s"][:, :4]})
-    monkeypatch.setenv("SAMKERN_LORA_FUSED_BWD", "0")
-    assert not fb.fused_bwd_enabled(**ok)
-
-
-def test_linear_backward_takes_the_fused_kernel(kernel_device, monkeypatch):
-    """Through autograd: r <= 16 without dropout on TMA-able operands runs ``lora_dx_db`` (and the
-    gradients match the reference); with dropout it does not."""
-    if kernel_device == "cpu" and not INTERPRET:
-        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
-    from samkern.ops.lora import fused_bwd as fb
-
-    calls = []
-    real = fb.lora_dx_db
-    monkeypatch.setattr(fb, "lora_dx_db", lambda *a, **k: calls.append(1) or real(*a, **k))
-    dtype = torch.float16 if kernel_device == "cuda" else torch.float32
-    for dropout in (False, True):
-        x, W, b, A, B, s, xd = _inputs((3, 11), 40, 48, 8, dtype, kernel_device, dropout=dropout)
-        g = torch.randn(3, 11, 48, device=kernel_device).to(dtype)
-        y, grads = _run(lora_linear_triton, x, W, b, A, B, s, xd, g)
-        xh, Ah, Bh = _hi(x), _hi(A), _hi(B)
-        xdh = xh * (xd.detach().double() / x.detach().double()).nan_to_num(0.0) if dropout else None
-        _, grads_ref = _run(lora_linear_ref, xh, _hi(W), _hi(b), Ah, Bh, s, xdh, g.double())
-        for n, gg, gr in zip(("dx", "dA", "dB"), grads, grads_ref):
-            assert_close(n, gg, gr, 2e-5 if dtype == torch.float32 else 5e-3)
-        assert len(calls) == 1  # the call without dropout; none added with it
-
-
 def test_rank_pass_takes_only_what_it_can(monkeypatch):
     """Ranks above MAX_R, a non-unit column stride, fp32 / fp64 on a GPU and the switch send the
     backward to the fused dx kernel and cuBLAS."""
@@ -470,32 +398,7 @@ def test_gpu_sam_shapes_bf16_rank_pass(K, N, monkeypatch):
     """The same with the backward's rank pass forced on in eager calls (by default it runs in
     CUDA-graph captures only)."""
     monkeypatch.setenv("SAMKERN_LORA_RANK_PASS", "1")
-    monkeypatch.setenv("SAMKERN_LORA_FUSED_BWD", "0")  # (which comes first where it applies)
     _check_sam_shape(K, N, 8)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("r", [8, 16])
-@pytest.mark.parametrize("M,N,K", [(1111, 3352, 768), (6144, 768, 1536), (300, 10576, 2560)])
-def test_gpu_fused_bwd_every_candidate(M, N, K, r):
-    """``lora_dx_db`` (dx, g_s, dB from one read of dy) at every tile the tuner ships (Triton 3.6
-    on Hopper has miscompiled at particular block sizes), bf16, SAM widths with ragged M, against
-    fp64 by the 2x rule (the same products by torch in bf16); outputs and partials NaN-poisoned."""
-    from samkern.ops.lora.fused_bwd import FUSED_BWD_CANDIDATES, lora_dx_db
-    from samkern.testing import poisoned_empty
-
-    dt, s = torch.bfloat16, 2.0
-    dy = torch.randn(M, N, device="cuda").to(dt)
-    W = (torch.randn(N, K, device="cuda") * N ** -0.5).to(dt)
-    B = (torch.randn(N, r, device="cuda") * N ** -0.5).to(dt)
-    A = (torch.randn(r, K, device="cuda") * r ** -0.5).to(dt)
-    u_s = torch.randn(M, r, device="cuda").to(dt)
-    for cfg in FUSED_BWD_CANDIDATES:
-        with poisoned_empty():
-            dx, g_s, dB = lora_dx_db(dy, W, B, A, u_s, s, config=cfg)
-        assert_close_lowp(f"{cfg} g_s", g_s, s * dy.double() @ B.double(), s * (dy @ B))
-        assert_close_lowp(f"{cfg} dx", dx, dy.double() @ W.double() + g_s.double() @ A.double(), dy @ W + g_s @ A)
-        assert_close_lowp(f"{cfg} dB", dB, dy.double().t() @ u_s.double(), dy.t() @ u_s)
 
 
 def _check_sam_shape(K, N, r):

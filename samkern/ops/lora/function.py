@@ -131,8 +131,7 @@ def lora_linear(
 #   fwd:  u_s = s·(x' Aᵀ)                       (M, r)  saved for backward
 #         y   = x Wᵀ + u_s Bᵀ + b               (M, N)  with x' = x both in ONE Triton kernel
 #                                                         (lora_proj_gemm), else cuBLAS + kernel
-#   bwd:  r <= 16 without dropout, TMA-able: dx, g_s and dB from ONE read of dy (fused_bwd.py)
-#         g_s = s·(dy B)                        (M, r)  r <= 16 in a CUDA-graph capture: with dB
+#   bwd:  g_s = s·(dy B)                        (M, r)  r <= 16 in a CUDA-graph capture: with dB
 #                                                         from one read of dy (rank_pass.py); else
 #         dx  = dy W + g_s A                    (M, K)  with x' = x both in one kernel, as above
 #         dx' = g_s A                           (M, K)  only with dropout (x' != x); dx = dy W
@@ -151,12 +150,6 @@ def _rank_pass_enabled(dy: Tensor, r: int) -> bool:
     from samkern.ops.lora.rank_pass import rank_pass_enabled
 
     return rank_pass_enabled(dy, r)
-
-
-def _fused_bwd_enabled(dy: Tensor, W: Tensor, B: Tensor, A: Tensor, u_s: Tensor) -> bool:
-    from samkern.ops.lora.fused_bwd import fused_bwd_enabled
-
-    return fused_bwd_enabled(dy, W, B, A, u_s)
 
 
 def _scaled_mm(a: Tensor, b: Tensor, scale: float) -> Tensor:
@@ -193,12 +186,6 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
     """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout)."""
     # placeholders for gradients not computed: distinct tensors (custom-op outputs may not alias)
     dB = None
-    if xd is None and need_dx and _use_kernel(dy) and _fused_bwd_enabled(dy, W, B, A, u_s):
-        # r <= 16: dx, g_s and dB from one read of dy (fused_bwd.py); dA by cuBLAS
-        from samkern.ops.lora.fused_bwd import lora_dx_db
-
-        dx, g_s, dB = lora_dx_db(dy, W, B, A, u_s, scale)
-        return dx, g_s.t() @ x, dB, x.new_empty((0,))
     if _use_kernel(dy) and _rank_pass_enabled(dy, A.shape[0]):
         # g_s and dB from one read of dy (rank_pass.py); dx then is the split GEMM
         from samkern.ops.lora.rank_pass import lora_rank_pass
