@@ -129,15 +129,10 @@ def gluon_variants(quick: bool) -> int:
         for cfg, (layout, (a1, b1, b2, out, kmajor)) in ((c, lay) for c in (cands[:1] if quick else cands)
                                                          for lay in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
                                                                      "bwd": (dy, W, A, x.clone(), False)}.items()):
-            # the fused projection (r <= 16: u_s / g_s made in the K loop from a1 and the proj operand)
-            proj = {"fwd": A.t(), "bwd": B}[layout]
-            for fused in ((False, True) if r <= lg.R_EPILOGUE_MAX else (False,)):
-                launches.clear()
-                lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, proj=proj if fused else None, scale=2.0,
-                                launcher=_Capture())
-                # a spill in a warp-specialised partition would serialise it behind local memory
-                bad += report(dict(kind="gluon", layout=layout, r=r, fused=fused, tile=list(cfg)), launches[0],
-                              no_spills=True)
+            launches.clear()
+            lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture())
+            # a spill in a warp-specialised partition would serialise it behind local memory
+            bad += report(dict(kind="gluon", layout=layout, r=r, tile=list(cfg)), launches[0], no_spills=True)
     return bad
 
 

@@ -517,35 +517,6 @@ def test_gpu_gluon_split_gemm_every_candidate(cfg, M, K, N, r):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("r", [8, 16])
-@pytest.mark.parametrize("M,K,N", [(1111, 1536, 768), (6144, 768, 3352), (300, 3072, 1000)])
-@pytest.mark.parametrize("cfg", _gluon_candidates(), ids=lambda c: "x".join(map(str, c[:4])))
-def test_gpu_gluon_fused_projection_every_candidate(cfg, M, K, N, r):
-    """The Gluon kernel with the projection fused (``a2 = s·a1 proj`` made in its K loop, written
-    by the first column panel, then ``C = a1 b1 + a2 b2``) at every candidate, both layouts (the
-    forward's x, Wᵀ, Aᵀ, Bᵀ; the backward's dy, W, B, A), ragged M and N, against fp64 by the 2x
-    rule; both outputs NaN-poisoned. Several tiles per program at every shape."""
-    from samkern.ops.lora.gluon import candidates, launch_gluon
-    from samkern.ops.lora.triton import _gluon_enabled
-
-    if not _gluon_enabled(torch.device("cuda")):
-        pytest.skip("the Gluon kernel runs on sm_90 only")
-    if cfg not in candidates(r):
-        pytest.skip("not a candidate at this rank (shared memory)")
-    dt, s = torch.bfloat16, 2.0
-    x, W, A, B, dy = (torch.randn(*sh, device="cuda").to(dt) for sh in ((M, K), (N, K), (r, K), (N, r), (M, N)))
-    W, A, B = W * K ** -0.5, A * K ** -0.5, B * r ** -0.5
-    for name, (a1, b1, p, b2, kmajor) in {"fwd": (x, W.t(), A.t(), B.t(), True),
-                                          "bwd": (dy, W, B, A, False)}.items():
-        out = torch.full((M, b1.shape[1]), float("nan"), device="cuda", dtype=dt)
-        u = torch.full((M, r), float("nan"), device="cuda", dtype=dt)
-        launch_gluon(a1, b1, u, b2, kmajor, out, cfg, proj=p, scale=s)
-        assert_close_lowp(f"{name} u_s", u, s * a1.double() @ p.double(), s * (a1 @ p))
-        y_hi = a1.double() @ b1.double() + u.double() @ b2.double()
-        assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
-
-
-@pytest.mark.gpu
 def test_gpu_tuner_offers_gluon_in_the_split_path():
     """At a #4 shape on an H100 the split path's GEMM times the Gluon candidates (their choice is
     the tuner's), and the layer's result agrees with the reference whatever it picked."""

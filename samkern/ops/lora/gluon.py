@@ -27,7 +27,7 @@ bias. Gluon kernels do not run in the CPU interpreter: CPU CI compiles this one 
 from __future__ import annotations
 
 import functools
-from typing import Optional, Tuple
+from typing import Tuple
 
 import torch
 import triton
@@ -50,7 +50,6 @@ GLUON_CANDIDATES = [(128, 128, 64, 4, 8, 232, 40), (128, 128, 64, 5, 8, 232, 40)
 # ranks up to this are added by one wgmma after the K loop (``R_EPILOGUE``), larger ones by r more
 # K steps through the ring
 R_EPILOGUE_MAX = 16
-R_BLOCK = gl.constexpr(R_EPILOGUE_MAX)  # the rank epilogue's (and the fused projection's) tile width
 
 
 def candidates(r: int) -> list:
@@ -69,16 +68,14 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs,
-              b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
-              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr,
-              FUSE_PROJ: gl.constexpr):
+def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs,
+              M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
+              BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr):
     """Every K step of every tile of this program, in order, into the ring: first over (A1, B1),
     then over (A2, B2) in the same block shapes (TMA zero-fills past r); a slot is refilled once
     its consumer released it (mbarriers start with phase 1 complete, so the first round passes).
     With ``R_EPILOGUE`` the ring carries (A1, B1) only, and each tile's A2 / B2 tiles (r ≤ 16
-    wide) go to its consumer's own buffers; with ``FUSE_PROJ`` each ring slot also carries the
-    projection's [BK, 16] tile of P, and only B2 goes to the consumer's buffer (A2 is made)."""
+    wide) go to its consumer's own buffers."""
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k1_tiles = gl.cdiv(K, BK)
@@ -96,11 +93,8 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r
         if R_EPILOGUE:
             c = j % 2
             mbarrier.wait(r_empty.index(c), ((j // 2) & 1) ^ 1)
-            if FUSE_PROJ:
-                mbarrier.expect(r_ready.index(c), b2_desc.block_type.nbytes)
-            else:
-                mbarrier.expect(r_ready.index(c), a2_desc.block_type.nbytes + b2_desc.block_type.nbytes)
-                tma.async_copy_global_to_shared(a2_desc, [off_m, 0], r_ready.index(c), a2_bufs.index(c))
+            mbarrier.expect(r_ready.index(c), a2_desc.block_type.nbytes + b2_desc.block_type.nbytes)
+            tma.async_copy_global_to_shared(a2_desc, [off_m, 0], r_ready.index(c), a2_bufs.index(c))
             if B_KMAJOR:
                 tma.async_copy_global_to_shared(b2_desc, [off_n, 0], r_ready.index(c), b2_bufs.index(c))
             else:
@@ -109,14 +103,7 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r
             i = n % NUM_BUF
             mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
             bar = ready.index(i)
-            if FUSE_PROJ:
-                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes + p_desc.block_type.nbytes)
-                if B_KMAJOR:  # P = Aᵀ over A's (r, K) storage
-                    tma.async_copy_global_to_shared(p_desc, [0, k * BK], bar, p_bufs.index(i))
-                else:  # P = B over its (K1, r) storage
-                    tma.async_copy_global_to_shared(p_desc, [k * BK, 0], bar, p_bufs.index(i))
-            else:
-                mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+            mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
             if k < k1_tiles:
                 tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bar, a_bufs.index(i))
                 if B_KMAJOR:
@@ -134,25 +121,17 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r
 
 
 @gluon.jit
-def _consumer(c_desc, a2_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
-              M, N, K, K2, scale, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
-              GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr,
-              FUSE_PROJ: gl.constexpr):
+def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K, K2,
+              WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr):
     """Tiles j = WHICH, WHICH + 2, ... of this program: the K loop over both operand pairs (one
     async wgmma per step; the previous step's slot released once at most this step's is in
     flight), then the TMA store. With ``R_EPILOGUE`` the loop covers (A1, B1) and one more wgmma
     (K = 16) adds A2 B2 from this consumer's own buffers: cheaper than a 64-wide K step for r ≤ 16
     (1536→6448 r8 fwd, graph replay, L2 flushed: 207 vs 223 µs, ``dev-runs/s25-call6`` vs
-    ``s25-call9``). With ``FUSE_PROJ`` a second async wgmma per K step accumulates the projection
-    ``u = A1 P`` ([BM, 16]) from the A1 tile in the ring; after the loop ``A2 = scale · u``, rounded
-    to the input dtype, goes to this consumer's A2 buffer, is stored to global memory by the
-    tiles of the first column panel (TMA clips rows past M and columns past r) and is the A
-    operand of the rank epilogue's wgmma: the LoRA forward's ``u_s`` (or the backward's ``g_s``)
-    and its GEMM from one read of A1."""
+    ``s25-call9``)."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BN, 16])
-    u_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                       instr_shape=[16, R_BLOCK, 16])
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     if R_EPILOGUE:
@@ -173,7 +152,6 @@ def _consumer(c_desc, a2_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_b
         # my turn (consumer 0's first wait passes at once: the parity of the phase before the first)
         mbarrier.wait(turn.index(WHICH), ((j // 2) & 1) ^ (1 - WHICH))
         acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
-        u = gl.zeros((BM, R_BLOCK), dtype=gl.float32, layout=u_layout)
         for k in range(k_tiles):
             slot = (n0 + k) % NUM_BUF
             mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
@@ -182,35 +160,18 @@ def _consumer(c_desc, a2_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_b
             else:
                 b_op = b_bufs.index(slot)
             acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
-            if FUSE_PROJ:
-                if B_KMAJOR:
-                    p_op = p_bufs.index(slot).permute((1, 0))
-                else:
-                    p_op = p_bufs.index(slot)
-                u = warpgroup_mma(a_bufs.index(slot), p_op, u, is_async=True)
-                # this step's two wgmmas may stay in flight: the previous step's are done
-                acc, u = warpgroup_mma_wait(num_outstanding=2, deps=(acc, u))
-            else:
-                acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
             if k > 0:
                 mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
-        if FUSE_PROJ:
-            acc, u = warpgroup_mma_wait(num_outstanding=0, deps=(acc, u))
-        else:
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
         mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
         mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
-        tma.store_wait(pendings=0)  # this consumer's previous stores have left c_smem (and a2_smem)
         if R_EPILOGUE:
-            if FUSE_PROJ:
-                a2_smem.store((u * scale).to(c_desc.dtype))
-                fence_async_shared()
-                if pid_n == 0:  # one column panel writes the projection
-                    tma.async_copy_shared_to_global(a2_desc, [pid_m * BM, 0], a2_smem)
             mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
             acc = warpgroup_mma(a2_smem, b2_op, acc, is_async=True)
             acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
             mbarrier.arrive(r_empty.index(WHICH))
+        tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
         c_smem.store(acc.to(c_desc.dtype))
         fence_async_shared()
         tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
@@ -218,10 +179,9 @@ def _consumer(c_desc, a2_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_b
 
 
 @gluon.jit
-def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, M, N, K, K2, scale, B_KMAJOR: gl.constexpr,
+def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, B_KMAJOR: gl.constexpr,
                          NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr,
-                         num_warps: gl.constexpr):
+                         PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -240,10 +200,6 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, M, N,
     else:  # (not read: the ring carries A2 / B2)
         a2_bufs = a_bufs
         b2_bufs = b_bufs
-    if FUSE_PROJ:  # the projection's P tile of each ring slot
-        p_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + p_desc.block_type.shape, p_desc.layout)
-    else:  # (not read)
-        p_bufs = a_bufs
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=1)
@@ -254,13 +210,12 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, M, N,
     # (the argument tuples are spelled out: a tuple built by concatenation inside a Gluon kernel
     # left a plain int in it, which the warp_specialize call could not lower)
     gl.warp_specialize([
-        (_consumer, (c_desc, a2_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs,
-                     c_bufs, M, N, K, K2, scale, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE, FUSE_PROJ)),
-        (_consumer, (c_desc, a2_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs,
-                     c_bufs, M, N, K, K2, scale, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE, FUSE_PROJ)),
-        (_producer, (a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs,
-                     a2_bufs, b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
-                     FUSE_PROJ)),
+        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K,
+                     K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
+        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K,
+                     K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
+        (_producer, (a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs,
+                     b2_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -296,24 +251,20 @@ def _descriptor(t: torch.Tensor, shape, strides, block, dt):
 
 
 def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
-                 out: torch.Tensor, cfg: Tuple[int, ...], proj: Optional[torch.Tensor] = None, scale: float = 1.0,
-                 launcher=None) -> None:
-    """``out = a1 @ b1 + a2 @ b2``; ``kmajor``: b1 / b2 (and proj) are transposes of row-major
-    storage (the forward's Wᵀ, Bᵀ, Aᵀ), else row-major (the backward's W, A, B), as
-    ``triton._tma_layout`` found; every operand TMA-able (``triton._tma_able``). With ``proj``
-    (K, r), r ≤ 16: ``a2 = scale · a1 @ proj`` is made in the K loop and written to ``a2`` (the
-    fused projection: ``FUSE_PROJ``). ``launcher``: stands in for the kernel (offline compiles)."""
+                 out: torch.Tensor, cfg: Tuple[int, ...], launcher=None) -> None:
+    """``out = a1 @ b1 + a2 @ b2``; ``kmajor``: b1 / b2 are transposes of row-major storage (the
+    forward's Wᵀ, Bᵀ), else row-major (the backward's W, A), as ``triton._tma_layout`` found; every
+    operand TMA-able (``triton._tma_able``). ``launcher``: stands in for the kernel (offline
+    compiles)."""
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]
     K2 = a2.shape[1]
     dt = _gl_dtype(a1.dtype)
     epilogue = K2 <= R_EPILOGUE_MAX
-    if proj is not None and not epilogue:
-        raise ValueError(f"the Gluon kernel fuses the projection for r <= {R_EPILOGUE_MAX}, got r = {K2}")
     bk2 = R_EPILOGUE_MAX if epilogue else bk
 
-    def right(b, bn, bk):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
+    def right(b, bk):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
         (k, n), (s0, s1) = b.shape, b.stride()
         if kmajor:
             return _descriptor(b, (n, k), (s1, s0), [bn, bk], dt)
@@ -322,11 +273,8 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     d_a = _descriptor(a1, (M, K), a1.stride(), [bm, bk], dt)
     d_a2 = _descriptor(a2, (M, K2), a2.stride(), [bm, bk2], dt)
     d_c = _descriptor(out, (M, N), out.stride(), [bm, bn], dt)
-    # the projection's (K, r) operand in [BK, 16] tiles (unused without proj: a1's descriptor)
-    d_p = right(proj, R_EPILOGUE_MAX, bk) if proj is not None else d_a
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     (launcher or _WS)[(max(1, min(tiles, n_sms)),)](
-        d_a, right(b1, bn, bk), d_a2, right(b2, bn, bk2), d_c, d_p, M, N, K, K2, float(scale), B_KMAJOR=kmajor,
-        NUM_BUF=nbuf, GROUP_M=group, CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue,
-        FUSE_PROJ=proj is not None, num_warps=4)
+        d_a, right(b1, bk), d_a2, right(b2, bk2), d_c, M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
+        CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue, num_warps=4)

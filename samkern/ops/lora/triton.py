@@ -299,8 +299,6 @@ TMA_CANDIDATES = [
 # does not fit; so it competes only when r <= 16.
 PTMA_CANDIDATES = [(128, 256, 64, 8, 3, 8)]
 PTMA_MAX_R = 16
-# the Gluon kernel fuses the projection up to this rank (its rank epilogue's 16-wide tile)
-GLUON_PROJ_MAX_R = 16
 # lora_proj_gemm makes the projection inside the GEMM up to this rank (one rank block): above it
 # the recomputation per column panel (r / BLOCK_N more MMA work) is not worth one launch
 FUSE_MAX_R = 64
@@ -445,11 +443,10 @@ def _launch_tma(a1, b1, a2, b2, kmajor, bias, out, cfg: tuple, block_r: int, pro
         _TMA[(tiles,)](*args, **meta, num_warps=warps, num_stages=stages)
 
 
-def _launch_gluon(a1, b1, a2, b2, kmajor, out, cfg: tuple, proj=None, scale: float = 1.0) -> None:
-    """The Gluon kernel; with ``proj`` a2 is the projection's output (its FUSE_PROJ)."""
+def _launch_gluon(a1, b1, a2, b2, kmajor, out, cfg: tuple) -> None:
     from samkern.ops.lora.gluon import launch_gluon
 
-    launch_gluon(a1, b1, a2, b2, kmajor, out, cfg, proj, scale)
+    launch_gluon(a1, b1, a2, b2, kmajor, out, cfg)
 
 
 def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0) -> None:
@@ -672,7 +669,7 @@ def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) ->
     elif kind == "cublas":
         _launch_cublas(a1, b1, a2, b2, bias, out)
     elif kind == "gluon":
-        _launch_gluon(a1, b1, a2, b2, layout, out, cfg, pj, sc)
+        _launch_gluon(a1, b1, a2, b2, layout, out, cfg)
     else:  # tma, ptma, ptma_flat
         _launch_tma(a1, b1, a2, b2, layout, bias, out, cfg, block_r, pj, sc, kind != "tma", kind == "ptma_flat")
 
@@ -729,8 +726,8 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         run(("split", None) if fusable else ("cublas", None), remember=True)
         return
     # the split path's GEMM (u_s / g_s made, no bias, 16-bit, TMA-able) on an H100 can also run the
-    # warp-specialised Gluon kernel (gluon.py), and so can the fused projection for r <= 16
-    gluon_ok = (layout is not None and has_lora and bias is None and (not fusable or K2 <= GLUON_PROJ_MAX_R)
+    # warp-specialised Gluon kernel (gluon.py)
+    gluon_ok = (layout is not None and has_lora and not fusable and bias is None
                 and a1.dtype in (torch.bfloat16, torch.float16) and mode == "auto" and _gluon_enabled(a1.device))
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, gluon_ok, fusable)
@@ -749,7 +746,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         if gluon_ok:
             from samkern.ops.lora.gluon import candidates as gluon_candidates
 
-            cands += [("gluon" + sfx, c) for c in gluon_candidates(K2)]
+            cands += [("gluon", c) for c in gluon_candidates(K2)]
         if mode == "auto" and not fusable:
             cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:
