@@ -70,31 +70,15 @@ def _ws_kernel_with_rank_partition(a_desc, b_desc, a2_desc, b2_desc, c_desc, sin
                                    B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
                                    CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                                    R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
-    """``lg._ws_lora_gemm_kernel`` (its producer and consumers, R_EPILOGUE) plus the third
-    partition above (``empty`` counts two arrivals per slot). (Its buffers and barriers repeat the
-    shipped kernel's set-up: the shipped kernel was left untouched, no GPU time was left to
-    re-validate a shared helper.)"""
+    """``lg._ws_lora_gemm_kernel`` (its ring, producer and consumers, R_EPILOGUE) plus the third
+    partition above."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = a_desc.block_type.shape[1]
-    dtype: gl.constexpr = a_desc.dtype
-    a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
-    b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + b_desc.block_type.shape, b_desc.layout)
-    c_bufs = gl.allocate_shared_memory(dtype, [2] + c_desc.block_type.shape, c_desc.layout)
-    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
-    turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    a2_bufs = gl.allocate_shared_memory(dtype, [2] + a2_desc.block_type.shape, a2_desc.layout)
-    b2_bufs = gl.allocate_shared_memory(dtype, [2] + b2_desc.block_type.shape, b2_desc.layout)
-    for i in gl.static_range(NUM_BUF):
-        mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=2)  # the consumer and the rank partition release a slot
-    for i in gl.static_range(2):
-        mbarrier.init(turn.index(i), count=1)
-        mbarrier.init(r_ready.index(i), count=1)
-        mbarrier.init(r_empty.index(i), count=1)
+    # the shipped kernel's buffers and barriers; a ring slot is free after two releases (its
+    # consumer and the rank partition)
+    a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty = lg._ring(
+        a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF, R_EPILOGUE, 2)
     gl.warp_specialize([
         (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M,
                         N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),

@@ -179,12 +179,12 @@ def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_b
 
 
 @gluon.jit
-def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, B_KMAJOR: gl.constexpr,
-                         NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
-    BM: gl.constexpr = c_desc.block_type.shape[0]
-    BN: gl.constexpr = c_desc.block_type.shape[1]
-    BK: gl.constexpr = a_desc.block_type.shape[1]
+def _ring(a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF: gl.constexpr, R_EPILOGUE: gl.constexpr,
+          EMPTY_ARRIVALS: gl.constexpr):
+    """The kernel's shared memory and barriers, initialised: the ring's A1 / B1 slots, two C tiles,
+    the consumers' A2 / B2 tiles (``R_EPILOGUE``), and the barriers; a ring slot is free again
+    after ``EMPTY_ARRIVALS`` partitions released it (one: its consumer). Returns (a_bufs, b_bufs,
+    c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty)."""
     dtype: gl.constexpr = a_desc.dtype
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + b_desc.block_type.shape, b_desc.layout)
@@ -202,11 +202,23 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, 
         b2_bufs = b_bufs
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
-        mbarrier.init(empty.index(i), count=1)
+        mbarrier.init(empty.index(i), count=EMPTY_ARRIVALS)
     for i in gl.static_range(2):
         mbarrier.init(turn.index(i), count=1)
         mbarrier.init(r_ready.index(i), count=1)
         mbarrier.init(r_empty.index(i), count=1)
+    return a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty
+
+
+@gluon.jit
+def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, B_KMAJOR: gl.constexpr,
+                         NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                         PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
+    BM: gl.constexpr = c_desc.block_type.shape[0]
+    BN: gl.constexpr = c_desc.block_type.shape[1]
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty = _ring(
+        a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF, R_EPILOGUE, 1)
     # (the argument tuples are spelled out: a tuple built by concatenation inside a Gluon kernel
     # left a plain int in it, which the warp_specialize call could not lower)
     gl.warp_specialize([
