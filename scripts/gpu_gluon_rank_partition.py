@@ -66,26 +66,29 @@ def _rank_partition(ready, empty, a_bufs, b_bufs, sink_ptr, M, N, K, NUM_BUF: gl
 
 
 @gluon.jit
-def _ws_kernel_with_rank_partition(a_desc, b_desc, a2_desc, b2_desc, c_desc, sink_ptr, M, N, K, K2,
-                                   B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
-                                   CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                                   R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
-    """``lg._ws_lora_gemm_kernel`` (its ring, producer and consumers, R_EPILOGUE) plus the third
-    partition above."""
+def _ws_kernel_with_rank_partition(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, u_ptr, ldu, flags, scale, sink_ptr,
+                                   M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
+                                   GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+                                   R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr, num_warps: gl.constexpr):
+    """``lg._ws_lora_gemm_kernel`` (its ring, producer and consumers, R_EPILOGUE; not FUSE_PROJ)
+    plus the third partition above."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = a_desc.block_type.shape[1]
     # the shipped kernel's buffers and barriers; a ring slot is free after two releases (its
     # consumer and the rank partition)
-    a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty = lg._ring(
-        a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF, R_EPILOGUE, 2)
+    a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, p_bufs, ready, empty, turn, r_ready, r_empty = lg._ring(
+        a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, NUM_BUF, R_EPILOGUE, 2, FUSE_PROJ)
     gl.warp_specialize([
-        (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M,
-                        N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
-        (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M,
-                        N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
-        (lg._producer, (a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs,
-                        a2_bufs, b2_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
+        (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs,
+                        c_bufs, u_ptr, ldu, flags, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                        R_EPILOGUE, FUSE_PROJ)),
+        (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs,
+                        c_bufs, u_ptr, ldu, flags, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                        R_EPILOGUE, FUSE_PROJ)),
+        (lg._producer, (a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs,
+                        a2_bufs, b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
+                        FUSE_PROJ)),
         (_rank_partition, (ready, empty, a_bufs, b_bufs, sink_ptr, M, N, K, NUM_BUF, GROUP_M, BM, BN, BK)),
     ], [4, 4, 4], [CONSUMER_REGS, PRODUCER_REGS, RANK_REGS])
 
@@ -98,8 +101,9 @@ class _Launcher:
         self.sink = sink
 
     def __getitem__(self, grid):
-        def go(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, **kw):
-            _ws_kernel_with_rank_partition[grid](a_desc, b_desc, a2_desc, b2_desc, c_desc, self.sink, M, N, K, K2, **kw)
+        def go(*descs_and_pointers, **kw):  # (a, b, a2, b2, c, p descriptors; u, ldu, flags, scale; M, N, K, K2)
+            a = descs_and_pointers
+            _ws_kernel_with_rank_partition[grid](*a[:10], self.sink, *a[10:], **kw)
         return go
 
 

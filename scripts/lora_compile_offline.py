@@ -109,9 +109,9 @@ def main() -> None:
 
 
 def gluon_variants(quick: bool) -> int:
-    """The warp-specialised Gluon kernel of the split path (samkern/ops/lora/gluon.py), every
-    candidate (the first with ``quick``) in both layouts at r = 8 (rank epilogue) and 64 (rank
-    through the ring); returns the failures."""
+    """The warp-specialised Gluon kernel (samkern/ops/lora/gluon.py), every candidate (the first
+    with ``quick``) in both layouts at r = 8 (rank epilogue; with and without the projection tiles,
+    ``FUSE_PROJ``) and 64 (rank through the ring); returns the failures."""
     from samkern.ops.lora import gluon as lg
 
     launches = []
@@ -129,10 +129,13 @@ def gluon_variants(quick: bool) -> int:
         for cfg, (layout, (a1, b1, b2, out, kmajor)) in ((c, lay) for c in (cands[:1] if quick else cands)
                                                          for lay in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
                                                                      "bwd": (dy, W, A, x.clone(), False)}.items()):
-            launches.clear()
-            lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture())
-            # a spill in a warp-specialised partition would serialise it behind local memory
-            bad += report(dict(kind="gluon", layout=layout, r=r, tile=list(cfg)), launches[0], no_spills=True)
+            for fused in ((False, True) if r <= lg.R_EPILOGUE_MAX else (False,)):
+                launches.clear()
+                proj = (A.t() if kmajor else B) if fused else None
+                lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture(), proj=proj, scale=2.0)
+                # a spill in a warp-specialised partition would serialise it behind local memory
+                bad += report(dict(kind="gluon", layout=layout, fused=fused, r=r, tile=list(cfg)), launches[0],
+                              no_spills=True)
     return bad
 
 

@@ -517,6 +517,45 @@ def test_gpu_gluon_split_gemm_every_candidate(cfg, M, K, N, r):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("r", [1, 8, 16])
+@pytest.mark.parametrize("M,K,N", [(1111, 1536, 768), (6144, 768, 3352), (300, 3072, 1000), (40, 64, 4000)])
+@pytest.mark.parametrize("cfg", _gluon_candidates(), ids=lambda c: "x".join(map(str, c[:4])))
+def test_gpu_gluon_fused_projection_every_candidate(cfg, M, K, N, r):
+    """The Gluon kernel with its projection tiles (``FUSE_PROJ``: ``u_s = s · a1 p`` made by column
+    panel 0's tiles, published per row block by a flag, read by the other tiles' rank epilogue) at
+    every candidate, both layouts, ragged M, N and rank (r = 1 and 8: TMA zero-fills P and B2 past
+    r, the u_s stores masked), against fp64 by the 2x rule; u_s and C poisoned with NaN. Row blocks
+    whose projection tile runs in another program than their GEMM tiles at every shape (grid at
+    most one program per SM; 40 x 4000: one row block, 33 tiles). Both launches in a row reuse
+    nothing (the flags are zeroed per launch): the second must agree with the first bit for bit."""
+    from samkern.ops.lora.gluon import candidates, launch_gluon
+    from samkern.ops.lora.triton import _gluon_enabled, _tma_able
+
+    if not _gluon_enabled(torch.device("cuda")):
+        pytest.skip("the Gluon kernel runs on sm_90 only")
+    if cfg not in candidates(r):
+        pytest.skip("not a candidate at this rank (shared memory)")
+    dt, s = torch.bfloat16, 2.0
+    # the rank's storage is padded to 8 columns (16-byte rows for TMA; r = 1 and 8 read as views)
+    rs = max(r, 8)
+    x, W, A, B, dy = (torch.randn(*sh, device="cuda").to(dt) for sh in ((M, K), (N, K), (rs, K), (N, rs), (M, N)))
+    W, A, B = W * K ** -0.5, (A * K ** -0.5)[:r], (B * r ** -0.5)[:, :r]  # (views: scaling a view would copy it)
+    for name, (a1, b1, p, b2, kmajor) in {"fwd": (x, W.t(), A.t(), B.t(), True), "bwd": (dy, W, B, A, False)}.items():
+        assert all(_tma_able(t, kmajor) for t in (b1, p, b2))
+        outs = []
+        for _ in range(2):
+            out = torch.full((M, b1.shape[1]), float("nan"), device="cuda", dtype=dt)
+            u = torch.full((M, rs), float("nan"), device="cuda", dtype=dt)[:, :r]
+            launch_gluon(a1, b1, u, b2, kmajor, out, cfg, proj=p, scale=s)
+            outs.append((out, u))
+        u_hi = s * a1.double() @ p.double()
+        assert_close_lowp(f"{name} u_s", u, u_hi, s * (a1 @ p))
+        y_hi = a1.double() @ b1.double() + u.double() @ b2.double()
+        assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
+        assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"{name}: reruns differ"
+
+
+@pytest.mark.gpu
 def test_gpu_tuner_offers_gluon_in_the_split_path():
     """At a #4 shape on an H100 the split path's GEMM times the Gluon candidates (their choice is
     the tuner's), and the layer's result agrees with the reference whatever it picked."""

@@ -14,6 +14,16 @@ Gluon the plain GEMM reaches cuBLAS's time at some of #4's shapes where Triton's
 10-25 % slower (``dev-runs/s25-call1-gluon-ws-gemm.log``), so the tuner times it as one more
 candidate of the split path's GEMM.
 
+**Projection tiles** (``FUSE_PROJ``, r ≤ 16: the op's fused-projection path, ``lora_proj_gemm``):
+the kernel also makes ``u_s = s · A1 P`` itself. Each group of row blocks gets one more column
+panel, its first in the grouped order: a projection tile runs the same K loop over the ring's A1
+slots with an N = 16 wgmma against P tiles (in slots of their own), stores its row block of u_s
+and publishes it with a release increment of the row block's flag; the row block's GEMM tiles
+take u_s into registers for the rank epilogue after an acquire load of that flag. The grid is at
+most one program per SM (all resident) and every projection tile precedes its row block's GEMM
+tiles in every program's order, so every wait ends. One launch and A1's second read from L2
+instead of HBM, at the price of a tile slot per row block (``dev-runs/s28-*``).
+
 Why the two consumers take turns (``turn`` barriers): the ring's ``ready`` waits use one phase
 bit, which cannot tell ring rounds apart; a consumer starting its K loop a round ahead of the
 producer would pass a stale phase and read unfilled slots. Each consumer therefore waits for the
@@ -27,7 +37,7 @@ bias. Gluon kernels do not run in the CPU interpreter: CPU CI compiles this one 
 from __future__ import annotations
 
 import functools
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -68,14 +78,35 @@ def _tile_coords(tile, num_pid_m, num_pid_n, GROUP_M: gl.constexpr):
 
 
 @gluon.jit
-def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs,
-              M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
-              BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr):
+def _tile(j, num_pid_m, num_pid_n, GROUP_M: gl.constexpr, FUSE_PROJ: gl.constexpr):
+    """(row block, column panel, projection tile?) of this program's ``j``-th tile (tile
+    program + j · programs of the grouped order). With ``FUSE_PROJ`` each group of GROUP_M row
+    blocks has one more column panel, its first: the projection tiles, which so come before
+    every other tile of their row block in every program's order and run while the group's rows
+    of A1 are read anyway (L2). (Giving them to the programs whose last round is empty instead,
+    all first, was slower at every forward shape: their reads of A1 then come from HBM,
+    ``dev-runs/s28-call3``.)"""
+    t = gl.program_id(0) + j * gl.num_programs(0)
+    if FUSE_PROJ:
+        pid_m, col = _tile_coords(t, num_pid_m, num_pid_n + 1, GROUP_M)
+        return pid_m, gl.maximum(col - 1, 0), col == 0
+    else:
+        pid_m, pid_n = _tile_coords(t, num_pid_m, num_pid_n, GROUP_M)
+        return pid_m, pid_n, False
+
+
+@gluon.jit
+def _producer(a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs,
+              b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr,
+              FUSE_PROJ: gl.constexpr):
     """Every K step of every tile of this program, in order, into the ring: first over (A1, B1),
     then over (A2, B2) in the same block shapes (TMA zero-fills past r); a slot is refilled once
     its consumer released it (mbarriers start with phase 1 complete, so the first round passes).
     With ``R_EPILOGUE`` the ring carries (A1, B1) only, and each tile's A2 / B2 tiles (r ≤ 16
-    wide) go to its consumer's own buffers."""
+    wide) go to its consumer's own buffers. With ``FUSE_PROJ`` a projection tile's K steps carry
+    (A1, P) instead (P in slots of its own), its rank buffer gets a B2 tile it does not read (the
+    buffers' phases count tiles), and no tile's A2 is loaded here (the consumers read u_s)."""
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k1_tiles = gl.cdiv(K, BK)
@@ -83,18 +114,21 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, 
         k_tiles = k1_tiles
     else:
         k_tiles = k1_tiles + gl.cdiv(K2, BK)
-    first = gl.program_id(0)
-    step = gl.num_programs(0)
+    panels = num_pid_n + 1 if FUSE_PROJ else num_pid_n
     n = 0
-    for j in range(gl.cdiv(num_pid_m * num_pid_n - first, step)):
-        pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
+    for j in range(gl.cdiv(num_pid_m * panels - gl.program_id(0), gl.num_programs(0))):
+        # (a projection tile's column: 0, where its unread B2 tile is loaded from)
+        pid_m, pid_n, proj_tile = _tile(j, num_pid_m, num_pid_n, GROUP_M, FUSE_PROJ)
         off_m = pid_m * BM
         off_n = pid_n * BN
         if R_EPILOGUE:
             c = j % 2
             mbarrier.wait(r_empty.index(c), ((j // 2) & 1) ^ 1)
-            mbarrier.expect(r_ready.index(c), a2_desc.block_type.nbytes + b2_desc.block_type.nbytes)
-            tma.async_copy_global_to_shared(a2_desc, [off_m, 0], r_ready.index(c), a2_bufs.index(c))
+            if FUSE_PROJ:
+                mbarrier.expect(r_ready.index(c), b2_desc.block_type.nbytes)
+            else:
+                mbarrier.expect(r_ready.index(c), a2_desc.block_type.nbytes + b2_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(a2_desc, [off_m, 0], r_ready.index(c), a2_bufs.index(c))
             if B_KMAJOR:
                 tma.async_copy_global_to_shared(b2_desc, [off_n, 0], r_ready.index(c), b2_bufs.index(c))
             else:
@@ -103,33 +137,142 @@ def _producer(a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, 
             i = n % NUM_BUF
             mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
             bar = ready.index(i)
-            mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
-            if k < k1_tiles:
-                tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bar, a_bufs.index(i))
-                if B_KMAJOR:
-                    tma.async_copy_global_to_shared(b_desc, [off_n, k * BK], bar, b_bufs.index(i))
+            if FUSE_PROJ:
+                if proj_tile:
+                    mbarrier.expect(bar, a_desc.block_type.nbytes + p_desc.block_type.nbytes)
+                    tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bar, a_bufs.index(i))
+                    if B_KMAJOR:
+                        tma.async_copy_global_to_shared(p_desc, [0, k * BK], bar, p_bufs.index(i))
+                    else:
+                        tma.async_copy_global_to_shared(p_desc, [k * BK, 0], bar, p_bufs.index(i))
                 else:
-                    tma.async_copy_global_to_shared(b_desc, [k * BK, off_n], bar, b_bufs.index(i))
+                    _load_step(a_desc, b_desc, a2_desc, b2_desc, bar, a_bufs.index(i), b_bufs.index(i), off_m, off_n,
+                               k, k1_tiles, B_KMAJOR, BK)
             else:
-                k2 = (k - k1_tiles) * BK
-                tma.async_copy_global_to_shared(a2_desc, [off_m, k2], bar, a_bufs.index(i))
-                if B_KMAJOR:
-                    tma.async_copy_global_to_shared(b2_desc, [off_n, k2], bar, b_bufs.index(i))
-                else:
-                    tma.async_copy_global_to_shared(b2_desc, [k2, off_n], bar, b_bufs.index(i))
+                _load_step(a_desc, b_desc, a2_desc, b2_desc, bar, a_bufs.index(i), b_bufs.index(i), off_m, off_n, k,
+                           k1_tiles, B_KMAJOR, BK)
             n += 1
 
 
 @gluon.jit
-def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K, K2,
-              WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
-              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, R_EPILOGUE: gl.constexpr):
-    """Tiles j = WHICH, WHICH + 2, ... of this program: the K loop over both operand pairs (one
-    async wgmma per step; the previous step's slot released once at most this step's is in
-    flight), then the TMA store. With ``R_EPILOGUE`` the loop covers (A1, B1) and one more wgmma
-    (K = 16) adds A2 B2 from this consumer's own buffers: cheaper than a 64-wide K step for r ≤ 16
-    (1536→6448 r8 fwd, graph replay, L2 flushed: 207 vs 223 µs, ``dev-runs/s25-call6`` vs
-    ``s25-call9``)."""
+def _load_step(a_desc, b_desc, a2_desc, b2_desc, bar, a_buf, b_buf, off_m, off_n, k, k1_tiles, B_KMAJOR: gl.constexpr,
+               BK: gl.constexpr):
+    """One K step of a GEMM tile into a ring slot: (A1, B1) for the first ``k1_tiles`` steps, then
+    (A2, B2)."""
+    mbarrier.expect(bar, a_desc.block_type.nbytes + b_desc.block_type.nbytes)
+    if k < k1_tiles:
+        tma.async_copy_global_to_shared(a_desc, [off_m, k * BK], bar, a_buf)
+        if B_KMAJOR:
+            tma.async_copy_global_to_shared(b_desc, [off_n, k * BK], bar, b_buf)
+        else:
+            tma.async_copy_global_to_shared(b_desc, [k * BK, off_n], bar, b_buf)
+    else:
+        k2 = (k - k1_tiles) * BK
+        tma.async_copy_global_to_shared(a2_desc, [off_m, k2], bar, a_buf)
+        if B_KMAJOR:
+            tma.async_copy_global_to_shared(b2_desc, [off_n, k2], bar, b_buf)
+        else:
+            tma.async_copy_global_to_shared(b2_desc, [k2, off_n], bar, b_buf)
+
+
+@gluon.jit
+def _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0, k_tiles, M, R,
+               B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, BM: gl.constexpr):
+    """``FUSE_PROJ``'s projection tile: ``u_s = scale · A1 P`` for the rows of ``pid_m`` (one
+    N = 16 wgmma per K step from the ring's A1 slots, its own [BM, 16] accumulator), stored in the
+    input dtype, then published: every thread's stores, a barrier of this partition's warps, and a
+    release increment of the row block's flag (CUTLASS's semaphore pattern). The row block's GEMM
+    tiles wait for the flag before their rank epilogue (``_published_rank_operand``)."""
+    u_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
+    u = gl.zeros((BM, 16), dtype=gl.float32, layout=u_layout)
+    for k in range(k_tiles):
+        slot = (n0 + k) % NUM_BUF
+        mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
+        if B_KMAJOR:
+            p_op = p_bufs.index(slot).permute((1, 0))
+        else:
+            p_op = p_bufs.index(slot)
+        u = warpgroup_mma(a_bufs.index(slot), p_op, u, is_async=True)
+        u = warpgroup_mma_wait(num_outstanding=1, deps=(u,))
+        if k > 0:
+            mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
+    u = warpgroup_mma_wait(num_outstanding=0, deps=(u,))
+    mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+    rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, u_layout))
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, u_layout))
+    mask = (rows[:, None] < M) & (cols[None, :] < R)
+    gl.store(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :], (u * scale).to(u_ptr.dtype.element_ty),
+             mask=mask)
+    gl.thread_barrier()
+    gl.atomic_add(flags + pid_m, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def _published_rank_operand(u_ptr, ldu, flags, pid_m, M, R, acc_layout: gl.constexpr, BM: gl.constexpr):
+    """The [BM, 16] u_s tile of row block ``pid_m`` as a wgmma register operand, once its
+    projection tile has published it (an acquire load of the flag, shared with this partition's
+    warps by a barrier; the loads bypass L1)."""
+    while gl.atomic_add(flags + pid_m, 0, sem="acquire", scope="gpu") == 0:
+        pass
+    blk: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
+    rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, blk))
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, blk))
+    mask = (rows[:, None] < M) & (cols[None, :] < R)
+    u = gl.load(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :], mask=mask, other=0.0,
+                cache_modifier=".cg")
+    return gl.convert_layout(u, gl.DotOperandLayout(operand_index=0, parent=acc_layout, k_width=2))
+
+
+@gluon.jit
+def _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_smem, a2_smem, b2_op, u_ptr, ldu, flags,
+               pid_m, pid_n, j, n0, k_tiles, M, R, acc_layout: gl.constexpr, WHICH: gl.constexpr,
+               B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
+               R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr):
+    """One output tile (this program's ``j``-th, its K steps from ring step ``n0``): the K loop
+    (one async wgmma per step; the previous step's slot released once at most this step's is in
+    flight), the rank epilogue, the TMA store."""
+    acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
+    for k in range(k_tiles):
+        slot = (n0 + k) % NUM_BUF
+        mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
+        if B_KMAJOR:
+            b_op = b_bufs.index(slot).permute((1, 0))
+        else:
+            b_op = b_bufs.index(slot)
+        acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        if k > 0:
+            mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+    mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
+    if R_EPILOGUE:
+        if FUSE_PROJ:
+            u_op = _published_rank_operand(u_ptr, ldu, flags, pid_m, M, R, acc_layout, BM)
+            mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
+            acc = warpgroup_mma(u_op, b2_op, acc, is_async=True)
+        else:
+            mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
+            acc = warpgroup_mma(a2_smem, b2_op, acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+        mbarrier.arrive(r_empty.index(WHICH))
+    tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
+    c_smem.store(acc.to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
+
+
+@gluon.jit
+def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
+              u_ptr, ldu, flags, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
+              NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+              R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr):
+    """Tiles j = WHICH, WHICH + 2, ... of this program (``_gemm_tile``). With ``R_EPILOGUE`` the K
+    loop covers (A1, B1) and one more wgmma (K = 16) adds A2 B2 from this consumer's own buffers:
+    cheaper than a 64-wide K step for r ≤ 16 (1536→6448 r8 fwd, graph replay, L2 flushed: 207 vs
+    223 µs, ``dev-runs/s25-call6`` vs ``s25-call9``). With ``FUSE_PROJ`` some tiles are
+    projection tiles (``_tile``, ``_proj_tile``) and the rank epilogue takes A2 from memory once
+    the row block's projection tile has published it."""
     acc_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                          instr_shape=[16, BN, 16])
     num_pid_m = gl.cdiv(M, BM)
@@ -138,53 +281,46 @@ def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_b
         k_tiles = gl.cdiv(K, BK)
     else:
         k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
-    first = gl.program_id(0)
-    step = gl.num_programs(0)
+    panels = num_pid_n + 1 if FUSE_PROJ else num_pid_n
     c_smem = c_bufs.index(WHICH)
     a2_smem = a2_bufs.index(WHICH)
     if B_KMAJOR:
         b2_op = b2_bufs.index(WHICH).permute((1, 0))
     else:
         b2_op = b2_bufs.index(WHICH)
-    for j in range(WHICH, gl.cdiv(num_pid_m * num_pid_n - first, step), 2):
-        pid_m, pid_n = _tile_coords(first + j * step, num_pid_m, num_pid_n, GROUP_M)
+    for j in range(WHICH, gl.cdiv(num_pid_m * panels - gl.program_id(0), gl.num_programs(0)), 2):
+        pid_m, pid_n, proj_tile = _tile(j, num_pid_m, num_pid_n, GROUP_M, FUSE_PROJ)
         n0 = j * k_tiles
         # my turn (consumer 0's first wait passes at once: the parity of the phase before the first)
         mbarrier.wait(turn.index(WHICH), ((j // 2) & 1) ^ (1 - WHICH))
-        acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
-        for k in range(k_tiles):
-            slot = (n0 + k) % NUM_BUF
-            mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
-            if B_KMAJOR:
-                b_op = b_bufs.index(slot).permute((1, 0))
+        if FUSE_PROJ:
+            if proj_tile:
+                _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0, k_tiles, M, K2, B_KMAJOR,
+                           NUM_BUF, BM)
+                mbarrier.arrive(turn.index(1 - WHICH))
+                # (the producer filled this consumer's rank buffer for this tile too: release it unread)
+                mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
+                mbarrier.arrive(r_empty.index(WHICH))
             else:
-                b_op = b_bufs.index(slot)
-            acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-            if k > 0:
-                mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-        mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
-        mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
-        if R_EPILOGUE:
-            mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
-            acc = warpgroup_mma(a2_smem, b2_op, acc, is_async=True)
-            acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-            mbarrier.arrive(r_empty.index(WHICH))
-        tma.store_wait(pendings=0)  # this consumer's previous store has left c_smem
-        c_smem.store(acc.to(c_desc.dtype))
-        fence_async_shared()
-        tma.async_copy_shared_to_global(c_desc, [pid_m * BM, pid_n * BN], c_smem)
+                _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_smem, a2_smem, b2_op, u_ptr,
+                           ldu, flags, pid_m, pid_n, j, n0, k_tiles, M, K2, acc_layout, WHICH, B_KMAJOR, NUM_BUF, BM,
+                           BN, R_EPILOGUE, FUSE_PROJ)
+        else:
+            _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_smem, a2_smem, b2_op, u_ptr, ldu,
+                       flags, pid_m, pid_n, j, n0, k_tiles, M, K2, acc_layout, WHICH, B_KMAJOR, NUM_BUF, BM, BN,
+                       R_EPILOGUE, FUSE_PROJ)
     tma.store_wait(pendings=0)
 
 
 @gluon.jit
-def _ring(a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF: gl.constexpr, R_EPILOGUE: gl.constexpr,
-          EMPTY_ARRIVALS: gl.constexpr):
+def _ring(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, NUM_BUF: gl.constexpr, R_EPILOGUE: gl.constexpr,
+          EMPTY_ARRIVALS: gl.constexpr, FUSE_PROJ: gl.constexpr):
     """The kernel's shared memory and barriers, initialised: the ring's A1 / B1 slots, two C tiles,
-    the consumers' A2 / B2 tiles (``R_EPILOGUE``), and the barriers; a ring slot is free again
+    the consumers' A2 / B2 tiles (``R_EPILOGUE``; B2 only with ``FUSE_PROJ``, whose consumers take
+    A2 into registers, and a P tile per ring slot), and the barriers; a ring slot is free again
     after ``EMPTY_ARRIVALS`` partitions released it (one: its consumer). Returns (a_bufs, b_bufs,
-    c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty)."""
+    c_bufs, a2_bufs, b2_bufs, p_bufs, ready, empty, turn, r_ready, r_empty); buffers a variant does
+    not read are aliases of ``a_bufs`` / ``b_bufs``."""
     dtype: gl.constexpr = a_desc.dtype
     a_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
     b_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + b_desc.block_type.shape, b_desc.layout)
@@ -194,11 +330,18 @@ def _ring(a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF: gl.constexpr, R_EPI
     turn = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     r_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     r_empty = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    if R_EPILOGUE:  # each consumer's own A2 / B2 tiles
-        a2_bufs = gl.allocate_shared_memory(dtype, [2] + a2_desc.block_type.shape, a2_desc.layout)
-        b2_bufs = gl.allocate_shared_memory(dtype, [2] + b2_desc.block_type.shape, b2_desc.layout)
-    else:  # (not read: the ring carries A2 / B2)
+    if FUSE_PROJ:
+        p_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + p_desc.block_type.shape, p_desc.layout)
         a2_bufs = a_bufs
+    else:
+        p_bufs = b_bufs
+        if R_EPILOGUE:  # each consumer's own A2 tiles
+            a2_bufs = gl.allocate_shared_memory(dtype, [2] + a2_desc.block_type.shape, a2_desc.layout)
+        else:  # (the ring carries A2 / B2)
+            a2_bufs = a_bufs
+    if R_EPILOGUE:  # each consumer's own B2 tiles
+        b2_bufs = gl.allocate_shared_memory(dtype, [2] + b2_desc.block_type.shape, b2_desc.layout)
+    else:
         b2_bufs = b_bufs
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
@@ -207,27 +350,31 @@ def _ring(a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF: gl.constexpr, R_EPI
         mbarrier.init(turn.index(i), count=1)
         mbarrier.init(r_ready.index(i), count=1)
         mbarrier.init(r_empty.index(i), count=1)
-    return a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty
+    return a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, p_bufs, ready, empty, turn, r_ready, r_empty
 
 
 @gluon.jit
-def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, M, N, K, K2, B_KMAJOR: gl.constexpr,
-                         NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                         PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr, num_warps: gl.constexpr):
+def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, u_ptr, ldu, flags, scale, M, N, K, K2,
+                         B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+                         CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr,
+                         FUSE_PROJ: gl.constexpr, num_warps: gl.constexpr):
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = a_desc.block_type.shape[1]
-    a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, ready, empty, turn, r_ready, r_empty = _ring(
-        a_desc, b_desc, a2_desc, b2_desc, c_desc, NUM_BUF, R_EPILOGUE, 1)
+    a_bufs, b_bufs, c_bufs, a2_bufs, b2_bufs, p_bufs, ready, empty, turn, r_ready, r_empty = _ring(
+        a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, NUM_BUF, R_EPILOGUE, 1, FUSE_PROJ)
     # (the argument tuples are spelled out: a tuple built by concatenation inside a Gluon kernel
     # left a plain int in it, which the warp_specialize call could not lower)
     gl.warp_specialize([
-        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K,
-                     K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
-        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, c_bufs, M, N, K,
-                     K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
-        (_producer, (a_desc, b_desc, a2_desc, b2_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs, a2_bufs,
-                     b2_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE)),
+        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
+                     u_ptr, ldu, flags, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
+                     FUSE_PROJ)),
+        (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
+                     u_ptr, ldu, flags, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
+                     FUSE_PROJ)),
+        (_producer, (a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs,
+                     a2_bufs, b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
+                     FUSE_PROJ)),
     ], [4, 4], [CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -263,20 +410,25 @@ def _descriptor(t: torch.Tensor, shape, strides, block, dt):
 
 
 def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
-                 out: torch.Tensor, cfg: Tuple[int, ...], launcher=None) -> None:
+                 out: torch.Tensor, cfg: Tuple[int, ...], launcher=None, proj: Optional[torch.Tensor] = None,
+                 scale: float = 1.0) -> None:
     """``out = a1 @ b1 + a2 @ b2``; ``kmajor``: b1 / b2 are transposes of row-major storage (the
     forward's Wᵀ, Bᵀ), else row-major (the backward's W, A), as ``triton._tma_layout`` found; every
-    operand TMA-able (``triton._tma_able``). ``launcher``: stands in for the kernel (offline
-    compiles)."""
+    operand TMA-able (``triton._tma_able``). With ``proj`` (K, r), r ≤ 16, in the same layout, a2
+    is an OUTPUT: ``a2 = scale · a1 @ proj`` made by the kernel's projection tiles (``FUSE_PROJ``).
+    ``launcher``: stands in for the kernel (offline compiles)."""
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]
     K2 = a2.shape[1]
     dt = _gl_dtype(a1.dtype)
+    fuse = proj is not None
     epilogue = K2 <= R_EPILOGUE_MAX
+    if fuse and not epilogue:
+        raise ValueError(f"the Gluon kernel's projection tiles take r <= {R_EPILOGUE_MAX}, got {K2}")
     bk2 = R_EPILOGUE_MAX if epilogue else bk
 
-    def right(b, bk):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
+    def right(b, bk, bn=bn):  # a (k, n) operand: a descriptor over its transpose's (n, k) storage when kmajor
         (k, n), (s0, s1) = b.shape, b.stride()
         if kmajor:
             return _descriptor(b, (n, k), (s1, s0), [bn, bk], dt)
@@ -285,8 +437,18 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     d_a = _descriptor(a1, (M, K), a1.stride(), [bm, bk], dt)
     d_a2 = _descriptor(a2, (M, K2), a2.stride(), [bm, bk2], dt)
     d_c = _descriptor(out, (M, N), out.stride(), [bm, bn], dt)
-    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    m_tiles = triton.cdiv(M, bm)
+    tiles = m_tiles * (triton.cdiv(N, bn) + fuse)
+    if fuse:
+        d_p = right(proj, bk, R_EPILOGUE_MAX)
+        # one flag per row block, set by its projection tile; every program resident at once (one
+        # per SM at most), so a GEMM tile's wait always ends (its projection tile comes earlier in
+        # every program's order)
+        flags = torch.zeros(m_tiles, device=a1.device, dtype=torch.int32)
+    else:
+        d_p, flags = d_a, a2  # (not read)
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     (launcher or _WS)[(max(1, min(tiles, n_sms)),)](
-        d_a, right(b1, bk), d_a2, right(b2, bk2), d_c, M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
-        CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue, num_warps=4)
+        d_a, right(b1, bk), d_a2, right(b2, bk2), d_c, d_p, a2, a2.stride(0), flags, float(scale), M, N, K, K2,
+        B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group, CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue,
+        FUSE_PROJ=fuse, num_warps=4)

@@ -302,6 +302,8 @@ PTMA_MAX_R = 16
 # lora_proj_gemm makes the projection inside the GEMM up to this rank (one rank block): above it
 # the recomputation per column panel (r / BLOCK_N more MMA work) is not worth one launch
 FUSE_MAX_R = 64
+# the Gluon kernel's projection tiles (gluon.py, FUSE_PROJ) take ranks of its 16-wide rank epilogue
+GLUON_FUSE_MAX_R = 16
 PTR_CANDIDATES = [
     (128, 256, 64, 8, 3, 8),
     (256, 128, 64, 8, 3, 8),
@@ -443,10 +445,12 @@ def _launch_tma(a1, b1, a2, b2, kmajor, bias, out, cfg: tuple, block_r: int, pro
         _TMA[(tiles,)](*args, **meta, num_warps=warps, num_stages=stages)
 
 
-def _launch_gluon(a1, b1, a2, b2, kmajor, out, cfg: tuple) -> None:
+def _launch_gluon(a1, b1, a2, b2, kmajor, out, cfg: tuple, proj=None, scale: float = 1.0) -> None:
+    """The Gluon kernel; with ``proj`` (K1, r ≤ 16) a2 is the projection's output (its
+    projection tiles, ``gluon.py``'s FUSE_PROJ)."""
     from samkern.ops.lora.gluon import launch_gluon
 
-    launch_gluon(a1, b1, a2, b2, kmajor, out, cfg)
+    launch_gluon(a1, b1, a2, b2, kmajor, out, cfg, proj=proj, scale=scale)
 
 
 def _launch_ptr(a1, b1, a2, b2, bias, out, cfg: tuple, block_r: int, proj=None, scale: float = 1.0) -> None:
@@ -669,7 +673,7 @@ def _run(plan, a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) ->
     elif kind == "cublas":
         _launch_cublas(a1, b1, a2, b2, bias, out)
     elif kind == "gluon":
-        _launch_gluon(a1, b1, a2, b2, layout, out, cfg)
+        _launch_gluon(a1, b1, a2, b2, layout, out, cfg, pj, sc)
     else:  # tma, ptma, ptma_flat
         _launch_tma(a1, b1, a2, b2, layout, bias, out, cfg, block_r, pj, sc, kind != "tma", kind == "ptma_flat")
 
@@ -725,10 +729,11 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
         run(("split", None) if fusable else ("cublas", None), remember=True)
         return
-    # the split path's GEMM (u_s / g_s made, no bias, 16-bit, TMA-able) on an H100 can also run the
-    # warp-specialised Gluon kernel (gluon.py)
-    gluon_ok = (layout is not None and has_lora and not fusable and bias is None
-                and a1.dtype in (torch.bfloat16, torch.float16) and mode == "auto" and _gluon_enabled(a1.device))
+    # without bias, 16-bit, TMA-able, on an H100 the warp-specialised Gluon kernel (gluon.py) is a
+    # candidate of the split path's GEMM (u_s / g_s made) and, for r <= 16, of the fused projection
+    # (its projection tiles make u_s / g_s)
+    gluon_ok = (layout is not None and has_lora and bias is None and a1.dtype in (torch.bfloat16, torch.float16)
+                and mode == "auto" and (not fusable or K2 <= GLUON_FUSE_MAX_R) and _gluon_enabled(a1.device))
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, gluon_ok, fusable)
     capturing = _capturing(a1)
@@ -746,7 +751,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         if gluon_ok:
             from samkern.ops.lora.gluon import candidates as gluon_candidates
 
-            cands += [("gluon", c) for c in gluon_candidates(K2)]
+            cands += [("gluon" + sfx, c) for c in gluon_candidates(K2)]
         if mode == "auto" and not fusable:
             cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:
