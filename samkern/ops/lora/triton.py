@@ -385,6 +385,16 @@ def _gluon_enabled(device: torch.device) -> bool:
     return _GLUON_DEVICES[idx]
 
 
+def _whole_gpu() -> bool:
+    """Whether this process may count on every SM: the Gluon kernel's projection tiles publish u_s
+    to tiles of other programs, which wait for it, so all its programs (one per SM) must be
+    resident at once. An MPS client with an SM limit (``CUDA_MPS_ACTIVE_THREAD_PERCENTAGE``) may
+    not get them all; there the fused candidate is left out (``SAMKERN_LORA_GLUON_FUSED=0`` does
+    the same anywhere)."""
+    return (os.environ.get("CUDA_MPS_ACTIVE_THREAD_PERCENTAGE") is None
+            and os.environ.get("SAMKERN_LORA_GLUON_FUSED", "1") != "0")
+
+
 def _tma_layout(b1: torch.Tensor, b2: Optional[torch.Tensor], proj: Optional[torch.Tensor] = None):
     """``kmajor`` (True: the (K, n) operands b1, b2, proj are stored (n, K), as the forward's W, B,
     A; False: stored as given) when every one can be a TMA descriptor in that common layout, else
@@ -650,7 +660,7 @@ def _signature(a1, b1, a2, b2, bias, out, proj, use_tma, path) -> tuple:
             None if a2 is None else (a2.shape, a2.stride(), b2.stride()), None if proj is None else proj.stride(),
             ptrs & 15 == 0, bias is not None, a1.dtype, a1.device, use_tma, path,
             os.environ.get("SAMKERN_LORA_TMA"), os.environ.get("SAMKERN_LORA_GEMM"), os.environ.get("SAMKERN_LORA_GLUON"),
-            _capturing(a1), _gpu_timing())
+            os.environ.get("SAMKERN_LORA_GLUON_FUSED"), _capturing(a1), _gpu_timing())
 
 
 def _plan(layout, block_r: int, choice: tuple) -> tuple:
@@ -733,7 +743,8 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     # candidate of the split path's GEMM (u_s / g_s made) and, for r <= 16, of the fused projection
     # (its projection tiles make u_s / g_s)
     gluon_ok = (layout is not None and has_lora and bias is None and a1.dtype in (torch.bfloat16, torch.float16)
-                and mode == "auto" and (not fusable or K2 <= GLUON_FUSE_MAX_R) and _gluon_enabled(a1.device))
+                and mode == "auto" and (not fusable or (K2 <= GLUON_FUSE_MAX_R and _whole_gpu()))
+                and _gluon_enabled(a1.device))
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, gluon_ok, fusable)
     capturing = _capturing(a1)
