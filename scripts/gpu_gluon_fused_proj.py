@@ -5,9 +5,9 @@ with L2 flushed (``samkern.backend.graph_replay_ms``, as the harness times), sam
 inputs.
 
     forward  (a1 = x,  b1 = Wᵀ, proj = Aᵀ, b2 = Bᵀ):  cuBLAS base GEMM, split (cuBLAS u_s + the
-             Gluon GEMM), fused (one Gluon launch), and the op's tuned ``lora_proj_gemm``
-    backward (a1 = dy, b1 = W,  proj = B,  b2 = A):    cuBLAS dy W, split (cuBLAS g_s + Gluon GEMM),
-             fused
+             Gluon GEMM), fused (one Gluon launch), the split path's parts alone (proj_only,
+             gemm_only), and the op's tuned ``lora_proj_gemm``
+    backward (a1 = dy, b1 = W,  proj = B,  b2 = A):    the same but the tuned call (dx with g_s)
 
 Each variant runs in a child process with a time limit (a wrong flag protocol would hang the GPU
 kernel, not this script). Prints one JSON line per (shape, direction).
@@ -62,7 +62,10 @@ def child(K: int, N: int) -> None:
             lg.launch_gluon(a1, b1, u_f, b2, kmajor, out_f, cfg, proj=p, scale=s)
 
         row = {"shape": f"{K}x{N}", "dir": name, "cublas_base": us(lambda: a1 @ b1), "split": us(split),
-               "fused": us(fused)}
+               "fused": us(fused),
+               # the split path's two parts alone: where the fused kernel's time goes
+               "proj_only": us(lambda: torch.addmm(u_s, a1, p, beta=0, alpha=s, out=u_s)),
+               "gemm_only": us(lambda: lg.launch_gluon(a1, b1, u_s, b2, kmajor, out_s, cfg))}
         split()
         fused()
         torch.cuda.synchronize()
