@@ -176,6 +176,28 @@ def _load_step(a_desc, b_desc, a2_desc, b2_desc, bar, a_buf, b_buf, off_m, off_n
 
 
 @gluon.jit
+def _k_loop(ready, empty, a_bufs, b_bufs, acc, n0, k_tiles, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr):
+    """``acc += A1 · B`` over a tile's ``k_tiles`` ring slots from ring step ``n0``: one async wgmma
+    per step, the previous step's slot released once at most this step's is in flight, the last
+    released after all have landed. ``b_bufs``: the ring's B1 slots (a GEMM tile) or P slots (a
+    projection tile, ``acc`` [BM, 16])."""
+    for k in range(k_tiles):
+        slot = (n0 + k) % NUM_BUF
+        mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
+        if B_KMAJOR:
+            b_op = b_bufs.index(slot).permute((1, 0))
+        else:
+            b_op = b_bufs.index(slot)
+        acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
+        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
+        if k > 0:
+            mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
+    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
+    mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+    return acc
+
+
+@gluon.jit
 def _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0, k_tiles, M, R,
                B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, BM: gl.constexpr):
     """``FUSE_PROJ``'s projection tile: ``u_s = scale · A1 P`` for the rows of ``pid_m`` (one
@@ -184,20 +206,8 @@ def _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0
     release increment of the row block's flag (CUTLASS's semaphore pattern). The row block's GEMM
     tiles wait for the flag before their rank epilogue (``_published_rank_operand``)."""
     u_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
-    u = gl.zeros((BM, 16), dtype=gl.float32, layout=u_layout)
-    for k in range(k_tiles):
-        slot = (n0 + k) % NUM_BUF
-        mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
-        if B_KMAJOR:
-            p_op = p_bufs.index(slot).permute((1, 0))
-        else:
-            p_op = p_bufs.index(slot)
-        u = warpgroup_mma(a_bufs.index(slot), p_op, u, is_async=True)
-        u = warpgroup_mma_wait(num_outstanding=1, deps=(u,))
-        if k > 0:
-            mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
-    u = warpgroup_mma_wait(num_outstanding=0, deps=(u,))
-    mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+    u = _k_loop(ready, empty, a_bufs, p_bufs, gl.zeros((BM, 16), dtype=gl.float32, layout=u_layout), n0, k_tiles,
+                B_KMAJOR, NUM_BUF)
     rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, u_layout))
     cols = gl.arange(0, 16, layout=gl.SliceLayout(0, u_layout))
     mask = (rows[:, None] < M) & (cols[None, :] < R)
@@ -229,22 +239,9 @@ def _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_s
                B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
                R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr):
     """One output tile (this program's ``j``-th, its K steps from ring step ``n0``): the K loop
-    (one async wgmma per step; the previous step's slot released once at most this step's is in
-    flight), the rank epilogue, the TMA store."""
-    acc = gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout)
-    for k in range(k_tiles):
-        slot = (n0 + k) % NUM_BUF
-        mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
-        if B_KMAJOR:
-            b_op = b_bufs.index(slot).permute((1, 0))
-        else:
-            b_op = b_bufs.index(slot)
-        acc = warpgroup_mma(a_bufs.index(slot), b_op, acc, is_async=True)
-        acc = warpgroup_mma_wait(num_outstanding=1, deps=(acc,))
-        if k > 0:
-            mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
-    acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc,))
-    mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+    (``_k_loop``), the rank epilogue, the TMA store."""
+    acc = _k_loop(ready, empty, a_bufs, b_bufs, gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout), n0, k_tiles,
+                  B_KMAJOR, NUM_BUF)
     mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
     if R_EPILOGUE:
         if FUSE_PROJ:
