@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Warp-specialised Hopper kernel for the LoRA GEMM's split path, in Gluon.
+"""Warp-specialised Hopper kernel for the LoRA GEMM's split path (and, with projection tiles, its
+fused projection), in Gluon.
 
     C = A1 · B1 + A2 · B2          A1 (M, K1), B1 (K1, N), A2 = u_s or g_s (M, r), B2 (r, N)
 
@@ -21,7 +22,7 @@ slots with an N = 16 wgmma against P tiles (in slots of their own), stores its r
 and publishes it with a release increment of the row block's flag; the row block's GEMM tiles
 take u_s into registers for the rank epilogue after an acquire load of that flag. The grid is at
 most one program per SM (all resident) and every projection tile precedes its row block's GEMM
-tiles in every program's order, so every wait ends. One launch and A1's second read from L2
+tiles in the tile order, so every wait ends. One launch and A1's second read from L2
 instead of HBM, at the price of a tile slot per row block (``dev-runs/s28-*``).
 
 Why the two consumers take turns (``turn`` barriers): the ring's ``ready`` waits use one phase
@@ -82,8 +83,9 @@ def _tile(j, num_pid_m, num_pid_n, GROUP_M: gl.constexpr, FUSE_PROJ: gl.constexp
     """(row block, column panel, projection tile?) of this program's ``j``-th tile (tile
     program + j · programs of the grouped order). With ``FUSE_PROJ`` each group of GROUP_M row
     blocks has one more column panel, its first: the projection tiles, which so come before
-    every other tile of their row block in every program's order and run while the group's rows
-    of A1 are read anyway (L2). (Giving them to the programs whose last round is empty instead,
+    every other tile of their row block in the tile order (no wait can then outlast the tiles it
+    waits for: the earliest waiting tile's projection tile is earlier still, and never waits) and
+    run while the group's rows of A1 are read anyway (L2). (Giving them to the programs whose last round is empty instead,
     all first, was slower at every forward shape: their reads of A1 then come from HBM,
     ``dev-runs/s28-call3``.)"""
     t = gl.program_id(0) + j * gl.num_programs(0)
