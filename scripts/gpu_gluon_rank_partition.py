@@ -67,9 +67,10 @@ def _rank_partition(ready, empty, a_bufs, b_bufs, sink_ptr, M, N, K, NUM_BUF: gl
 
 @gluon.jit
 def _ws_kernel_with_rank_partition(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, u_ptr, ldu, flags, scale, sink_ptr,
-                                   M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
+                                   M, N, K, K2, trace, trace_tiles, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
                                    GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
-                                   R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr, num_warps: gl.constexpr):
+                                   R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr, TRACE: gl.constexpr,
+                                   num_warps: gl.constexpr):
     """``lg._ws_lora_gemm_kernel`` (its ring, producer and consumers, R_EPILOGUE; not FUSE_PROJ)
     plus the third partition above."""
     BM: gl.constexpr = c_desc.block_type.shape[0]
@@ -82,10 +83,10 @@ def _ws_kernel_with_rank_partition(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_d
     gl.warp_specialize([
         (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs,
                         c_bufs, u_ptr, ldu, flags, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                        R_EPILOGUE, FUSE_PROJ)),
+                        R_EPILOGUE, FUSE_PROJ, trace, trace_tiles, TRACE)),
         (lg._consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs,
                         c_bufs, u_ptr, ldu, flags, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                        R_EPILOGUE, FUSE_PROJ)),
+                        R_EPILOGUE, FUSE_PROJ, trace, trace_tiles, TRACE)),
         (lg._producer, (a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs,
                         a2_bufs, b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
                         FUSE_PROJ)),
@@ -101,7 +102,7 @@ class _Launcher:
         self.sink = sink
 
     def __getitem__(self, grid):
-        def go(*descs_and_pointers, **kw):  # (a, b, a2, b2, c, p descriptors; u, ldu, flags, scale; M, N, K, K2)
+        def go(*descs_and_pointers, **kw):  # (a, b, a2, b2, c, p; u, ldu, flags, scale; M, N, K, K2; trace, tiles)
             a = descs_and_pointers
             _ws_kernel_with_rank_partition[grid](*a[:10], self.sink, *a[10:], **kw)
         return go

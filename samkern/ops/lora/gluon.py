@@ -178,6 +178,15 @@ def _load_step(a_desc, b_desc, a2_desc, b2_desc, bar, a_buf, b_buf, off_m, off_n
 
 
 @gluon.jit
+def _stamp(ptr, TRACE: gl.constexpr):
+    """With ``TRACE`` (a dev switch: ``launch_gluon(trace=...)``, ``scripts/gpu_gluon_trace.py``)
+    store the GPU's global nanosecond timer at ``ptr``; compiled away otherwise."""
+    if TRACE:
+        gl.store(ptr, gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64,
+                                                is_pure=False, pack=1))
+
+
+@gluon.jit
 def _k_loop(ready, empty, a_bufs, b_bufs, acc, n0, k_tiles, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr):
     """``acc += A1 · B`` over a tile's ``k_tiles`` ring slots from ring step ``n0``: one async wgmma
     per step, the previous step's slot released once at most this step's is in flight, the last
@@ -239,15 +248,20 @@ def _published_rank_operand(u_ptr, ldu, flags, pid_m, M, R, acc_layout: gl.const
 def _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_smem, a2_smem, b2_op, u_ptr, ldu, flags,
                pid_m, pid_n, j, n0, k_tiles, M, R, acc_layout: gl.constexpr, WHICH: gl.constexpr,
                B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr,
-               R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr):
+               R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr, tp, TRACE: gl.constexpr):
     """One output tile (this program's ``j``-th, its K steps from ring step ``n0``): the K loop
-    (``_k_loop``), the rank epilogue, the TMA store."""
+    (``_k_loop``), the rank epilogue, the TMA store. ``tp``: this tile's trace record (``_stamp``:
+    [1] K loop done, [2] u_s acquired)."""
     acc = _k_loop(ready, empty, a_bufs, b_bufs, gl.zeros((BM, BN), dtype=gl.float32, layout=acc_layout), n0, k_tiles,
                   B_KMAJOR, NUM_BUF)
     mbarrier.arrive(turn.index(1 - WHICH))  # the other consumer's K loop may start
+    _stamp(tp + 1, TRACE)
+    if TRACE:
+        gl.store(tp + 4, 2)
     if R_EPILOGUE:
         if FUSE_PROJ:
             u_op = _published_rank_operand(u_ptr, ldu, flags, pid_m, M, R, acc_layout, BM)
+            _stamp(tp + 2, TRACE)
             mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
             acc = warpgroup_mma(u_op, b2_op, acc, is_async=True)
         else:
@@ -265,7 +279,7 @@ def _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_s
 def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
               u_ptr, ldu, flags, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
               NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
-              R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr):
+              R_EPILOGUE: gl.constexpr, FUSE_PROJ: gl.constexpr, trace, trace_tiles, TRACE: gl.constexpr):
     """Tiles j = WHICH, WHICH + 2, ... of this program (``_gemm_tile``). With ``R_EPILOGUE`` the K
     loop covers (A1, B1) and one more wgmma (K = 16) adds A2 B2 from this consumer's own buffers:
     cheaper than a 64-wide K step for r ≤ 16 (1536→6448 r8 fwd, graph replay, L2 flushed: 207 vs
@@ -292,10 +306,16 @@ def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_b
         n0 = j * k_tiles
         # my turn (consumer 0's first wait passes at once: the parity of the phase before the first)
         mbarrier.wait(turn.index(WHICH), ((j // 2) & 1) ^ (1 - WHICH))
+        # (a trace record per tile: [0] start, [1] K loop done, [2] u_s acquired, [3] end, [4] kind)
+        tp = trace + (gl.program_id(0) * trace_tiles + j).to(gl.int64) * 5
+        _stamp(tp, TRACE)
         if FUSE_PROJ:
             if proj_tile:
                 _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0, k_tiles, M, K2, B_KMAJOR,
                            NUM_BUF, BM)
+                _stamp(tp + 1, TRACE)
+                if TRACE:
+                    gl.store(tp + 4, 1)  # a projection tile (GEMM tiles: 2)
                 mbarrier.arrive(turn.index(1 - WHICH))
                 # (the producer filled this consumer's rank buffer for this tile too: release it unread)
                 mbarrier.wait(r_ready.index(WHICH), (j // 2) & 1)
@@ -303,11 +323,12 @@ def _consumer(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_b
             else:
                 _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_smem, a2_smem, b2_op, u_ptr,
                            ldu, flags, pid_m, pid_n, j, n0, k_tiles, M, K2, acc_layout, WHICH, B_KMAJOR, NUM_BUF, BM,
-                           BN, R_EPILOGUE, FUSE_PROJ)
+                           BN, R_EPILOGUE, FUSE_PROJ, tp, TRACE)
         else:
             _gemm_tile(c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, c_smem, a2_smem, b2_op, u_ptr, ldu,
                        flags, pid_m, pid_n, j, n0, k_tiles, M, K2, acc_layout, WHICH, B_KMAJOR, NUM_BUF, BM, BN,
-                       R_EPILOGUE, FUSE_PROJ)
+                       R_EPILOGUE, FUSE_PROJ, tp, TRACE)
+        _stamp(tp + 3, TRACE)
     tma.store_wait(pendings=0)
 
 
@@ -354,9 +375,9 @@ def _ring(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, NUM_BUF: gl.constexp
 
 @gluon.jit
 def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, u_ptr, ldu, flags, scale, M, N, K, K2,
-                         B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+                         trace, trace_tiles, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
                          CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr, R_EPILOGUE: gl.constexpr,
-                         FUSE_PROJ: gl.constexpr, num_warps: gl.constexpr):
+                         FUSE_PROJ: gl.constexpr, TRACE: gl.constexpr, num_warps: gl.constexpr):
     BM: gl.constexpr = c_desc.block_type.shape[0]
     BN: gl.constexpr = c_desc.block_type.shape[1]
     BK: gl.constexpr = a_desc.block_type.shape[1]
@@ -367,10 +388,10 @@ def _ws_lora_gemm_kernel(a_desc, b_desc, a2_desc, b2_desc, c_desc, p_desc, u_ptr
     gl.warp_specialize([
         (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
                      u_ptr, ldu, flags, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
-                     FUSE_PROJ)),
+                     FUSE_PROJ, trace, trace_tiles, TRACE)),
         (_consumer, (c_desc, ready, empty, turn, r_ready, r_empty, a_bufs, b_bufs, a2_bufs, b2_bufs, p_bufs, c_bufs,
                      u_ptr, ldu, flags, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
-                     FUSE_PROJ)),
+                     FUSE_PROJ, trace, trace_tiles, TRACE)),
         (_producer, (a_desc, b_desc, a2_desc, b2_desc, p_desc, ready, empty, r_ready, r_empty, a_bufs, b_bufs,
                      a2_bufs, b2_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, R_EPILOGUE,
                      FUSE_PROJ)),
@@ -410,12 +431,15 @@ def _descriptor(t: torch.Tensor, shape, strides, block, dt):
 
 def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
                  out: torch.Tensor, cfg: Tuple[int, ...], launcher=None, proj: Optional[torch.Tensor] = None,
-                 scale: float = 1.0) -> None:
+                 scale: float = 1.0, trace: Optional[torch.Tensor] = None) -> None:
     """``out = a1 @ b1 + a2 @ b2``; ``kmajor``: b1 / b2 are transposes of row-major storage (the
     forward's Wᵀ, Bᵀ), else row-major (the backward's W, A), as ``triton._tma_layout`` found; every
     operand TMA-able (``triton._tma_able``). With ``proj`` (K, r), r ≤ 16, in the same layout, a2
     is an OUTPUT: ``a2 = scale · a1 @ proj`` made by the kernel's projection tiles (``FUSE_PROJ``).
-    ``launcher``: stands in for the kernel (offline compiles)."""
+    ``launcher``: stands in for the kernel (offline compiles). ``trace`` (a dev switch, compiled out
+    without it): an int64 tensor of (programs, tiles per program, 5) records, filled per tile with
+    global-timer stamps (start, K loop done, u_s acquired, end) and its kind (1 projection, 2 GEMM;
+    ``scripts/gpu_gluon_trace.py``)."""
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]
@@ -449,5 +473,6 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     (launcher or _WS)[(max(1, min(tiles, n_sms)),)](
         d_a, right(b1, bk), d_a2, right(b2, bk2), d_c, d_p, a2, a2.stride(0), flags, float(scale), M, N, K, K2,
-        B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group, CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue,
-        FUSE_PROJ=fuse, num_warps=4)
+        flags if trace is None else trace, 0 if trace is None else trace.shape[1], B_KMAJOR=kmajor, NUM_BUF=nbuf,
+        GROUP_M=group, CONSUMER_REGS=creg, PRODUCER_REGS=preg, R_EPILOGUE=epilogue, FUSE_PROJ=fuse,
+        TRACE=trace is not None, num_warps=4)
