@@ -34,13 +34,11 @@ def child(K: int, N: int) -> None:
     from samkern.ops.lora import gluon as lg
     from samkern.ops.lora import triton as lt
 
-    T, r, s, dt = 6144, 8, 2.0, torch.bfloat16
+    from benchmarks.ops.bench_lora_linear import make_operands
+
+    r, s, dt = 8, 2.0, torch.bfloat16
     torch.manual_seed(0)
-    x = torch.randn(T, K, device="cuda").to(dt)
-    dy = torch.randn(T, N, device="cuda").to(dt)
-    W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(dt)
-    A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(dt)
-    B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(dt)
+    x, W, A, B, dy = (t.detach() for t in make_operands(K, N, r))
     cfg = lg.candidates(r)[0]
 
     def us(fn) -> float:

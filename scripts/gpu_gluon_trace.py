@@ -63,6 +63,7 @@ def summarise(trace: torch.Tensor) -> dict:
 
 
 def main() -> None:
+    from benchmarks.ops.bench_lora_linear import make_operands
     from samkern.backend import num_sms
     from samkern.ops.lora import gluon as lg
 
@@ -72,10 +73,7 @@ def main() -> None:
     T, r, s, dt = 6144, 8, 2.0, torch.bfloat16
     n_sms = num_sms(torch.device("cuda"))
     for K, N in shapes:
-        x = torch.randn(T, K, device="cuda").to(dt)
-        W = (torch.randn(N, K, device="cuda") * K ** -0.5).to(dt)
-        A = (torch.randn(r, K, device="cuda") * K ** -0.5).to(dt)
-        B = (torch.randn(N, r, device="cuda") * r ** -0.5).to(dt)
+        x, W, A, B, _ = (t.detach() for t in make_operands(K, N, r, T))
         u = torch.addmm(torch.empty(T, r, device="cuda", dtype=dt), x, A.t(), beta=0, alpha=s)
         y = torch.empty(T, N, device="cuda", dtype=dt)
         cfg = lg.candidates(r)[0]

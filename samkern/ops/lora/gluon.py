@@ -85,9 +85,11 @@ def _tile(j, num_pid_m, num_pid_n, GROUP_M: gl.constexpr, FUSE_PROJ: gl.constexp
     blocks has one more column panel, its first: the projection tiles, which so come before
     every other tile of their row block in the tile order (no wait can then outlast the tiles it
     waits for: the earliest waiting tile's projection tile is earlier still, and never waits) and
-    run while the group's rows of A1 are read anyway (L2). (Giving them to the programs whose last round is empty instead,
-    all first, was slower at every forward shape: their reads of A1 then come from HBM,
-    ``dev-runs/s28-call3``.)"""
+    run while the group's rows of A1 are read anyway (L2). (Giving them to the programs whose last
+    round is empty instead, all first, was slower at every forward shape: their reads of A1 then
+    come from HBM, ``dev-runs/s28-call3``.) Without ``FUSE_PROJ`` the flag is a plain ``False``,
+    but a branch on it is still compiled (a projection tile's body on the GEMM's buffers fails to
+    compile), so callers branch on ``FUSE_PROJ`` first."""
     t = gl.program_id(0) + j * gl.num_programs(0)
     if FUSE_PROJ:
         pid_m, col = _tile_coords(t, num_pid_m, num_pid_n + 1, GROUP_M)
@@ -466,7 +468,7 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
         d_p = right(proj, bk, R_EPILOGUE_MAX)
         # one flag per row block, set by its projection tile; every program resident at once (one
         # per SM at most), so a GEMM tile's wait always ends (its projection tile comes earlier in
-        # every program's order)
+        # the tile order: ``_tile``)
         flags = torch.zeros(m_tiles, device=a1.device, dtype=torch.int32)
     else:
         d_p, flags = d_a, a2  # (not read)
