@@ -83,6 +83,8 @@ def main() -> None:
                 lg.launch_gluon(x, W.t(), u, B.t(), True, y, cfg, proj=A.t() if fused else None, scale=s, trace=trace)
 
             tr = _traced(launch, m_tiles * (n_tiles + fused), n_sms)
+            if os.environ.get("OUT"):  # the raw records, for reading offline
+                torch.save(tr, os.path.join(os.environ["OUT"], f"trace-{K}x{N}-{name}.pt"))
             print(json.dumps({"shape": f"{K}x{N}", "kernel": name, **summarise(tr)}), flush=True)
 
 

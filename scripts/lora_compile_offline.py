@@ -109,16 +109,17 @@ def main() -> None:
 
 
 def gluon_variants(quick: bool) -> int:
-    """The warp-specialised Gluon kernel (samkern/ops/lora/gluon.py), every candidate (the first
+    """The warp-specialised Gluon kernels (samkern/ops/lora/gluon.py, gluon_coop.py), every candidate (the first
     with ``quick``) in both layouts at r = 8 (rank epilogue; with and without the projection tiles,
     ``FUSE_PROJ``) and 64 (rank through the ring); returns the failures."""
     from samkern.ops.lora import gluon as lg
+    from samkern.ops.lora import gluon_coop as gc
 
     launches = []
 
     class _Capture:
         def __getitem__(self, grid):
-            return lambda *a, **kw: launches.append((lg._ws_lora_gemm_kernel, a, kw))
+            return lambda *a, **kw: launches.append((kernel, a, kw))
 
     M, K, N, dt = 1024, 1536, 768, torch.bfloat16
     bad = 0
@@ -126,10 +127,14 @@ def gluon_variants(quick: bool) -> int:
         x, W, A, B, dy = (torch.zeros(*s, dtype=dt) for s in ((M, K), (N, K), (r, K), (N, r), (M, N)))
         u = torch.zeros(M, r, dtype=dt)
         cands = lg.candidates(r)
-        for cfg, (layout, (a1, b1, b2, out, kmajor)) in ((c, lay) for c in (cands[:1] if quick else cands)
+        # (quick: the first tile of each kernel, the 128 x 128 ping-pong and the 192 x 192 cooperative)
+        picked = cands[:1] + [c for c in cands if c in gc.COOP_CANDIDATES][:1] if quick else cands
+        for cfg, (layout, (a1, b1, b2, out, kmajor)) in ((c, lay) for c in picked
                                                          for lay in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
                                                                      "bwd": (dy, W, A, x.clone(), False)}.items()):
-            for fused in ((False, True) if r <= lg.R_EPILOGUE_MAX else (False,)):
+            coop = cfg in gc.COOP_CANDIDATES  # (192 x 192: gluon_coop.py's kernel, no projection tiles)
+            kernel = gc._coop_kernel if coop else lg._ws_lora_gemm_kernel
+            for fused in ((False, True) if r <= lg.R_EPILOGUE_MAX and not coop else (False,)):
                 launches.clear()
                 proj = (A.t() if kmajor else B) if fused else None
                 lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture(), proj=proj, scale=2.0)

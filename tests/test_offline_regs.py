@@ -104,7 +104,7 @@ def test_conv_ptx_fingerprint_ignores_line_info_only():
 @pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
 def test_lora_kernels_compile_offline_for_sm90():
     """scripts/lora_compile_offline.py --quick: the first tile of every LoRA GEMM kernel (pointer,
-    TMA, persistent TMA, fused projection or not; the Gluon split-path kernel; the rank pass), both operand layouts, compiles for sm_90 and fits
+    TMA, persistent TMA, fused projection or not; the two Gluon split-path kernels; the rank pass), both operand layouts, compiles for sm_90 and fits
     in shared memory. The CPU interpreter does not check the block shapes a compiled kernel needs:
     a TMA tile shape mismatch passed it and failed only on the GPU (session 10)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -115,9 +115,11 @@ def test_lora_kernels_compile_offline_for_sm90():
     rows = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
     seen = {(r["kind"], r["layout"], r["fused"]) for r in rows if r.get("regs") and r["kind"] in ("tma", "ptma", "ptr")}
     assert seen == {(k, lay, f) for k in ("tma", "ptma", "ptr") for lay in ("fwd", "bwd") for f in (True, False)}, seen
-    # the warp-specialised Gluon kernel of the split path (samkern/ops/lora/gluon.py), both layouts,
-    # no spills (lora_compile_offline.gluon_variants counts one as a failure)
-    assert {r["layout"] for r in rows if r["kind"] == "gluon" and r.get("regs")} == {"fwd", "bwd"}
+    # the warp-specialised Gluon kernels of the split path (samkern/ops/lora/gluon.py's 128 x 128
+    # ping-pong, gluon_coop.py's 192 x 192 cooperative tile), both layouts, no spills
+    # (lora_compile_offline.gluon_variants counts one as a failure)
+    assert {(r["kernel"], r["layout"]) for r in rows if r["kind"] == "gluon" and r.get("regs")} == {
+        (k, lay) for k in ("_ws_lora_gemm_kernel", "_coop_kernel") for lay in ("fwd", "bwd")}
     # the backward's rank pass (samkern/ops/lora/rank_pass.py) with and without U, wrapped and
     # masked columns, and its summing kernel
     rp = [r for r in rows if r["kind"] == "rank_pass" and r.get("regs")]

@@ -482,9 +482,10 @@ def test_gpu_fused_projection_every_shipped_config(kind, cfg, r):
 def _gluon_candidates():
     try:
         from samkern.ops.lora.gluon import GLUON_CANDIDATES
+        from samkern.ops.lora.gluon_coop import COOP_CANDIDATES
     except ImportError:  # a Triton without Gluon: the tuner never offers it either
         return []
-    return GLUON_CANDIDATES
+    return GLUON_CANDIDATES + COOP_CANDIDATES
 
 
 @pytest.mark.gpu
@@ -533,8 +534,8 @@ def test_gpu_gluon_fused_projection_every_candidate(cfg, M, K, N, r):
 
     if not _gluon_enabled(torch.device("cuda")):
         pytest.skip("the Gluon kernel runs on sm_90 only")
-    if cfg not in candidates(r):
-        pytest.skip("not a candidate at this rank (shared memory)")
+    if cfg not in candidates(r, fused=True):
+        pytest.skip("not a candidate of the fused projection at this rank (shared memory, 192 x 192 tile)")
     dt, s = torch.bfloat16, 2.0
     # the rank's storage is padded to 8 columns (16-byte rows for TMA; r = 1 and 8 read as views)
     rs = max(r, 8)

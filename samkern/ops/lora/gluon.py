@@ -38,6 +38,7 @@ bias. Gluon kernels do not run in the CPU interpreter: CPU CI compiles this one 
 from __future__ import annotations
 
 import functools
+import os
 from typing import Optional, Tuple
 
 import torch
@@ -63,10 +64,14 @@ GLUON_CANDIDATES = [(128, 128, 64, 4, 8, 232, 40), (128, 128, 64, 5, 8, 232, 40)
 R_EPILOGUE_MAX = 16
 
 
-def candidates(r: int) -> list:
+def candidates(r: int, fused: bool = False) -> list:
     """The tiles that fit at rank ``r``: the epilogue's own A2 / B2 buffers (16 KB) leave no room
-    for a fifth ring slot (246 KB of shared memory, offline)."""
-    return [c for c in GLUON_CANDIDATES if r > R_EPILOGUE_MAX or c[3] <= 4]
+    for a fifth ring slot (246 KB of shared memory, offline). Without ``fused`` (the split path's
+    GEMM, u_s given) also the 192 × 192 tile of ``gluon_coop.py``, which has no projection tiles."""
+    from samkern.ops.lora.gluon_coop import COOP_CANDIDATES
+
+    coop = not fused and os.environ.get("SAMKERN_LORA_GLUON_COOP", "1") != "0"  # (an A/B switch)
+    return [c for c in GLUON_CANDIDATES if r > R_EPILOGUE_MAX or c[3] <= 4] + (COOP_CANDIDATES if coop else [])
 
 
 @gluon.jit
@@ -442,6 +447,13 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     without it): an int64 tensor of (programs, tiles per program, 5) records, filled per tile with
     global-timer stamps (start, K loop done, u_s acquired, end) and its kind (1 projection, 2 GEMM;
     ``scripts/gpu_gluon_trace.py``)."""
+    if cfg[0] % 3 == 0:  # a 192 × 192 tile: the three-consumer kernel (gluon_coop.py)
+        from samkern.ops.lora.gluon_coop import launch_coop
+
+        if proj is not None or trace is not None:
+            raise ValueError("the 192 x 192 Gluon tile has no projection tiles and no trace switch")
+        launch_coop(a1, b1, a2, b2, kmajor, out, cfg, launcher=launcher)
+        return
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]

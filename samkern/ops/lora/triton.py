@@ -764,7 +764,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         if gluon_ok:
             from samkern.ops.lora.gluon import candidates as gluon_candidates
 
-            cands += [("gluon" + sfx, c) for c in gluon_candidates(K2)]
+            cands += [("gluon" + sfx, c) for c in gluon_candidates(K2, fused=fusable)]
         if mode == "auto" and not fusable:
             cands.append(("cublas", None))  # (the split path's inner GEMM has it as a candidate)
         if len(cands) == 1 or capturing:

@@ -1,0 +1,206 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The split path's GEMM in Gluon with 192 × 192 output tiles: three consumer warp groups
+cooperate on each tile (64 rows each), one producer warp group fills a ring of shared-memory slots.
+
+    C = A1 · B1 + A2 · B2          A1 (M, K1), B1 (K1, N), A2 = u_s or g_s (M, r), B2 (r, N)
+
+Why a second tile shape: ``gluon.py``'s 128 × 128 tiles leave the last round of programs mostly
+idle at #4's narrow outputs. 6144 × 768 outputs make 288 such tiles for 132 SMs (2.18 rounds,
+so three tile-times), 6144 × 1536 make 576 (4.36 rounds, five); in 192 × 192 tiles they are 128
+(one round of 2.25 tile-times) and 256 (two rounds, 4.5), as cuBLAS tiles them (its 192 × 192
+kernel, ``dev-runs/s24-call4``). A bigger tile also loads fewer bytes per MMA: the 128 × 128 K loop
+is paced by its loads, not its wgmmas (a projection tile with 1/8 of the MMA work took as long,
+``dev-runs/s29-call1``).
+
+Layout: Triton tensors are powers of two, so each consumer holds its 64 × 192 slice of the tile as
+two accumulators (64 × 128 and 64 × 64) and the ring's B slot is two buffers (128 and 64 columns);
+A's slot is three 64-row buffers, one per consumer. Every K step (A1 / B1, then A2 / B2 in the same
+blocks: the rank term as ``cdiv(r, BLOCK_K)`` more steps, TMA zero-filling past r) is released once all
+three consumers have read it (``empty`` counts three arrivals). Each consumer stores its slice by
+TMA from its own staging buffers (72 KB for the three); six ring slots (24 KB each) fit beside
+them. No bias, no projection tiles (``gluon.py`` has those); the tuner offers this kernel as a
+candidate of the split path's GEMM only. Needs sm_90, 16-bit inputs, TMA-able operands.
+"""
+from __future__ import annotations
+
+from typing import Tuple
+
+import torch
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
+
+from samkern.backend import num_sms
+from samkern.launch import fast_launch
+from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _tile_coords
+
+__all__ = ["COOP_CANDIDATES", "launch_coop"]
+
+# (BLOCK_M, BLOCK_N, BLOCK_K, ring slots, GROUP_M, consumer registers, producer registers): three
+# consumers at 152 registers (a 64 × 192 fp32 accumulator is 96 per thread; ptxas needs 128, no
+# spills) and a producer at 40 fill the SM's 64 K registers (the first consumer, Triton's default
+# partition, gets the rest: 168). Six 24 KB ring slots (BLOCK_K 32) plus 72 KB of staging: the same
+# bytes as three 48 KB slots of BLOCK_K 64, which left too few loads in flight (a slot is busy
+# while its wgmmas run and until the next step's are issued): 1536→768 fwd 36.2 against 30.6 us,
+# 3072→1536 98.0 against 87.9 (``dev-runs/s29-call5``). (The 128 × 128 kernel with BLOCK_K 32 and
+# 8 or 10 slots was slower than with 64 at every shape: its consumers' K loops take turns.)
+ROWS = 64  # rows of a tile per consumer
+WIDE = 128  # columns of the first accumulator; the second takes BLOCK_N - WIDE
+COOP_CANDIDATES = [(3 * ROWS, 192, 32, 6, 8, 152, 40)]
+
+
+@gluon.jit
+def _load_step(a_desc, bw_desc, bn_desc, bar, a_bufs, bw_bufs, bn_bufs, i, off_m, off_n, kk,
+               B_KMAJOR: gl.constexpr, WIDE_N: gl.constexpr):
+    """One K step's tiles into ring slot ``i``: A's three 64-row blocks, B's two column blocks."""
+    ROWS_C: gl.constexpr = a_desc.block_type.shape[0]
+    for c in gl.static_range(3):
+        tma.async_copy_global_to_shared(a_desc, [off_m + c * ROWS_C, kk], bar, a_bufs.index(3 * i + c))
+    if B_KMAJOR:
+        tma.async_copy_global_to_shared(bw_desc, [off_n, kk], bar, bw_bufs.index(i))
+        tma.async_copy_global_to_shared(bn_desc, [off_n + WIDE_N, kk], bar, bn_bufs.index(i))
+    else:
+        tma.async_copy_global_to_shared(bw_desc, [kk, off_n], bar, bw_bufs.index(i))
+        tma.async_copy_global_to_shared(bn_desc, [kk, off_n + WIDE_N], bar, bn_bufs.index(i))
+
+
+@gluon.jit
+def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, M, N, K,
+              K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
+              BN: gl.constexpr, BK: gl.constexpr, WIDE_N: gl.constexpr):
+    """Every K step of every tile of this program into the ring, (A1, B1) then (A2, B2); a slot
+    is refilled once all three consumers released it (the first round passes: phase 1 is
+    complete at init)."""
+    num_pid_m = gl.cdiv(M, BM)
+    num_pid_n = gl.cdiv(N, BN)
+    k1_tiles = gl.cdiv(K, BK)
+    k_tiles = k1_tiles + gl.cdiv(K2, BK)
+    nbytes: gl.constexpr = 3 * a_desc.block_type.nbytes + bw_desc.block_type.nbytes + bn_desc.block_type.nbytes
+    n = 0
+    for j in range(gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))):
+        pid_m, pid_n = _tile_coords(gl.program_id(0) + j * gl.num_programs(0), num_pid_m, num_pid_n, GROUP_M)
+        for k in range(k_tiles):
+            i = n % NUM_BUF
+            mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
+            bar = ready.index(i)
+            mbarrier.expect(bar, nbytes)
+            if k < k1_tiles:
+                _load_step(a_desc, bw_desc, bn_desc, bar, a_bufs, bw_bufs, bn_bufs, i, pid_m * BM, pid_n * BN, k * BK,
+                           B_KMAJOR, WIDE_N)
+            else:
+                _load_step(a2_desc, b2w_desc, b2n_desc, bar, a_bufs, bw_bufs, bn_bufs, i, pid_m * BM, pid_n * BN,
+                           (k - k1_tiles) * BK, B_KMAJOR, WIDE_N)
+            n += 1
+
+
+@gluon.jit
+def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2,
+              WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, WIDE_N: gl.constexpr):
+    """Rows ``WHICH · 64`` to ``WHICH · 64 + 63`` of every tile of this program: per K step two
+    async wgmmas (the slot's 128- and 64-column B blocks), the previous step's slot released once
+    at most this step's two are in flight; then the slice's two blocks stored by TMA (its staging
+    buffers reused once the previous tile's stores have left them)."""
+    ROWS_C: gl.constexpr = BM // 3
+    wide_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                     instr_shape=[16, WIDE_N, 16])
+    narrow_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                       instr_shape=[16, BN - WIDE_N, 16])
+    num_pid_m = gl.cdiv(M, BM)
+    num_pid_n = gl.cdiv(N, BN)
+    k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
+    cw_smem = cw_bufs.index(WHICH)
+    cn_smem = cn_bufs.index(WHICH)
+    for j in range(gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))):
+        pid_m, pid_n = _tile_coords(gl.program_id(0) + j * gl.num_programs(0), num_pid_m, num_pid_n, GROUP_M)
+        n0 = j * k_tiles
+        acc_w = gl.zeros((ROWS_C, WIDE_N), dtype=gl.float32, layout=wide_l)
+        acc_n = gl.zeros((ROWS_C, BN - WIDE_N), dtype=gl.float32, layout=narrow_l)
+        for k in range(k_tiles):
+            slot = (n0 + k) % NUM_BUF
+            mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
+            a = a_bufs.index(3 * slot + WHICH)
+            if B_KMAJOR:
+                bw = bw_bufs.index(slot).permute((1, 0))
+                bn = bn_bufs.index(slot).permute((1, 0))
+            else:
+                bw = bw_bufs.index(slot)
+                bn = bn_bufs.index(slot)
+            acc_w = warpgroup_mma(a, bw, acc_w, is_async=True)
+            acc_n = warpgroup_mma(a, bn, acc_n, is_async=True)
+            acc_w, acc_n = warpgroup_mma_wait(num_outstanding=2, deps=(acc_w, acc_n))
+            if k > 0:
+                mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
+        acc_w, acc_n = warpgroup_mma_wait(num_outstanding=0, deps=(acc_w, acc_n))
+        mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
+        tma.store_wait(pendings=0)
+        cw_smem.store(acc_w.to(cw_desc.dtype))
+        cn_smem.store(acc_n.to(cn_desc.dtype))
+        fence_async_shared()
+        row = pid_m * BM + WHICH * ROWS_C
+        tma.async_copy_shared_to_global(cw_desc, [row, pid_n * BN], cw_smem)
+        tma.async_copy_shared_to_global(cn_desc, [row, pid_n * BN + WIDE_N], cn_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc, cn_desc, M, N, K, K2,
+                 B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
+                 PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
+    dtype: gl.constexpr = a_desc.dtype
+    BK: gl.constexpr = a_desc.block_type.shape[1]
+    BM: gl.constexpr = 3 * a_desc.block_type.shape[0]
+    WIDE_N: gl.constexpr = cw_desc.block_type.shape[1]
+    BN: gl.constexpr = WIDE_N + cn_desc.block_type.shape[1]
+    a_bufs = gl.allocate_shared_memory(dtype, [3 * NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
+    bw_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + bw_desc.block_type.shape, bw_desc.layout)
+    bn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + bn_desc.block_type.shape, bn_desc.layout)
+    cw_bufs = gl.allocate_shared_memory(dtype, [3] + cw_desc.block_type.shape, cw_desc.layout)
+    cn_bufs = gl.allocate_shared_memory(dtype, [3] + cn_desc.block_type.shape, cn_desc.layout)
+    ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(NUM_BUF):
+        mbarrier.init(ready.index(i), count=1)
+        mbarrier.init(empty.index(i), count=3)  # a slot is free once all three consumers read it
+    gl.warp_specialize([
+        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2, 0,
+                     B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
+        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2, 1,
+                     B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
+        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2, 2,
+                     B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
+        (_producer, (a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, ready, empty, a_bufs, bw_bufs, bn_bufs,
+                     M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
+    ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
+
+
+_COOP = fast_launch(_coop_kernel)
+
+
+def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
+                out: torch.Tensor, cfg: Tuple[int, ...], launcher=None) -> None:
+    """``out = a1 @ b1 + a2 @ b2`` in 192 × 192 tiles; arguments as ``gluon.launch_gluon``'s (every
+    operand TMA-able, ``kmajor``: b1 / b2 are transposes of row-major storage)."""
+    bm, bn, bk, nbuf, group, creg, preg = cfg
+    M, K = a1.shape
+    N = out.shape[1]
+    K2 = a2.shape[1]
+    dt = _gl_dtype(a1.dtype)
+    rows = bm // 3
+
+    def right(b, width):  # a (k, n) operand's column block of ``width``
+        (k, n), (s0, s1) = b.shape, b.stride()
+        if kmajor:
+            return _descriptor(b, (n, k), (s1, s0), [width, bk], dt)
+        return _descriptor(b, (k, n), (s0, s1), [bk, width], dt)
+
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
+    (launcher or _COOP)[(max(1, min(tiles, n_sms)),)](
+        _descriptor(a1, (M, K), a1.stride(), [rows, bk], dt), right(b1, WIDE), right(b1, bn - WIDE),
+        _descriptor(a2, (M, K2), a2.stride(), [rows, bk], dt), right(b2, WIDE), right(b2, bn - WIDE),
+        _descriptor(out, (M, N), out.stride(), [rows, WIDE], dt),
+        _descriptor(out, (M, N), out.stride(), [rows, bn - WIDE], dt), M, N, K, K2, B_KMAJOR=kmajor,
+        NUM_BUF=nbuf, GROUP_M=group, CONSUMER_REGS=creg, PRODUCER_REGS=preg, num_warps=4)

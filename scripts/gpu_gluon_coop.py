@@ -1,0 +1,57 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The split path's GEMM ``C = a1 b1 + u b2`` in the two Gluon kernels, side by side: the
+128 × 128 ping-pong tiles of ``gluon.py`` (each candidate) and the 192 × 192 three-consumer tile of
+``gluon_coop.py``, with cuBLAS's plain base GEMM beside them, at #4's six shapes, 6144 tokens,
+r = 8 and 256, bf16, forward (a1 = x, b1 = Wᵀ) and dx (a1 = dy, b1 = W): CUDA-graph replay
+medians with L2 flushed (``samkern.backend.graph_replay_ms``, as the harness times), one process,
+same inputs; each kernel's output checked against cuBLAS's ``a1 @ b1 + u @ b2`` (relative error).
+
+    python scripts/gpu_gluon_coop.py                  # all shapes, r 8 and 256
+    SHAPES=1536x768 RANKS=256 python scripts/gpu_gluon_coop.py
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+ALL = [(768, 3352), (1536, 768), (1536, 6448), (3072, 1536), (2560, 10576), (5120, 2560)]
+
+
+def main() -> None:
+    from benchmarks.ops.bench_lora_linear import make_operands
+    from samkern.backend import graph_replay_ms
+    from samkern.ops.lora import gluon as lg
+
+    shapes = ALL
+    if os.environ.get("SHAPES"):
+        shapes = [tuple(map(int, t.split("x"))) for t in os.environ["SHAPES"].split(",")]
+    ranks = [int(r) for r in os.environ.get("RANKS", "8,256").split(",")]
+
+    def us(fn) -> float:
+        fn()
+        torch.cuda.synchronize()
+        return round(1e3 * graph_replay_ms(fn), 1)
+
+    for K, N in shapes:
+        for r in ranks:
+            x, W, A, B, dy = (t.detach() for t in make_operands(K, N, r))
+            for name, (a1, b1, b2) in {"fwd": (x, W.t(), B.t()), "dx": (dy, W, A)}.items():
+                kmajor = name == "fwd"
+                u = (a1 @ (A.t() if kmajor else B)).contiguous()
+                ref = (a1 @ b1 + u @ b2).float()
+                row = {"shape": f"{K}x{N}", "r": r, "dir": name, "cublas_base": us(lambda: a1 @ b1)}
+                for cfg in lg.candidates(r):
+                    out = torch.full_like(ref, float("nan"), dtype=a1.dtype)
+                    tag = "x".join(map(str, cfg[:4]))
+                    row[tag] = us(lambda: lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg))
+                    row[tag + "_err"] = float((out.float() - ref).norm() / ref.norm())
+                print(json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
