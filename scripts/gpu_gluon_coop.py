@@ -8,6 +8,7 @@ same inputs; each kernel's output checked against cuBLAS's ``a1 @ b1 + u @ b2`` 
 
     python scripts/gpu_gluon_coop.py                  # all shapes, r 8 and 256
     SHAPES=1536x768 RANKS=256 python scripts/gpu_gluon_coop.py
+    EXTRA='[[192, 192, 16, 12, 8, 152, 40]]' python scripts/gpu_gluon_coop.py   # more tiles beside them
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def main() -> None:
                 u = (a1 @ (A.t() if kmajor else B)).contiguous()
                 ref = (a1 @ b1 + u @ b2).float()
                 row = {"shape": f"{K}x{N}", "r": r, "dir": name, "cublas_base": us(lambda: a1 @ b1)}
-                for cfg in lg.candidates(r):
+                # EXTRA: tiles to time beside the shipped candidates, e.g. '[[192, 192, 16, 12, 8, 152, 40]]'
+                for cfg in lg.candidates(r) + [tuple(c) for c in json.loads(os.environ.get("EXTRA", "[]"))]:
                     out = torch.full_like(ref, float("nan"), dtype=a1.dtype)
                     tag = "x".join(map(str, cfg[:4]))
                     row[tag] = us(lambda: lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg))
