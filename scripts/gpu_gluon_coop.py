@@ -5,6 +5,7 @@
 r = 8 and 256, bf16, forward (a1 = x, b1 = Wᵀ) and dx (a1 = dy, b1 = W): CUDA-graph replay
 medians with L2 flushed (``samkern.backend.graph_replay_ms``, as the harness times), one process,
 same inputs; each kernel's output checked against cuBLAS's ``a1 @ b1 + u @ b2`` (relative error).
+At r ≤ 16 also each kernel's fused projection (``proj``: u made in the launch) beside cuBLAS's u.
 
     python scripts/gpu_gluon_coop.py                  # all shapes, r 8 and 256
     SHAPES=1536x768 RANKS=256 python scripts/gpu_gluon_coop.py
@@ -52,6 +53,18 @@ def main() -> None:
                     tag = "x".join(map(str, cfg[:4]))
                     row[tag] = us(lambda: lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg))
                     row[tag + "_err"] = float((out.float() - ref).norm() / ref.norm())
+                if r <= lg.R_EPILOGUE_MAX:
+                    # the fused projection (u made by the kernel: projection tiles / panel-0 tiles)
+                    # against the split path's first part, cuBLAS's u alone
+                    p = A.t() if kmajor else B
+                    row["cublas_u"] = us(lambda: torch.mm(a1, p, out=u))
+                    for cfg in lg.candidates(r, fused=True):
+                        out = torch.full_like(ref, float("nan"), dtype=a1.dtype)
+                        u_f = torch.full_like(u, float("nan"))
+                        tag = "x".join(map(str, cfg[:4])) + "_fused"
+                        row[tag] = us(lambda: lg.launch_gluon(a1, b1, u_f, b2, kmajor, out, cfg, proj=p))
+                        row[tag + "_err"] = float((out.float() - ref).norm() / ref.norm())
+                        row[tag + "_err_u"] = float((u_f.float() - u.float()).norm() / u.float().norm())
                 print(json.dumps(row), flush=True)
 
 
