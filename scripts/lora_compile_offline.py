@@ -132,9 +132,9 @@ def gluon_variants(quick: bool) -> int:
         for cfg, (layout, (a1, b1, b2, out, kmajor)) in ((c, lay) for c in picked
                                                          for lay in {"fwd": (x, W.t(), B.t(), dy.clone(), True),
                                                                      "bwd": (dy, W, A, x.clone(), False)}.items()):
-            coop = cfg in gc.COOP_CANDIDATES  # (192 x 192: gluon_coop.py's kernel, no projection tiles)
+            coop = cfg in gc.COOP_CANDIDATES  # (192 x 192: gluon_coop.py's kernel)
             kernel = gc._coop_kernel if coop else lg._ws_lora_gemm_kernel
-            for fused in ((False, True) if r <= lg.R_EPILOGUE_MAX and not coop else (False,)):
+            for fused in ((False, True) if r <= lg.R_EPILOGUE_MAX else (False,)):
                 launches.clear()
                 proj = (A.t() if kmajor else B) if fused else None
                 lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture(), proj=proj, scale=2.0)

@@ -66,11 +66,12 @@ R_EPILOGUE_MAX = 16
 
 def candidates(r: int, fused: bool = False) -> list:
     """The tiles that fit at rank ``r``: the epilogue's own A2 / B2 buffers (16 KB) leave no room
-    for a fifth ring slot (246 KB of shared memory, offline). Without ``fused`` (the split path's
-    GEMM, u_s given) also the 192 × 192 tile of ``gluon_coop.py``, which has no projection tiles."""
+    for a fifth ring slot (246 KB of shared memory, offline). Also the 192 × 192 tile of
+    ``gluon_coop.py``: for the split path's GEMM (u_s given) at every rank, with ``fused`` (its
+    panel-0 tiles make u_s) at r ≤ 16."""
     from samkern.ops.lora.gluon_coop import COOP_CANDIDATES
 
-    coop = not fused and os.environ.get("SAMKERN_LORA_GLUON_COOP", "1") != "0"  # (an A/B switch)
+    coop = (not fused or r <= R_EPILOGUE_MAX) and os.environ.get("SAMKERN_LORA_GLUON_COOP", "1") != "0"  # (A/B switch)
     return [c for c in GLUON_CANDIDATES if r > R_EPILOGUE_MAX or c[3] <= 4] + (COOP_CANDIDATES if coop else [])
 
 
@@ -450,9 +451,9 @@ def launch_gluon(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch
     if cfg[0] % 3 == 0:  # a 192 × 192 tile: the three-consumer kernel (gluon_coop.py)
         from samkern.ops.lora.gluon_coop import launch_coop
 
-        if proj is not None or trace is not None:
-            raise ValueError("the 192 x 192 Gluon tile has no projection tiles and no trace switch")
-        launch_coop(a1, b1, a2, b2, kmajor, out, cfg, launcher=launcher)
+        if trace is not None:
+            raise ValueError("the 192 x 192 Gluon tile has no trace switch")
+        launch_coop(a1, b1, a2, b2, kmajor, out, cfg, launcher=launcher, proj=proj, scale=scale)
         return
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape

@@ -23,7 +23,7 @@ candidate of the split path's GEMM only. Needs sm_90, 16-bit inputs, TMA-able op
 """
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 import triton
@@ -34,7 +34,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 
 from samkern.backend import num_sms
 from samkern.launch import fast_launch
-from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _tile_coords
+from samkern.ops.lora.gluon import R_EPILOGUE_MAX as R_FUSED_MAX
+from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords
 
 __all__ = ["COOP_CANDIDATES", "launch_coop"]
 
@@ -67,16 +68,20 @@ def _load_step(a_desc, bw_desc, bn_desc, bar, a_bufs, bw_bufs, bn_bufs, i, off_m
 
 
 @gluon.jit
-def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, M, N, K,
-              K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr,
-              BN: gl.constexpr, BK: gl.constexpr, WIDE_N: gl.constexpr):
+def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, ready, empty, a_bufs, bw_bufs,
+              bn_bufs, p_bufs, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
+              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr):
     """Every K step of every tile of this program into the ring, (A1, B1) then (A2, B2); a slot
     is refilled once all three consumers released it (the first round passes: phase 1 is
-    complete at init)."""
+    complete at init). With ``FUSE_PROJ`` no (A2, B2) steps, and column panel 0's tiles also get
+    the step's P block (the projection's operand)."""
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k1_tiles = gl.cdiv(K, BK)
-    k_tiles = k1_tiles + gl.cdiv(K2, BK)
+    if FUSE_PROJ:
+        k_tiles = k1_tiles
+    else:
+        k_tiles = k1_tiles + gl.cdiv(K2, BK)
     nbytes: gl.constexpr = 3 * a_desc.block_type.nbytes + bw_desc.block_type.nbytes + bn_desc.block_type.nbytes
     n = 0
     for j in range(gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))):
@@ -85,7 +90,17 @@ def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, ready, empt
             i = n % NUM_BUF
             mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
             bar = ready.index(i)
-            mbarrier.expect(bar, nbytes)
+            if FUSE_PROJ:
+                if pid_n == 0:
+                    mbarrier.expect(bar, nbytes + p_desc.block_type.nbytes)
+                    if B_KMAJOR:
+                        tma.async_copy_global_to_shared(p_desc, [0, k * BK], bar, p_bufs.index(i))
+                    else:
+                        tma.async_copy_global_to_shared(p_desc, [k * BK, 0], bar, p_bufs.index(i))
+                else:
+                    mbarrier.expect(bar, nbytes)
+            else:
+                mbarrier.expect(bar, nbytes)
             if k < k1_tiles:
                 _load_step(a_desc, bw_desc, bn_desc, bar, a_bufs, bw_bufs, bn_bufs, i, pid_m * BM, pid_n * BN, k * BK,
                            B_KMAJOR, WIDE_N)
@@ -96,13 +111,99 @@ def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, ready, empt
 
 
 @gluon.jit
-def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2,
-              WHICH: gl.constexpr, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr,
-              BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, WIDE_N: gl.constexpr):
+def _publish_u(acc_u, u_ptr, ldu, flag, scale, row0, M, R, u_l: gl.constexpr, ROWS_C: gl.constexpr):
+    """Store this slice's rows of ``u_s`` (scaled, in the input dtype, masked to M and r) and
+    publish them: every thread's stores, a barrier of this warp group, a release increment of the
+    slice's flag (CUTLASS's semaphore pattern, as ``gluon.py``'s projection tiles)."""
+    rows = row0 + gl.arange(0, ROWS_C, layout=gl.SliceLayout(1, u_l))
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, u_l))
+    mask = (rows[:, None] < M) & (cols[None, :] < R)
+    gl.store(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :], (acc_u * scale).to(u_ptr.dtype.element_ty),
+             mask=mask)
+    gl.thread_barrier()
+    gl.atomic_add(flag, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WIDTH: gl.constexpr):
+    """B2's [16, WIDTH] block at column ``col0`` (rows past r and columns past N zero) from global
+    memory into ``dst`` (a staging buffer reinterpreted: [WIDTH, 16] k-contiguous when
+    ``B_KMAJOR``, else [16, WIDTH]); returns it as a wgmma B operand."""
+    if B_KMAJOR:
+        blk: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
+        n = col0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(1, blk))
+        k = gl.arange(0, 16, layout=gl.SliceLayout(0, blk))
+        mask = (n[:, None] < N) & (k[None, :] < R)
+        t = gl.load(b2_ptr + n[:, None].to(gl.int64) * b2_sn + k[None, :] * b2_sk, mask=mask, other=0.0)
+    else:
+        blk: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
+        k = gl.arange(0, 16, layout=gl.SliceLayout(1, blk))
+        n = col0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, blk))
+        mask = (k[:, None] < R) & (n[None, :] < N)
+        t = gl.load(b2_ptr + k[:, None].to(gl.int64) * b2_sk + n[None, :] * b2_sn, mask=mask, other=0.0)
+    dst.store(t)
+    if B_KMAJOR:
+        return dst.permute((1, 0))
+    else:
+        return dst
+
+
+@gluon.jit
+def _u_operand(u_ptr, ldu, row0, M, R, layout: gl.constexpr, ROWS_C: gl.constexpr):
+    """This slice's [ROWS_C, 16] block of ``u_s`` (zero past M and r) in ``layout``; the loads
+    bypass L1 (the block was written by another program)."""
+    rows = row0 + gl.arange(0, ROWS_C, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, layout))
+    return gl.load(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :],
+                   mask=(rows[:, None] < M) & (cols[None, :] < R), other=0.0, cache_modifier=".cg")
+
+
+@gluon.jit
+def _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flag, row0, col0, M, N, R, cw_smem, cn_smem,
+                   wide_l: gl.constexpr, narrow_l: gl.constexpr, B_KMAJOR: gl.constexpr, ROWS_C: gl.constexpr,
+                   WIDE_N: gl.constexpr, NARROW_N: gl.constexpr, B2W_LAYOUT: gl.constexpr,
+                   B2N_LAYOUT: gl.constexpr):
+    """``acc += u_s B2`` for this slice (``FUSE_PROJ``): B2's two column blocks through this
+    consumer's free staging buffers, then ``u_s``'s rows once their panel-0 tile published them
+    (an acquire load of the slice's flag; the loads bypass L1) as a register operand, one K = 16
+    wgmma per accumulator."""
+    dtype: gl.constexpr = cw_smem.dtype
+    if B_KMAJOR:
+        bw_dst = cw_smem._reinterpret(dtype, [WIDE_N, 16], B2W_LAYOUT)
+        bn_dst = cn_smem._reinterpret(dtype, [NARROW_N, 16], B2N_LAYOUT)
+    else:
+        bw_dst = cw_smem._reinterpret(dtype, [16, WIDE_N], B2W_LAYOUT)
+        bn_dst = cn_smem._reinterpret(dtype, [16, NARROW_N], B2N_LAYOUT)
+    bw = _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, bw_dst, B_KMAJOR, WIDE_N)
+    bn = _b2_block(b2_ptr, b2_sk, b2_sn, col0 + WIDE_N, N, R, bn_dst, B_KMAJOR, NARROW_N)
+    fence_async_shared()  # the generic-proxy stores, before wgmma reads them
+    gl.thread_barrier()
+    while gl.atomic_add(flag, 0, sem="acquire", scope="gpu") == 0:
+        pass
+    # (u_s loaded straight into each wgmma's register-operand layout: a layout conversion would
+    # take shared memory the kernel does not have left)
+    u_w = _u_operand(u_ptr, ldu, row0, M, R, gl.DotOperandLayout(operand_index=0, parent=wide_l, k_width=2), ROWS_C)
+    acc_w = warpgroup_mma(u_w, bw, acc_w, is_async=True)
+    u_n = _u_operand(u_ptr, ldu, row0, M, R, gl.DotOperandLayout(operand_index=0, parent=narrow_l, k_width=2),
+                     ROWS_C)
+    acc_n = warpgroup_mma(u_n, bn, acc_n, is_async=True)
+    acc_w, acc_n = warpgroup_mma_wait(num_outstanding=0, deps=(acc_w, acc_n))
+    gl.thread_barrier()  # (every warp's wgmma read B2 before the staging buffers take C)
+    return acc_w, acc_n
+
+
+@gluon.jit
+def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu, b2_ptr,
+              b2_sk, b2_sn, flags, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
+              NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
+              WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr):
     """Rows ``WHICH · 64`` to ``WHICH · 64 + 63`` of every tile of this program: per K step two
     async wgmmas (the slot's 128- and 64-column B blocks), the previous step's slot released once
     at most this step's two are in flight; then the slice's two blocks stored by TMA (its staging
-    buffers reused once the previous tile's stores have left them)."""
+    buffers reused once the previous tile's stores have left them). With ``FUSE_PROJ`` column
+    panel 0's tiles also make this slice's rows of ``u_s = scale · A1 P`` (a third wgmma per step,
+    N = 16) and publish them (``_publish_u``); every tile then adds ``u_s B2`` after its K loop
+    (``_rank_epilogue``)."""
     ROWS_C: gl.constexpr = BM // 3
     wide_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                      instr_shape=[16, WIDE_N, 16])
@@ -110,7 +211,11 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs,
                                                        instr_shape=[16, BN - WIDE_N, 16])
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
-    k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
+    if FUSE_PROJ:
+        k_tiles = gl.cdiv(K, BK)
+    else:
+        k_tiles = gl.cdiv(K, BK) + gl.cdiv(K2, BK)
+    u_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
     cw_smem = cw_bufs.index(WHICH)
     cn_smem = cn_bufs.index(WHICH)
     for j in range(gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))):
@@ -118,6 +223,7 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs,
         n0 = j * k_tiles
         acc_w = gl.zeros((ROWS_C, WIDE_N), dtype=gl.float32, layout=wide_l)
         acc_n = gl.zeros((ROWS_C, BN - WIDE_N), dtype=gl.float32, layout=narrow_l)
+        acc_u = gl.zeros((ROWS_C, 16), dtype=gl.float32, layout=u_l)
         for k in range(k_tiles):
             slot = (n0 + k) % NUM_BUF
             mbarrier.wait(ready.index(slot), ((n0 + k) // NUM_BUF) & 1)
@@ -130,12 +236,37 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs,
                 bn = bn_bufs.index(slot)
             acc_w = warpgroup_mma(a, bw, acc_w, is_async=True)
             acc_n = warpgroup_mma(a, bn, acc_n, is_async=True)
-            acc_w, acc_n = warpgroup_mma_wait(num_outstanding=2, deps=(acc_w, acc_n))
+            if FUSE_PROJ:
+                # the projection's N = 16 wgmma in every tile, not only panel 0's (which alone
+                # load P and publish u): a runtime branch around async wgmmas faulted on the GPU
+                # (its accumulators cross the branch's merge while in flight, dev-runs/s29-call8);
+                # other tiles read a stale P slot and drop the result
+                if B_KMAJOR:
+                    p_op = p_bufs.index(slot).permute((1, 0))
+                else:
+                    p_op = p_bufs.index(slot)
+                acc_u = warpgroup_mma(a, p_op, acc_u, is_async=True)
+                # at most this step's wgmmas in flight: every earlier step's are done
+                acc_w, acc_n, acc_u = warpgroup_mma_wait(num_outstanding=3, deps=(acc_w, acc_n, acc_u))
+            else:
+                acc_w, acc_n = warpgroup_mma_wait(num_outstanding=2, deps=(acc_w, acc_n))
             if k > 0:
                 mbarrier.arrive(empty.index((n0 + k - 1) % NUM_BUF))
-        acc_w, acc_n = warpgroup_mma_wait(num_outstanding=0, deps=(acc_w, acc_n))
+        if FUSE_PROJ:
+            acc_w, acc_n, acc_u = warpgroup_mma_wait(num_outstanding=0, deps=(acc_w, acc_n, acc_u))
+        else:
+            acc_w, acc_n = warpgroup_mma_wait(num_outstanding=0, deps=(acc_w, acc_n))
         mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
-        tma.store_wait(pendings=0)
+        tma.store_wait(pendings=0)  # (the staging buffers are free: the previous tile's stores left)
+        if FUSE_PROJ:
+            slot_row = pid_m * 3 + WHICH  # this slice's flag
+            if pid_n == 0:
+                _publish_u(acc_u, u_ptr, ldu, flags + slot_row, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l,
+                           ROWS_C)
+            acc_w, acc_n = _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flags + slot_row,
+                                          pid_m * BM + WHICH * ROWS_C, pid_n * BN, M, N, K2, cw_smem, cn_smem,
+                                          wide_l, narrow_l, B_KMAJOR, ROWS_C, WIDE_N, BN - WIDE_N, B2W_LAYOUT,
+                                          B2N_LAYOUT)
         cw_smem.store(acc_w.to(cw_desc.dtype))
         cn_smem.store(acc_n.to(cn_desc.dtype))
         fence_async_shared()
@@ -146,33 +277,42 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs,
 
 
 @gluon.jit
-def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc, cn_desc, M, N, K, K2,
-                 B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr,
-                 PRODUCER_REGS: gl.constexpr, num_warps: gl.constexpr):
+def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc, cn_desc, p_desc, u_ptr, ldu, b2_ptr,
+                 b2_sk, b2_sn, flags, scale, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
+                 GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
+                 FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr,
+                 num_warps: gl.constexpr):
     dtype: gl.constexpr = a_desc.dtype
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BM: gl.constexpr = 3 * a_desc.block_type.shape[0]
     WIDE_N: gl.constexpr = cw_desc.block_type.shape[1]
     BN: gl.constexpr = WIDE_N + cn_desc.block_type.shape[1]
+    if FUSE_PROJ:  # a P block per ring slot (the projection's operand, panel 0's tiles)
+        p_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + p_desc.block_type.shape, p_desc.layout)
     a_bufs = gl.allocate_shared_memory(dtype, [3 * NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
     bw_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + bw_desc.block_type.shape, bw_desc.layout)
     bn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + bn_desc.block_type.shape, bn_desc.layout)
     cw_bufs = gl.allocate_shared_memory(dtype, [3] + cw_desc.block_type.shape, cw_desc.layout)
     cn_bufs = gl.allocate_shared_memory(dtype, [3] + cn_desc.block_type.shape, cn_desc.layout)
+    if not FUSE_PROJ:
+        p_bufs = bw_bufs  # (not read)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     empty = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(NUM_BUF):
         mbarrier.init(ready.index(i), count=1)
         mbarrier.init(empty.index(i), count=3)  # a slot is free once all three consumers read it
     gl.warp_specialize([
-        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2, 0,
-                     B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
-        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2, 1,
-                     B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
-        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, cw_bufs, cn_bufs, M, N, K, K2, 2,
-                     B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
-        (_producer, (a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, ready, empty, a_bufs, bw_bufs, bn_bufs,
-                     M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N)),
+        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
+                     b2_ptr, b2_sk, b2_sn, flags, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
+        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
+                     b2_ptr, b2_sk, b2_sn, flags, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
+        (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
+                     b2_ptr, b2_sk, b2_sn, flags, scale, M, N, K, K2, 2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
+        (_producer, (a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, ready, empty, a_bufs, bw_bufs,
+                     bn_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N, FUSE_PROJ)),
     ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
 
 
@@ -180,9 +320,12 @@ _COOP = fast_launch(_coop_kernel)
 
 
 def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.Tensor, kmajor: bool,
-                out: torch.Tensor, cfg: Tuple[int, ...], launcher=None) -> None:
+                out: torch.Tensor, cfg: Tuple[int, ...], launcher=None, proj: Optional[torch.Tensor] = None,
+                scale: float = 1.0) -> None:
     """``out = a1 @ b1 + a2 @ b2`` in 192 × 192 tiles; arguments as ``gluon.launch_gluon``'s (every
-    operand TMA-able, ``kmajor``: b1 / b2 are transposes of row-major storage)."""
+    operand TMA-able, ``kmajor``: b1 / b2 are transposes of row-major storage). With ``proj``
+    (K, r), r ≤ 16, in the same layout, a2 is an OUTPUT: ``a2 = scale · a1 @ proj``, made by column
+    panel 0's tiles and published per 64-row slice through a flag (``FUSE_PROJ``)."""
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]
@@ -196,11 +339,28 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
             return _descriptor(b, (n, k), (s1, s0), [width, bk], dt)
         return _descriptor(b, (k, n), (s0, s1), [bk, width], dt)
 
+    fuse = proj is not None
+    if fuse and K2 > R_FUSED_MAX:
+        raise ValueError(f"the 192 x 192 kernel's projection takes r <= {R_FUSED_MAX}, got {K2}")
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    if fuse:
+        p_block = [R_FUSED_MAX, bk] if kmajor else [bk, R_FUSED_MAX]
+        d_p = _descriptor(proj, *((proj.shape[::-1], proj.stride()[::-1]) if kmajor else (proj.shape, proj.stride())),
+                          p_block, dt)
+        # one flag per 64-row slice, set by its panel-0 tile; every program resident at once (one
+        # per SM: the kernel's shared memory), and a slice's panel-0 tile precedes its other tiles
+        # in the grouped order, so every wait ends (as ``gluon.py``'s projection tiles)
+        flags = torch.zeros(triton.cdiv(M, bm) * 3, device=a1.device, dtype=torch.int32)
+    else:
+        d_p, flags = right(b1, WIDE), a2  # (not read)
+    b2w_shape = [WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, WIDE]
+    b2n_shape = [bn - WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, bn - WIDE]
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     (launcher or _COOP)[(max(1, min(tiles, n_sms)),)](
         _descriptor(a1, (M, K), a1.stride(), [rows, bk], dt), right(b1, WIDE), right(b1, bn - WIDE),
         _descriptor(a2, (M, K2), a2.stride(), [rows, bk], dt), right(b2, WIDE), right(b2, bn - WIDE),
         _descriptor(out, (M, N), out.stride(), [rows, WIDE], dt),
-        _descriptor(out, (M, N), out.stride(), [rows, bn - WIDE], dt), M, N, K, K2, B_KMAJOR=kmajor,
-        NUM_BUF=nbuf, GROUP_M=group, CONSUMER_REGS=creg, PRODUCER_REGS=preg, num_warps=4)
+        _descriptor(out, (M, N), out.stride(), [rows, bn - WIDE], dt), d_p, a2, a2.stride(0), b2, b2.stride(0),
+        b2.stride(1), flags, float(scale), M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
+        CONSUMER_REGS=creg, PRODUCER_REGS=preg, FUSE_PROJ=fuse, B2W_LAYOUT=_smem_layout(tuple(b2w_shape), dt),
+        B2N_LAYOUT=_smem_layout(tuple(b2n_shape), dt), num_warps=4)
