@@ -18,8 +18,17 @@ A's slot is three 64-row buffers, one per consumer. Every K step (A1 / B1, then 
 blocks: the rank term as ``cdiv(r, BLOCK_K)`` more steps, TMA zero-filling past r) is released once all
 three consumers have read it (``empty`` counts three arrivals). Each consumer stores its slice by
 TMA from its own staging buffers (72 KB for the three); six ring slots (24 KB each) fit beside
-them. No bias, no projection tiles (``gluon.py`` has those); the tuner offers this kernel as a
-candidate of the split path's GEMM only. Needs sm_90, 16-bit inputs, TMA-able operands.
+them. The tuner offers it as a candidate of the split path's GEMM (u_s given).
+
+**Its own projection** (``FUSE_PROJ``, r ≤ 16: the fused path, ``lora_proj_gemm``): column panel
+0's tiles also make ``u_s = scale · A1 P`` (an N = 16 wgmma per K step against a P block the
+producer adds to their slots) and publish it per 64-row slice (stores, a barrier of the warp
+group, a release increment of the slice's flag); every tile then adds ``u_s B2`` after its K loop
+(``_rank_epilogue``). The grid is at most one program per SM (all resident) and a slice's panel-0
+tile precedes its other tiles in the grouped order, so every wait ends, as with ``gluon.py``'s
+projection tiles. The projection's wgmma runs in every tile's K loop, its result dropped outside
+panel 0: a runtime branch around async wgmmas faulted on the GPU (``dev-runs/s29-call8``).
+No bias. Needs sm_90, 16-bit inputs, TMA-able operands; r ≤ 16 for the projection.
 """
 from __future__ import annotations
 
