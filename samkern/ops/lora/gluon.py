@@ -227,13 +227,30 @@ def _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0
     u_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
     u = _k_loop(ready, empty, a_bufs, p_bufs, gl.zeros((BM, 16), dtype=gl.float32, layout=u_layout), n0, k_tiles,
                 B_KMAJOR, NUM_BUF)
-    rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, u_layout))
-    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, u_layout))
+    publish_u(u, u_ptr, ldu, flags + pid_m, scale, pid_m * BM, M, R, u_layout, BM)
+
+
+@gluon.jit
+def publish_u(u, u_ptr, ldu, flag, scale, row0, M, R, layout: gl.constexpr, ROWS: gl.constexpr):
+    """Store ``scale · u`` (a [ROWS, 16] fp32 tile in ``layout``) as rows ``row0 …`` of u_s in the
+    input dtype (masked to M and r), then publish them: every thread's stores, a barrier of this
+    partition's warps, one release increment of ``flag`` (CUTLASS's semaphore pattern). Readers
+    wait with ``wait_published``. Shared by both Gluon kernels' projections."""
+    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, layout))
     mask = (rows[:, None] < M) & (cols[None, :] < R)
     gl.store(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :], (u * scale).to(u_ptr.dtype.element_ty),
              mask=mask)
     gl.thread_barrier()
-    gl.atomic_add(flags + pid_m, 1, sem="release", scope="gpu")
+    gl.atomic_add(flag, 1, sem="release", scope="gpu")
+
+
+@gluon.jit
+def wait_published(flag):
+    """Spin until ``publish_u`` has released ``flag`` (acquire loads: its u_s stores are visible
+    after this)."""
+    while gl.atomic_add(flag, 0, sem="acquire", scope="gpu") == 0:
+        pass
 
 
 @gluon.jit
@@ -241,8 +258,7 @@ def _published_rank_operand(u_ptr, ldu, flags, pid_m, M, R, acc_layout: gl.const
     """The [BM, 16] u_s tile of row block ``pid_m`` as a wgmma register operand, once its
     projection tile has published it (an acquire load of the flag, shared with this partition's
     warps by a barrier; the loads bypass L1)."""
-    while gl.atomic_add(flags + pid_m, 0, sem="acquire", scope="gpu") == 0:
-        pass
+    wait_published(flags + pid_m)
     blk: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
     rows = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, blk))
     cols = gl.arange(0, 16, layout=gl.SliceLayout(0, blk))

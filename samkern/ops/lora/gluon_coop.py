@@ -44,7 +44,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from samkern.backend import num_sms
 from samkern.launch import fast_launch
 from samkern.ops.lora.gluon import R_EPILOGUE_MAX as R_FUSED_MAX
-from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords
+from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords, publish_u, wait_published
 
 __all__ = ["COOP_CANDIDATES", "launch_coop"]
 
@@ -120,20 +120,6 @@ def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, rea
 
 
 @gluon.jit
-def _publish_u(acc_u, u_ptr, ldu, flag, scale, row0, M, R, u_l: gl.constexpr, ROWS_C: gl.constexpr):
-    """Store this slice's rows of ``u_s`` (scaled, in the input dtype, masked to M and r) and
-    publish them: every thread's stores, a barrier of this warp group, a release increment of the
-    slice's flag (CUTLASS's semaphore pattern, as ``gluon.py``'s projection tiles)."""
-    rows = row0 + gl.arange(0, ROWS_C, layout=gl.SliceLayout(1, u_l))
-    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, u_l))
-    mask = (rows[:, None] < M) & (cols[None, :] < R)
-    gl.store(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :], (acc_u * scale).to(u_ptr.dtype.element_ty),
-             mask=mask)
-    gl.thread_barrier()
-    gl.atomic_add(flag, 1, sem="release", scope="gpu")
-
-
-@gluon.jit
 def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WIDTH: gl.constexpr):
     """B2's [16, WIDTH] block at column ``col0`` (rows past r and columns past N zero) from global
     memory into ``dst`` (a staging buffer reinterpreted: [WIDTH, 16] k-contiguous when
@@ -187,8 +173,7 @@ def _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flag, row0, c
     bn = _b2_block(b2_ptr, b2_sk, b2_sn, col0 + WIDE_N, N, R, bn_dst, B_KMAJOR, NARROW_N)
     fence_async_shared()  # the generic-proxy stores, before wgmma reads them
     gl.thread_barrier()
-    while gl.atomic_add(flag, 0, sem="acquire", scope="gpu") == 0:
-        pass
+    wait_published(flag)
     # (u_s loaded straight into each wgmma's register-operand layout: a layout conversion would
     # take shared memory the kernel does not have left)
     u_w = _u_operand(u_ptr, ldu, row0, M, R, gl.DotOperandLayout(operand_index=0, parent=wide_l, k_width=2), ROWS_C)
@@ -211,7 +196,7 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
     at most this step's two are in flight; then the slice's two blocks stored by TMA (its staging
     buffers reused once the previous tile's stores have left them). With ``FUSE_PROJ`` column
     panel 0's tiles also make this slice's rows of ``u_s = scale · A1 P`` (a third wgmma per step,
-    N = 16) and publish them (``_publish_u``); every tile then adds ``u_s B2`` after its K loop
+    N = 16) and publish them (``gluon.publish_u``); every tile then adds ``u_s B2`` after its K loop
     (``_rank_epilogue``)."""
     ROWS_C: gl.constexpr = BM // 3
     wide_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -270,8 +255,8 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
         if FUSE_PROJ:
             slot_row = pid_m * 3 + WHICH  # this slice's flag
             if pid_n == 0:
-                _publish_u(acc_u, u_ptr, ldu, flags + slot_row, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l,
-                           ROWS_C)
+                publish_u(acc_u, u_ptr, ldu, flags + slot_row, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l,
+                          ROWS_C)
             acc_w, acc_n = _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flags + slot_row,
                                           pid_m * BM + WHICH * ROWS_C, pid_n * BN, M, N, K2, cw_smem, cn_smem,
                                           wide_l, narrow_l, B_KMAJOR, ROWS_C, WIDE_N, BN - WIDE_N, B2W_LAYOUT,
@@ -353,9 +338,7 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
         raise ValueError(f"the 192 x 192 kernel's projection takes r <= {R_FUSED_MAX}, got {K2}")
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     if fuse:
-        p_block = [R_FUSED_MAX, bk] if kmajor else [bk, R_FUSED_MAX]
-        d_p = _descriptor(proj, *((proj.shape[::-1], proj.stride()[::-1]) if kmajor else (proj.shape, proj.stride())),
-                          p_block, dt)
+        d_p = right(proj, R_FUSED_MAX)
         # one flag per 64-row slice, set by its panel-0 tile; every program resident at once (one
         # per SM: the kernel's shared memory), and a slice's panel-0 tile precedes its other tiles
         # in the grouped order, so every wait ends (as ``gluon.py``'s projection tiles)

@@ -302,7 +302,9 @@ PTMA_MAX_R = 16
 # lora_proj_gemm makes the projection inside the GEMM up to this rank (one rank block): above it
 # the recomputation per column panel (r / BLOCK_N more MMA work) is not worth one launch
 FUSE_MAX_R = 64
-# the Gluon kernel's projection tiles (gluon.py, FUSE_PROJ) take ranks of its 16-wide rank epilogue
+# the Gluon kernels' own projections (gluon.py's projection tiles, gluon_coop.py's panel-0 tiles:
+# FUSE_PROJ) take ranks of their 16-wide rank epilogue (gluon.R_EPILOGUE_MAX; not imported here:
+# a Triton without Gluon must still load this module)
 GLUON_FUSE_MAX_R = 16
 PTR_CANDIDATES = [
     (128, 256, 64, 8, 3, 8),
@@ -741,9 +743,10 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
         run(("split", None) if fusable else ("cublas", None), remember=True)
         return
-    # without bias, 16-bit, TMA-able, on an H100 the warp-specialised Gluon kernel (gluon.py) is a
-    # candidate of the split path's GEMM (u_s / g_s made) and, for r <= 16, of the fused projection
-    # (its projection tiles make u_s / g_s)
+    # without bias, 16-bit, TMA-able, on an H100 the warp-specialised Gluon kernels (gluon.py,
+    # gluon_coop.py) are candidates of the split path's GEMM (u_s / g_s made) and, for r <= 16, of
+    # the fused projection (they make u_s / g_s themselves; their programs wait on each other, so
+    # only on a whole GPU: _whole_gpu)
     gluon_ok = (layout is not None and has_lora and bias is None and a1.dtype in (torch.bfloat16, torch.float16)
                 and mode == "auto" and (not fusable or (K2 <= GLUON_FUSE_MAX_R and _whole_gpu()))
                 and _gluon_enabled(a1.device))
