@@ -231,16 +231,22 @@ def _proj_tile(ready, empty, a_bufs, p_bufs, u_ptr, ldu, flags, scale, pid_m, n0
 
 
 @gluon.jit
-def publish_u(u, u_ptr, ldu, flag, scale, row0, M, R, layout: gl.constexpr, ROWS: gl.constexpr):
+def store_u(u, u_ptr, ldu, scale, row0, M, R, layout: gl.constexpr, ROWS: gl.constexpr):
     """Store ``scale · u`` (a [ROWS, 16] fp32 tile in ``layout``) as rows ``row0 …`` of u_s in the
-    input dtype (masked to M and r), then publish them: every thread's stores, a barrier of this
-    partition's warps, one release increment of ``flag`` (CUTLASS's semaphore pattern). Readers
-    wait with ``wait_published``. Shared by both Gluon kernels' projections."""
+    input dtype, masked to M and r (shared by both Gluon kernels' projections)."""
     rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
     cols = gl.arange(0, 16, layout=gl.SliceLayout(0, layout))
     mask = (rows[:, None] < M) & (cols[None, :] < R)
     gl.store(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :], (u * scale).to(u_ptr.dtype.element_ty),
              mask=mask)
+
+
+@gluon.jit
+def publish_u(u, u_ptr, ldu, flag, scale, row0, M, R, layout: gl.constexpr, ROWS: gl.constexpr):
+    """``store_u``, then publish the rows: every thread's stores, a barrier of this partition's
+    warps, one release increment of ``flag`` (CUTLASS's semaphore pattern). Readers wait with
+    ``wait_published``."""
+    store_u(u, u_ptr, ldu, scale, row0, M, R, layout, ROWS)
     gl.thread_barrier()
     gl.atomic_add(flag, 1, sem="release", scope="gpu")
 

@@ -20,14 +20,14 @@ three consumers have read it (``empty`` counts three arrivals). Each consumer st
 TMA from its own staging buffers (72 KB for the three); six ring slots (24 KB each) fit beside
 them. The tuner offers it as a candidate of the split path's GEMM (u_s given).
 
-**Its own projection** (``FUSE_PROJ``, r ≤ 16: the fused path, ``lora_proj_gemm``): column panel
-0's tiles also make ``u_s = scale · A1 P`` (an N = 16 wgmma per K step against a P block the
-producer adds to their slots) and publish it per 64-row slice (stores, a barrier of the warp
-group, a release increment of the slice's flag); every tile then adds ``u_s B2`` after its K loop
-(``_rank_epilogue``). The grid is at most one program per SM (all resident) and a slice's panel-0
-tile precedes its other tiles in the grouped order, so every wait ends, as with ``gluon.py``'s
-projection tiles. The projection's wgmma runs in every tile's K loop, its result dropped outside
-panel 0: a runtime branch around async wgmmas faulted on the GPU (``dev-runs/s29-call8``).
+**Its own projection** (``FUSE_PROJ``, r ≤ 16: the fused path, ``lora_proj_gemm``): every tile
+makes ``u = A1 P`` for its rows (an N = 16 wgmma per K step against a P block the producer adds
+to every slot) and adds ``scale · u B2`` after its K loop (``_rank_epilogue``): u depends on the
+rows only, so each tile has the whole of its own, and no tile waits on another; column panel
+0's tiles store u_s (an output: the backward's). Session 29's form (panel 0 published u_s
+through a flag per slice, the other tiles waited and loaded it) lost ~1-3 us to the publish /
+wait chain and the flags' memset (``dev-runs/s30-call7``). The projection's wgmma stays outside
+any runtime branch: a branch around async wgmmas faulted on the GPU (``dev-runs/s29-call8``).
 No bias. Needs sm_90, 16-bit inputs, TMA-able operands; r ≤ 16 for the projection.
 """
 from __future__ import annotations
@@ -44,7 +44,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
 from samkern.backend import num_sms
 from samkern.launch import fast_launch
 from samkern.ops.lora.gluon import R_EPILOGUE_MAX as R_FUSED_MAX
-from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords, publish_u, wait_published
+from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords, store_u
 
 __all__ = ["COOP_CANDIDATES", "launch_coop"]
 
@@ -82,8 +82,8 @@ def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, rea
               BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr, WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr):
     """Every K step of every tile of this program into the ring, (A1, B1) then (A2, B2); a slot
     is refilled once all three consumers released it (the first round passes: phase 1 is
-    complete at init). With ``FUSE_PROJ`` no (A2, B2) steps, and column panel 0's tiles also get
-    the step's P block (the projection's operand)."""
+    complete at init). With ``FUSE_PROJ`` no (A2, B2) steps, and every step's slot also gets its
+    P block (the projection's operand, 1 KB)."""
     num_pid_m = gl.cdiv(M, BM)
     num_pid_n = gl.cdiv(N, BN)
     k1_tiles = gl.cdiv(K, BK)
@@ -100,14 +100,8 @@ def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, rea
             mbarrier.wait(empty.index(i), ((n // NUM_BUF) & 1) ^ 1)
             bar = ready.index(i)
             if FUSE_PROJ:
-                if pid_n == 0:
-                    mbarrier.expect(bar, nbytes + p_desc.block_type.nbytes)
-                    if B_KMAJOR:
-                        tma.async_copy_global_to_shared(p_desc, [0, k * BK], bar, p_bufs.index(i))
-                    else:
-                        tma.async_copy_global_to_shared(p_desc, [k * BK, 0], bar, p_bufs.index(i))
-                else:
-                    mbarrier.expect(bar, nbytes)
+                mbarrier.expect(bar, nbytes + p_desc.block_type.nbytes)
+                tma.async_copy_global_to_shared(p_desc, [0, k * BK], bar, p_bufs.index(i))  # (P k-major)
             else:
                 mbarrier.expect(bar, nbytes)
             if k < k1_tiles:
@@ -144,24 +138,14 @@ def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WID
 
 
 @gluon.jit
-def _u_operand(u_ptr, ldu, row0, M, R, layout: gl.constexpr, ROWS_C: gl.constexpr):
-    """This slice's [ROWS_C, 16] block of ``u_s`` (zero past M and r) in ``layout``; the loads
-    bypass L1 (the block was written by another program)."""
-    rows = row0 + gl.arange(0, ROWS_C, layout=gl.SliceLayout(1, layout))
-    cols = gl.arange(0, 16, layout=gl.SliceLayout(0, layout))
-    return gl.load(u_ptr + rows[:, None].to(gl.int64) * ldu + cols[None, :],
-                   mask=(rows[:, None] < M) & (cols[None, :] < R), other=0.0, cache_modifier=".cg")
-
-
-@gluon.jit
-def _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flag, row0, col0, M, N, R, cw_smem, cn_smem,
-                   wide_l: gl.constexpr, narrow_l: gl.constexpr, B_KMAJOR: gl.constexpr, ROWS_C: gl.constexpr,
+def _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, col0, N, R, cw_smem, cn_smem,
+                   wide_l: gl.constexpr, narrow_l: gl.constexpr, B_KMAJOR: gl.constexpr,
                    WIDE_N: gl.constexpr, NARROW_N: gl.constexpr, B2W_LAYOUT: gl.constexpr,
                    B2N_LAYOUT: gl.constexpr):
     """``acc += u_s B2`` for this slice (``FUSE_PROJ``): B2's two column blocks through this
-    consumer's free staging buffers, then ``u_s``'s rows once their panel-0 tile published them
-    (an acquire load of the slice's flag; the loads bypass L1) as a register operand, one K = 16
-    wgmma per accumulator."""
+    consumer's free staging buffers, ``u_s = scale · acc_u`` (the tile's own projection, rounded
+    to the input dtype as the stored u_s is) as a register operand, one K = 16 wgmma per
+    accumulator."""
     dtype: gl.constexpr = cw_smem.dtype
     if B_KMAJOR:
         bw_dst = cw_smem._reinterpret(dtype, [WIDE_N, 16], B2W_LAYOUT)
@@ -173,13 +157,12 @@ def _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flag, row0, c
     bn = _b2_block(b2_ptr, b2_sk, b2_sn, col0 + WIDE_N, N, R, bn_dst, B_KMAJOR, NARROW_N)
     fence_async_shared()  # the generic-proxy stores, before wgmma reads them
     gl.thread_barrier()
-    wait_published(flag)
-    # (u_s loaded straight into each wgmma's register-operand layout: a layout conversion would
-    # take shared memory the kernel does not have left)
-    u_w = _u_operand(u_ptr, ldu, row0, M, R, gl.DotOperandLayout(operand_index=0, parent=wide_l, k_width=2), ROWS_C)
+    # (the accumulator's registers already sit where the wgmma's A operand wants them: the
+    # conversions move no data, offline PTX has no shared-memory round trip for them)
+    u_s = (acc_u * scale).to(dtype)
+    u_w = gl.convert_layout(u_s, gl.DotOperandLayout(operand_index=0, parent=wide_l, k_width=2))
     acc_w = warpgroup_mma(u_w, bw, acc_w, is_async=True)
-    u_n = _u_operand(u_ptr, ldu, row0, M, R, gl.DotOperandLayout(operand_index=0, parent=narrow_l, k_width=2),
-                     ROWS_C)
+    u_n = gl.convert_layout(u_s, gl.DotOperandLayout(operand_index=0, parent=narrow_l, k_width=2))
     acc_n = warpgroup_mma(u_n, bn, acc_n, is_async=True)
     acc_w, acc_n = warpgroup_mma_wait(num_outstanding=0, deps=(acc_w, acc_n))
     gl.thread_barrier()  # (every warp's wgmma read B2 before the staging buffers take C)
@@ -188,16 +171,15 @@ def _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flag, row0, c
 
 @gluon.jit
 def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu, b2_ptr,
-              b2_sk, b2_sn, flags, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
+              b2_sk, b2_sn, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
               NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
               WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr):
     """Rows ``WHICH · 64`` to ``WHICH · 64 + 63`` of every tile of this program: per K step two
     async wgmmas (the slot's 128- and 64-column B blocks), the previous step's slot released once
     at most this step's two are in flight; then the slice's two blocks stored by TMA (its staging
-    buffers reused once the previous tile's stores have left them). With ``FUSE_PROJ`` column
-    panel 0's tiles also make this slice's rows of ``u_s = scale · A1 P`` (a third wgmma per step,
-    N = 16) and publish them (``gluon.publish_u``); every tile then adds ``u_s B2`` after its K loop
-    (``_rank_epilogue``)."""
+    buffers reused once the previous tile's stores have left them). With ``FUSE_PROJ`` every tile
+    also makes this slice's rows of ``u = A1 P`` (a third wgmma per step, N = 16) and adds
+    ``scale · u B2`` after its K loop (``_rank_epilogue``); column panel 0's tiles store u_s."""
     ROWS_C: gl.constexpr = BM // 3
     wide_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                      instr_shape=[16, WIDE_N, 16])
@@ -231,15 +213,8 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
             acc_w = warpgroup_mma(a, bw, acc_w, is_async=True)
             acc_n = warpgroup_mma(a, bn, acc_n, is_async=True)
             if FUSE_PROJ:
-                # the projection's N = 16 wgmma in every tile, not only panel 0's (which alone
-                # load P and publish u): a runtime branch around async wgmmas faulted on the GPU
-                # (its accumulators cross the branch's merge while in flight, dev-runs/s29-call8);
-                # other tiles read a stale P slot and drop the result
-                if B_KMAJOR:
-                    p_op = p_bufs.index(slot).permute((1, 0))
-                else:
-                    p_op = p_bufs.index(slot)
-                acc_u = warpgroup_mma(a, p_op, acc_u, is_async=True)
+                # u = A1 P for this tile's rows (P k-major in both layouts, see launch_coop)
+                acc_u = warpgroup_mma(a, p_bufs.index(slot).permute((1, 0)), acc_u, is_async=True)
                 # at most this step's wgmmas in flight: every earlier step's are done
                 acc_w, acc_n, acc_u = warpgroup_mma_wait(num_outstanding=3, deps=(acc_w, acc_n, acc_u))
             else:
@@ -253,14 +228,11 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
         mbarrier.arrive(empty.index((n0 + k_tiles - 1) % NUM_BUF))
         tma.store_wait(pendings=0)  # (the staging buffers are free: the previous tile's stores left)
         if FUSE_PROJ:
-            slot_row = pid_m * 3 + WHICH  # this slice's flag
-            if pid_n == 0:
-                publish_u(acc_u, u_ptr, ldu, flags + slot_row, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l,
-                          ROWS_C)
-            acc_w, acc_n = _rank_epilogue(acc_w, acc_n, u_ptr, ldu, b2_ptr, b2_sk, b2_sn, flags + slot_row,
-                                          pid_m * BM + WHICH * ROWS_C, pid_n * BN, M, N, K2, cw_smem, cn_smem,
-                                          wide_l, narrow_l, B_KMAJOR, ROWS_C, WIDE_N, BN - WIDE_N, B2W_LAYOUT,
-                                          B2N_LAYOUT)
+            if pid_n == 0:  # u_s is an output (the backward's): column panel 0 stores it
+                store_u(acc_u, u_ptr, ldu, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l, ROWS_C)
+            acc_w, acc_n = _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, pid_n * BN, N, K2,
+                                          cw_smem, cn_smem, wide_l, narrow_l, B_KMAJOR, WIDE_N, BN - WIDE_N,
+                                          B2W_LAYOUT, B2N_LAYOUT)
         cw_smem.store(acc_w.to(cw_desc.dtype))
         cn_smem.store(acc_n.to(cn_desc.dtype))
         fence_async_shared()
@@ -272,7 +244,7 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
 
 @gluon.jit
 def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc, cn_desc, p_desc, u_ptr, ldu, b2_ptr,
-                 b2_sk, b2_sn, flags, scale, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
+                 b2_sk, b2_sn, scale, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
                  GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                  FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr,
                  num_warps: gl.constexpr):
@@ -297,13 +269,13 @@ def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc,
         mbarrier.init(empty.index(i), count=3)  # a slot is free once all three consumers read it
     gl.warp_specialize([
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
-                     b2_ptr, b2_sk, b2_sn, flags, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                     b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
                      WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
-                     b2_ptr, b2_sk, b2_sn, flags, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                     b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
                      WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
-                     b2_ptr, b2_sk, b2_sn, flags, scale, M, N, K, K2, 2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
+                     b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
                      WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
         (_producer, (a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, ready, empty, a_bufs, bw_bufs,
                      bn_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N, FUSE_PROJ)),
@@ -318,8 +290,8 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
                 scale: float = 1.0) -> None:
     """``out = a1 @ b1 + a2 @ b2`` in 192 × 192 tiles; arguments as ``gluon.launch_gluon``'s (every
     operand TMA-able, ``kmajor``: b1 / b2 are transposes of row-major storage). With ``proj``
-    (K, r), r ≤ 16, in the same layout, a2 is an OUTPUT: ``a2 = scale · a1 @ proj``, made by column
-    panel 0's tiles and published per 64-row slice through a flag (``FUSE_PROJ``)."""
+    (K, r), r ≤ 16, in the same layout, a2 is an OUTPUT: ``a2 = scale · a1 @ proj``, made by every
+    tile for its own rank term and stored by column panel 0's (``FUSE_PROJ``)."""
     bm, bn, bk, nbuf, group, creg, preg = cfg
     M, K = a1.shape
     N = out.shape[1]
@@ -338,13 +310,16 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
         raise ValueError(f"the 192 x 192 kernel's projection takes r <= {R_FUSED_MAX}, got {K2}")
     tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
     if fuse:
-        d_p = right(proj, R_FUSED_MAX)
-        # one flag per 64-row slice, set by its panel-0 tile; every program resident at once (one
-        # per SM: the kernel's shared memory), and a slice's panel-0 tile precedes its other tiles
-        # in the grouped order, so every wait ends (as ``gluon.py``'s projection tiles)
-        flags = torch.zeros(triton.cdiv(M, bm) * 3, device=a1.device, dtype=torch.int32)
+        # P as its (r, K) transpose with K contiguous, in both layouts: every tile loads a P block
+        # per K step, and the backward's B (K, r) row-major makes 16-byte rows, half of a [32, 16]
+        # box out of bounds: its dx ran 6-15 us slower than with P loaded by panel 0 only
+        # (dev-runs/s30-call7); the copy is r x K elements
+        pk = proj.t()
+        if pk.stride(1) != 1 or pk.stride(0) * pk.element_size() % 16:
+            pk = torch.empty(pk.shape, device=pk.device, dtype=pk.dtype).copy_(pk)  # (fresh strides, also at r = 1)
+        d_p = _descriptor(pk, tuple(pk.shape), pk.stride(), [R_FUSED_MAX, bk], dt)
     else:
-        d_p, flags = right(b1, WIDE), a2  # (not read)
+        d_p = right(b1, WIDE)  # (not read)
     b2w_shape = [WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, WIDE]
     b2n_shape = [bn - WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, bn - WIDE]
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
@@ -353,6 +328,6 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
         _descriptor(a2, (M, K2), a2.stride(), [rows, bk], dt), right(b2, WIDE), right(b2, bn - WIDE),
         _descriptor(out, (M, N), out.stride(), [rows, WIDE], dt),
         _descriptor(out, (M, N), out.stride(), [rows, bn - WIDE], dt), d_p, a2, a2.stride(0), b2, b2.stride(0),
-        b2.stride(1), flags, float(scale), M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
+        b2.stride(1), float(scale), M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
         CONSUMER_REGS=creg, PRODUCER_REGS=preg, FUSE_PROJ=fuse, B2W_LAYOUT=_smem_layout(tuple(b2w_shape), dt),
         B2N_LAYOUT=_smem_layout(tuple(b2n_shape), dt), num_warps=4)
