@@ -522,9 +522,10 @@ def test_gpu_gluon_split_gemm_every_candidate(cfg, M, K, N, r):
 @pytest.mark.parametrize("M,K,N", [(1111, 1536, 768), (6144, 768, 3352), (300, 3072, 1000), (40, 64, 4000)])
 @pytest.mark.parametrize("cfg", _gluon_candidates(), ids=lambda c: "x".join(map(str, c[:4])))
 def test_gpu_gluon_fused_projection_every_candidate(cfg, M, K, N, r):
-    """The Gluon kernel with its projection tiles (``FUSE_PROJ``: ``u_s = s · a1 p`` made by column
-    panel 0's tiles, published per row block by a flag, read by the other tiles' rank epilogue) at
-    every candidate, both layouts, ragged M, N and rank (r = 1 and 8: TMA zero-fills P and B2 past
+    """The Gluon kernels with their own projection (``FUSE_PROJ``: ``u_s = s · a1 p`` made in the
+    launch: by the 128 × 128 kernel's projection tiles, published per row block by a flag and read
+    by the other tiles' rank epilogue; by every 192 × 192 tile for its own rows, panel 0 storing
+    it) at every candidate, both layouts, ragged M, N and rank (r = 1 and 8: TMA zero-fills P and B2 past
     r, the u_s stores masked), against fp64 by the 2x rule; u_s and C poisoned with NaN. Row blocks
     whose projection tile runs in another program than their GEMM tiles at every shape (grid at
     most one program per SM; 40 x 4000: one row block, 33 tiles). Both launches in a row reuse
@@ -554,6 +555,39 @@ def test_gpu_gluon_fused_projection_every_candidate(cfg, M, K, N, r):
         y_hi = a1.double() @ b1.double() + u.double() @ b2.double()
         assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
         assert torch.equal(outs[0][0], outs[1][0]) and torch.equal(outs[0][1], outs[1][1]), f"{name}: reruns differ"
+
+
+@pytest.mark.parametrize("r", [1, 8])
+def test_coop_projection_operand_goes_k_major(r):
+    """The 192 × 192 kernel loads a P block into every ring slot, always k-major: the forward's P
+    (Aᵀ, a view of A's rows) is passed as A's storage itself, the backward's (B, (K, r) row-major:
+    16-byte rows that made its dx 6-15 us slower) as an (r, K) copy with a 16-byte row pitch, also
+    at r = 1 where B's transpose has strides PyTorch calls contiguous but TMA cannot take. Checked
+    on the launch's arguments (a stand-in launcher; no GPU needed)."""
+    pytest.importorskip("triton.experimental.gluon")
+    from samkern.ops.lora import gluon as lg
+    from samkern.ops.lora.gluon_coop import COOP_CANDIDATES
+
+    launches = []
+
+    class _Capture:
+        def __getitem__(self, grid):
+            return lambda *a, **kw: launches.append(a)
+
+    M, K, N, rs, dt = 64, 96, 80, 8, torch.bfloat16
+    x, W, dy = torch.randn(M, K, dtype=dt), torch.randn(N, K, dtype=dt), torch.randn(M, N, dtype=dt)
+    A, B = torch.randn(rs, K, dtype=dt)[:r], torch.randn(N, rs, dtype=dt)[:, :r]  # padded storage, as the op's
+    u = torch.empty(M, r, dtype=dt)
+    for kmajor, (a1, b1, p, b2, out) in ((True, (x, W.t(), A.t(), B.t(), dy.clone())),
+                                         (False, (dy, W, B, A, x.clone()))):
+        launches.clear()
+        lg.launch_gluon(a1, b1, u, b2, kmajor, out, COOP_CANDIDATES[0], launcher=_Capture(), proj=p, scale=2.0)
+        d_p = launches[0][8]  # (a, b-wide, b-narrow, a2, b2-wide, b2-narrow, c-wide, c-narrow, P, ...)
+        k = a1.shape[1]
+        assert list(d_p.shape) == [r, k] and d_p.strides[1] == 1 and d_p.strides[0] * 2 % 16 == 0, d_p.strides
+        assert list(d_p.block_shape) == [16, COOP_CANDIDATES[0][2]]
+        assert torch.equal(d_p.base, p.t())
+        assert (d_p.base.data_ptr() == p.data_ptr()) == kmajor  # a copy only for the backward's B
 
 
 @pytest.mark.gpu
