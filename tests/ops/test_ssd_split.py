@@ -30,13 +30,18 @@ def split_dt(request, monkeypatch):
     return request.param
 
 
+@pytest.mark.parametrize("pass1", ["sum", "walk"])
 @pytest.mark.parametrize("opts", [
     dict(),
     dict(D="chan", z=True, dt_bias=True, init=True),
     dict(D="head", dt_bias=True, softplus=False, dt_limit=(0.05, 0.6), init=True),
 ], ids=["plain", "all_options", "clamp_no_softplus"])
-def test_split_matches_reference_and_one_pass(opts, monkeypatch, split_dt):
-    """Two rows of 3.4 segments (ragged last segment): out and final states."""
+def test_split_matches_reference_and_one_pass(opts, monkeypatch, split_dt, pass1):
+    """Two rows of 3.4 segments (ragged last segment): out and final states, with either first pass
+    (``PASS1_TUNING``: the weighted-sum kernel, or the forward kernel's state-only walk)."""
+    import samkern.ops.ssd.split as split_mod
+
+    monkeypatch.setitem(split_mod.PASS1_TUNING, "pass1", pass1)
     L = int(3.4 * SEG)
     kw = make(2, L, 3, 16, 16, **opts)
     ref_out, ref_fin = ssd_chunk_scan_ref(**to64(kw), chunk_size=64, return_final_states=True)
@@ -90,6 +95,88 @@ def test_split_backward_matches_reference(opts, monkeypatch, split_dt):
     for k in ref:
         assert_close(f"split d{k} vs ref", got[k].double(), ref[k], rtol=5e-5)
         assert_close(f"split d{k} vs one pass", got[k], one[k], rtol=5e-5)
+
+
+@pytest.mark.parametrize("G", [1, 2])
+def test_segment_sums_match_torch(G):
+    """The first pass's weighted sums (``segment_sums``) against a torch oracle written from their
+    definitions, over ragged segments (the last one shorter than a chunk) with decays strong
+    enough that early tokens underflow: forward S = Σ_s exp(ℓ − A_s) dt_s x_s ⊗ B_s with ℓ and
+    the dt cache (vs ``bwd.dt_cache``), backward G = Σ_t exp(A_t) (dout_t · silu(z_t)) ⊗ C_t.
+    NaN-poisoned dt cache: every valid entry must be written."""
+    import torch.nn.functional as F
+
+    from samkern.ops.ssd.bwd import dt_cache
+    from samkern.ops.ssd.split import segment_sums
+
+    H, P, N, Q = 4, 16, 16, 16
+    L = 3 * SEG + 5
+    kw = make(1, L, H, P, N, G=G, z=True, dt_bias=True)
+    kw["A"] = -torch.tensor([0.5, 3.0, 20.0, 150.0], device=DEV)  # up to ~150 per token: underflow
+    x, dt, B, C, z = (kw[k].reshape(L, *kw[k].shape[2:]) for k in ("x", "dt", "B", "C", "z"))
+    dout = torch.randn_like(x)
+    cu, _ = segment_layout(1, L, SEG, DEV)
+    nseg = cu.numel() - 1
+    dtc = torch.full((3, H, L), float("nan"), device=DEV)
+    ell = torch.full((nseg, H), float("nan"), device=DEV)
+    S = segment_sums(B, x, cu, P, Q, grad=False, dt=dt, A=kw["A"], dt_bias=kw["dt_bias"], dt_softplus=True,
+                     dt_cache=dtc, ell=ell)
+    Gs = segment_sums(C, dout, cu, P, Q, grad=True, z=z, dt_cache=dtc)
+
+    ref_dtc = dt_cache(dt, kw["A"], kw["dt_bias"], cu, block_q=Q, dt_softplus=True, dt_limit=(0.0, float("inf")))
+    assert_close("dt cache", dtc, ref_dtc, rtol=1e-6)
+    d = F.softplus(dt.double() + kw["dt_bias"].double())  # (L, H)
+    hg = torch.arange(H, device=DEV) // (H // G)
+    for k in range(nseg):
+        s0, s1 = int(cu[k]), int(cu[k + 1])
+        dk = d[s0:s1]
+        acum = torch.cumsum(dk * kw["A"].double(), 0)  # (n, H), through each token
+        w_f = torch.exp(acum[-1] - acum) * dk
+        Bk, Ck = B[s0:s1].double()[:, hg], C[s0:s1].double()[:, hg]  # (n, H, N)
+        S_ref = torch.einsum("th,thp,thn->hpn", w_f, x[s0:s1].double(), Bk)
+        dy = dout[s0:s1].double() * F.silu(z[s0:s1].double())
+        G_ref = torch.einsum("th,thp,thn->hpn", torch.exp(acum), dy, Ck)
+        assert_close(f"S seg {k}", S[k].double(), S_ref, rtol=2e-5)
+        assert_close(f"G seg {k}", Gs[k].double(), G_ref, rtol=2e-5)
+        assert_close(f"ell seg {k}", ell[k].double(), acum[-1], rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(ON_CPU, reason="needs a CUDA GPU")
+@pytest.mark.parametrize("P, N, block_q", [(32, 16, 64), (64, 64, 64), (64, 128, 64), (128, 128, 64),
+                                           (128, 256, 64), (64, 128, 128), (64, 256, 128)])
+def test_gpu_segment_sums_every_block_size(P, N, block_q):
+    """bf16 on the GPU, at the block sizes the first pass takes (the state tile [N, min(P, 8192 /
+    N)]: N 16 to 256, P-blocks 32 to 128, the training and inference chunks): ``segment_sums`` against the kernels it replaces (the forward's
+    state-only walk, the dS walk from a zero seed), states within 1e-2, log-decays 1e-5; the dt
+    cache both ways within 1e-6."""
+    from samkern.ops.ssd.bwd import _pick_block_p, dstate_walk
+    from samkern.ops.ssd.fwd import ssd_fwd
+    from samkern.ops.ssd.split import segment_sums
+    from samkern.testing import rel_err
+
+    H, L, seg = 4, 2048 + 37, 512
+    kw = make(1, L, H, P, N, dtype=torch.bfloat16, z=True, dt_bias=True)
+    x, dt, B, C, z = (kw[k].reshape(L, *kw[k].shape[2:]) for k in ("x", "dt", "B", "C", "z"))
+    dout = torch.randn_like(x)
+    cu, idx = segment_layout(1, L, seg, DEV)
+    nseg = cu.numel() - 1
+    dtc = torch.full((3, H, L), float("nan"), device=DEV)
+    dtc_w = torch.full((3, H, L), float("nan"), device=DEV)
+    ell = torch.full((nseg, H), float("nan"), device=DEV)
+    ell_w = torch.full((nseg, H), float("nan"), device=DEV)
+    S = segment_sums(B, x, cu, P, block_q, grad=False, dt=dt, A=kw["A"], dt_bias=kw["dt_bias"], dt_softplus=True,
+                     dt_cache=dtc, ell=ell)
+    _, S_w, _, _ = ssd_fwd(x, dt, kw["A"], B, C, cu, None, dt_bias=kw["dt_bias"], dt_softplus=True,
+                           want_final_states=True, states_only=True, decay_out=ell_w, dt_cache_out=dtc_w,
+                           block_q=block_q)
+    Gs = segment_sums(C, dout, cu, P, block_q, grad=True, z=z, dt_cache=dtc)
+    G_w = dstate_walk(dout, z, dtc, C, cu, idx, nseg, None, None, P=P, block_q=block_q, block_p=_pick_block_p(P),
+                      zero_fill=False)
+    assert_close("dt cache", dtc, dtc_w, rtol=1e-6)
+    assert rel_err(S, S_w) < 1e-2, rel_err(S, S_w)
+    assert rel_err(Gs, G_w) < 1e-2, rel_err(Gs, G_w)
+    assert rel_err(ell, ell_w) < 1e-5, rel_err(ell, ell_w)
 
 
 def test_split_not_used_for_short_rows_or_seq_idx(monkeypatch):

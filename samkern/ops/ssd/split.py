@@ -55,6 +55,8 @@ import triton.language as tl
 from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
 from samkern.launch import fast_launch
+from samkern.ops.ssd.bwd import _load_dt_cache, _load_dy
+from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache
 
 __all__ = ["segment_layout", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
 
@@ -141,6 +143,132 @@ def _stitch(src: torch.Tensor, ell: torch.Tensor, seed: Optional[torch.Tensor], 
     return dst
 
 
+# Which kernel makes the first pass: "sum" (``_segment_sum_kernel``, below) or "walk" (the forward /
+# dS-walk kernels in their state-only modes, as until session 31); None = "sum".
+# "warps" / "stages": its launch (None: 4 warps, 3 stages at a 64-token chunk, 2 above).
+PASS1_TUNING: dict = {"pass1": None, "warps": None, "stages": None}
+
+
+@triton.jit
+def _segment_sum_kernel(
+    l_ptr, r_ptr, z_ptr, dt_ptr, A_ptr, dtb_ptr, dtc_ptr, cu_ptr, out_ptr, ell_ptr,
+    T, HT, P, N, HPG,
+    s_l_t, s_l_g, s_r_t, s_r_h, s_z_t, s_z_h, s_dt_t, s_dt_h, dt_min, dt_max,
+    GRAD: tl.constexpr, HAS_Z: tl.constexpr, HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr,
+    WRITE_DT: tl.constexpr, PREC: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+):
+    """The first pass of the split for one (segment, head, P-block), as ONE weighted sum over its
+    tokens instead of a walk: every token's term gets its whole decay to the segment's far end,
+    so the accumulator goes from dot to dot unscaled (a plain K loop that Triton pipelines; the
+    walk's per-chunk ``S ← exp(a_last) S + …`` puts a scaling between consecutive dots).
+
+    Forward (``GRAD`` False; l = B, r = x): the state the segment adds at its end,
+    ``S = Σ_s exp(ℓ − A_s) dt_s x_s ⊗ B_s`` with ``A_s`` the log-decay from the segment start
+    through s and ``ℓ`` the whole segment's, stored as (P, N), and ``ℓ`` into ``ell``. The chunks
+    run last to first, so ``ℓ − A_s`` = (decay of the later chunks) + (a_last − a_s) in the
+    chunk, accumulated as it goes; dt is processed here (the dt cache stored with ``WRITE_DT``).
+    Backward (``GRAD``; l = C, r = dout): the gradient reaching the segment's start from its own
+    outputs, ``G = Σ_t exp(A_t) dy_t ⊗ C_t`` (dy = dout · silu(z)), chunks first to last, dt from
+    the cache. Every weight is ``exp`` of a sum of non-positive log-decays: at most 1, no
+    overflow; terms that underflow are those the walk would have decayed to zero as well."""
+    pid_s = tl.program_id(0)
+    pid_h = tl.program_id(1)
+    pid_p = tl.program_id(2)
+    start = tl.load(cu_ptr + pid_s).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
+    end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+    n_chunks = tl.cdiv(end - start, BLOCK_Q).to(tl.int32)
+    g = pid_h // HPG
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    mp = offs_p < P
+    mn = offs_n < N
+    in_ty = l_ptr.dtype.element_ty
+    if not GRAD:
+        A = tl.load(A_ptr + pid_h).to(tl.float32)
+        if HAS_DT_BIAS:
+            dtb = tl.load(dtb_ptr + pid_h).to(tl.float32)
+    acc = tl.zeros([BLOCK_N, BLOCK_P], dtype=tl.float32)  # the sum, transposed: (P, N) in memory
+    decay = tl.zeros([], dtype=tl.float32)  # log-decay of the chunks already summed
+    for i in range(0, n_chunks):
+        if GRAD:
+            c = i
+        else:
+            c = n_chunks - 1 - i
+        tok = start + c * BLOCK_Q + offs_q
+        mq = tok < end
+        mqp = mq[:, None] & mp[None, :]
+        lm = tl.load(l_ptr + tok[:, None] * s_l_t + g * s_l_g + offs_n[None, :], mask=mq[:, None] & mn[None, :],
+                     other=0.0)
+        if GRAD:
+            last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
+            _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
+            r = _load_dy(r_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_r_t, s_r_h, s_z_t, s_z_h, HAS_Z)
+            w = tl.exp(decay + a)
+        else:
+            v = tl.load(dt_ptr + tok * s_dt_t + pid_h * s_dt_h, mask=mq, other=0.0).to(tl.float32)
+            if HAS_DT_BIAS:
+                v += dtb
+            dtv, a, chain = _process_dt(v, A, mq, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
+            if WRITE_DT:
+                if pid_p == 0:  # one writer per (token, head)
+                    _store_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, a, dtv, chain)
+            a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)  # dt = 0 past the end
+            r = tl.load(r_ptr + tok[:, None] * s_r_t + pid_h * s_r_h + offs_p[None, :], mask=mqp,
+                        other=0.0).to(tl.float32)
+            w = tl.exp(decay + a_last - a) * dtv
+        # [N, P] += lᵀ (w ∘ r): l's transpose is a loaded tile (never a dot result), read by the MMA
+        # from shared memory as it is. (The [P, N] form, (w ∘ r)ᵀ l, transposes the register tile
+        # instead: forward 176 against 133 us at B1 L16384 H80, dev-runs/s31-call1/2.)
+        acc = tl.dot(tl.trans(lm), (r * w[:, None]).to(in_ty), acc=acc, input_precision=PREC)
+        decay += a_last
+    row = pid_s.to(tl.int64) * (tl.num_programs(1) * P * N) + pid_h * P * N
+    tl.store(out_ptr + row + offs_n[:, None] + offs_p[None, :] * N, acc, mask=mn[:, None] & mp[None, :])
+    if not GRAD:
+        if pid_p == 0:
+            tl.store(ell_ptr + pid_s * tl.num_programs(1) + pid_h, decay)
+
+
+_SEGMENT_SUM = fast_launch(_segment_sum_kernel)  # cheaper eager launches (samkern/launch.py)
+
+
+def segment_sums(l: torch.Tensor, r: torch.Tensor, cu: torch.Tensor, P: int, block_q: int, *,
+                 grad: bool, z: Optional[torch.Tensor] = None, dt: Optional[torch.Tensor] = None,
+                 A: Optional[torch.Tensor] = None, dt_bias: Optional[torch.Tensor] = None,
+                 dt_softplus: bool = False, dt_limit: Tuple[float, float] = (0.0, float("inf")),
+                 dt_cache: Optional[torch.Tensor] = None, ell: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``_segment_sum_kernel`` over the segments of ``cu``: (nseg, H, P, N) fp32.
+
+    Forward (``grad`` False): l = B (T, G, N), r = x (T, H, P), with dt (T, H), A and the dt options;
+    writes ``ell`` (nseg, H) and, if given, the (3, H, T) ``dt_cache``. Backward: l = C, r = dout,
+    ``z`` optional, ``dt_cache`` required (read)."""
+    from samkern.ops.ssd.fwd import _pick_block_p
+
+    T, H = r.shape[0], r.shape[1]
+    G, N = l.shape[1], l.shape[2]
+    nseg = cu.shape[0] - 1
+    block_n = max(16, triton.next_power_of_2(N))
+    block_p = _pick_block_p(P, N)
+    out = torch.empty((nseg, H, P, N), device=r.device, dtype=torch.float32)
+    dummy = out
+    zs = z.stride() if z is not None else (0, 0)
+    dts = dt.stride() if dt is not None else (0, 0)
+    _SEGMENT_SUM[(nseg, H, cdiv(P, block_p))](
+        l, r, z if z is not None else dummy, dt if dt is not None else dummy, A if A is not None else dummy,
+        dt_bias if dt_bias is not None else dummy, dt_cache if dt_cache is not None else dummy, cu, out,
+        ell if ell is not None else dummy,
+        T, H * T, P, N, H // G,
+        l.stride(0), l.stride(1), r.stride(0), r.stride(1), zs[0], zs[1], dts[0], dts[1],
+        float(dt_limit[0]), float(dt_limit[1]),
+        GRAD=grad, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
+        WRITE_DT=(not grad) and dt_cache is not None, PREC="ieee" if l.dtype == torch.float32 else "tf32",
+        BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=PASS1_TUNING.get("warps") or 4,
+        num_stages=PASS1_TUNING.get("stages") or (3 if block_q <= 64 else 2),
+    )
+    return out
+
+
 class SplitForward(NamedTuple):
     """What :func:`ssd_fwd_split` returns: the outputs, and for the backward the segment layout
     (``cu`` / ``seg_idx``, :func:`segment_layout`), the state entering every segment
@@ -201,8 +329,12 @@ def ssd_fwd_split(
     if FWD_TUNING.get("split_dt") != "compute":
         dtc = dt_cache_out if dt_cache_out is not None else x.new_empty((3, H, T), dtype=torch.float32)
     ell = torch.empty((batch * K, H), device=x.device, dtype=torch.float32)
-    _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, decay_out=ell,
-                             dt_cache_out=dtc, **common)
+    if PASS1_TUNING.get("pass1") == "walk":
+        _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, decay_out=ell,
+                                 dt_cache_out=dtc, **common)
+    else:
+        S_loc = segment_sums(B, x, cu, P, block_q, grad=False, dt=dt, A=A, dt_bias=dt_bias, dt_softplus=dt_softplus,
+                             dt_limit=dt_limit, dt_cache=dtc, ell=ell)
 
     # 2. stitch: H_0 = H_init, H_k = exp(ℓ_{k-1}) H_{k-1} + S_{k-1}
     H_in = _stitch(S_loc, ell, initial_states, batch, K, reverse=False)
@@ -243,8 +375,11 @@ def ssd_bwd_split(
     if dtc is None:
         dtc = dt_cache(dt, A, dt_bias, fwd.cu, block_q=fwd.block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
     # 1. the gradient reaching each segment's start from the segment's own outputs
-    G_seg = dstate_walk(dout, z, dtc, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
-                        block_q=fwd.block_q, block_p=_pick_block_p(P), zero_fill=False)
+    if PASS1_TUNING.get("pass1") == "walk":
+        G_seg = dstate_walk(dout, z, dtc, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
+                            block_q=fwd.block_q, block_p=_pick_block_p(P), zero_fill=False)
+    else:
+        G_seg = segment_sums(C, dout, fwd.cu, P, fwd.block_q, grad=True, z=z, dt_cache=dtc)
     # 2. stitch backwards: the gradient of the state leaving every segment,
     #    dF_{K-1} = d final_states, dF_{k-1} = G_k + exp(ℓ_k) dF_k
     dF = _stitch(G_seg, fwd.seg_decay, dfinal_states, batch, K, reverse=True)
