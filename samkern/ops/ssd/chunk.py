@@ -37,7 +37,7 @@ import torch
 from samkern import inference
 from samkern.backend import pick_backend, register, triton_float_verifier
 from samkern.checks import FLOAT_DTYPES, _sync_checks_allowed, check_same_device, check_tensor, host_reads_allowed
-from samkern.ops.ssd import split as split_mod  # no Triton at import (it imports the kernels lazily)
+from samkern.ops.ssd import split as split_mod
 
 __all__ = ["ssd_chunk_scan", "SSDChunkScanFunction"]
 
