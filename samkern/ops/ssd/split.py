@@ -10,10 +10,10 @@ the segments can be stitched exactly.
 
 Forward (:func:`ssd_fwd_split`):
 
-1. local states: the same kernel over the segments as independent sequences from a zero state,
-   in its ``states_only`` mode (only the state update: no ``C B^T``, no output, C / D / z not
-   read), giving ``S_k``, the state a segment adds at its end; it also stores the dt cache
-   (``fwd.py``, "The dt cache") for the third step;
+1. local states: ``S_k``, the state a segment adds at its end from a zero state, as one weighted
+   sum over the segment's tokens (``_segment_sum_kernel``: no ``C B^T``, no output, C / D / z not
+   read; ``PASS1_TUNING`` "walk": the forward kernel's ``states_only`` mode instead); it also
+   stores the dt cache (``fwd.py``, "The dt cache") for the third step;
 2. stitching (one small Triton launch, ``_stitch_kernel``): with ``ℓ_k = Σ_{t in segment k} dt_t·A``
    (the segment's log-decay, ≤ 0, which the first pass stores), the state entering segment k is
    ``H_0 = H_init``, ``H_k = exp(ℓ_{k-1}) H_{k-1} + S_{k-1}``: a K-step elementwise recurrence
@@ -358,8 +358,8 @@ def ssd_bwd_split(
     :func:`samkern.ops.ssd.bwd.ssd_bwd` returns them (``dinitial_states`` per row).
 
     The backward's only sequential part, the reverse walk of the state gradient dS, is split the
-    same way as the forward: (1) each segment's walk from a zero seed gives ``G_k``, the gradient
-    reaching its start from its own outputs; (2) with ``dF_k`` the gradient of the state leaving
+    same way as the forward: (1) each segment's walk from a zero seed (as one weighted sum,
+    ``_segment_sum_kernel``) gives ``G_k``, the gradient reaching its start from its own outputs; (2) with ``dF_k`` the gradient of the state leaving
     segment k (``dF_{K-1}`` = d``final_states``), ``dH_k = G_k + exp(ℓ_k) dF_k`` and
     ``dF_{k-1} = dH_k``: a reverse K-step recurrence (``_stitch_kernel``); (3) the ordinary three-kernel backward over the segments, each walk
     seeded with ``dF_k``. The per-chunk kernels see the true entering states and state gradients,
