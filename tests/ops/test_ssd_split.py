@@ -70,11 +70,17 @@ def _grads(scan, kw, dout, dfin, **extra):
     dict(),
     dict(D="chan", z=True, dt_bias=True, init=True),
     dict(D="head", dt_bias=True, softplus=False, dt_limit=(0.05, 0.6), init=True, G=2),
-], ids=["plain", "all_options", "clamp_groups"])
+    dict(D="chan", z=True, dt_bias=True, init=True, pass1="walk"),
+], ids=["plain", "all_options", "clamp_groups", "all_options_walk_first_pass"])
 def test_split_backward_matches_reference(opts, monkeypatch, split_dt):
     """Training through the split (forward in segments, the dS walk split and stitched backwards):
     every gradient, including through final_states and into initial_states, against fp64 autograd
-    through the reference and against the one-pass kernels. Two rows of 3.4 segments."""
+    through the reference and against the one-pass kernels. Two rows of 3.4 segments. The last
+    case takes the walks as both first passes (``PASS1_TUNING``) instead of the weighted sums."""
+    import samkern.ops.ssd.split as split_mod
+
+    opts = dict(opts)
+    monkeypatch.setitem(split_mod.PASS1_TUNING, "pass1", opts.pop("pass1", None))
     L = int(3.4 * SEG)
     G = opts.pop("G", 1)
     kw = make(2, L, 4, 16, 16, G=G, requires_grad=True, **opts)
