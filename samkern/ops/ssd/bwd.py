@@ -103,7 +103,7 @@ import triton.language as tl
 from samkern.backend import cdiv, next_pow2, num_sms, tuning_from_env
 from samkern.checks import FLOAT_DTYPES, check_equal_lengths, check_same_device, check_tensor
 from samkern.launch import fast_launch
-from samkern.ops.ssd.fwd import _times_causal_decay, _process_dt, _store_dt_cache, check_f32_buffer
+from samkern.ops.ssd.fwd import _program_tiles, _times_causal_decay, _process_dt, _store_dt_cache, check_f32_buffer
 
 __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 
@@ -392,15 +392,9 @@ def _ssd_bwd_dstate_kernel(
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
     in_ty = C_ptr.dtype.element_ty
-    start = tl.load(cu_ptr + pid_s).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
-    end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+    start, end, offs_q, offs_p, offs_n, mp, mn = _program_tiles(cu_ptr, pid_s, pid_p, P, N, BLOCK_Q, BLOCK_P, BLOCK_N)
     n_chunks = ((end - start + BLOCK_Q - 1) // BLOCK_Q).to(tl.int32)
     g = pid_h // HPG
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mp = offs_p < P
-    mn = offs_n < N
     mpn = mp[:, None] & mn[None, :]
 
     state_off = pid_h.to(tl.int64) * P * N + offs_p[:, None] * N + offs_n[None, :]

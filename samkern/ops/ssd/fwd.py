@@ -108,6 +108,25 @@ def _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain):
     tl.store(dtc_ptr + HT + HT + h.to(tl.int64) * T + tok, chain, mask=mask)
 
 
+@triton.jit
+def _chunk_dt(dt_ptrs, dt_bias, A, mask, offs_q, dtc_ptr, h, pid_p, T, HT, tok, dt_min, dt_max,
+              HAS_DT_BIAS: tl.constexpr, DT_SOFTPLUS: tl.constexpr, WRITE_DT: tl.constexpr,
+              BLOCK_Q: tl.constexpr):
+    """One chunk's dt from the raw values at ``dt_ptrs``: (processed dt, in-chunk log-decay a,
+    the chunk's whole decay a_last), storing the dt cache with ``WRITE_DT`` (P-block 0 only: one
+    writer per token and head)."""
+    dt = tl.load(dt_ptrs, mask=mask, other=0.0).to(tl.float32)
+    if HAS_DT_BIAS:
+        dt += dt_bias
+    dt, a, chain = _process_dt(dt, A, mask, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
+    if WRITE_DT:
+        if pid_p == 0:
+            _store_dt_cache(dtc_ptr, h, T, HT, tok, mask, a, dt, chain)
+    # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
+    a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+    return dt, a, a_last
+
+
 # The [Q, Q] decay tile exp(a_t − a_s) as an outer product exp(a_t − c) · exp(c − a_s), c = a_last / 2,
 # for chunks whose whole decay |a_last| is at most this: two [Q] vector exps instead of Q² (graph
 # fwd+bwd 295 -> 277 us at 130m B32 L192, 467 -> 431 at 2.7b B16 L192: dev-runs/s21-call4). Every
@@ -163,6 +182,20 @@ def _read_dt_cache(dtc_ptr, h, T, HT, tok, mask):
 
 
 @triton.jit
+def _program_tiles(cu_ptr, pid_s, pid_p, P, N, BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """What a (sequence, head, P-block) program of the scan kernels starts from: (start, end,
+    offs_q, offs_p, offs_n, mask_p, mask_n), the sequence's tokens [start, end) as int64 (a token
+    index times a stride overflows int32 at ~1M tokens: H·P·1M > 2^31)."""
+    start = tl.load(cu_ptr + pid_s).to(tl.int64)
+    end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+    offs_q = tl.arange(0, BLOCK_Q)
+    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+    offs_n = tl.arange(0, BLOCK_N)
+    return start, end, offs_q, offs_p, offs_n, offs_p < P, offs_n < N
+
+
+@triton.jit
 def _ssd_fwd_kernel(
     x_ptr, dt_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, dt_bias_ptr, init_ptr, init_idx_ptr, cu_ptr,
     out_ptr, final_ptr, cstates_ptr,
@@ -187,16 +220,10 @@ def _ssd_fwd_kernel(
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
     H = tl.num_programs(1)
-    # int64 everywhere a token index meets a stride: 1M tokens x H*P overflows int32.
-    start = tl.load(cu_ptr + pid_s).to(tl.int64)
-    end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+    # int64 everywhere a token index meets a stride (_program_tiles)
+    start, end, offs_q, offs_p, offs_n, mask_p, mask_n = _program_tiles(cu_ptr, pid_s, pid_p, P, N, BLOCK_Q,
+                                                                        BLOCK_P, BLOCK_N)
     g = pid_h // heads_per_group
-
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mask_p = offs_p < P
-    mask_n = offs_n < N
     mask_np = mask_n[:, None] & mask_p[None, :]
 
     A = tl.load(A_ptr + pid_h).to(tl.float32)
@@ -248,15 +275,9 @@ def _ssd_fwd_kernel(
         else:
             # (loading dt one chunk ahead, to hide this gather's latency, made the kernel 10-20 %
             # slower at the SAM shapes: dev-runs/s7-call2)
-            dt = tl.load(dt_base + offs_t * stride_dt_t, mask=mask_t, other=0.0).to(tl.float32)
-            if HAS_DT_BIAS:
-                dt += dt_bias
-            dt, a, chain = _process_dt(dt, A, mask_t, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
-            if WRITE_DT:
-                if pid_p == 0:  # one writer per (token, head)
-                    _store_dt_cache(dtc_ptr, pid_h, T, HT, offs_t, mask_t, a, dt, chain)
-            # masked tail positions have dt = 0, so the last entry is the decay of the whole chunk
-            a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)
+            dt, a, a_last = _chunk_dt(dt_base + offs_t * stride_dt_t, dt_bias if HAS_DT_BIAS else 0.0, A, mask_t,
+                                      offs_q, dtc_ptr, pid_h, pid_p, T, HT, offs_t, dt_min, dt_max, HAS_DT_BIAS,
+                                      DT_SOFTPLUS, WRITE_DT, BLOCK_Q)
         if WRITE_DECAY:
             a_tot += a_last
 

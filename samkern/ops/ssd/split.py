@@ -56,7 +56,7 @@ from samkern.backend import cdiv, num_sms
 from samkern.checks import host_reads_allowed
 from samkern.launch import fast_launch
 from samkern.ops.ssd.bwd import _load_dt_cache, _load_dy
-from samkern.ops.ssd.fwd import _process_dt, _store_dt_cache
+from samkern.ops.ssd.fwd import _chunk_dt, _program_tiles
 
 __all__ = ["segment_layout", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
 
@@ -175,15 +175,9 @@ def _segment_sum_kernel(
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
-    start = tl.load(cu_ptr + pid_s).to(tl.int64)  # int64: token × stride exceeds 2^31 at ~1M tokens
-    end = tl.load(cu_ptr + pid_s + 1).to(tl.int64)
+    start, end, offs_q, offs_p, offs_n, mp, mn = _program_tiles(cu_ptr, pid_s, pid_p, P, N, BLOCK_Q, BLOCK_P, BLOCK_N)
     n_chunks = tl.cdiv(end - start, BLOCK_Q).to(tl.int32)
     g = pid_h // HPG
-    offs_q = tl.arange(0, BLOCK_Q)
-    offs_p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
-    offs_n = tl.arange(0, BLOCK_N)
-    mp = offs_p < P
-    mn = offs_n < N
     in_ty = l_ptr.dtype.element_ty
     if not GRAD:
         A = tl.load(A_ptr + pid_h).to(tl.float32)
@@ -207,14 +201,9 @@ def _segment_sum_kernel(
             r = _load_dy(r_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_r_t, s_r_h, s_z_t, s_z_h, HAS_Z)
             w = tl.exp(decay + a)
         else:
-            v = tl.load(dt_ptr + tok * s_dt_t + pid_h * s_dt_h, mask=mq, other=0.0).to(tl.float32)
-            if HAS_DT_BIAS:
-                v += dtb
-            dtv, a, chain = _process_dt(v, A, mq, dt_min, dt_max, DT_SOFTPLUS, WRITE_DT)
-            if WRITE_DT:
-                if pid_p == 0:  # one writer per (token, head)
-                    _store_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, a, dtv, chain)
-            a_last = tl.sum(tl.where(offs_q == BLOCK_Q - 1, a, 0.0), axis=0)  # dt = 0 past the end
+            dtv, a, a_last = _chunk_dt(dt_ptr + tok * s_dt_t + pid_h * s_dt_h, dtb if HAS_DT_BIAS else 0.0, A, mq,
+                                       offs_q, dtc_ptr, pid_h, pid_p, T, HT, tok, dt_min, dt_max, HAS_DT_BIAS,
+                                       DT_SOFTPLUS, WRITE_DT, BLOCK_Q)
             r = tl.load(r_ptr + tok[:, None] * s_r_t + pid_h * s_r_h + offs_p[None, :], mask=mqp,
                         other=0.0).to(tl.float32)
             w = tl.exp(decay + a_last - a) * dtv
