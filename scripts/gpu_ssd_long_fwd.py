@@ -5,8 +5,8 @@
 
 Run (device): ``source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_long_fwd.py``.
 Environment: ``LONG_FWD_SHAPES`` (comma list of ``bench_ssd.SHAPES`` names, default the L16384
-row), ``LONG_FWD_SWEEP`` (JSON list of ``FWD_TUNING`` overrides; the first is the baseline; a
-key of ``split.PASS1_TUNING`` goes there instead), ``LONG_FWD_MODES`` ("fwd" or
+row), ``LONG_FWD_SWEEP`` (JSON list of ``FWD_TUNING`` overrides; the first is the baseline),
+``LONG_FWD_MODES`` ("fwd" or
 "fwd,fwdbwd": also the training step, its first output compared). Writes ``$OUT/ssd-long-fwd.json``.
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ from benchmarks.harness import time_graph  # noqa: E402
 from benchmarks.ops.bench_ssd import SHAPES, fwd_fn, fwdbwd_fn, make_inputs  # noqa: E402
 from gpu_ssd_profile import profiled_calls  # noqa: E402
 import samkern.ops.ssd.fwd as fwd_mod  # noqa: E402
-import samkern.ops.ssd.split as split_mod  # noqa: E402
 from samkern.ops.ssd.chunk import ssd_chunk_scan  # noqa: E402
 from samkern.testing import rel_err  # noqa: E402
 
@@ -51,12 +50,9 @@ def launches(fn, iters: int = 3) -> list:
 
 
 def _apply(cfg: dict) -> dict:
-    """Set ``cfg`` (FWD_TUNING keys, ``pass1`` in PASS1_TUNING); returns what restores the old values."""
-    old = {}
-    for k, v in cfg.items():
-        table = split_mod.PASS1_TUNING if k in split_mod.PASS1_TUNING else fwd_mod.FWD_TUNING
-        old[k] = table.get(k)
-        table[k] = v
+    """Set the ``FWD_TUNING`` overrides ``cfg``; returns what restores the old values."""
+    old = {k: fwd_mod.FWD_TUNING.get(k) for k in cfg}
+    fwd_mod.FWD_TUNING.update(cfg)
     return old
 
 

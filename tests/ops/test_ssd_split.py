@@ -38,10 +38,8 @@ def split_dt(request, monkeypatch):
 ], ids=["plain", "all_options", "clamp_no_softplus"])
 def test_split_matches_reference_and_one_pass(opts, monkeypatch, split_dt, pass1):
     """Two rows of 3.4 segments (ragged last segment): out and final states, with either first pass
-    (``PASS1_TUNING``: the weighted-sum kernel, or the forward kernel's state-only walk)."""
-    import samkern.ops.ssd.split as split_mod
-
-    monkeypatch.setitem(split_mod.PASS1_TUNING, "pass1", pass1)
+    (``FWD_TUNING["split_pass1"]``: the weighted-sum kernel, or the forward kernel's state-only walk)."""
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "split_pass1", pass1)
     L = int(3.4 * SEG)
     kw = make(2, L, 3, 16, 16, **opts)
     ref_out, ref_fin = ssd_chunk_scan_ref(**to64(kw), chunk_size=64, return_final_states=True)
@@ -76,11 +74,9 @@ def test_split_backward_matches_reference(opts, monkeypatch, split_dt):
     """Training through the split (forward in segments, the dS walk split and stitched backwards):
     every gradient, including through final_states and into initial_states, against fp64 autograd
     through the reference and against the one-pass kernels. Two rows of 3.4 segments. The last
-    case takes the walks as both first passes (``PASS1_TUNING``) instead of the weighted sums."""
-    import samkern.ops.ssd.split as split_mod
-
+    case takes the walks as both first passes (``FWD_TUNING["split_pass1"]``) instead of the weighted sums."""
     opts = dict(opts)
-    monkeypatch.setitem(split_mod.PASS1_TUNING, "pass1", opts.pop("pass1", None))
+    monkeypatch.setitem(fwd_mod.FWD_TUNING, "split_pass1", opts.pop("pass1", None))
     L = int(3.4 * SEG)
     G = opts.pop("G", 1)
     kw = make(2, L, 4, 16, 16, G=G, requires_grad=True, **opts)

@@ -64,8 +64,13 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # process dt); None = "cache". "dt_prep": without the split (eager calls), "kernel" = the dt cache
 # by a launch of its own (``bwd.dt_cache``) before the forward, which reads it, or "forward" = the
 # forward processes dt itself; None = "kernel" (README, "dt processing off the critical path").
+# "split_pass1": the split's first passes, "sum" (``split._segment_sum_kernel``) or "walk" (this
+# kernel's ``states_only`` mode and the dS walk from a zero seed, as until session 31); None = "sum".
+# "split_pass1_warps" / "split_pass1_stages": the sum kernel's launch (None: 4 warps, 3 stages at a
+# 64-token chunk, 2 above).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
-                    "chunk_states": None, "block_q": None, "split_dt": None, "dt_prep": None}
+                    "chunk_states": None, "block_q": None, "split_dt": None, "dt_prep": None,
+                    "split_pass1": None, "split_pass1_warps": None, "split_pass1_stages": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 

@@ -12,7 +12,7 @@ Forward (:func:`ssd_fwd_split`):
 
 1. local states: ``S_k``, the state a segment adds at its end from a zero state, as one weighted
    sum over the segment's tokens (``_segment_sum_kernel``: no ``C B^T``, no output, C / D / z not
-   read; ``PASS1_TUNING`` "walk": the forward kernel's ``states_only`` mode instead); it also
+   read; ``FWD_TUNING["split_pass1"]`` "walk": the forward kernel's ``states_only`` mode instead); it also
    stores the dt cache (``fwd.py``, "The dt cache") for the third step;
 2. stitching (one small Triton launch, ``_stitch_kernel``): with ``ℓ_k = Σ_{t in segment k} dt_t·A``
    (the segment's log-decay, ≤ 0, which the first pass stores), the state entering segment k is
@@ -52,11 +52,11 @@ import torch
 import triton
 import triton.language as tl
 
-from samkern.backend import cdiv, num_sms
+from samkern.backend import cdiv, next_pow2, num_sms
 from samkern.checks import host_reads_allowed
 from samkern.launch import fast_launch
 from samkern.ops.ssd.bwd import _load_dt_cache, _load_dy
-from samkern.ops.ssd.fwd import _chunk_dt, _program_tiles
+from samkern.ops.ssd.fwd import FWD_TUNING, _chunk_dt, _pick_block_p, _program_tiles
 
 __all__ = ["segment_layout", "ssd_fwd_split", "ssd_bwd_split", "SplitForward", "pick_split_len"]
 
@@ -143,12 +143,6 @@ def _stitch(src: torch.Tensor, ell: torch.Tensor, seed: Optional[torch.Tensor], 
     return dst
 
 
-# Which kernel makes the first pass: "sum" (``_segment_sum_kernel``, below) or "walk" (the forward /
-# dS-walk kernels in their state-only modes, as until session 31); None = "sum".
-# "warps" / "stages": its launch (None: 4 warps, 3 stages at a 64-token chunk, 2 above).
-PASS1_TUNING: dict = {"pass1": None, "warps": None, "stages": None}
-
-
 @triton.jit
 def _segment_sum_kernel(
     l_ptr, r_ptr, z_ptr, dt_ptr, A_ptr, dtb_ptr, dtc_ptr, cu_ptr, out_ptr, ell_ptr,
@@ -232,12 +226,10 @@ def segment_sums(l: torch.Tensor, r: torch.Tensor, cu: torch.Tensor, P: int, blo
     Forward (``grad`` False): l = B (T, G, N), r = x (T, H, P), with dt (T, H), A and the dt options;
     writes ``ell`` (nseg, H) and, if given, the (3, H, T) ``dt_cache``. Backward: l = C, r = dout,
     ``z`` optional, ``dt_cache`` required (read)."""
-    from samkern.ops.ssd.fwd import _pick_block_p
-
     T, H = r.shape[0], r.shape[1]
     G, N = l.shape[1], l.shape[2]
     nseg = cu.shape[0] - 1
-    block_n = max(16, triton.next_power_of_2(N))
+    block_n = max(16, next_pow2(N))
     block_p = _pick_block_p(P, N)
     out = torch.empty((nseg, H, P, N), device=r.device, dtype=torch.float32)
     dummy = out
@@ -252,8 +244,8 @@ def segment_sums(l: torch.Tensor, r: torch.Tensor, cu: torch.Tensor, P: int, blo
         float(dt_limit[0]), float(dt_limit[1]),
         GRAD=grad, HAS_Z=z is not None, HAS_DT_BIAS=dt_bias is not None, DT_SOFTPLUS=bool(dt_softplus),
         WRITE_DT=(not grad) and dt_cache is not None, PREC="ieee" if l.dtype == torch.float32 else "tf32",
-        BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=PASS1_TUNING.get("warps") or 4,
-        num_stages=PASS1_TUNING.get("stages") or (3 if block_q <= 64 else 2),
+        BLOCK_Q=block_q, BLOCK_P=block_p, BLOCK_N=block_n, num_warps=FWD_TUNING.get("split_pass1_warps") or 4,
+        num_stages=FWD_TUNING.get("split_pass1_stages") or (3 if block_q <= 64 else 2),
     )
     return out
 
@@ -318,7 +310,7 @@ def ssd_fwd_split(
     if FWD_TUNING.get("split_dt") != "compute":
         dtc = dt_cache_out if dt_cache_out is not None else x.new_empty((3, H, T), dtype=torch.float32)
     ell = torch.empty((batch * K, H), device=x.device, dtype=torch.float32)
-    if PASS1_TUNING.get("pass1") == "walk":
+    if FWD_TUNING.get("split_pass1") == "walk":
         _, S_loc, _, _ = ssd_fwd(x, dt, A, B, C, cu, None, want_final_states=True, states_only=True, decay_out=ell,
                                  dt_cache_out=dtc, **common)
     else:
@@ -364,7 +356,7 @@ def ssd_bwd_split(
     if dtc is None:
         dtc = dt_cache(dt, A, dt_bias, fwd.cu, block_q=fwd.block_q, dt_softplus=dt_softplus, dt_limit=dt_limit)
     # 1. the gradient reaching each segment's start from the segment's own outputs
-    if PASS1_TUNING.get("pass1") == "walk":
+    if FWD_TUNING.get("split_pass1") == "walk":
         G_seg = dstate_walk(dout, z, dtc, C, fwd.cu, fwd.seg_idx, batch * K, None, None, P=P,
                             block_q=fwd.block_q, block_p=_pick_block_p(P), zero_fill=False)
     else:
