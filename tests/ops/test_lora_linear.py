@@ -609,16 +609,67 @@ def test_gpu_tuner_offers_gluon_in_the_split_path():
     assert_close_lowp("C", out, y_hi, x2 @ W.t() + u @ B.detach().t())
 
 
+def test_overlap_switch(monkeypatch):
+    """SAMKERN_LORA_OVERLAP: "0" never, "1" always (CUDA tensors), "auto" only in a CUDA-graph
+    capture and up to MAX_WORK; never for CPU tensors."""
+    import types
+
+    import samkern.ops.lora.overlap as ov
+
+    cuda_t, cpu_t = types.SimpleNamespace(is_cuda=True), torch.zeros(1)
+    capturing = [False]
+    monkeypatch.setattr(ov.torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    small, big = ov.MAX_WORK, ov.MAX_WORK + 1
+    for mode, eager, captured in (("0", (False, False), (False, False)), ("1", (True, True), (True, True)),
+                                  ("auto", (False, False), (True, False))):
+        monkeypatch.setenv("SAMKERN_LORA_OVERLAP", mode)
+        for capturing[0], want in ((False, eager), (True, captured)):
+            assert (ov.overlap_enabled(cuda_t, small), ov.overlap_enabled(cuda_t, big)) == want, (mode, capturing)
+            assert not ov.overlap_enabled(cpu_t, small)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("train_base", [False, True])
-def test_gpu_cuda_graph(train_base):
+@pytest.mark.parametrize("r,dropout", [(8, False), (256, False), (8, True), (256, True)])
+def test_gpu_overlap_is_the_one_stream_result(r, dropout, monkeypatch):
+    """The backward's rank-r gradients forked onto a side stream (``overlap.py``, forced on in eager
+    calls) give bitwise the one-stream results, and the fork really happens: dB always, dA too
+    where g_s exists before the dx GEMM (r > FUSE_MAX_R, always the split path; the dropout
+    path; eagerly, r ≤ 64 goes to lora_proj_gemm, whose fused candidates make g_s with dx)."""
+    import samkern.ops.lora.overlap as ov
+
+    x, W, b, A, B, s, xd = _inputs((2, 500), 1536, 768, r, torch.bfloat16, "cuda", bias=True, dropout=dropout)
+    g = torch.randn(2, 500, 768, device="cuda").to(torch.bfloat16)
+    wrt = (x, A, B) + ((xd,) if dropout else ())
+
+    def grads():
+        return torch.autograd.grad(lora_linear(x, W, b, A, B, s, dropout_x=xd), wrt, g, retain_graph=True)
+
+    monkeypatch.setenv("SAMKERN_LORA_OVERLAP", "0")
+    grads()  # (the tuner decides here, once for both runs)
+    one = grads()
+    forks = []
+    real_mm = ov.SideStream.mm
+    monkeypatch.setattr(ov.SideStream, "mm", lambda self, a, b_: forks.append(a.shape) or real_mm(self, a, b_))
+    monkeypatch.setenv("SAMKERN_LORA_OVERLAP", "1")
+    two = grads()
+    torch.cuda.synchronize()
+    assert len(forks) == (2 if r > 64 or dropout else 1), forks
+    for name, o, t in zip(("dx", "dA", "dB", "dxd"), one, two):
+        assert torch.equal(o, t), name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("train_base,r", [(False, 8), (True, 8), (False, 256)])
+def test_gpu_cuda_graph(train_base, r):
     """Capture fwd+bwd in a CUDA graph, move the inputs, replay: the replay must equal a fresh
-    eager call on the new inputs. Frozen base (the LoRA case) and trained base + bias (dW, db).
+    eager call on the new inputs. Frozen base (the LoRA case) and trained base + bias (dW, db);
+    the capture forks the rank-r gradients onto a side stream (``overlap.py``, "auto"), at r 8
+    (rank pass, dA beside dx) and r 256 (split path, dA and dB beside dx).
 
     The graph's leaves are first used on a side stream (3 warm-ups, which also resolve the tuner):
     leaves whose autograd accumulators were created by a default-stream backward can invalidate a
     later capture in PyTorch itself (stale default-stream references, pytorch/pytorch#180090)."""
-    x, W, b, A, B, s, _ = _inputs((300,), 1536, 768, 8, torch.bfloat16, "cuda", bias=train_base,
+    x, W, b, A, B, s, _ = _inputs((300,), 1536, 768, r, torch.bfloat16, "cuda", bias=train_base,
                                   train_base=train_base)
     g = torch.randn(300, 768, device="cuda").to(torch.bfloat16)
     names = [n for n, t in zip(("dx", "dW", "db", "dA", "dB"), (x, W, b, A, B)) if t is not None and t.requires_grad]

@@ -25,6 +25,7 @@ from torch import Tensor
 from samkern import inference
 from samkern.backend import on_cuda, pick_backend, register
 from samkern.checks import FLOAT_DTYPES, as_rows, check_finite, check_same_device, check_tensor
+from samkern.ops.lora.overlap import side_stream_for
 from samkern.ops.lora.ref import lora_linear_ref
 
 __all__ = ["lora_linear", "validate_lora_linear", "LoRALinearFunction", "lora_linear_triton"]
@@ -183,31 +184,54 @@ def _fwd_impl(x: Tensor, W: Tensor, b: Optional[Tensor], A: Tensor, B: Tensor, s
 
 def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tensor, scale: float,
               xd: Optional[Tensor], need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
-    """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout)."""
-    # placeholders for gradients not computed: distinct tensors (custom-op outputs may not alias)
-    dB = None
-    if _use_kernel(dy) and _rank_pass_enabled(dy, A.shape[0]):
+    """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout).
+
+    With a side stream (``overlap.py``: by default in CUDA-graph captures of small GEMMs) dB and,
+    where g_s exists before the dx GEMM, dA run on it beside dx: the same GEMMs, joined before
+    returning."""
+    kernel = _use_kernel(dy)
+    side = side_stream_for(dy, dy.shape[0] * dy.shape[1] * x.shape[1]) if kernel else None
+    xl = x if xd is None else xd
+    dA = dB = None
+    if kernel and _rank_pass_enabled(dy, A.shape[0]):
         # g_s and dB from one read of dy (rank_pass.py); dx then is the split GEMM
         from samkern.ops.lora.rank_pass import lora_rank_pass
 
         g_s, dB = lora_rank_pass(dy, B, scale, u_s)
-    elif xd is None and need_dx and _use_kernel(dy):
-        from samkern.ops.lora.triton import lora_proj_gemm
+    elif xd is None and need_dx and kernel:
+        from samkern.ops.lora.triton import FUSE_MAX_R, lora_proj_gemm
 
-        dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
-        return dx, g_s.t() @ x, dy.t() @ u_s, x.new_empty((0,))
+        if side is None or A.shape[0] <= FUSE_MAX_R:
+            # (fused candidates make g_s inside the dx GEMM: only dB can run beside it)
+            dB = side.mm(dy.t(), u_s) if side is not None else None
+            dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
+            dA = g_s.t() @ x
+            if side is None:
+                return dx, dA, dy.t() @ u_s, x.new_empty((0,))
+            side.join()
+            return dx, dA, dB, x.new_empty((0,))
+        # r > FUSE_MAX_R is always the split path (lora_proj_gemm's): its g_s GEMM here, so that
+        # dA can start before the dx GEMM
+        dB = side.mm(dy.t(), u_s)
+        g_s = _scaled_mm(dy, B, scale)
     else:
         g_s = _scaled_mm(dy, B, scale)
-    xl = x if xd is None else xd
-    dA = g_s.t() @ xl
-    if dB is None:
-        dB = dy.t() @ u_s
+    if side is not None:
+        dA = side.mm(g_s.t(), xl)
+        if dB is None:
+            dB = side.mm(dy.t(), u_s)
+    else:
+        dA = g_s.t() @ xl
+        if dB is None:
+            dB = dy.t() @ u_s
     if xd is None:
         dx = _gemm2(dy, W, g_s, A, None) if need_dx else x.new_empty((0,))
         dxd = x.new_empty((0,))
     else:
         dx = _gemm2(dy, W, None, None, None) if need_dx else x.new_empty((0,))
         dxd = g_s @ A
+    if side is not None:
+        side.join()
     return dx, dA, dB, dxd
 
 
