@@ -629,12 +629,14 @@ def test_overlap_switch(monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("order", ["side", "dx"])
 @pytest.mark.parametrize("r,dropout", [(8, False), (256, False), (8, True), (256, True)])
-def test_gpu_overlap_is_the_one_stream_result(r, dropout, monkeypatch):
+def test_gpu_overlap_is_the_one_stream_result(r, dropout, order, monkeypatch):
     """The backward's rank-r gradients forked onto a side stream (``overlap.py``, forced on in eager
     calls) give bitwise the one-stream results, and the fork really happens: dB always, dA too
     where g_s exists before the dx GEMM (r > FUSE_MAX_R, always the split path; the dropout
-    path; eagerly, r ≤ 64 goes to lora_proj_gemm, whose fused candidates make g_s with dx)."""
+    path; eagerly, r ≤ 64 goes to lora_proj_gemm, whose fused candidates make g_s with dx); with the
+    products launched at once and deferred until after the dx GEMM's launch."""
     import samkern.ops.lora.overlap as ov
 
     x, W, b, A, B, s, xd = _inputs((2, 500), 1536, 768, r, torch.bfloat16, "cuda", bias=True, dropout=dropout)
@@ -651,6 +653,7 @@ def test_gpu_overlap_is_the_one_stream_result(r, dropout, monkeypatch):
     real_mm = ov.SideStream.mm
     monkeypatch.setattr(ov.SideStream, "mm", lambda self, a, b_: forks.append(a.shape) or real_mm(self, a, b_))
     monkeypatch.setenv("SAMKERN_LORA_OVERLAP", "1")
+    monkeypatch.setenv("SAMKERN_LORA_OVERLAP_ORDER", order)
     two = grads()
     torch.cuda.synchronize()
     assert len(forks) == (2 if r > 64 or dropout else 1), forks

@@ -205,6 +205,8 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
             # (fused candidates make g_s inside the dx GEMM: only dB can run beside it)
             dB = side.mm(dy.t(), u_s) if side is not None else None
             dx, g_s = lora_proj_gemm(dy, W, B, A, scale)
+            if side is not None:
+                side.launch()
             dA = g_s.t() @ x
             if side is None:
                 return dx, dA, dy.t() @ u_s, x.new_empty((0,))
@@ -229,6 +231,8 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
         dxd = x.new_empty((0,))
     else:
         dx = _gemm2(dy, W, None, None, None) if need_dx else x.new_empty((0,))
+        if side is not None:
+            side.launch()
         dxd = g_s @ A
     if side is not None:
         side.join()

@@ -59,24 +59,47 @@ def _side_stream(device: torch.device) -> "torch.cuda.Stream":
 
 
 class SideStream:
-    """Matrix products forked onto the device's side stream, joined by :meth:`join`."""
+    """Matrix products forked onto the device's side stream, joined by :meth:`join`.
 
-    def __init__(self, device: torch.device) -> None:
+    ``defer``: queue each product (its output allocated and an event recorded on the caller's
+    stream at :meth:`mm` time) and put it on the side stream only at :meth:`launch`, which the
+    backward calls right after launching the dx GEMM, so that the dx kernel's programs reach the
+    SMs first (``SAMKERN_LORA_OVERLAP_ORDER=dx``; default ``side``: at once)."""
+
+    def __init__(self, device: torch.device, defer: bool = False) -> None:
         self.cur = torch.cuda.current_stream(device)
         self.side = _side_stream(device)
+        self.defer = defer
+        self.pending: list = []
         self.forked = False
 
     def mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         """``a @ b`` on the side stream, after everything queued so far on the caller's stream."""
-        out = torch.empty((a.shape[0], b.shape[1]), device=a.device, dtype=a.dtype)  # (the caller's stream)
-        self.side.wait_stream(self.cur)
-        with torch.cuda.stream(self.side):
-            torch.mm(a, b, out=out)
+        # allocated now, on the caller's stream: a block freed by work queued later on that stream
+        # must not go to a product that waits only for what is queued before it
+        out = torch.empty((a.shape[0], b.shape[1]), device=a.device, dtype=a.dtype)
+        if self.defer:
+            ev = torch.cuda.Event()
+            ev.record(self.cur)
+            self.pending.append((ev, a, b, out))
+        else:
+            self.side.wait_stream(self.cur)
+            with torch.cuda.stream(self.side):
+                torch.mm(a, b, out=out)
         self.forked = True
         return out
 
+    def launch(self) -> None:
+        """Put the deferred products on the side stream (each after its event)."""
+        for ev, a, b, out in self.pending:
+            self.side.wait_event(ev)
+            with torch.cuda.stream(self.side):
+                torch.mm(a, b, out=out)
+        self.pending.clear()
+
     def join(self) -> None:
         """The caller's stream waits for every product forked so far."""
+        self.launch()
         if self.forked:
             self.cur.wait_stream(self.side)
             self.forked = False
@@ -84,4 +107,6 @@ class SideStream:
 
 def side_stream_for(t: torch.Tensor, work: int) -> Optional[SideStream]:
     """A :class:`SideStream` for ``t``'s device when :func:`overlap_enabled`, else None."""
-    return SideStream(t.device) if overlap_enabled(t, work) else None
+    if not overlap_enabled(t, work):
+        return None
+    return SideStream(t.device, defer=os.environ.get("SAMKERN_LORA_OVERLAP_ORDER", "side") == "dx")
