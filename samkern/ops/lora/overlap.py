@@ -23,6 +23,13 @@ time"); ``0`` never. Why the size bound: in-process A/B at 6144 tokens (graph re
 −0.8 to +6.5 % at the wide shapes (1536→6448, 2560→10576, 5120→2560; 5120→2560 r256 646 → 688
 µs): there the side stream's GEMMs are large and take SMs from the persistent dx kernel, whose
 programs then start late.
+
+Order (``SAMKERN_LORA_OVERLAP_ORDER``): ``side`` (default) launches each product at once; ``dx``
+defers them until just after the dx GEMM's launch. An A/B of the two (``dev-runs/s32-call6-*``,
+forks at every size, fwd+bwd against one stream, at once / deferred): r256 768→3352 −1.7 / −5.0 %,
+1536→768 −3.7 / −6.3 %, 3072→1536 −0.8 / −1.2 %, but r8 1536→768 −5.7 / +0.1 % (r8's only fork is
+dA beside the rank pass's dx; at r256 dB and dA both wait). Deferring for r > 64 is the better
+order where measured; it stays a switch until a graph-capture test of it and a harness run.
 """
 from __future__ import annotations
 
