@@ -609,6 +609,53 @@ def test_gpu_tuner_offers_gluon_in_the_split_path():
     assert_close_lowp("C", out, y_hi, x2 @ W.t() + u @ B.detach().t())
 
 
+class _RecordingSide:
+    """A stand-in for ``overlap.SideStream`` on the CPU: the same products, recorded, in order."""
+
+    def __init__(self):
+        self.products, self.launched, self.joined = [], 0, 0
+
+    def mm(self, a, b):
+        self.products.append((tuple(a.shape), tuple(b.shape)))
+        return a @ b
+
+    def launch(self):
+        self.launched += 1
+
+    def join(self):
+        self.joined += 1
+
+
+@pytest.mark.parametrize("r,dropout", [(4, False), (72, False), (4, True), (72, True)])
+def test_backward_side_stream_branches(kernel_device, r, dropout, monkeypatch):
+    """``_bwd_impl``'s side-stream branches (run here with a recording stand-in, on the GPU with
+    streams): the gradients equal the one-stream ones; dA is forked as g_sᵀ x' once g_s exists
+    (the rank pass's g_s at r ≤ 16 in the interpreter, which also makes dB; the split path's g_s
+    at r > 64 and the dropout path, which fork dB = dyᵀ u_s too), and the side stream is joined once."""
+    if kernel_device == "cpu" and not INTERPRET:
+        pytest.skip("needs a GPU or TRITON_INTERPRET=1")
+    import samkern.ops.lora.function as fn
+
+    x, W, b, A, B, s, xd = _inputs((7,), 16, 24, r, torch.float32, kernel_device, dropout=dropout)
+    g = torch.randn(7, 24, device=kernel_device)
+    wrt = (x, A, B)
+
+    def grads():
+        return torch.autograd.grad(lora_linear_triton(x, W, b, A, B, s, xd), wrt, g, retain_graph=True)
+
+    monkeypatch.setattr(fn, "side_stream_for", lambda t, work: None)
+    one = grads()
+    side = _RecordingSide()
+    monkeypatch.setattr(fn, "side_stream_for", lambda t, work: side)
+    two = grads()
+    dA_fork, dB_fork = ((r, 7), (7, 16)), ((24, 7), (7, r))
+    # (r ≤ 16: the rank pass makes dB with g_s, in the interpreter as in GPU captures)
+    assert sorted(side.products) == sorted([dA_fork] if r <= 16 else [dB_fork, dA_fork]), side.products
+    assert side.joined == 1
+    for name, o, t in zip(("dx", "dA", "dB"), one, two):
+        assert_close(name + " (side stream)", t, o, 1e-6)
+
+
 def test_overlap_switch(monkeypatch):
     """SAMKERN_LORA_OVERLAP: "0" never, "1" always (CUDA tensors), "auto" only in a CUDA-graph
     capture and up to MAX_WORK; never for CPU tensors."""
