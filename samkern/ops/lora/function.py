@@ -192,7 +192,7 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
     kernel = _use_kernel(dy)
     side = side_stream_for(dy, dy.shape[0] * dy.shape[1] * x.shape[1]) if kernel else None
     xl = x if xd is None else xd
-    dA = dB = None
+    dB = None
     if kernel and _rank_pass_enabled(dy, A.shape[0]):
         # g_s and dB from one read of dy (rank_pass.py); dx then is the split GEMM
         from samkern.ops.lora.rank_pass import lora_rank_pass
