@@ -3,12 +3,17 @@
 
     ncu --profile-from-start off ... python3 scripts/gpu_ncu.py ssd 130m-B32-L192
     ncu --profile-from-start off ... python3 scripts/gpu_ncu.py lora 768 3352 8
+    ncu --profile-from-start off --graph-profiling node ... python3 scripts/gpu_ncu.py loragraph 1536 768 8
 
 Warms up (compiles, tunes) eagerly, then runs exactly one step between
 ``cudaProfilerStart`` / ``cudaProfilerStop`` so ncu sees only that step's kernels:
 ``ssd`` = one SSD fwd+bwd (bench_ssd inputs), ``ssdfwd`` = the SSD inference forward alone
 (the sequence split at long rows), ``lora`` = one LoRA fwd+bwd at 6144 tokens
-(bf16, frozen base) and the plain cuBLAS base GEMM beside it.
+(bf16, frozen base) and the plain cuBLAS base GEMM beside it; ``loragraph`` = the same step
+captured in a CUDA graph and replayed, so the kernels are the graph-timed tuner's choices (the
+harness's graph column: the Gluon 192 × 192 kernel at the narrow shapes, the rank pass, the side
+stream), which an eager step does not run. Profile it with ``NCU_EXTRA="--graph-profiling node"``
+(``scripts/gpu_ncu.sh``), so that ncu reports the graph's kernels one by one.
 """
 from __future__ import annotations
 
@@ -45,10 +50,27 @@ def lora_step(K: int, N: int, r: int):
     return run
 
 
+def graph_step(step):
+    """``step`` captured in a CUDA graph (after eager warm-ups on a side stream, where the tuners
+    decide), returned as its replay."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    return graph.replay
+
+
 def main() -> None:
     what = sys.argv[1]
     if what in ("ssd", "ssdfwd"):
         step = ssd_step(sys.argv[2], grad=what == "ssd")
+    elif what == "loragraph":
+        step = graph_step(lora_step(*map(int, sys.argv[2:5])))
     else:
         step = lora_step(*map(int, sys.argv[2:5]))
     for _ in range(3):
