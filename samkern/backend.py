@@ -18,7 +18,7 @@ from typing import Callable, Dict, Iterable, Mapping, Optional, Tuple, Union
 import torch
 
 __all__ = ["BACKENDS", "pick_backend", "register", "available_backends", "triton_float_verifier", "num_sms",
-           "row_stride_unit", "row_strides", "graph_replay_ms",
+           "row_stride_unit", "row_strides", "graph_replay_ms", "capture_graph",
            "tuning_from_env", "next_pow2", "cdiv"]
 
 log = logging.getLogger("samkern")
@@ -125,6 +125,15 @@ def graph_replay_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100, 
     Raises what the capture raises (a RuntimeError when ``fn`` cannot be captured)."""
     from triton.testing import do_bench
 
+    graph = capture_graph(fn, side_warmups, capture_error_mode)
+    torch.cuda.synchronize()
+    return do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+
+
+def capture_graph(fn: Callable[[], object], side_warmups: int = 3,
+                  capture_error_mode: str = "global") -> "torch.cuda.CUDAGraph":
+    """``fn`` captured in a CUDA graph after ``side_warmups`` calls on a side stream (lazy
+    initialisation and tuning happen there, outside the capture)."""
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -134,8 +143,7 @@ def graph_replay_ms(fn: Callable[[], object], warmup: int = 25, rep: int = 100, 
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, capture_error_mode=capture_error_mode):
         fn()
-    torch.cuda.synchronize()
-    return do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+    return graph
 
 
 def tuning_from_env(var: str, table: dict) -> dict:

@@ -130,6 +130,7 @@ def e2e(deadline: float, graph: bool = False) -> None:
     from triton.testing import do_bench
 
     import samkern.ops.lora.triton as TK
+    from samkern.backend import capture_graph
     from samkern.ops.lora.function import lora_linear
 
     cands = _load_candidates()
@@ -144,15 +145,7 @@ def e2e(deadline: float, graph: bool = False) -> None:
         return 1e3 * do_bench(fn, warmup=10, rep=50, return_mode="median")
 
     def gbench(fn):
-        s = torch.cuda.Stream()
-        s.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(s):
-            for _ in range(3):
-                fn()
-        torch.cuda.current_stream().wait_stream(s)
-        g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g):
-            fn()
+        g = capture_graph(fn)
         torch.cuda.synchronize()
         return 1e3 * do_bench(g.replay, warmup=10, rep=50, return_mode="median")
 

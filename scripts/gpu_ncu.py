@@ -50,27 +50,14 @@ def lora_step(K: int, N: int, r: int):
     return run
 
 
-def graph_step(step):
-    """``step`` captured in a CUDA graph (after eager warm-ups on a side stream, where the tuners
-    decide), returned as its replay."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for _ in range(3):
-            step()
-    torch.cuda.current_stream().wait_stream(side)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
-    return graph.replay
-
-
 def main() -> None:
     what = sys.argv[1]
     if what in ("ssd", "ssdfwd"):
         step = ssd_step(sys.argv[2], grad=what == "ssd")
     elif what == "loragraph":
-        step = graph_step(lora_step(*map(int, sys.argv[2:5])))
+        from samkern.backend import capture_graph
+
+        step = capture_graph(lora_step(*map(int, sys.argv[2:5]))).replay
     else:
         step = lora_step(*map(int, sys.argv[2:5]))
     for _ in range(3):
