@@ -209,8 +209,9 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
                 side.launch()
             dA = g_s.t() @ x
             if side is None:
-                return dx, dA, dy.t() @ u_s, x.new_empty((0,))
-            side.join()
+                dB = dy.t() @ u_s
+            else:
+                side.join()
             return dx, dA, dB, x.new_empty((0,))
         # r > FUSE_MAX_R is always the split path (lora_proj_gemm's): its g_s GEMM here, so that
         # dA can start before the dx GEMM
@@ -218,14 +219,10 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
         g_s = _scaled_mm(dy, B, scale)
     else:
         g_s = _scaled_mm(dy, B, scale)
-    if side is not None:
-        dA = side.mm(g_s.t(), xl)
-        if dB is None:
-            dB = side.mm(dy.t(), u_s)
-    else:
-        dA = g_s.t() @ xl
-        if dB is None:
-            dB = dy.t() @ u_s
+    mm = side.mm if side is not None else torch.mm
+    dA = mm(g_s.t(), xl)
+    if dB is None:
+        dB = mm(dy.t(), u_s)
     if xd is None:
         dx = _gemm2(dy, W, g_s, A, None) if need_dx else x.new_empty((0,))
         dxd = x.new_empty((0,))
