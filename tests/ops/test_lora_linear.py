@@ -643,10 +643,10 @@ def test_backward_side_stream_branches(kernel_device, r, dropout, monkeypatch):
     def grads():
         return torch.autograd.grad(lora_linear_triton(x, W, b, A, B, s, xd), wrt, g, retain_graph=True)
 
-    monkeypatch.setattr(fn, "side_stream_for", lambda t, work: None)
+    monkeypatch.setattr(fn, "side_stream_for", lambda t, work, rank: None)
     one = grads()
     side = _RecordingSide()
-    monkeypatch.setattr(fn, "side_stream_for", lambda t, work: side)
+    monkeypatch.setattr(fn, "side_stream_for", lambda t, work, rank: side)
     two = grads()
     dA_fork, dB_fork = ((r, 7), (7, 16)), ((24, 7), (7, r))
     # (r ≤ 16: the rank pass makes dB with g_s, in the interpreter as in GPU captures)
@@ -675,8 +675,26 @@ def test_overlap_switch(monkeypatch):
             assert not ov.overlap_enabled(cpu_t, small)
 
 
+def test_overlap_order(monkeypatch):
+    """SAMKERN_LORA_OVERLAP_ORDER: "auto" (default) defers the forks past the dx launch above
+    FUSE_MAX_R only, "side" never, "dx" always; anything else is an error."""
+    import samkern.ops.lora.overlap as ov
+    from samkern.ops.lora.triton import FUSE_MAX_R
+
+    for order, want in ((None, (False, True)), ("auto", (False, True)), ("side", (False, False)),
+                        ("dx", (True, True))):
+        if order is None:
+            monkeypatch.delenv("SAMKERN_LORA_OVERLAP_ORDER", raising=False)
+        else:
+            monkeypatch.setenv("SAMKERN_LORA_OVERLAP_ORDER", order)
+        assert (ov.defer_for(FUSE_MAX_R), ov.defer_for(FUSE_MAX_R + 1)) == want, order
+    monkeypatch.setenv("SAMKERN_LORA_OVERLAP_ORDER", "late")
+    with pytest.raises(ValueError, match="auto, side or dx"):
+        ov.defer_for(8)
+
+
 @pytest.mark.gpu
-@pytest.mark.parametrize("order", ["side", "dx"])
+@pytest.mark.parametrize("order", ["side", "dx", "auto"])
 @pytest.mark.parametrize("r,dropout", [(8, False), (256, False), (8, True), (256, True)])
 def test_gpu_overlap_is_the_one_stream_result(r, dropout, order, monkeypatch):
     """The backward's rank-r gradients forked onto a side stream (``overlap.py``, forced on in eager

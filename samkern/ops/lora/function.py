@@ -190,7 +190,7 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
     where g_s exists before the dx GEMM, dA run on it beside dx: the same GEMMs, joined before
     returning."""
     kernel = _use_kernel(dy)
-    side = side_stream_for(dy, dy.shape[0] * dy.shape[1] * x.shape[1]) if kernel else None
+    side = side_stream_for(dy, dy.shape[0] * dy.shape[1] * x.shape[1], A.shape[0]) if kernel else None
     xl = x if xd is None else xd
     dB = None
     if kernel and _rank_pass_enabled(dy, A.shape[0]):

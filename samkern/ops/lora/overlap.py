@@ -24,12 +24,12 @@ time"); ``0`` never. Why the size bound: in-process A/B at 6144 tokens (graph re
 µs): there the side stream's GEMMs are large and take SMs from the persistent dx kernel, whose
 programs then start late.
 
-Order (``SAMKERN_LORA_OVERLAP_ORDER``): ``side`` (default) launches each product at once; ``dx``
-defers them until just after the dx GEMM's launch. An A/B of the two (``dev-runs/s32-call6-*``,
-forks at every size, fwd+bwd against one stream, at once / deferred): r256 768→3352 −1.7 / −5.0 %,
-1536→768 −3.7 / −6.3 %, 3072→1536 −0.8 / −1.2 %, but r8 1536→768 −5.7 / +0.1 % (r8's only fork is
-dA beside the rank pass's dx; at r256 dB and dA both wait). Deferring for r > 64 is the better
-order where measured; it stays a switch until a graph-capture test of it and a harness run.
+Order (``SAMKERN_LORA_OVERLAP_ORDER``): ``side`` launches each product at once; ``dx`` defers them
+until just after the dx GEMM's launch; ``auto`` (default) defers at ranks above ``FUSE_MAX_R``
+(the split path, where dB and dA both wait) and launches at once below. An A/B of the two
+(``dev-runs/s32-call6-*``, forks at every size, fwd+bwd against one stream, at once / deferred):
+r256 768→3352 −1.7 / −5.0 %, 1536→768 −3.7 / −6.3 %, 3072→1536 −0.8 / −1.2 %, but r8 1536→768
+−5.7 / +0.1 % (r8's only fork is dA beside the rank pass's dx).
 """
 from __future__ import annotations
 
@@ -38,7 +38,7 @@ from typing import Dict, Optional
 
 import torch
 
-__all__ = ["SideStream", "overlap_enabled", "side_stream_for"]
+__all__ = ["SideStream", "defer_for", "overlap_enabled", "side_stream_for"]
 
 _STREAMS: Dict[int, "torch.cuda.Stream"] = {}
 
@@ -71,7 +71,7 @@ class SideStream:
     ``defer``: queue each product (its output allocated and an event recorded on the caller's
     stream at :meth:`mm` time) and put it on the side stream only at :meth:`launch`, which the
     backward calls right after launching the dx GEMM, so that the dx kernel's programs reach the
-    SMs first (``SAMKERN_LORA_OVERLAP_ORDER=dx``; default ``side``: at once)."""
+    SMs first (``defer_for`` says when)."""
 
     def __init__(self, device: torch.device, defer: bool = False) -> None:
         self.cur = torch.cuda.current_stream(device)
@@ -112,8 +112,20 @@ class SideStream:
             self.forked = False
 
 
-def side_stream_for(t: torch.Tensor, work: int) -> Optional[SideStream]:
-    """A :class:`SideStream` for ``t``'s device when :func:`overlap_enabled`, else None."""
+def defer_for(rank: int) -> bool:
+    """Whether the forks of a rank-``rank`` backward wait for the dx GEMM's launch
+    (``SAMKERN_LORA_OVERLAP_ORDER``, module docstring)."""
+    from samkern.ops.lora.triton import FUSE_MAX_R
+
+    order = os.environ.get("SAMKERN_LORA_OVERLAP_ORDER", "auto")
+    if order not in ("auto", "side", "dx"):
+        raise ValueError(f"SAMKERN_LORA_OVERLAP_ORDER must be auto, side or dx, got {order!r}")
+    return order == "dx" or (order == "auto" and rank > FUSE_MAX_R)
+
+
+def side_stream_for(t: torch.Tensor, work: int, rank: int) -> Optional[SideStream]:
+    """A :class:`SideStream` for ``t``'s device when :func:`overlap_enabled`, else None; its
+    products deferred per :func:`defer_for`."""
     if not overlap_enabled(t, work):
         return None
-    return SideStream(t.device, defer=os.environ.get("SAMKERN_LORA_OVERLAP_ORDER", "side") == "dx")
+    return SideStream(t.device, defer=defer_for(rank))
