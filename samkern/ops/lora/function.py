@@ -186,9 +186,9 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
               xd: Optional[Tensor], need_dx: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """-> dx (M, K) (or (0,) when not needed), dA (r, K), dB (N, r), dxd (M, K) (or (0,) without dropout).
 
-    With a side stream (``overlap.py``: by default in CUDA-graph captures of small GEMMs) dB (or
-    the rank pass's sum of its partials) and, where g_s exists before the dx GEMM, dA run on it
-    beside dx: the same kernels, joined before returning."""
+    With a side stream (``overlap.py``: by default in CUDA-graph captures of small GEMMs) dB and,
+    where g_s exists before the dx GEMM, dA run on it beside dx: the same GEMMs, joined before
+    returning."""
     kernel = _use_kernel(dy)
     side = side_stream_for(dy, dy.shape[0] * dy.shape[1] * x.shape[1], A.shape[0]) if kernel else None
     xl = x if xd is None else xd
@@ -197,7 +197,7 @@ def _bwd_impl(dy: Tensor, x: Tensor, W: Tensor, A: Tensor, B: Tensor, u_s: Tenso
         # g_s and dB from one read of dy (rank_pass.py); dx then is the split GEMM
         from samkern.ops.lora.rank_pass import lora_rank_pass
 
-        g_s, dB = lora_rank_pass(dy, B, scale, u_s, side=side)
+        g_s, dB = lora_rank_pass(dy, B, scale, u_s)
     elif xd is None and need_dx and kernel:
         from samkern.ops.lora.triton import FUSE_MAX_R, lora_proj_gemm
 

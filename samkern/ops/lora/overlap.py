@@ -78,7 +78,6 @@ class SideStream:
         self.side = _side_stream(device)
         self.defer = defer
         self.pending: list = []
-        self.keep: list = []
         self.forked = False
 
     def mm(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -86,30 +85,23 @@ class SideStream:
         # allocated now, on the caller's stream: a block freed by work queued later on that stream
         # must not go to a product that waits only for what is queued before it
         out = torch.empty((a.shape[0], b.shape[1]), device=a.device, dtype=a.dtype)
-        self.run(lambda: torch.mm(a, b, out=out))
-        return out
-
-    def run(self, launch, *keep: torch.Tensor) -> None:
-        """``launch()`` (kernels it queues on the current stream, into outputs the caller allocated
-        on its stream) on the side stream, after everything queued so far on the caller's stream;
-        ``keep``: tensors it reads that the caller does not hold, kept alive until :meth:`join`."""
-        self.keep.extend(keep)
         if self.defer:
             ev = torch.cuda.Event()
             ev.record(self.cur)
-            self.pending.append((ev, launch))
+            self.pending.append((ev, a, b, out))
         else:
             self.side.wait_stream(self.cur)
             with torch.cuda.stream(self.side):
-                launch()
+                torch.mm(a, b, out=out)
         self.forked = True
+        return out
 
     def launch(self) -> None:
         """Put the deferred products on the side stream (each after its event)."""
-        for ev, launch in self.pending:
+        for ev, a, b, out in self.pending:
             self.side.wait_event(ev)
             with torch.cuda.stream(self.side):
-                launch()
+                torch.mm(a, b, out=out)
         self.pending.clear()
 
     def join(self) -> None:
@@ -118,7 +110,6 @@ class SideStream:
         if self.forked:
             self.cur.wait_stream(self.side)
             self.forked = False
-        self.keep.clear()  # (freed on the caller's stream, now ordered after the side stream's reads)
 
 
 def defer_for(rank: int) -> bool:

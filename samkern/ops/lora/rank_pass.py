@@ -10,15 +10,10 @@ runs as two skinny GEMMs, one with a split-K reduction kernel: 48 us of a 183 us
 768→3352 r8 on an H100 (``benchmarks/results/dev-runs/s23-call4-lora-profile.log``), where one
 read of dy at the HBM rate would take ~13 us. Here program ``(row block, column split)`` streams
 its tiles of ``a`` once and feeds each to two MMAs: ``a P`` accumulates over its columns in
-registers, ``aᵀ U`` is one [BLOCK_N, r] result per tile. Both sums are completed from fp32
-partials in a fixed order: g's column splits by the row block's last split to finish (one counter
-per row block), so that g is complete when the pass ends, and d's row blocks by a small second
-launch, which the backward puts on its side stream (``overlap.py``) beside the dx GEMM. No atomics
-on values (the counters only pick who sums): bitwise reproducible. The partials cost
-``4 r / (2 BLOCK_M)`` of the bytes of ``a`` for d (6.25 % at r = 8 with 256-row blocks) and a few
-column splits' worth of g. (Until session 33 one second launch summed both, and the dx GEMM
-waited for it: 9.8 us of a 79 us fwd+bwd at 1536→768 r8 under Nsight Compute,
-``dev-runs/s33-call2-ncu-*``.)
+registers, ``aᵀ U`` is one [BLOCK_N, r] result per tile. Both sums are completed by a second,
+small launch from fp32 partials (column splits for g, row blocks for d) in a fixed order: no
+atomics, bitwise reproducible. The partials cost ``4 r / (2 BLOCK_M)`` of the bytes of ``a``
+for d (6.25 % at r = 8 with 256-row blocks) and a few column splits' worth of g.
 
 Measured (H100, graph replays with the L2 flushed, 6144 tokens, r = 8, ``dev-runs/s26-call2``):
 g + d 38.4 us vs cuBLAS's two calls 47.6 at 3352 columns, 79.6 vs 112.6 at 10576, 17.2 vs 18.6
@@ -60,18 +55,15 @@ SUM_SPLITS = 8  # partials loaded per step there (one dependent load per partial
 
 @triton.jit
 def _rank_pass_kernel(
-    a_ptr, p_ptr, u_ptr, g_ptr, gpart_ptr, dpart_ptr, count_ptr,
-    M, N, COLS_PER_PROG, N_SPLIT, scale,
+    a_ptr, p_ptr, u_ptr, gpart_ptr, dpart_ptr,
+    M, N, COLS_PER_PROG,
     s_am, s_an, s_pn, s_pr, s_um, s_ur,
     R: tl.constexpr, HAS_U: tl.constexpr, COL_WRAP: tl.constexpr, PREC: tl.constexpr, RS: tl.constexpr,
-    RSPN: tl.constexpr, RSPR: tl.constexpr, SPLIT_G: tl.constexpr,
+    RSPN: tl.constexpr, RSPR: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr,
 ):
-    """Program (row block, column split): its g partial [BLOCK_M, R], and with U one d partial
-    [BLOCK_N, R] per column block at ``dpart[row block]`` (fp32, rows of R). With ``SPLIT_G``
-    (N_SPLIT > 1 column splits) the partial goes to ``gpart[split]`` and the row block's last
-    split to finish (``count``: one counter per row block, zero at launch) sums all of them in
-    split order and stores g = scale · Σ; with one split the program stores g itself.
+    """Program (row block, column split): g partial [BLOCK_M, R] at ``gpart[split]``, and with U
+    one d partial [BLOCK_N, R] per column block at ``dpart[row block]`` (fp32, rows of R).
     RS / RSPN, RSPR: ``a``'s row stride and P's non-unit stride come divided by these constexprs
     (``samkern.backend.row_stride_unit``): B's rows of r = 8 elements, or Aᵀ's columns of
     K = 3352, would otherwise be read 2 bytes at a time by synchronous loads that stall every
@@ -104,39 +96,32 @@ def _rank_pass_kernel(
             d = tl.dot(tl.trans(a), u, input_precision=PREC)
             dst = (pid_m * N + offs_n).to(tl.int64) * R
             tl.store(dpart_ptr + dst[:, None] + offs_r[None, :], d, mask=mn[:, None] & mr[None, :])
-    gmask = mm[:, None] & mr[None, :]
-    g_dst = g_ptr + offs_m.to(tl.int64)[:, None] * R + offs_r[None, :]
-    if SPLIT_G:
-        gst = (pid_c * M + offs_m).to(tl.int64) * R
-        tl.store(gpart_ptr + gst[:, None] + offs_r[None, :], g, mask=gmask)
-        # every thread's partial stored before the release; the acquire orders the last
-        # program's reads of the others' partials after their stores (read from L2: .cg)
-        tl.debug_barrier()
-        done = tl.atomic_add(count_ptr + pid_m, 1, sem="acq_rel", scope="gpu")
-        if done == N_SPLIT - 1:
-            tot = tl.zeros([BLOCK_M, BLOCK_R], dtype=tl.float32)
-            for c in range(N_SPLIT):  # split order: the sum does not depend on which finished last
-                src = (c * M + offs_m).to(tl.int64) * R
-                tot += tl.load(gpart_ptr + src[:, None] + offs_r[None, :], mask=gmask, other=0.0,
-                               cache_modifier=".cg")
-            tl.store(g_dst, (tot * scale).to(g_ptr.dtype.element_ty), mask=gmask)
-    else:
-        tl.store(g_dst, (g * scale).to(g_ptr.dtype.element_ty), mask=gmask)
+    gst = (pid_c * M + offs_m).to(tl.int64) * R
+    tl.store(gpart_ptr + gst[:, None] + offs_r[None, :], g, mask=mm[:, None] & mr[None, :])
 
 
 @triton.jit
-def _rank_pass_sum_kernel(dpart_ptr, d_ptr, LENGTH, SPLITS, BLOCK: tl.constexpr, BLOCK_S: tl.constexpr):
-    """``d = Σ_block dpart`` over LENGTH flat elements, in a fixed order (shapes only)."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    ms = offs < LENGTH
+def _rank_pass_sum_kernel(
+    gpart_ptr, dpart_ptr, g_ptr, d_ptr, G_LEN, D_LEN, G_SPLITS, D_SPLITS, G_PROGS, scale,
+    BLOCK: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    """The first G_PROGS programs: ``g = scale · Σ_split gpart`` over G_LEN flat elements; the
+    rest: ``d = Σ_block dpart`` over D_LEN. Fixed summation order (shapes only)."""
+    pid = tl.program_id(0)
+    if pid < G_PROGS:
+        part, out, length, nsplit, start, sc = gpart_ptr, g_ptr, G_LEN, G_SPLITS, pid * BLOCK, scale
+    else:
+        part, out, length, nsplit, start, sc = dpart_ptr, d_ptr, D_LEN, D_SPLITS, (pid - G_PROGS) * BLOCK, 1.0
+    offs = start + tl.arange(0, BLOCK)
+    ms = offs < length
     offs_s = tl.arange(0, BLOCK_S)
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s0 in range(0, SPLITS, BLOCK_S):
+    for s0 in range(0, nsplit, BLOCK_S):
         sp = s0 + offs_s
-        t = tl.load(dpart_ptr + sp.to(tl.int64)[:, None] * LENGTH + offs[None, :],
-                    mask=(sp < SPLITS)[:, None] & ms[None, :], other=0.0)
+        t = tl.load(part + sp.to(tl.int64)[:, None] * length + offs[None, :],
+                    mask=(sp < nsplit)[:, None] & ms[None, :], other=0.0)
         acc += tl.sum(t, axis=0)
-    tl.store(d_ptr + offs, acc.to(d_ptr.dtype.element_ty), mask=ms)
+    tl.store(out + offs, (acc * sc).to(out.dtype.element_ty), mask=ms)
 
 
 _PASS = fast_launch(_rank_pass_kernel)
@@ -184,16 +169,14 @@ def _stride_hint(elem_size: int, s0: int, s1: int) -> Tuple[Tuple[int, int], Tup
 
 def lora_rank_pass(
     a: torch.Tensor, p: torch.Tensor, scale: float, u: Optional[torch.Tensor] = None,
-    g_out: Optional[torch.Tensor] = None, splits: int = 0, side=None,
+    g_out: Optional[torch.Tensor] = None, splits: int = 0,
 ) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
     """``(g, d) = (scale · a @ p, aᵀ @ u)`` reading ``a`` once; ``d`` is None without ``u``.
 
     a (M, N) with unit column stride (``rank_pass_enabled``), p (N, r), u (M, r), any strides for
     p / u, one dtype; g (M, r) and d (N, r) come back contiguous in that dtype (fp32 sums).
     ``g_out``: a preallocated contiguous (M, r) output. ``splits`` > 0 forces the number of column
-    splits (tests); 0 = enough programs for ``PROGRAMS_PER_SM`` per SM. ``side``: an
-    ``overlap.SideStream``: d's summing launch goes there (g, which the dx GEMM waits for, is
-    complete when the pass ends; d is needed only when the backward returns)."""
+    splits (tests); 0 = enough programs for ``PROGRAMS_PER_SM`` per SM."""
     M, N = a.shape
     r = p.shape[1]
     dev, dt = a.device, a.dtype
@@ -209,15 +192,10 @@ def lora_rank_pass(
     want = splits or (PROGRAMS_PER_SM * (num_sms(dev) if dev.type == "cuda" else 4)) // n_mb
     per_prog = cdiv(n_nb, max(1, min(want, n_nb)))
     n_split = cdiv(n_nb, per_prog)
-    # the fp32 partials and (several splits) the row blocks' counters in one allocation (eager
-    # calls pay host time per allocation); the counters zeroed by one fill
-    g_len, d_len = (M * r if n_split > 1 else 0), (N * r * n_mb if u is not None else 0)
-    counters = n_mb if n_split > 1 else 0
-    part = torch.empty((n_split * g_len + d_len + counters,), device=dev, dtype=torch.float32)
-    gpart, dpart = part[:n_split * g_len], part[n_split * g_len:n_split * g_len + d_len]
-    count = part[part.numel() - counters:].view(torch.int32)
-    if counters:
-        count.zero_()
+    # both partials in one allocation (eager calls pay host time per allocation)
+    g_len, d_len = M * r, (N * r if u is not None else 0)
+    part = torch.empty((n_split * g_len + n_mb * d_len,), device=dev, dtype=torch.float32)
+    gpart, dpart = part[:n_split * g_len], (part[n_split * g_len:] if u is not None else part)
     unit = max(1, 16 // a.element_size())
     rs, (s_am,) = row_strides(a.element_size(), a.stride(0))
     # P is B (N, r) in the backward (unit column stride); a transposed view (unit row stride)
@@ -225,21 +203,17 @@ def lora_rank_pass(
     (rspn, rspr), (s_pn, s_pr) = _stride_hint(a.element_size(), p.stride(0), p.stride(1))
     uu = u if u is not None else p  # (unused without U)
     _PASS[(n_mb, n_split)](
-        a, p, uu, g, gpart if g_len else part, dpart if d_len else part, count if counters else part,
-        M, N, per_prog, n_split, float(scale), s_am, a.stride(1), s_pn, s_pr, uu.stride(0), uu.stride(1),
+        a, p, uu, gpart, dpart, M, N, per_prog, s_am, a.stride(1), s_pn, s_pr, uu.stride(0), uu.stride(1),
         R=r, HAS_U=u is not None, COL_WRAP=N % unit == 0, PREC="ieee" if dt == torch.float32 else "tf32", RS=rs,
-        RSPN=rspn, RSPR=rspr, SPLIT_G=n_split > 1,
+        RSPN=rspn, RSPR=rspr,
         BLOCK_M=bm, BLOCK_N=bn, BLOCK_R=16,
         num_warps=1 if interp else NUM_WARPS, num_stages=1 if interp else NUM_STAGES,
     )
-    if d is not None:
-        def sum_d():
-            _SUM[(cdiv(N * r, SUM_BLOCK),)](dpart, d, N * r, n_mb, BLOCK=SUM_BLOCK, BLOCK_S=SUM_SPLITS, num_warps=4)
-
-        if side is not None:
-            side.run(sum_d, part)
-        else:
-            sum_d()
+    g_progs = cdiv(g_len, SUM_BLOCK)
+    _SUM[(g_progs + cdiv(d_len, SUM_BLOCK),)](
+        gpart, dpart, g, d if d is not None else g, g_len, d_len, n_split, n_mb, g_progs, float(scale),
+        BLOCK=SUM_BLOCK, BLOCK_S=SUM_SPLITS, num_warps=4,
+    )
     if g_out is not None and g is not g_out:
         g_out.copy_(g)
         g = g_out
