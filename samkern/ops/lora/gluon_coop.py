@@ -41,7 +41,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from samkern.backend import num_sms
+from samkern.backend import num_sms, row_strides
 from samkern.launch import fast_launch
 from samkern.ops.lora.gluon import R_EPILOGUE_MAX as R_FUSED_MAX
 from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords, store_u
@@ -114,7 +114,8 @@ def _producer(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, rea
 
 
 @gluon.jit
-def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WIDTH: gl.constexpr):
+def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WIDTH: gl.constexpr,
+              SN_UNIT: gl.constexpr):
     """B2's [16, WIDTH] block at column ``col0`` (rows past r and columns past N zero) from global
     memory into ``dst`` (a staging buffer reinterpreted: [WIDTH, 16] k-contiguous when
     ``B_KMAJOR``, else [16, WIDTH]); returns it as a wgmma B operand."""
@@ -122,8 +123,13 @@ def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WID
         blk: gl.constexpr = gl.BlockedLayout([1, 8], [16, 2], [4, 1], [1, 0])
         n = col0 + gl.arange(0, WIDTH, layout=gl.SliceLayout(1, blk))
         k = gl.arange(0, 16, layout=gl.SliceLayout(0, blk))
-        mask = (n[:, None] < N) & (k[None, :] < R)
-        t = gl.load(b2_ptr + n[:, None].to(gl.int64) * b2_sn + k[None, :] * b2_sk, mask=mask, other=0.0)
+        # (in units of SN_UNIT along k: uniform over each thread's 8 elements when r is a multiple
+        # of 8, so the mask does not split the vector load)
+        mask = (n[:, None] < N) & ((k[None, :] // SN_UNIT) < (R // SN_UNIT))
+        # (b2_sn comes divided by SN_UNIT: B's rows of r = 8 elements are 16 bytes, which Triton cannot
+        # see in a runtime stride of 8, so each element became a 2-byte load: 87 % of the kernel's
+        # L1 sectors excess under Nsight Compute, dev-runs/s33-call2)
+        t = gl.load(b2_ptr + n[:, None].to(gl.int64) * (b2_sn * SN_UNIT) + k[None, :] * b2_sk, mask=mask, other=0.0)
     else:
         blk: gl.constexpr = gl.BlockedLayout([1, 8], [1, 32], [4, 1], [1, 0])
         k = gl.arange(0, 16, layout=gl.SliceLayout(1, blk))
@@ -141,7 +147,7 @@ def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WID
 def _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, col0, N, R, cw_smem, cn_smem,
                    wide_l: gl.constexpr, narrow_l: gl.constexpr, B_KMAJOR: gl.constexpr,
                    WIDE_N: gl.constexpr, NARROW_N: gl.constexpr, B2W_LAYOUT: gl.constexpr,
-                   B2N_LAYOUT: gl.constexpr):
+                   B2N_LAYOUT: gl.constexpr, SN_UNIT: gl.constexpr):
     """``acc += u_s B2`` for this slice (``FUSE_PROJ``): B2's two column blocks through this
     consumer's free staging buffers, ``u_s = scale · acc_u`` (the tile's own projection, rounded
     to the input dtype as the stored u_s is) as a register operand, one K = 16 wgmma per
@@ -153,8 +159,8 @@ def _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, col0, N, R,
     else:
         bw_dst = cw_smem._reinterpret(dtype, [16, WIDE_N], B2W_LAYOUT)
         bn_dst = cn_smem._reinterpret(dtype, [16, NARROW_N], B2N_LAYOUT)
-    bw = _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, bw_dst, B_KMAJOR, WIDE_N)
-    bn = _b2_block(b2_ptr, b2_sk, b2_sn, col0 + WIDE_N, N, R, bn_dst, B_KMAJOR, NARROW_N)
+    bw = _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, bw_dst, B_KMAJOR, WIDE_N, SN_UNIT)
+    bn = _b2_block(b2_ptr, b2_sk, b2_sn, col0 + WIDE_N, N, R, bn_dst, B_KMAJOR, NARROW_N, SN_UNIT)
     fence_async_shared()  # the generic-proxy stores, before wgmma reads them
     gl.thread_barrier()
     # (the accumulator's registers already sit where the wgmma's A operand wants them: the
@@ -173,7 +179,8 @@ def _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, col0, N, R,
 def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu, b2_ptr,
               b2_sk, b2_sn, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
               NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
-              WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr):
+              WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr,
+              SN_UNIT: gl.constexpr):
     """Rows ``WHICH · 64`` to ``WHICH · 64 + 63`` of every tile of this program: per K step two
     async wgmmas (the slot's 128- and 64-column B blocks), the previous step's slot released once
     at most this step's two are in flight; then the slice's two blocks stored by TMA (its staging
@@ -232,7 +239,7 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
                 store_u(acc_u, u_ptr, ldu, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l, ROWS_C)
             acc_w, acc_n = _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, pid_n * BN, N, K2,
                                           cw_smem, cn_smem, wide_l, narrow_l, B_KMAJOR, WIDE_N, BN - WIDE_N,
-                                          B2W_LAYOUT, B2N_LAYOUT)
+                                          B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)
         cw_smem.store(acc_w.to(cw_desc.dtype))
         cn_smem.store(acc_n.to(cn_desc.dtype))
         fence_async_shared()
@@ -247,7 +254,7 @@ def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc,
                  b2_sk, b2_sn, scale, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
                  GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                  FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr,
-                 num_warps: gl.constexpr):
+                 SN_UNIT: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = a_desc.dtype
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BM: gl.constexpr = 3 * a_desc.block_type.shape[0]
@@ -270,13 +277,13 @@ def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc,
     gl.warp_specialize([
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
                      b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)),
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
                      b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)),
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
                      b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT)),
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)),
         (_producer, (a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, ready, empty, a_bufs, bw_bufs,
                      bn_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N, FUSE_PROJ)),
     ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
@@ -323,11 +330,15 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
     b2w_shape = [WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, WIDE]
     b2n_shape = [bn - WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, bn - WIDE]
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
+    # B2's column stride in 16-byte units where it allows (the rank epilogue's loads, _b2_block)
+    sn_unit, (b2_sn,) = row_strides(b2.element_size(), b2.stride(1)) if kmajor else (1, (b2.stride(1),))
+    if K2 % sn_unit:  # (the unit also groups the rank mask: r = 8 or 16, not r = 1)
+        sn_unit, b2_sn = 1, b2.stride(1)
     (launcher or _COOP)[(max(1, min(tiles, n_sms)),)](
         _descriptor(a1, (M, K), a1.stride(), [rows, bk], dt), right(b1, WIDE), right(b1, bn - WIDE),
         _descriptor(a2, (M, K2), a2.stride(), [rows, bk], dt), right(b2, WIDE), right(b2, bn - WIDE),
         _descriptor(out, (M, N), out.stride(), [rows, WIDE], dt),
         _descriptor(out, (M, N), out.stride(), [rows, bn - WIDE], dt), d_p, a2, a2.stride(0), b2, b2.stride(0),
-        b2.stride(1), float(scale), M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
+        b2_sn, float(scale), M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
         CONSUMER_REGS=creg, PRODUCER_REGS=preg, FUSE_PROJ=fuse, B2W_LAYOUT=_smem_layout(tuple(b2w_shape), dt),
-        B2N_LAYOUT=_smem_layout(tuple(b2n_shape), dt), num_warps=4)
+        B2N_LAYOUT=_smem_layout(tuple(b2n_shape), dt), SN_UNIT=sn_unit, num_warps=4)
