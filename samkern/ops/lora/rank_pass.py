@@ -49,7 +49,10 @@ BLOCK_N = 64
 NUM_WARPS = 8
 NUM_STAGES = 3
 PROGRAMS_PER_SM = 1  # the column split aims at this many programs per SM (98 KB of shared memory each)
-SUM_BLOCK = 1024  # flat output elements per program of the summing launch
+# flat output elements per program of the summing launch: 256 rather than 1024 (4x the programs,
+# each a quarter of the serial loads) took graph fwd+bwd 78.8 -> 76.3 us at 1536->768 r8, 162.3 ->
+# 157.9 at 768->3352 (in-process A/B, three rounds, dev-runs/s33-call6-lora-const-ab.*)
+SUM_BLOCK = 256
 SUM_SPLITS = 8  # partials loaded per step there (one dependent load per partial is latency-bound)
 
 
