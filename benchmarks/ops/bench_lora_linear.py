@@ -9,7 +9,10 @@ Providers per (K→N, r):
 
 FLOPs counted (T tokens): fwd = 2TNK + 2Tr(K+N); fwd+bwd with frozen W adds dx's 2TNK + 2Tr(N+K)
 (dy B, then g A) + dA's 2TrK + dB's 2TrN, i.e. 4TNK + 6Tr(K+N) in all. ``pct_of_cublas`` in the
-row's extra is the row's TFLOP/s over the plain GEMM's (targets: fwd ≥ 90%, fwd+bwd ≥ 85%).
+row's extra is the row's TFLOP/s over the plain GEMM's (targets: fwd ≥ 90%, fwd+bwd ≥ 85%);
+``kernels`` / ``eager_kernels`` (samkern rows) are the LoRA tuner's decisions this row added, by
+GPU time (the graph column's kernels) and by eager wall time: rows near a target flip between runs
+with the tuner's choice among close candidates, and this says which one ran.
 
 Run: ``pytest benchmarks/ops/bench_lora_linear.py --benchmark``.
 """
@@ -40,6 +43,13 @@ def make_operands(K: int, N: int, r: int, tokens: int = T):
 def peft_style(x, W, A, B, s: float):
     """The unfused baseline: what peft's LoRA layer computes, with PyTorch autograd."""
     return F.linear(x, W) + F.linear(F.linear(x, A), B) * s
+
+
+def _choices():
+    """The LoRA tuner's decisions so far, (by GPU time, by eager wall time), keys and choices as text."""
+    from samkern.ops.lora.triton import tuning_choices
+
+    return tuple({str(k): str(v) for k, v in tuning_choices(eager=e).items()} for e in (False, True))
 
 
 def _base_tflops(results, K: int, N: int) -> float:
@@ -74,7 +84,12 @@ def test_lora_linear(K, N, r, provider, results):
         "fwdbwd": lambda: torch.autograd.grad(call(), (x, A, B), g),
     }
     for mode, fn in fns.items():
+        seen = _choices()
         with torch.no_grad() if mode == "fwd" else torch.enable_grad():
             row = results.time(op="lora_linear", shape=f"T{T}-{K}x{N}-r{r}", provider=provider, mode=mode, fn=fn,
                                flops=flops[mode])
         row.extra["pct_of_cublas"] = round(100 * row.tflops / base, 1)
+        if provider == "samkern":
+            now = _choices()
+            for name, i in (("kernels", 0), ("eager_kernels", 1)):
+                row.extra[name] = {k: v for k, v in now[i].items() if seen[i].get(k) != v}
