@@ -401,6 +401,21 @@ def test_gpu_sam_shapes_bf16_rank_pass(K, N, monkeypatch):
     _check_sam_shape(K, N, 8)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("r", [8, 256])
+def test_gpu_own_kernels_only(r, monkeypatch):
+    """``SAMKERN_LORA_GEMM=own``: the tuner offers only kernels that make the rank term in the same
+    pass over the activation and the output (no split path below FUSE_MAX_R, no cuBLAS two-call
+    composite), and the results hold by the 2x rule."""
+    from samkern.ops.lora import triton as lt
+
+    monkeypatch.setenv("SAMKERN_LORA_GEMM", "own")
+    _check_sam_shape(3072, 1536, r)
+    own = [v for d in (lt.tuning_choices(), lt.tuning_choices(eager=True)) for k, v in d.items() if k[9] == "own"]
+    assert own, "no tuner decision was made in the 'own' mode"
+    assert all(v[0] != "cublas" and (v[0] != "split" or r > lt.FUSE_MAX_R) for v in own), own
+
+
 def _check_sam_shape(K, N, r):
     T = 2 * 1111  # odd-ish token count: tile edges in M
     x, W, b, A, B, s, _ = _inputs((2, T // 2), K, N, r, torch.bfloat16, "cuda", bias=(K == 1536))

@@ -592,7 +592,8 @@ def lora_gemm(
     num_stages, optionally persistent/flatten) if given, a fixed small config in the interpreter,
     else the tuner: the first eager call of each (token bucket, N, K1, K2, layout, dtype) times the
     candidate tiles, plus the two-call cuBLAS composite when ``SAMKERN_LORA_GEMM`` is ``auto``
-    (default), and keeps the fastest. A call made while a CUDA graph is being captured never tunes
+    (default), and keeps the fastest; ``own`` offers only the kernels that make the rank term in the
+    same pass (no composite, and for ``lora_proj_gemm`` at r <= FUSE_MAX_R no split path). A call made while a CUDA graph is being captured never tunes
     (it takes the first candidate): warm up eagerly before capturing. ``path`` forces "triton" or
     "cublas".
     """
@@ -748,7 +749,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     # the fused projection (they make u_s / g_s themselves; their programs wait on each other, so
     # only on a whole GPU: _whole_gpu)
     gluon_ok = (layout is not None and has_lora and bias is None and a1.dtype in (torch.bfloat16, torch.float16)
-                and mode == "auto" and (not fusable or (K2 <= GLUON_FUSE_MAX_R and _whole_gpu()))
+                and mode in ("auto", "own") and (not fusable or (K2 <= GLUON_FUSE_MAX_R and _whole_gpu()))
                 and _gluon_enabled(a1.device))
     key = (a1.device.index, a1.dtype, kind, layout if layout is not None else (b1.stride(0) == 1),
            _m_bucket(M), N, K1, K2, bias is not None, mode, gluon_ok, fusable)
@@ -757,7 +758,9 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
     choice = (_CHOICE if by_gpu else _EAGER_CHOICE).get(key)
     if choice is None:
         # candidates are built only on a miss: a tuned call's host path stays short
-        cands = [] if not fusable else [("split", None)]  # first: what an untuned capture runs
+        # first: what an untuned capture runs; "own" (SAMKERN_LORA_GEMM): only kernels that make the
+        # rank term in the same pass over a1 and C (no split path, no cuBLAS composite)
+        cands = [] if not fusable or mode == "own" else [("split", None)]
         cands += [(kind + sfx, c) for c in _prune(TMA_CANDIDATES if layout is not None else PTR_CANDIDATES, M, N)]
         if layout is not None and 0 < K2 <= PTMA_MAX_R:
             cands += [("ptma" + sfx, c) for c in _prune(PTMA_CANDIDATES, M, N)]
