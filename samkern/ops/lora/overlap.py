@@ -29,7 +29,9 @@ until just after the dx GEMM's launch; ``auto`` (default) defers at ranks above 
 (the split path, where dB and dA both wait) and launches at once below. An A/B of the two
 (``dev-runs/s32-call6-*``, forks at every size, fwd+bwd against one stream, at once / deferred):
 r256 768→3352 −1.7 / −5.0 %, 1536→768 −3.7 / −6.3 %, 3072→1536 −0.8 / −1.2 %, but r8 1536→768
-−5.7 / +0.1 % (r8's only fork is dA beside the rank pass's dx).
+−5.7 / +0.1 % (r8's only fork is dA beside the rank pass's dx). ``auto`` became the default in
+session 33 after the graph-capture tests passed with it and a same-process A/B repeated the
+gain (``dev-runs/s33-call1-*``: 768→3352 r256 199.5 → 194.3 µs, 1536→768 r256 109.2 → 105.7).
 """
 from __future__ import annotations
 
