@@ -690,6 +690,21 @@ def test_overlap_switch(monkeypatch):
             assert not ov.overlap_enabled(cpu_t, small)
 
 
+def test_gemm_mode_is_checked(monkeypatch):
+    """SAMKERN_LORA_GEMM takes auto / triton / cublas / own; anything else is an error, not a
+    silent fallback."""
+    from samkern.ops.lora import triton as lt
+
+    monkeypatch.delenv("SAMKERN_LORA_GEMM", raising=False)
+    assert lt.gemm_mode() == "auto" and lt.gemm_mode("cublas") == "cublas"
+    for mode in lt.GEMM_MODES:
+        monkeypatch.setenv("SAMKERN_LORA_GEMM", mode)
+        assert lt.gemm_mode() == mode
+    monkeypatch.setenv("SAMKERN_LORA_GEMM", "onw")
+    with pytest.raises(ValueError, match="auto, triton, cublas, own"):
+        lt.gemm_mode()
+
+
 def test_overlap_order(monkeypatch):
     """SAMKERN_LORA_OVERLAP_ORDER: "auto" (default) defers the forks past the dx launch above
     FUSE_MAX_R only, "side" never, "dx" always; anything else is an error."""

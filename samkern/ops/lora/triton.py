@@ -561,6 +561,18 @@ def _wall_ms(fn, calls: int = 20, bursts: int = 3) -> float:
     return best
 
 
+GEMM_MODES = ("auto", "triton", "cublas", "own")
+
+
+def gemm_mode(path: Optional[str] = None) -> str:
+    """``path`` or ``SAMKERN_LORA_GEMM`` (default ``auto``), checked: a misspelt mode would
+    otherwise run as ``triton`` without a word (``lora_gemm``'s docstring has what each means)."""
+    mode = path or os.environ.get("SAMKERN_LORA_GEMM", "auto")
+    if mode not in GEMM_MODES:
+        raise ValueError(f"SAMKERN_LORA_GEMM (or path) must be one of {', '.join(GEMM_MODES)}, got {mode!r}")
+    return mode
+
+
 def _capturing(t: torch.Tensor) -> bool:
     return t.is_cuda and torch.cuda.is_current_stream_capturing()
 
@@ -739,7 +751,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
         run((kind + sfx, _INTERPRET_CONFIG))
         return
 
-    mode = path or os.environ.get("SAMKERN_LORA_GEMM", "auto")
+    mode = gemm_mode(path)
     if mode == "cublas" or (a1.dtype == torch.float32 and mode == "auto"):
         # fp32: Triton's exact-fp32 dot is emulated and slow; cuBLAS is the better fp32 engine
         run(("split", None) if fusable else ("cublas", None), remember=True)
