@@ -72,24 +72,32 @@ class _Capped:
         return lambda *a, **kw: self.fn[grid](*a, **kw, maxnreg=self.cap)
 
 
-def build(name: str):
-    """The bwd module with the chunk kernel edited as ``VARIANTS[name]`` says, loaded from a file
-    (Triton reads kernel sources with ``inspect``)."""
-    src = open(bwd_mod.__file__).read()
-    start = src.index("def _ssd_bwd_chunk_kernel(")
-    stop = src.index("_CHUNK = fast_launch(_ssd_bwd_chunk_kernel)")
+def load_edited(module, edits, name: str, region: tuple = ("", "")):
+    """``module``'s source with each ``(old, new)`` of ``edits`` applied (each ``old`` must occur
+    once, within ``region``: the text from its start marker up to its stop marker, the whole file
+    for empty markers), loaded as a new module from a file (Triton reads kernel sources with
+    ``inspect``). Shared by this script and ``gpu_ssd_fwd_ablate.py``."""
+    src = open(module.__file__).read()
+    start = src.index(region[0]) if region[0] else 0
+    stop = src.index(region[1]) if region[1] else len(src)
     body = src[start:stop]
-    for old, new in VARIANTS[name]:
+    for old, new in edits:
         if body.count(old) != 1:
             raise RuntimeError(f"variant {name}: edit target not found once: {old.strip()[:60]!r}")
         body = body.replace(old, new)
-    path = os.path.join(tempfile.mkdtemp(prefix=f"ssd_abl_{name}_"), f"ssd_abl_{name}.py")
+    path = os.path.join(tempfile.mkdtemp(prefix=f"{name}_"), f"{name}.py")
     with open(path, "w") as f:
         f.write(src[:start] + body + src[stop:])
-    spec = importlib.util.spec_from_file_location(f"ssd_abl_{name}", path)
+    spec = importlib.util.spec_from_file_location(name, path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def build(name: str):
+    """The bwd module with the chunk kernel edited as ``VARIANTS[name]`` says."""
+    return load_edited(bwd_mod, VARIANTS[name], f"ssd_abl_{name}",
+                       ("def _ssd_bwd_chunk_kernel(", "_CHUNK = fast_launch(_ssd_bwd_chunk_kernel)"))
 
 
 def offline() -> None:

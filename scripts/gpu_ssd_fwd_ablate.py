@@ -21,13 +21,12 @@ Run (device): ``PYTHONPATH=$PWD:$PYTHONPATH python3 scripts/gpu_ssd_fwd_ablate.p
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
-import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # (gpu_ssd_ablate)
 
 import samkern.ops.ssd.fwd as fwd_mod  # noqa: E402
 
@@ -43,18 +42,10 @@ VARIANTS = {
 
 
 def build(name: str):
-    """fwd.py with the kernel's ``C Bᵀ`` line replaced as ``VARIANTS[name]`` says, loaded from a
-    file (Triton reads kernel sources with ``inspect``)."""
-    src = open(fwd_mod.__file__).read()
-    if src.count(_CB) != 1:
-        raise RuntimeError("the C Bᵀ line was not found once in fwd.py")
-    path = os.path.join(tempfile.mkdtemp(prefix=f"ssd_fwd_{name}_"), f"ssd_fwd_{name}.py")
-    with open(path, "w") as f:
-        f.write(src.replace(_CB, VARIANTS[name]))
-    spec = importlib.util.spec_from_file_location(f"ssd_fwd_{name}", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    """fwd.py with the kernel's ``C Bᵀ`` line replaced as ``VARIANTS[name]`` says."""
+    from gpu_ssd_ablate import load_edited
+
+    return load_edited(fwd_mod, [(_CB, VARIANTS[name])], f"ssd_fwd_{name}")
 
 
 def chunk_products(B, C, Q: int):

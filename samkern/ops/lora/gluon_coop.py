@@ -41,7 +41,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (
     fence_async_shared, mbarrier, tma, warpgroup_mma, warpgroup_mma_wait)
 
-from samkern.backend import num_sms, row_strides
+from samkern.backend import num_sms, row_stride_unit
 from samkern.launch import fast_launch
 from samkern.ops.lora.gluon import R_EPILOGUE_MAX as R_FUSED_MAX
 from samkern.ops.lora.gluon import _descriptor, _gl_dtype, _smem_layout, _tile_coords, store_u
@@ -331,9 +331,10 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
     b2n_shape = [bn - WIDE, R_FUSED_MAX] if kmajor else [R_FUSED_MAX, bn - WIDE]
     n_sms = num_sms(a1.device) if a1.device.type == "cuda" else 132
     # B2's column stride in 16-byte units where it allows (the rank epilogue's loads, _b2_block)
-    sn_unit, (b2_sn,) = row_strides(b2.element_size(), b2.stride(1)) if kmajor else (1, (b2.stride(1),))
-    if K2 % sn_unit:  # (the unit also groups the rank mask: r = 8 or 16, not r = 1)
-        sn_unit, b2_sn = 1, b2.stride(1)
+    # (the unit also groups the rank mask: only for r a multiple of it, 8 or 16, not r = 1)
+    sn_unit = row_stride_unit(b2.element_size(), b2.stride(1)) if kmajor else 1
+    sn_unit = sn_unit if K2 % sn_unit == 0 else 1
+    b2_sn = b2.stride(1) // sn_unit
     (launcher or _COOP)[(max(1, min(tiles, n_sms)),)](
         _descriptor(a1, (M, K), a1.stride(), [rows, bk], dt), right(b1, WIDE), right(b1, bn - WIDE),
         _descriptor(a2, (M, K2), a2.stride(), [rows, bk], dt), right(b2, WIDE), right(b2, bn - WIDE),

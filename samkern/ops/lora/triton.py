@@ -605,9 +605,9 @@ def lora_gemm(
     else the tuner: the first eager call of each (token bucket, N, K1, K2, layout, dtype) times the
     candidate tiles, plus the two-call cuBLAS composite when ``SAMKERN_LORA_GEMM`` is ``auto``
     (default), and keeps the fastest; ``own`` offers only the kernels that make the rank term in the
-    same pass (no composite, and for ``lora_proj_gemm`` at r <= FUSE_MAX_R no split path). A call made while a CUDA graph is being captured never tunes
-    (it takes the first candidate): warm up eagerly before capturing. ``path`` forces "triton" or
-    "cublas".
+    same pass (no composite, and for ``lora_proj_gemm`` at r <= FUSE_MAX_R no split path). A call
+    made while a CUDA graph is being captured never tunes (it takes the first candidate): warm up
+    eagerly before capturing. ``path`` forces "triton" or "cublas".
     """
     M = a1.shape[0]
     if out is None:
