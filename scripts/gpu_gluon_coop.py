@@ -31,6 +31,9 @@ def main() -> None:
     if os.environ.get("SHAPES"):
         shapes = [tuple(map(int, t.split("x"))) for t in os.environ["SHAPES"].split(",")]
     ranks = [int(r) for r in os.environ.get("RANKS", "8,256").split(",")]
+    # EXTRA: tiles to time beside the shipped candidates (split path and fused projection),
+    # e.g. '[[192, 192, 16, 12, 8, 152, 40]]'
+    extra = [tuple(c) for c in json.loads(os.environ.get("EXTRA", "[]"))]
 
     def us(fn) -> float:
         fn()
@@ -45,8 +48,7 @@ def main() -> None:
                 u = (a1 @ (A.t() if kmajor else B)).contiguous()
                 ref = (a1 @ b1 + u @ b2).float()
                 row = {"shape": f"{K}x{N}", "r": r, "dir": name, "cublas_base": us(lambda: a1 @ b1)}
-                # EXTRA: tiles to time beside the shipped candidates, e.g. '[[192, 192, 16, 12, 8, 152, 40]]'
-                for cfg in lg.candidates(r) + [tuple(c) for c in json.loads(os.environ.get("EXTRA", "[]"))]:
+                for cfg in lg.candidates(r) + extra:
                     out = torch.full_like(ref, float("nan"), dtype=a1.dtype)
                     tag = "x".join(map(str, cfg[:4]))
                     row[tag] = us(lambda: lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg))
@@ -56,7 +58,7 @@ def main() -> None:
                     # against the split path's first part, cuBLAS's u alone
                     p = A.t() if kmajor else B
                     row["cublas_u"] = us(lambda: torch.mm(a1, p, out=u))
-                    for cfg in lg.candidates(r, fused=True):
+                    for cfg in lg.candidates(r, fused=True) + extra:
                         out = torch.full_like(ref, float("nan"), dtype=a1.dtype)
                         u_f = torch.full_like(u, float("nan"))
                         tag = "x".join(map(str, cfg[:4])) + "_fused"

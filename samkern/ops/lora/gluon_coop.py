@@ -17,8 +17,9 @@ two accumulators (64 × 128 and 64 × 64) and the ring's B slot is two buffers (
 A's slot is three 64-row buffers, one per consumer. Every K step (A1 / B1, then A2 / B2 in the same
 blocks: the rank term as ``cdiv(r, BLOCK_K)`` more steps, TMA zero-filling past r) is released once all
 three consumers have read it (``empty`` counts three arrivals). Each consumer stores its slice by
-TMA from its own staging buffers (72 KB for the three); six ring slots (24 KB each) fit beside
-them. The tuner offers it as a candidate of the split path's GEMM (u_s given).
+TMA from its own staging buffers (72 KB for the three; six ring slots of 24 KB fit beside them),
+or, for a ring of four 48 KB slots, from one 8 KB buffer in three pieces (``C_PIECES``). The
+tuner offers it as a candidate of the split path's GEMM (u_s given).
 
 **Its own projection** (``FUSE_PROJ``, r ≤ 16: the fused path, ``lora_proj_gemm``): every tile
 makes ``u = A1 P`` for its rows (an N = 16 wgmma per K step against a P block the producer adds
@@ -56,9 +57,18 @@ __all__ = ["COOP_CANDIDATES", "launch_coop"]
 # while its wgmmas run and until the next step's are issued): 1536→768 fwd 36.2 against 30.6 us,
 # 3072→1536 98.0 against 87.9 (``dev-runs/s29-call5``). (The 128 × 128 kernel with BLOCK_K 32 and
 # 8 or 10 slots was slower than with 64 at every shape: its consumers' K loops take turns.)
+# Second candidate (session 34): four 48 KB slots of BLOCK_K 64 (half the K steps, as deep a ring
+# in bytes as six of 32), C staged in 64-column pieces through 24 KB (``_store_pieces``): dx
+# 768→3352 r8 64.6 → 52.1 us (cuBLAS's plain GEMM 50.4), fused 74.1 → 60.2, fwd 2560→10576 r256
+# 605 → 551; slower at some others (1536→768 dx 30.3 → 31.5), so the tuner picks per shape
+# (``dev-runs/s34-call2``). C stored from registers instead of staged was far slower where C is
+# large (fwd 768→3352 69.5 → 140 us, ``s34-call1``).
 ROWS = 64  # rows of a tile per consumer
 WIDE = 128  # columns of the first accumulator; the second takes BLOCK_N - WIDE
-COOP_CANDIDATES = [(3 * ROWS, 192, 32, 6, 8, 152, 40)]
+COOP_CANDIDATES = [(3 * ROWS, 192, 32, 6, 8, 152, 40), (3 * ROWS, 192, 64, 4, 8, 152, 40)]
+# bytes of shared memory for the ring and C's staging (of the H100's 232,448 per program: the rest
+# holds barriers)
+SMEM_BUDGET = 227 * 1024
 
 
 @gluon.jit
@@ -144,21 +154,58 @@ def _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, dst, B_KMAJOR: gl.constexpr, WID
 
 
 @gluon.jit
-def _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, col0, N, R, cw_smem, cn_smem,
-                   wide_l: gl.constexpr, narrow_l: gl.constexpr, B_KMAJOR: gl.constexpr,
-                   WIDE_N: gl.constexpr, NARROW_N: gl.constexpr, B2W_LAYOUT: gl.constexpr,
-                   B2N_LAYOUT: gl.constexpr, SN_UNIT: gl.constexpr):
-    """``acc += u_s B2`` for this slice (``FUSE_PROJ``): B2's two column blocks through this
-    consumer's free staging buffers, ``u_s = scale · acc_u`` (the tile's own projection, rounded
-    to the input dtype as the stored u_s is) as a register operand, one K = 16 wgmma per
-    accumulator."""
+def _b2_buffers(cw_smem, cn_smem, B_KMAJOR: gl.constexpr, WIDE_N: gl.constexpr, NARROW_N: gl.constexpr,
+                B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr, C_PIECES: gl.constexpr):
+    """Where the rank epilogue puts B2's two column blocks (4 KB and 2 KB): this consumer's C
+    staging buffers, free between tiles (with ``C_PIECES`` its one [64, 64] buffer: the first
+    half of its rows, then the second)."""
     dtype: gl.constexpr = cw_smem.dtype
-    if B_KMAJOR:
-        bw_dst = cw_smem._reinterpret(dtype, [WIDE_N, 16], B2W_LAYOUT)
-        bn_dst = cn_smem._reinterpret(dtype, [NARROW_N, 16], B2N_LAYOUT)
+    if C_PIECES:
+        w_src = cw_smem.slice(0, cw_smem.shape[0] // 2)
+        n_src = cw_smem.slice(cw_smem.shape[0] // 2, cw_smem.shape[0] // 2)
     else:
-        bw_dst = cw_smem._reinterpret(dtype, [16, WIDE_N], B2W_LAYOUT)
-        bn_dst = cn_smem._reinterpret(dtype, [16, NARROW_N], B2N_LAYOUT)
+        w_src = cw_smem
+        n_src = cn_smem
+    if B_KMAJOR:
+        bw_dst = w_src._reinterpret(dtype, [WIDE_N, 16], B2W_LAYOUT)
+        bn_dst = n_src._reinterpret(dtype, [NARROW_N, 16], B2N_LAYOUT)
+    else:
+        bw_dst = w_src._reinterpret(dtype, [16, WIDE_N], B2W_LAYOUT)
+        bn_dst = n_src._reinterpret(dtype, [16, NARROW_N], B2N_LAYOUT)
+    return bw_dst, bn_dst
+
+
+@gluon.jit
+def _store_pieces(acc_w, acc_n, c_desc, c_smem, row, col0, WIDE_N: gl.constexpr):
+    """The slice's 64 × 192 through one [64, 64] staging buffer in three TMA stores (the wide
+    accumulator's column halves, then the narrow one), each waiting for the previous to have left
+    the buffer; the last is still in flight on return."""
+    ROWS_C: gl.constexpr = acc_w.shape[0]
+    HALF: gl.constexpr = WIDE_N // 2
+    # (columns j and j + 64 of a wgmma accumulator sit in the same thread: the split moves no data)
+    lo, hi = gl.split(gl.permute(gl.reshape(acc_w, [ROWS_C, 2, HALF]), (0, 2, 1)))
+    c_smem.store(lo.to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [row, col0], c_smem)
+    tma.store_wait(pendings=0)
+    c_smem.store(hi.to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [row, col0 + HALF], c_smem)
+    tma.store_wait(pendings=0)
+    c_smem.store(acc_n.to(c_desc.dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(c_desc, [row, col0 + WIDE_N], c_smem)
+
+
+@gluon.jit
+def _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, col0, N, R, bw_dst, bn_dst,
+                   wide_l: gl.constexpr, narrow_l: gl.constexpr, B_KMAJOR: gl.constexpr,
+                   WIDE_N: gl.constexpr, NARROW_N: gl.constexpr, SN_UNIT: gl.constexpr):
+    """``acc += u_s B2`` for this slice (``FUSE_PROJ``): B2's two column blocks through
+    ``bw_dst`` / ``bn_dst`` (``_b2_buffers``), ``u_s = scale · acc_u`` (the tile's own projection,
+    rounded to the input dtype as the stored u_s is) as a register operand, one K = 16 wgmma per
+    accumulator."""
+    dtype: gl.constexpr = bw_dst.dtype
     bw = _b2_block(b2_ptr, b2_sk, b2_sn, col0, N, R, bw_dst, B_KMAJOR, WIDE_N, SN_UNIT)
     bn = _b2_block(b2_ptr, b2_sk, b2_sn, col0 + WIDE_N, N, R, bn_dst, B_KMAJOR, NARROW_N, SN_UNIT)
     fence_async_shared()  # the generic-proxy stores, before wgmma reads them
@@ -180,13 +227,15 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
               b2_sk, b2_sn, scale, M, N, K, K2, WHICH: gl.constexpr, B_KMAJOR: gl.constexpr,
               NUM_BUF: gl.constexpr, GROUP_M: gl.constexpr, BM: gl.constexpr, BN: gl.constexpr, BK: gl.constexpr,
               WIDE_N: gl.constexpr, FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr,
-              SN_UNIT: gl.constexpr):
+              SN_UNIT: gl.constexpr, C_PIECES: gl.constexpr):
     """Rows ``WHICH · 64`` to ``WHICH · 64 + 63`` of every tile of this program: per K step two
     async wgmmas (the slot's 128- and 64-column B blocks), the previous step's slot released once
     at most this step's two are in flight; then the slice's two blocks stored by TMA (its staging
     buffers reused once the previous tile's stores have left them). With ``FUSE_PROJ`` every tile
     also makes this slice's rows of ``u = A1 P`` (a third wgmma per step, N = 16) and adds
-    ``scale · u B2`` after its K loop (``_rank_epilogue``); column panel 0's tiles store u_s."""
+    ``scale · u B2`` after its K loop (``_rank_epilogue``); column panel 0's tiles store u_s.
+    With ``C_PIECES`` the slice leaves through one 8 KB staging buffer in three stores
+    (``_store_pieces``), which leaves the ring 48 KB more."""
     ROWS_C: gl.constexpr = BM // 3
     wide_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                      instr_shape=[16, WIDE_N, 16])
@@ -201,6 +250,7 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
     u_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, 16, 16])
     cw_smem = cw_bufs.index(WHICH)
     cn_smem = cn_bufs.index(WHICH)
+    bw_dst, bn_dst = _b2_buffers(cw_smem, cn_smem, B_KMAJOR, WIDE_N, BN - WIDE_N, B2W_LAYOUT, B2N_LAYOUT, C_PIECES)
     for j in range(gl.cdiv(num_pid_m * num_pid_n - gl.program_id(0), gl.num_programs(0))):
         pid_m, pid_n = _tile_coords(gl.program_id(0) + j * gl.num_programs(0), num_pid_m, num_pid_n, GROUP_M)
         n0 = j * k_tiles
@@ -238,14 +288,16 @@ def _consumer(cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, 
             if pid_n == 0:  # u_s is an output (the backward's): column panel 0 stores it
                 store_u(acc_u, u_ptr, ldu, scale, pid_m * BM + WHICH * ROWS_C, M, K2, u_l, ROWS_C)
             acc_w, acc_n = _rank_epilogue(acc_w, acc_n, acc_u, scale, b2_ptr, b2_sk, b2_sn, pid_n * BN, N, K2,
-                                          cw_smem, cn_smem, wide_l, narrow_l, B_KMAJOR, WIDE_N, BN - WIDE_N,
-                                          B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)
-        cw_smem.store(acc_w.to(cw_desc.dtype))
-        cn_smem.store(acc_n.to(cn_desc.dtype))
-        fence_async_shared()
+                                          bw_dst, bn_dst, wide_l, narrow_l, B_KMAJOR, WIDE_N, BN - WIDE_N, SN_UNIT)
         row = pid_m * BM + WHICH * ROWS_C
-        tma.async_copy_shared_to_global(cw_desc, [row, pid_n * BN], cw_smem)
-        tma.async_copy_shared_to_global(cn_desc, [row, pid_n * BN + WIDE_N], cn_smem)
+        if C_PIECES:
+            _store_pieces(acc_w, acc_n, cn_desc, cw_smem, row, pid_n * BN, WIDE_N)
+        else:
+            cw_smem.store(acc_w.to(cw_desc.dtype))
+            cn_smem.store(acc_n.to(cn_desc.dtype))
+            fence_async_shared()
+            tma.async_copy_shared_to_global(cw_desc, [row, pid_n * BN], cw_smem)
+            tma.async_copy_shared_to_global(cn_desc, [row, pid_n * BN + WIDE_N], cn_smem)
     tma.store_wait(pendings=0)
 
 
@@ -254,7 +306,7 @@ def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc,
                  b2_sk, b2_sn, scale, M, N, K, K2, B_KMAJOR: gl.constexpr, NUM_BUF: gl.constexpr,
                  GROUP_M: gl.constexpr, CONSUMER_REGS: gl.constexpr, PRODUCER_REGS: gl.constexpr,
                  FUSE_PROJ: gl.constexpr, B2W_LAYOUT: gl.constexpr, B2N_LAYOUT: gl.constexpr,
-                 SN_UNIT: gl.constexpr, num_warps: gl.constexpr):
+                 SN_UNIT: gl.constexpr, C_PIECES: gl.constexpr, num_warps: gl.constexpr):
     dtype: gl.constexpr = a_desc.dtype
     BK: gl.constexpr = a_desc.block_type.shape[1]
     BM: gl.constexpr = 3 * a_desc.block_type.shape[0]
@@ -265,8 +317,12 @@ def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc,
     a_bufs = gl.allocate_shared_memory(dtype, [3 * NUM_BUF] + a_desc.block_type.shape, a_desc.layout)
     bw_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + bw_desc.block_type.shape, bw_desc.layout)
     bn_bufs = gl.allocate_shared_memory(dtype, [NUM_BUF] + bn_desc.block_type.shape, bn_desc.layout)
-    cw_bufs = gl.allocate_shared_memory(dtype, [3] + cw_desc.block_type.shape, cw_desc.layout)
+    # C's staging, per consumer: a buffer per accumulator, or one [64, 64] for three pieces
     cn_bufs = gl.allocate_shared_memory(dtype, [3] + cn_desc.block_type.shape, cn_desc.layout)
+    if C_PIECES:
+        cw_bufs = cn_bufs
+    else:
+        cw_bufs = gl.allocate_shared_memory(dtype, [3] + cw_desc.block_type.shape, cw_desc.layout)
     if not FUSE_PROJ:
         p_bufs = bw_bufs  # (not read)
     ready = gl.allocate_shared_memory(gl.int64, [NUM_BUF, 1], mbarrier.MBarrierLayout())
@@ -277,13 +333,13 @@ def _coop_kernel(a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, cw_desc,
     gl.warp_specialize([
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
                      b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 0, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)),
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT, C_PIECES)),
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
                      b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 1, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)),
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT, C_PIECES)),
         (_consumer, (cw_desc, cn_desc, ready, empty, a_bufs, bw_bufs, bn_bufs, p_bufs, cw_bufs, cn_bufs, u_ptr, ldu,
                      b2_ptr, b2_sk, b2_sn, scale, M, N, K, K2, 2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK,
-                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT)),
+                     WIDE_N, FUSE_PROJ, B2W_LAYOUT, B2N_LAYOUT, SN_UNIT, C_PIECES)),
         (_producer, (a_desc, bw_desc, bn_desc, a2_desc, b2w_desc, b2n_desc, p_desc, ready, empty, a_bufs, bw_bufs,
                      bn_bufs, p_bufs, M, N, K, K2, B_KMAJOR, NUM_BUF, GROUP_M, BM, BN, BK, WIDE_N, FUSE_PROJ)),
     ], [4, 4, 4], [CONSUMER_REGS, CONSUMER_REGS, PRODUCER_REGS])
@@ -335,6 +391,9 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
     sn_unit = row_stride_unit(b2.element_size(), b2.stride(1)) if kmajor else 1
     sn_unit = sn_unit if K2 % sn_unit == 0 else 1
     b2_sn = b2.stride(1) // sn_unit
+    # C staged whole (72 KB) where the ring leaves room for it, else in 64-column pieces (24 KB)
+    ring = nbuf * (bm * bk + bn * bk + (R_FUSED_MAX * bk if fuse else 0)) * a1.element_size()
+    pieces = ring + bm * bn * a1.element_size() > SMEM_BUDGET
     (launcher or _COOP)[(max(1, min(tiles, n_sms)),)](
         _descriptor(a1, (M, K), a1.stride(), [rows, bk], dt), right(b1, WIDE), right(b1, bn - WIDE),
         _descriptor(a2, (M, K2), a2.stride(), [rows, bk], dt), right(b2, WIDE), right(b2, bn - WIDE),
@@ -342,4 +401,4 @@ def launch_coop(a1: torch.Tensor, b1: torch.Tensor, a2: torch.Tensor, b2: torch.
         _descriptor(out, (M, N), out.stride(), [rows, bn - WIDE], dt), d_p, a2, a2.stride(0), b2, b2.stride(0),
         b2_sn, float(scale), M, N, K, K2, B_KMAJOR=kmajor, NUM_BUF=nbuf, GROUP_M=group,
         CONSUMER_REGS=creg, PRODUCER_REGS=preg, FUSE_PROJ=fuse, B2W_LAYOUT=_smem_layout(tuple(b2w_shape), dt),
-        B2N_LAYOUT=_smem_layout(tuple(b2n_shape), dt), SN_UNIT=sn_unit, num_warps=4)
+        B2N_LAYOUT=_smem_layout(tuple(b2n_shape), dt), SN_UNIT=sn_unit, C_PIECES=pieces, num_warps=4)
