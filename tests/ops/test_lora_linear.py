@@ -416,6 +416,38 @@ def test_gpu_own_kernels_only(r, monkeypatch):
     assert all(v[0] != "cublas" and (v[0] != "split" or r > lt.FUSE_MAX_R) for v in own), own
 
 
+@pytest.mark.gpu
+def test_gpu_own_mode_tunes_the_captured_backward_gemm(monkeypatch):
+    """In ``own`` mode an eager fwd+bwd also tunes the GEMM that a CUDA-graph capture's backward
+    runs (dx = dy W + g_s A after the rank pass, r <= 16), which no eager call reaches: a capture
+    never tunes, and before this it ran an untuned first candidate (768→3352 r8 graph fwd+bwd 179
+    against 153 µs in auto mode, ``dev-runs/s34-call4``). Then the captured step agrees with the
+    eager one."""
+    from samkern.ops.lora import triton as lt
+
+    monkeypatch.setenv("SAMKERN_LORA_GEMM", "own")
+    T, K, N, r = 1500, 768, 3352, 8
+    x, W, _, A, B, s, _ = _inputs((T,), K, N, r, torch.bfloat16, "cuda", bias=False)
+    g = torch.randn(T, N, device="cuda").to(torch.bfloat16)
+    eager = torch.autograd.grad(lora_linear(x, W, None, A, B, s), (x, A, B), g)
+    split_dx = [k for k in lt.tuning_choices() if k[9] == "own" and not k[11] and (k[5], k[6], k[7]) == (K, N, r)]
+    assert split_dx, "the captured backward's split GEMM (dx) was not tuned"
+
+    from samkern.backend import capture_graph
+
+    # (fresh leaves, first used on capture_graph's side stream: pytorch/pytorch#180090, see
+    # test_gpu_cuda_graph)
+    lx, lA, lB = (t.detach().clone().requires_grad_(True) for t in (x, A, B))
+    holder = {}
+    graph = capture_graph(lambda: holder.update(out=torch.autograd.grad(lora_linear(lx, W, None, lA, lB, s),
+                                                                        (lx, lA, lB), g)))
+    graph.replay()
+    torch.cuda.synchronize()
+    for name, a, b in zip(("dx", "dA", "dB"), holder["out"], eager):
+        err = float((a.float() - b.float()).norm() / b.float().norm())
+        assert err < 2e-2, (name, err)
+
+
 def _check_sam_shape(K, N, r):
     T = 2 * 1111  # odd-ish token count: tile edges in M
     x, W, b, A, B, s, _ = _inputs((2, T // 2), K, N, r, torch.bfloat16, "cuda", bias=(K == 1536))
@@ -494,13 +526,13 @@ def test_gpu_fused_projection_every_shipped_config(kind, cfg, r):
         assert_close_lowp(f"{name} C", out, y_hi, a1 @ b1 + u @ b2)
 
 
-def _gluon_candidates():
+def _gluon_candidates(coop_only: bool = False):
     try:
         from samkern.ops.lora.gluon import GLUON_CANDIDATES
         from samkern.ops.lora.gluon_coop import COOP_CANDIDATES
     except ImportError:  # a Triton without Gluon: the tuner never offers it either
         return []
-    return GLUON_CANDIDATES + COOP_CANDIDATES
+    return COOP_CANDIDATES if coop_only else GLUON_CANDIDATES + COOP_CANDIDATES
 
 
 @pytest.mark.gpu
@@ -573,21 +605,23 @@ def test_gpu_gluon_fused_projection_every_candidate(cfg, M, K, N, r):
 
 
 @pytest.mark.parametrize("r", [1, 8])
-def test_coop_projection_operand_goes_k_major(r):
+@pytest.mark.parametrize("cfg", _gluon_candidates(coop_only=True), ids=lambda c: "x".join(map(str, c[:4])))
+def test_coop_projection_operand_goes_k_major(cfg, r):
     """The 192 × 192 kernel loads a P block into every ring slot, always k-major: the forward's P
     (Aᵀ, a view of A's rows) is passed as A's storage itself, the backward's (B, (K, r) row-major:
     16-byte rows that made its dx 6-15 us slower) as an (r, K) copy with a 16-byte row pitch, also
-    at r = 1 where B's transpose has strides PyTorch calls contiguous but TMA cannot take. Checked
-    on the launch's arguments (a stand-in launcher; no GPU needed)."""
+    at r = 1 where B's transpose has strides PyTorch calls contiguous but TMA cannot take. And C
+    is staged whole for six slots of BLOCK_K 32, in 64-column pieces for four of 64 (the ring
+    leaves no room for whole staging there). Checked on the launch's arguments (a stand-in
+    launcher; no GPU needed)."""
     pytest.importorskip("triton.experimental.gluon")
     from samkern.ops.lora import gluon as lg
-    from samkern.ops.lora.gluon_coop import COOP_CANDIDATES
 
-    launches = []
+    launches, kwargs = [], []
 
     class _Capture:
         def __getitem__(self, grid):
-            return lambda *a, **kw: launches.append(a)
+            return lambda *a, **kw: (launches.append(a), kwargs.append(kw))
 
     M, K, N, rs, dt = 64, 96, 80, 8, torch.bfloat16
     x, W, dy = torch.randn(M, K, dtype=dt), torch.randn(N, K, dtype=dt), torch.randn(M, N, dtype=dt)
@@ -596,11 +630,13 @@ def test_coop_projection_operand_goes_k_major(r):
     for kmajor, (a1, b1, p, b2, out) in ((True, (x, W.t(), A.t(), B.t(), dy.clone())),
                                          (False, (dy, W, B, A, x.clone()))):
         launches.clear()
-        lg.launch_gluon(a1, b1, u, b2, kmajor, out, COOP_CANDIDATES[0], launcher=_Capture(), proj=p, scale=2.0)
+        kwargs.clear()
+        lg.launch_gluon(a1, b1, u, b2, kmajor, out, cfg, launcher=_Capture(), proj=p, scale=2.0)
         d_p = launches[0][8]  # (a, b-wide, b-narrow, a2, b2-wide, b2-narrow, c-wide, c-narrow, P, ...)
         k = a1.shape[1]
         assert list(d_p.shape) == [r, k] and d_p.strides[1] == 1 and d_p.strides[0] * 2 % 16 == 0, d_p.strides
-        assert list(d_p.block_shape) == [16, COOP_CANDIDATES[0][2]]
+        assert list(d_p.block_shape) == [16, cfg[2]]
+        assert kwargs[0]["C_PIECES"] == (cfg[2] == 64), (cfg, kwargs[0]["C_PIECES"])
         assert torch.equal(d_p.base, p.t())
         assert (d_p.base.data_ptr() == p.data_ptr()) == kmajor  # a copy only for the backward's B
 

@@ -828,4 +828,26 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
                 + (f" (long runs {1e3 * long_runs[i]:.1f})" if i in long_runs else "") + f" wall {1e3 * w:.1f} us"
                 for i, (c, g, w) in enumerate(zip(cands, gpu, wall))), file=sys.stderr, flush=True)
         choice = (_CHOICE if by_gpu else _EAGER_CHOICE)[key]
+        if fusable and mode == "own" and b1.stride(1) == 1:
+            _tune_capture_split_gemm(a1, b1, a2, b2, bias, out, use_tma, path)
     run(choice, remember=True)
+
+
+def _tune_capture_split_gemm(a1, b1, a2, b2, bias, out, use_tma, path) -> None:
+    """Tune (by GPU time) the split path's GEMM ``a1 b1 + a2 b2`` of a fused call's shapes.
+
+    A CUDA-graph capture's backward makes g_s by the rank pass (r <= 16) and dx by this GEMM
+    (``function._bwd_impl``), while eager backwards take the fused dx: no eager call reaches its
+    tuner key, and a capture never tunes, so it ran an untuned first candidate. In ``auto`` mode the
+    fused call's "split" candidate tunes it as a nested call; ``own`` offers no split candidate,
+    so it is tuned here, once per fused key (the backward's layout: b1 row-major, as W is there).
+    Its run writes ``out``, which the fused call's own run then overwrites."""
+    from samkern.ops.lora.rank_pass import MAX_R
+
+    if a2.shape[1] > MAX_R or a1.dtype not in (torch.float16, torch.bfloat16):
+        return
+    outer, _GPU_TIMING.on = _gpu_timing(), True
+    try:
+        _gemm(a1, b1, a2, b2, bias, out, None, 1.0, None, use_tma, path)
+    finally:
+        _GPU_TIMING.on = outer
