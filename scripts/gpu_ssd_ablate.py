@@ -40,20 +40,26 @@ import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
 
 OUT = os.environ.get("OUT", "/tmp")
 
-_TILES = ("            BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)\n"
-          "            CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)\n")
-_NO_TILES = ("            BdS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)\n"
-             "            CS = tl.zeros([BLOCK_Q, BLOCK_P], dtype=tl.float32)\n")
-_DX = "            dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS"
-_DM = "            dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]"
-_DCB = "            dCB_sum += dML * dtv[None, :]"
+# (the per-head body lives in ``_chunk_head``, called by the kernel's head loop)
+_TILES = ("    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)\n"
+          "    CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)\n")
+_NO_TILES = ("    BdS = tl.zeros(tile.shape, dtype=tl.float32)\n"  # ([Q, P]: the helper has no block constexprs)
+             "    CS = tl.zeros(tile.shape, dtype=tl.float32)\n")
+# the transposed set's dot, in both forms (plain, and the factored decay of ``factor_range``)
+_DX = "        dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS"
+_DX_FACTORED = ("        dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(CBT, udy, input_precision=PREC)"
+                " + w[:, None] * BdS")
+_DM = "    dM = tl.dot(dy_lp, tl.trans(x), input_precision=PREC)  # [t, s]"
+_DCB = "    dCB_sum += dML * dtv[None, :]"
 
-# variant -> list of (old, new) edits inside the chunk kernel's source
+# variant -> list of (old, new) edits inside the chunk kernel's source (``_chunk_head`` and the
+# kernel; session 33 found these targets stale after the per-head body moved into the helper:
+# rewritten in session 34, checked by building every variant offline)
 VARIANTS = {
     "base": [],
     "no_tiles": [(_TILES, _NO_TILES)],
-    "no_dx_dot": [(_DX, "            dx = w[:, None] * BdS")],
-    "no_direct": [(_DM, "            dM = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)"), (_DCB, "")],
+    "no_dx_dot": [(_DX, "        dx = w[:, None] * BdS"), (_DX_FACTORED, "        dx = w[:, None] * BdS")],
+    "no_direct": [(_DM, "    dM = tl.zeros(CB.shape, dtype=tl.float32)"), (_DCB, "")],
     "no_dcb": [(_DCB, "")],
 }
 
@@ -97,7 +103,7 @@ def load_edited(module, edits, name: str, region: tuple = ("", "")):
 def build(name: str):
     """The bwd module with the chunk kernel edited as ``VARIANTS[name]`` says."""
     return load_edited(bwd_mod, VARIANTS[name], f"ssd_abl_{name}",
-                       ("def _ssd_bwd_chunk_kernel(", "_CHUNK = fast_launch(_ssd_bwd_chunk_kernel)"))
+                       ("def _chunk_head(", "_CHUNK = fast_launch(_ssd_bwd_chunk_kernel)"))
 
 
 def offline() -> None:
