@@ -25,6 +25,7 @@ Under ``TRITON_INTERPRET=1`` (CPU) a fixed small config is used instead.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
@@ -329,6 +330,16 @@ _GPU_TIMING = threading.local()
 
 def _gpu_timing() -> bool:
     return getattr(_GPU_TIMING, "on", False)
+
+
+@contextlib.contextmanager
+def _by_gpu_time():
+    """Within the block, calls tune and run by their GPU-time choices (``_GPU_TIMING``)."""
+    outer, _GPU_TIMING.on = _gpu_timing(), True
+    try:
+        yield
+    finally:
+        _GPU_TIMING.on = outer
 
 
 def _precision(dtype: torch.dtype) -> str:
@@ -789,8 +800,7 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
             # an untuned capture is not remembered: a later eager call tunes this key
             run(cands[0], remember=len(cands) == 1)
             return
-        outer, _GPU_TIMING.on = _gpu_timing(), True
-        try:
+        with _by_gpu_time():
             gpu = [_bench_ms(lambda c=c: run(c)) for c in cands]
             # a second pass over every candidate that can run, keeping each one's best median: one
             # pass had outliers of 1.5-20x (the Gluon kernel 115.6 vs 76.0 us for its sibling tile,
@@ -814,8 +824,6 @@ def _gemm(a1, b1, a2, b2, bias, out, proj, scale, config, use_tma, path) -> None
                         long_runs[i] = min(long_runs[i], _bench_ms(lambda c=cands[i]: run(c), warmup=25, rep=100))
             by_gpu_time = (min(close, key=long_runs.__getitem__) if long_runs
                            else min(range(len(cands)), key=gpu.__getitem__))
-        finally:
-            _GPU_TIMING.on = outer
         # wall time only for the candidates that can run (a failed compile is inf already)
         wall = [_wall_ms(lambda c=c: run(c)) if t < float("inf") else t for c, t in zip(cands, gpu)]
         _CHOICE[key] = cands[by_gpu_time]
@@ -846,8 +854,5 @@ def _tune_capture_split_gemm(a1, b1, a2, b2, bias, out, use_tma, path) -> None:
 
     if a2.shape[1] > MAX_R or a1.dtype not in (torch.float16, torch.bfloat16):
         return
-    outer, _GPU_TIMING.on = _gpu_timing(), True
-    try:
+    with _by_gpu_time():
         _gemm(a1, b1, a2, b2, bias, out, None, 1.0, None, use_tma, path)
-    finally:
-        _GPU_TIMING.on = outer
