@@ -8,7 +8,8 @@ fwd+bwd with each variant swapped in, and reports the chunk kernel's CUDA time, 
 spills. The variants compute WRONG gradients on purpose; they only price each part:
 
 * ``base``: the shipped kernel (its time is the reference);
-* ``no_tiles``: the two state-tile loads (from the dS walk) replaced by zeros;
+* ``no_tiles``: the B dSᵀ state-tile load (from the dS walk) replaced by zeros (until session 35
+  also the C S_inᵀ tile, which no-gate calls no longer load);
 * ``no_dx_dot``: the transposed set (exp of Lᵀ, Mᵀ, the Mᵀ dy dot) removed;
 * ``no_direct``: the direct set (exp of L, the dy xᵀ dot, the [Q, Q] reductions, Σ dCB) removed;
 * ``no_dcb``: only the Σ dCB accumulation removed.
@@ -41,10 +42,10 @@ import samkern.ops.ssd.bwd as bwd_mod  # noqa: E402
 OUT = os.environ.get("OUT", "/tmp")
 
 # (the per-head body lives in ``_chunk_head``, called by the kernel's head loop)
-_TILES = ("    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)\n"
-          "    CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)\n")
-_NO_TILES = ("    BdS = tl.zeros(tile.shape, dtype=tl.float32)\n"  # ([Q, P]: the helper has no block constexprs)
-             "    CS = tl.zeros(tile.shape, dtype=tl.float32)\n")
+# (since session 35 the harness's no-gate calls load the walk's [Q] row sums instead of the C S_inᵀ
+# tile, ``bwd.cs_vector``: only the B dSᵀ tile is left to remove there)
+_TILES = "    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)\n"
+_NO_TILES = "    BdS = tl.zeros(tile.shape, dtype=tl.float32)\n"  # ([Q, P]: the helper has no block constexprs)
 # the transposed set's dot, in both forms (plain, and the factored decay of ``factor_range``)
 _DX = "        dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS"
 _DX_FACTORED = ("        dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(CBT, udy, input_precision=PREC)"

@@ -461,6 +461,23 @@ def test_bwd_n_blocks(tiles_fp32, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+@pytest.mark.parametrize("cs_tile", [None, True])
+def test_bwd_state_term_vector_or_tile(cs_tile, kernel_device):
+    """Without z the dS walk hands the chunk kernel the row sums Σ_p dy (C S_inᵀ) per walk P-block
+    (``bwd.cs_vector``) instead of the C S_inᵀ tile (``cs_tile=True`` keeps the tile): P = 24 in two
+    chunk-kernel P-blocks (only P-block 0 adds the sums) and two walk P-blocks (their partials
+    summed), a sequence with initial states and one without (its first chunk's sums are never
+    written: poisoned buffers catch a read), ragged lengths."""
+    case = make_case([37, 20, 16], H=3, G=1, P=24, N=16, D="head", dt_bias=True, softplus=True,
+                     n_init=1, init_idx=[-1, 0, -1], dfinal=True)
+    ref, cs = reference_grads(case, block_q=16)
+    assert bwd_mod.cs_vector(None) and not bwd_mod.cs_vector(case["dout"])
+    with bwd_tuning(scan_block_p=16, cs_tile=cs_tile), poisoned_empty():
+        assert bwd_mod.cs_vector(None) == (cs_tile is None)
+        got = run_kernel(case, 16, cs, kernel_device, block_p=16)
+    check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+
+
 @pytest.mark.parametrize("split", [2, 5])
 def test_bwd_dbdc_head_split(split, kernel_device):
     """dB/dC with the group's heads split over programs (5 heads per group: splits of 3 + 2, or

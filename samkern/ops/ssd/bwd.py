@@ -116,12 +116,13 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # even for equal-length sequences (``_balanced_grid``); chunk_programs: the balanced grid's programs;
 # fuse_finish: the per-head sums in the dB/dC launch (``_fuse_finish_heads``): None = where they
 # fit beside its programs, True = always without split dB/dC, False = never; dbdc_one_pb: False =
-# the dB/dC kernel keeps its P-block loop even when P fits one block.
+# the dB/dC kernel keeps its P-block loop even when P fits one block; cs_tile: True = the walk hands
+# the chunk kernel the C S_inᵀ tile even without a gate (``cs_vector``).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
                     "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None,
-                    "dbdc_one_pb": None}
+                    "dbdc_one_pb": None, "cs_tile": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -317,13 +318,16 @@ def _walk_chunk(
     T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr,
     PREC: tl.constexpr, BLOCK_Q: tl.constexpr,
-    DS_ZERO: tl.constexpr, SIN_ZERO: tl.constexpr, UPDATE: tl.constexpr,
+    DS_ZERO: tl.constexpr, SIN_ZERO: tl.constexpr, UPDATE: tl.constexpr, CS_VEC: tl.constexpr,
 ):
     """Step ``ci`` of the reverse dS walk (chunk ``c = n_chunks - 1 - ci`` of the sequence): with
     ``WRITE_DS`` stores dS leaving the chunk, ``B dSᵀ``, ``C S_inᵀ`` and ``Σ dS ∘ S_in``; returns dS
     entering it (``UPDATE``; else dS unchanged). Peeled steps (the kernel's comment) know at compile
     time that dS leaving the chunk is zero (``DS_ZERO``: nothing of it stored, ``Σ dS ∘ S_in`` = 0)
-    or that no state enters it (``SIN_ZERO``), and skip those loads, dots and stores."""
+    or that no state enters it (``SIN_ZERO``), and skip those loads, dots and stores. ``CS_VEC``
+    (no gate): instead of the ``C S_inᵀ`` tile, the only thing the chunk kernel takes from it, the
+    row sums ``Σ_p dy_tp (C S_inᵀ)_tp`` of this P-block, into ``csin_ptr`` as (walk P-blocks, T, H)
+    fp32."""
     in_ty = C_ptr.dtype.element_ty
     c = n_chunks - 1 - ci
     tok = start + c * BLOCK_Q + offs_q
@@ -332,6 +336,9 @@ def _walk_chunk(
     mqn = mq[:, None] & mn[None, :]
     if UPDATE or not SIN_ZERO:
         Cm = tl.load(C_ptr + tok[:, None] * s_C_t + g * s_C_g + offs_n[None, :], mask=mqn, other=0.0)
+    # (CS_VEC: the row sums need dy, which the update loads; every step that has a state entering
+    # it also updates, see the kernel's peeled steps)
+    VEC_NOW: tl.constexpr = WRITE_DS and CS_VEC and not SIN_ZERO and UPDATE
     if WRITE_DS:  # off in the sequence split's first pass, which needs only d initial_states
         row_off = (row0 + c) * HPN + state_off
         # known zeros (module docstring, "Known-zero states"): dS leaving a sequence's last chunk
@@ -359,12 +366,16 @@ def _walk_chunk(
         mpq = mp[:, None] & mq[None, :]
         if not DS_ZERO:
             tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq & ((ci > 0) | HAS_DFINAL))
-        if not SIN_ZERO:
+        if not SIN_ZERO and not CS_VEC:
             tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq & ((c > 0) | HAS_INIT))
     if UPDATE:
         last = tl.minimum(start + c * BLOCK_Q + BLOCK_Q, end) - 1
         _dt, a, a_last = _load_dt_cache(dtc_ptr, pid_h, T, HT, tok, mq, last)
         dy = _load_dy(dout_ptr, z_ptr, pid_h, tok, offs_p, mqp, s_dout_t, s_dout_h, s_z_t, s_z_h, HAS_Z)
+        if VEC_NOW:
+            # (cs_t is only multiplied here, never fed to another dot: no miscompile pattern)
+            dycs = tl.sum(tl.trans(dy) * cs_t, axis=0)  # [Q]
+            tl.store(csin_ptr + (pid_p.to(tl.int64) * T + tok) * H + pid_h, dycs, mask=mq & ((c > 0) | HAS_INIT))
         # (exp(a) ∘ dy)ᵀ C: the transposed operand is a loaded value, not a dot result
         if DS_ZERO:
             dS = tl.dot(tl.trans((dy * tl.exp(a)[:, None]).to(in_ty)), Cm, input_precision=PREC)
@@ -382,7 +393,7 @@ def _ssd_bwd_dstate_kernel(
     s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CS_VEC: tl.constexpr,
 ):
     """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
     chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
@@ -421,7 +432,7 @@ def _ssd_bwd_dstate_kernel(
             0, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
             dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
             T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, True, False, True)
+            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, True, False, True, CS_VEC)
         ci0 = 1
     ci_end = n_chunks
     if PEEL_LAST:
@@ -431,14 +442,14 @@ def _ssd_bwd_dstate_kernel(
             ci, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
             dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
             T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, False, True)
+            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, False, True, CS_VEC)
     if PEEL_LAST:
         if ci_end < n_chunks:  # the sequence's first chunk is still to walk (not the peeled first one)
             dS = _walk_chunk(
                 n_chunks - 1, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g,
                 pid_h, pid_p, dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
                 T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
-                HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, True, False)
+                HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, True, False, CS_VEC)
 
     if HAS_INIT:
         idx = tl.load(init_ptr + pid_s)
@@ -522,7 +533,7 @@ def _chunk_head(
     T, HT, H, P, NPB, NPBW, RED_D, RED_W,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, FACTORED: tl.constexpr,
-    PREC: tl.constexpr,
+    PREC: tl.constexpr, CS_VEC: tl.constexpr,
 ):
     """One head of the chunk kernel's loop: every gradient of head ``h`` in this chunk except
     dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``row`` is the chunk's
@@ -539,10 +550,13 @@ def _chunk_head(
     w = to_end * dtv
 
     # the state terms, from the dS walk's tiles (no [P, N] state is read here):
-    # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P])
+    # BdS = B dSᵀ, CS = C S_inᵀ (both [Q, P]); with CS_VEC (no gate) only the walk's row sums
+    # dyCS_t = Σ_p dy_tp CS_tp per walk P-block, the one use of CS here, summed once per head (by
+    # P-block 0: da is linear in them and the P-blocks' ddt partials are summed afterwards)
     tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
     BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)
-    CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)
+    if not CS_VEC:
+        CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)
 
     x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
     dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
@@ -610,7 +624,14 @@ def _chunk_head(
     # offline 1797 -> 1678 SASS instructions per head, spills 232 -> 132 bytes; chunk kernel
     # 118 -> 100 us at 130m B32 L192, 308 -> 266 at B8 L640 (H100, dev-runs/s22-call4)
     xf = x.to(tl.float32)
-    u, dyCS = tl.reduce((xf * BdS, dy * CS), 1, _add2)
+    if CS_VEC:
+        u = tl.sum(xf * BdS, axis=1)
+        m_vec = mq & need_sin & (pid_p == 0)
+        dyCS = tl.load(csin_ptr + tok * H + h, mask=m_vec, other=0.0)
+        for k in range(1, NPBW):
+            dyCS += tl.load(csin_ptr + (k * T + tok) * H + h, mask=m_vec, other=0.0)
+    else:
+        u, dyCS = tl.reduce((xf * BdS, dy * CS), 1, _add2)
     if HAS_D and not D_PER_CHANNEL and not HAS_Z and dout_ptr.dtype.element_ty == in_ty:
         da_row, dD_rows = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0)), 1, _add2)
     else:
@@ -665,6 +686,7 @@ def _chunk_heads(
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, FACTORED: tl.constexpr,
+    CS_VEC: tl.constexpr,
 ):
     """Heads ``j_lo .. j_hi - 1`` of group ``g`` in the chunk of row ``row`` (tokens ``cstart ..``
     of the sequence ``start .. end``): ``C Bᵀ`` once, then ``_chunk_head`` per head; their summed
@@ -705,7 +727,7 @@ def _chunk_heads(
             need_ds, need_sin, CB, CBT, dCB_sum,
             T, HT, H, P, NPB, NPBW, RED_D, RED_W,
             s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
-            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC)
+            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC)
     qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
     tl.store(dcb_ptr + slot.to(tl.int64) * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
 
@@ -736,7 +758,7 @@ def _ssd_bwd_chunk_kernel(
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
     HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
-    BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr,
+    BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr, CS_VEC: tl.constexpr,
 ):
     pid_p = tl.program_id(2)
     if BALANCED:
@@ -770,7 +792,8 @@ def _ssd_bwd_chunk_kernel(
                     pid_p, start, start + SEQ_L, start + k * BLOCK_Q,
                     T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
-                    HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED)
+                    HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
+                    CS_VEC)
     else:
         row = tl.program_id(0)
         pid_gh = tl.program_id(1)
@@ -795,7 +818,8 @@ def _ssd_bwd_chunk_kernel(
                 + hb * NPB + pid_p, pid_p, start, end, cstart,
                 T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                 s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
-                HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED)
+                HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
+                CS_VEC)
         else:
             if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
                 # partials: these programs write their zeros, which saves the buffer a zero fill
@@ -1092,6 +1116,7 @@ def dstate_walk(
     init_idx: torch.Tensor, n_init: int, dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *,
     P: int, block_q: int, block_p: int, zero_fill: bool = True, B: Optional[torch.Tensor] = None,
     chunk_states: Optional[torch.Tensor] = None, tiles: Optional[Tuple[torch.Tensor, ...]] = None,
+    cs_vec: bool = False,
 ) -> Optional[torch.Tensor]:
     """Launch the reverse dS walk (``_ssd_bwd_dstate_kernel``) on flat, last-dim-contiguous inputs.
 
@@ -1104,7 +1129,8 @@ def dstate_walk(
     With ``dstates``, ``B``, the forward's ``chunk_states`` and ``tiles = (bds, cs, sds)`` are
     required: the walk also stores ``B dSᵀ`` and ``C S_inᵀ`` of every chunk into ``bds`` / ``cs``
     ((T, H, P)) and ``Σ dS ∘ S_in`` per walk P-block into ``sds`` ((rows, H, walk P-blocks) fp32;
-    :func:`walk_p_blocks`).
+    :func:`walk_p_blocks`). ``cs_vec`` (no gate: z None): ``cs`` takes the row sums
+    ``Σ_p dy_tp (C S_inᵀ)_tp`` per walk P-block instead, ((walk P-blocks, T, H) fp32; :func:`cs_vector`).
     """
     H, T = dtc.shape[1], dtc.shape[2]
     G, N = C.shape[1], C.shape[2]
@@ -1116,6 +1142,8 @@ def dstate_walk(
         raise ValueError("dstate_walk needs dstates or initial-state rows to write")
     if dstates is not None and (B is None or chunk_states is None or tiles is None):
         raise ValueError("dstate_walk with dstates needs B, chunk_states and the tile buffers")
+    if cs_vec and z is not None:
+        raise ValueError("dstate_walk: cs_vec is for calls without z (the gate needs the C S_inᵀ tile)")
     dummy = dinit if dinit is not None else dstates
     bds, cs_tile, sds = tiles if dstates is not None else (dummy, dummy, dummy)
     nseq = cu_seqlens.shape[0] - 1
@@ -1133,13 +1161,21 @@ def dstate_walk(
         HAS_Z=z is not None,
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
-        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N,
+        BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N, CS_VEC=cs_vec,
         # 4 warps (two programs per SM) beat 8 with the state tiles too: 130m B32 L192 walk 81 -> 65 us,
         # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
         num_warps=BWD_TUNING.get("scan_warps") or 4,
         num_stages=BWD_TUNING.get("scan_stages") or 2,
     )
     return dinit
+
+
+def cs_vector(z: Optional[torch.Tensor]) -> bool:
+    """Whether the dS walk hands the chunk kernel ``Σ_p dy_tp (C S_inᵀ)_tp`` (a [T, H] vector per walk
+    P-block) instead of the ``C S_inᵀ`` tile: without a gate that sum is the tile's one use there
+    (da's state term), so the chunk kernel loads 4 bytes per token and head instead of 2·P, and the
+    walk stores as much less. With z the tile also recomputes the gated output."""
+    return z is None and BWD_TUNING.get("cs_tile") is not True
 
 
 def walk_p_blocks(P: int, block_p: int) -> int:
@@ -1271,13 +1307,16 @@ def ssd_bwd(
     # its scalar loop now has no such limit, but lifting the check wants a GPU test past P 256)
     if npbw > 16:
         raise ValueError(f"headdim {P} needs {npbw} dS-walk P-blocks; at most 16 are supported (raise scan_block_p)")
+    cs_vec = cs_vector(z)
     tiles = (torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # B dSᵀ
-             torch.empty((T, H, P), device=dev, dtype=tile_dtype),  # C S_inᵀ
+             # C S_inᵀ, or (cs_vec) its row sums against dy per walk P-block
+             torch.empty((npbw, T, H) if cs_vec else (T, H, P), device=dev,
+                         dtype=torch.float32 if cs_vec else tile_dtype),
              torch.empty((n_rows, H, npbw), device=dev, dtype=torch.float32))  # Σ dS ∘ S_in partials
     dinit = dstate_walk(dout, z, dtc, C, cu_seqlens, init_idx,
                         initial_states.shape[0] if initial_states is not None else 0, dfinal_states, dstates,
                         P=P, block_q=block_q, block_p=BLOCK_P, zero_fill=not init_rows_all_seeded, B=B,
-                        chunk_states=chunk_states, tiles=tiles)
+                        chunk_states=chunk_states, tiles=tiles, cs_vec=cs_vec)
 
     # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
@@ -1329,7 +1368,7 @@ def ssd_bwd(
             HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
             BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
             HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
-            BALANCED=bal is not None, MAX_SEGS=max_segs, num_warps=num_warps, num_stages=num_stages,
+            BALANCED=bal is not None, MAX_SEGS=max_segs, CS_VEC=cs_vec, num_warps=num_warps, num_stages=num_stages,
         )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
