@@ -398,7 +398,8 @@ def _ssd_bwd_dstate_kernel(
     """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
     chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
     tiles instead of streaming two [P, N] states per head): ``B dSᵀ`` and ``C S_inᵀ`` as (T, H, P)
-    tiles, and the partial ``Σ dS ∘ S_in`` of this P-block."""
+    tiles (``CS_VEC``, no gate: the latter's row sums against dy instead, ``cs_vector``), and the
+    partial ``Σ dS ∘ S_in`` of this P-block."""
     pid_s = tl.program_id(0)
     pid_h = tl.program_id(1)
     pid_p = tl.program_id(2)
