@@ -478,6 +478,44 @@ def test_bwd_state_term_vector_or_tile(cs_tile, kernel_device):
     check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["no_gate", "gate"])
+def test_bwd_state_tiles_through_identity_dot(gated, kernel_device, monkeypatch):
+    """``bwd.tile_dot``: the chunk kernel's 16-bit state tiles through ``I · tile`` (a dot, for
+    Triton's pipeliner) or plain loads. The identity dot is exact, so both give the same gradients,
+    bitwise; both against the reference. fp16, ragged sequences over the row-blocked grid (where the
+    rule turns it on), with and without the gate (the C S_inᵀ tile too), initial states."""
+    case = make_case([37, 20, 16], H=2, G=1, P=16, N=16, D="head", z=gated, dt_bias=True, softplus=True,
+                     n_init=1, init_idx=[-1, 0, -1], dfinal=True, dtype=torch.float16)
+    ref, cs = reference_grads(case, block_q=16)
+    calls = spy_launches(monkeypatch, "_CHUNK")
+    got = {}
+    for forced in (True, False):
+        with bwd_tuning(tile_dot=forced), poisoned_empty():
+            got[forced] = run_kernel(case, 16, cs, kernel_device)
+        assert calls and all(kw["TILE_DOT"] is forced for _, kw in calls)
+        calls.clear()
+        check_grads(got[forced], ref, case, rtol=5e-3)  # fp16 dot operands (test_bwd_block_q32_fp16)
+    for name, a in got[True].items():
+        if isinstance(a, torch.Tensor):
+            assert torch.equal(a, got[False][name]), name
+
+
+def test_tile_dot_rule():
+    """Where the identity dot is on by default: 16-bit tiles on the row-blocked grid without a gate
+    (measured: ``bwd.tile_dot``'s docstring); ``BWD_TUNING["tile_dot"]`` forces it either way,
+    never for fp32 tiles (the dot would round them to tf32)."""
+    for dt in (torch.float16, torch.bfloat16):
+        assert bwd_mod.tile_dot(dt, gated=False, balanced=False)
+        assert not bwd_mod.tile_dot(dt, gated=True, balanced=False)
+        assert not bwd_mod.tile_dot(dt, gated=False, balanced=True)
+        with bwd_tuning(tile_dot=True):
+            assert bwd_mod.tile_dot(dt, gated=True, balanced=True)
+        with bwd_tuning(tile_dot=False):
+            assert not bwd_mod.tile_dot(dt, gated=False, balanced=False)
+    with bwd_tuning(tile_dot=True):
+        assert not bwd_mod.tile_dot(torch.float32, gated=False, balanced=False)
+
+
 @pytest.mark.parametrize("split", [2, 5])
 def test_bwd_dbdc_head_split(split, kernel_device):
     """dB/dC with the group's heads split over programs (5 heads per group: splits of 3 + 2, or

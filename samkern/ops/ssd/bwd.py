@@ -117,12 +117,13 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # fuse_finish: the per-head sums in the dB/dC launch (``_fuse_finish_heads``): None = where they
 # fit beside its programs, True = always without split dB/dC, False = never; dbdc_one_pb: False =
 # the dB/dC kernel keeps its P-block loop even when P fits one block; cs_tile: True = the walk hands
-# the chunk kernel the C S_inᵀ tile even without a gate (``cs_vector``).
+# the chunk kernel the C S_inᵀ tile even without a gate (``cs_vector``); tile_dot: the chunk kernel's
+# state tiles through an identity dot (True) or plain loads (False); None = ``tile_dot``'s rule.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
                     "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None,
-                    "dbdc_one_pb": None, "cs_tile": None}
+                    "dbdc_one_pb": None, "cs_tile": None, "tile_dot": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -530,11 +531,11 @@ def _chunk_head(
     dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
     dx_ptr, dz_ptr, ddt_ptr, red_ptr,
     h, row, red_row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
-    CB, CBT, dCB_sum,
+    CB, CBT, dCB_sum, eye,
     T, HT, H, P, NPB, NPBW, RED_D, RED_W,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, FACTORED: tl.constexpr,
-    PREC: tl.constexpr, CS_VEC: tl.constexpr,
+    PREC: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
 ):
     """One head of the chunk kernel's loop: every gradient of head ``h`` in this chunk except
     dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``row`` is the chunk's
@@ -555,9 +556,15 @@ def _chunk_head(
     # dyCS_t = Σ_p dy_tp CS_tp per walk P-block, the one use of CS here, summed once per head (by
     # P-block 0: da is linear in them and the P-blocks' ddt partials are summed afterwards)
     tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
-    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0).to(tl.float32)
+    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0)
+    # TILE_DOT: I·tile, exact (one nonzero product per output, fp32 accumulation), makes the tile
+    # a dot operand, which is what Triton 3.6's pipeliner prefetches (cp.async over the head loop's
+    # stages); a plain load was waited on inside every head, by its layout conversion right after
+    # it (README "The state tiles as dot operands")
+    BdS = tl.dot(eye, BdS) if TILE_DOT else BdS.to(tl.float32)
     if not CS_VEC:
-        CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0).to(tl.float32)
+        CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0)
+        CS = tl.dot(eye, CS) if TILE_DOT else CS.to(tl.float32)
 
     x = tl.load(x_ptr + tok[:, None] * s_x_t + h * s_x_h + offs_p[None, :], mask=mqp, other=0.0)
     dout = tl.load(dout_ptr + tok[:, None] * s_dout_t + h * s_dout_h + offs_p[None, :], mask=mqp,
@@ -687,7 +694,7 @@ def _chunk_heads(
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, FACTORED: tl.constexpr,
-    CS_VEC: tl.constexpr,
+    CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
 ):
     """Heads ``j_lo .. j_hi - 1`` of group ``g`` in the chunk of row ``row`` (tokens ``cstart ..``
     of the sequence ``start .. end``): ``C Bᵀ`` once, then ``_chunk_head`` per head; their summed
@@ -720,15 +727,16 @@ def _chunk_heads(
     # parts of dC = dCB B and dB = dCBᵀ C (reading it transposed from memory)
     dCB_sum = tl.zeros([BLOCK_Q, BLOCK_Q], dtype=tl.float32)
     need_ds, need_sin = _may_be_nonzero(start, end, cstart, HAS_INIT, HAS_DFINAL, BLOCK_Q)
+    eye = (offs_q[:, None] == offs_q[None, :]).to(bds_ptr.dtype.element_ty)  # (TILE_DOT) loop-invariant
     for j in range(j_lo, j_hi):
         dCB_sum = _chunk_head(
             dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
             dx_ptr, dz_ptr, ddt_ptr, red_ptr,
             g * HPG + j, row, red_row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last,
-            need_ds, need_sin, CB, CBT, dCB_sum,
+            need_ds, need_sin, CB, CBT, dCB_sum, eye,
             T, HT, H, P, NPB, NPBW, RED_D, RED_W,
             s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
-            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC)
+            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC, TILE_DOT)
     qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
     tl.store(dcb_ptr + slot.to(tl.int64) * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
 
@@ -759,7 +767,7 @@ def _ssd_bwd_chunk_kernel(
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
     HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
-    BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr, CS_VEC: tl.constexpr,
+    BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
 ):
     pid_p = tl.program_id(2)
     if BALANCED:
@@ -794,7 +802,7 @@ def _ssd_bwd_chunk_kernel(
                     T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
                     HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
-                    CS_VEC)
+                    CS_VEC, TILE_DOT)
     else:
         row = tl.program_id(0)
         pid_gh = tl.program_id(1)
@@ -820,7 +828,7 @@ def _ssd_bwd_chunk_kernel(
                 T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                 s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
                 HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
-                CS_VEC)
+                CS_VEC, TILE_DOT)
         else:
             if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
                 # partials: these programs write their zeros, which saves the buffer a zero fill
@@ -1179,6 +1187,21 @@ def cs_vector(z: Optional[torch.Tensor]) -> bool:
     return z is None and BWD_TUNING.get("cs_tile") is not True
 
 
+def tile_dot(tile_dtype: torch.dtype, gated: bool, balanced: bool) -> bool:
+    """Whether the chunk kernel passes the walk's ``B dSᵀ`` tile (and, with a gate, ``C S_inᵀ``)
+    through an identity dot: exact for 16-bit tiles, and as a dot operand Triton's pipeliner
+    prefetches the tile (cp.async over the head loop's stages) instead of each head waiting on
+    its load. Measured on the H100 (``dev-runs/s36-call1``): the row-blocked grid's chunk kernel
+    at B1 L16384 791–815 → 703–706 us; the balanced grid's 4–11 us slower at the short shapes; the
+    gated kernel spills 1.4 → 2.6 KB and fwd+bwd is 40 % slower. So by default only the row-blocked
+    grid without a gate. ``BWD_TUNING["tile_dot"]``: True = wherever the tiles are 16-bit, False =
+    never, None = that default."""
+    if tile_dtype not in (torch.float16, torch.bfloat16):
+        return False
+    v = BWD_TUNING.get("tile_dot")
+    return bool(v) if v is not None else not (gated or balanced)
+
+
 def walk_p_blocks(P: int, block_p: int) -> int:
     """P-blocks of the dS walk (the last dimension of its ``Σ dS ∘ S_in`` partials)."""
     return cdiv(P, _tuned_block("scan_block_p", block_p, block_p))
@@ -1369,7 +1392,8 @@ def ssd_bwd(
             HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
             BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
             HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
-            BALANCED=bal is not None, MAX_SEGS=max_segs, CS_VEC=cs_vec, num_warps=num_warps, num_stages=num_stages,
+            BALANCED=bal is not None, MAX_SEGS=max_segs, CS_VEC=cs_vec,
+            TILE_DOT=tile_dot(tile_dtype, z is not None, bal is not None), num_warps=num_warps, num_stages=num_stages,
         )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
