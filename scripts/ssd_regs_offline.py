@@ -69,6 +69,27 @@ def compile_launch(fn, args, kwargs, arch: int = 90):
     return triton.compile(source(fn, sig, constexprs, attrs), target=GPUTarget("cuda", arch, 32), options=opts)
 
 
+def loop_plain_tile_loads(ttgir: str) -> list:
+    """The value names (``%BdS_330`` -> ``BdS``) of the 2-D ``tt.load``s inside ``scf.for`` bodies of
+    a kernel's TTGIR: tiles the software pipeliner left as plain loads, which each iteration waits
+    for (Triton 3.6 prefetches only loads that reach a dot's A / B operand: the op README, "The
+    state tiles as dot operands"). Regions are followed by their braces."""
+    names, stack = [], []
+    for line in ttgir.splitlines():
+        t = line.strip()
+        if t.startswith("}"):
+            if stack:
+                stack.pop()
+            if t.endswith("{"):  # "} else {"
+                stack.append("if")
+            continue
+        if "tt.load" in t and "for" in stack and re.search(r"tensor<\d+x\d+x!tt\.ptr", t):
+            names.append(re.sub(r"_\d+$", "", t.split("=")[0].strip().lstrip("%")))
+        if t.endswith("{"):
+            stack.append("for" if "scf.for" in t else "other")
+    return names
+
+
 def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
     """Compile one captured launch for sm_<arch> and return ptxas's registers / spill bytes; with
     ``ptx_dir``, also write its PTX there (``<kernel>-<n>.ptx``, for instruction-level diffs)."""
@@ -89,7 +110,8 @@ def compile_report(fn, args, kwargs, arch: int = 90, ptx_dir: str = "") -> dict:
     return {"kernel": fn.__name__, "warps": kwargs.get("num_warps"), "stages": kwargs.get("num_stages"),
             "regs": int(regs.group(1)) if regs else None,
             "spill_store_bytes": int(spill.group(1)) if spill else None,
-            "spill_load_bytes": int(spill.group(2)) if spill else None, "smem_bytes": ck.metadata.shared}
+            "spill_load_bytes": int(spill.group(2)) if spill else None, "smem_bytes": ck.metadata.shared,
+            "loop_plain_tile_loads": loop_plain_tile_loads(ck.asm["ttgir"])}
 
 
 def capture_launches(shape: str, tuning: dict, n_sms: int = 132, fwd_tuning: Optional[dict] = None,

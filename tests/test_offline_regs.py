@@ -125,3 +125,22 @@ def test_lora_kernels_compile_offline_for_sm90():
     rp = [r for r in rows if r["kind"] == "rank_pass" and r.get("regs")]
     assert {(r["kernel"], r["u"]) for r in rp} == {(k, u) for k in ("_rank_pass_kernel", "_rank_pass_sum_kernel")
                                                    for u in (True, False)}, rp
+
+
+@pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
+def test_chunk_kernel_state_tile_is_prefetched_where_tile_dot_is_on():
+    """``bwd.tile_dot``'s point, checked in the compiled TTGIR (sm_90): on the row-blocked grid the
+    chunk kernel's ``B dSᵀ`` tile is software-pipelined (no plain tile load left in its head loop),
+    and with ``tile_dot`` off it is a plain load again (the detector sees it). The forward and the
+    dS walk keep every in-loop tile load pipelined."""
+    kernels = "--kernels", "_ssd_bwd_chunk_kernel,_ssd_bwd_dstate_kernel,_ssd_fwd_kernel"
+    found = {}
+    for tile_dot in (None, False):
+        out = _run_script("ssd_regs_offline.py", *kernels, "--tuning",
+                          json.dumps({"balanced": False, "tile_dot": tile_dot}))
+        assert out.returncode == 0, out.stderr[-2000:]
+        for r in (json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")):
+            found[(r["kernel"], tile_dot)] = r["loop_plain_tile_loads"]
+    assert found[("_ssd_bwd_chunk_kernel", None)] == [], found
+    assert found[("_ssd_bwd_chunk_kernel", False)] == ["BdS"], found
+    assert found[("_ssd_fwd_kernel", None)] == found[("_ssd_bwd_dstate_kernel", None)] == [], found
