@@ -25,7 +25,8 @@ its dB/dC were summed over heads with atomics. Now:
    sequences a balanced grid of one program per SM (``_balanced_grid``): every chunk is now
    independent. A program forms ``C Bᵀ`` of its chunk once and loops over a block of heads of
    one group (balanced: over its share of the (row, group, head) items, one ``C Bᵀ`` per (row,
-   group) segment); per head it loads the two state tiles (no state is read here) and writes
+   group) segment); per head it loads the state tiles (no state is read here; on the row-blocked
+   grid without a gate through an identity dot, so that Triton prefetches them: ``tile_dot``) and writes
    dx, dz, ddt and the dA/ddt_bias/dD partials. It sums ``dCB = dM∘L∘dt`` over its heads and
    stores that [Q, Q] tile per program (balanced: per segment), and the dB/dC kernel reads it
    transposed from memory for ``dCBᵀ``: no second dot, no ``tl.trans`` of a dot result.
