@@ -10,7 +10,8 @@ Run (device): ``source .gpu-kit/peers.sh; PYTHONPATH=$PWD:$PYTHONPATH python3 sc
 Environment: ``SSD_PROFILE_SHAPES`` (comma list of ``bench_ssd.SHAPES`` names), ``SSD_PROFILE_SWEEP``
 (JSON list of ``BWD_TUNING`` overrides; keys ``fwd_<name>`` set ``FWD_TUNING[name]`` instead), ``SSD_PROFILE_PEER=0`` (skip mamba-ssm: its autotune takes
 minutes per new shape), ``SSD_PROFILE_FWD=1`` (also the forward alone, no gradients: the inference
-path, which takes the sequence split for long rows).
+path, which takes the sequence split for long rows), ``SSD_PROFILE_Z=1`` (with the gate z, which the
+harness does not time: the gated kernels compile differently).
 """
 from __future__ import annotations
 
@@ -36,6 +37,7 @@ RESULT: dict = {}
 # launch settings to sweep (JSON list of dicts of BWD_TUNING keys, plus "block_q" = the training chunk)
 PEER = os.environ.get("SSD_PROFILE_PEER", "1") != "0"
 FWD = os.environ.get("SSD_PROFILE_FWD", "0") == "1"
+GATED = os.environ.get("SSD_PROFILE_Z", "0") == "1"
 SWEEP = json.loads(os.environ.get("SSD_PROFILE_SWEEP", json.dumps(
     [{"num_warps": w, "num_stages": s} for w in (4, 8) for s in (1, 2)])))
 
@@ -96,6 +98,8 @@ def main() -> None:
         if name not in WANT:
             continue
         kw = make_inputs(*shp, requires_grad=True)
+        if GATED:
+            kw["z"] = torch.randn_like(kw["x"]).requires_grad_(True)
         res: dict = {}
         ours = lambda **k: ssd_chunk_scan(**k, backend="triton")  # noqa: E731
         f_ours = fwdbwd_fn(ours, kw)
