@@ -240,6 +240,38 @@ def test_split_gpu_bf16_long_and_graph(monkeypatch, split_dt):
     assert rel_err(captured, out) < 1e-6
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(ON_CPU, reason="needs a CUDA GPU")
+def test_split_gpu_fp16_backward_fast_decays(monkeypatch):
+    """fp16 training on a long row (the split by its own heuristic) with Mamba-2's initial decays
+    (A in [-16, -1], dt ~ 0.05-0.1: up to ~100 per 64-token chunk): every gradient finite and equal
+    to the one-pass backward's (itself checked against mamba-ssm). The split's backward asks the
+    chunk kernel for factored decays, whose fp16 operand overflowed past a chunk decay of ~22
+    (dx NaN) until fp16 stopped taking them (session 37, ``bwd._factor_range``)."""
+    from samkern.testing import rel_err
+
+    H = 16
+    kw = make(1, 8192, H, 64, 128, dtype=torch.float16, D="head", dt_bias=True, requires_grad=True)
+    with torch.no_grad():
+        kw["A"].copy_(-torch.linspace(1.0, 16.0, H, device=DEV))
+        kw["dt_bias"].fill_(-2.5)  # softplus(-2.5 + N(0, 0.5)) ~ 0.08
+    dout = torch.randn_like(kw["x"])
+    names = ["x", "dt", "A", "B", "C", "D", "dt_bias"]
+
+    def grads():
+        for n in names:
+            kw[n].grad = None
+        ssd_chunk_scan(**kw, chunk_size=64, backend="triton").backward(dout)
+        return [kw[n].grad.clone() for n in names]
+
+    split = grads()  # B1 x 16 heads x 1 P-block < the SM count: the split is on by itself
+    _split_on(monkeypatch, 0)
+    one = grads()
+    for n, g, r in zip(names, split, one):
+        assert bool(torch.isfinite(g).all()), f"{n}: not finite"
+        assert rel_err(g, r) < 2e-2, (n, rel_err(g, r))
+
+
 def test_pick_split_len_heuristic(monkeypatch):
     """On by itself only for long rows whose one-pass grid leaves SMs idle; segments of 1024,
     longer so that a row never needs more than 64; FWD_TUNING overrides (0 = never)."""
