@@ -521,40 +521,6 @@ def test_bwd_state_tiles_through_identity_dot(gated, kernel_device, monkeypatch)
             assert torch.equal(a, got[False][name]), name
 
 
-@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
-@pytest.mark.parametrize("grid", ["row-blocked", "factored", "balanced"])
-@pytest.mark.parametrize("u_vec", [None, True], ids=["u-here", "u-walk"])
-def test_bwd_state_fold(u_vec, grid, dtype, kernel_device, monkeypatch):
-    """``BWD_TUNING["state_fold"]``: dx's state term ``w ∘ (B dSᵀ)`` as a dot chained onto dx's
-    ``Mᵀ dy`` dot (diag(w) rounded to the tile dtype) or, with factored decays, ``2^-m I`` (exact),
-    against the reference: the row-blocked grid, its factored launch (heads decaying from ~0.5 to
-    ~190 per chunk: both launches run) and the balanced grid; ragged sequences except on the latter,
-    initial states, d final states, poisoned buffers. A fold that dropped the state term or
-    scaled it wrongly fails on dx, ddt and dA. ``u_vec``: the walk forms u (``dstate_walk``);
-    P 40 in P-blocks of 32 for the chunk kernel and 16 for the walk (both ragged), so its three
-    partials are summed by the chunk kernel's P-block 0 only."""
-    balanced = grid == "balanced"
-    lens = [37, 37] if balanced else [37, 20, 16]
-    case = make_case(lens, H=4, G=1, P=40, N=16, D="head", dt_bias=True, softplus=True,
-                     n_init=1, init_idx=[0] + [-1] * (len(lens) - 1), dfinal=True, dtype=dtype)
-    if grid == "factored":
-        case["inp"]["A"] = torch.tensor([-0.05, -0.5, -3.0, -20.0])
-    ref, cs = reference_grads(case, block_q=16)
-    calls = spy_launches(monkeypatch, "_CHUNK")
-    with bwd_tuning(state_fold=True, heads_per_program=1, u_vec=u_vec), poisoned_empty():
-        with bwd_tuning(scan_block_p=16):
-            got = run_kernel(case, 16, cs, kernel_device, block_p=32, seq_len=lens[0] if balanced else None,
-                             factor_range=80.0 if grid == "factored" else None)
-    assert calls and all(kw["STATE_FOLD"] is True and kw["U_VEC"] is bool(u_vec) for _, kw in calls)
-    assert any(kw["FACTORED"] for _, kw in calls) == (grid == "factored" and dtype == torch.float32)
-    assert all(kw["BALANCED"] == balanced for _, kw in calls)
-    if dtype == torch.float16:
-        check_grads(got, ref, case, rtol=5e-3)  # fp16 dot operands (test_bwd_block_q32_fp16)
-    else:
-        check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
-
-
 def test_tile_dot_rule():
     """Where the identity dot is on by default: 16-bit tiles on the row-blocked grid without a gate
     (measured: ``bwd.tile_dot``'s docstring); ``BWD_TUNING["tile_dot"]`` forces it either way,

@@ -99,6 +99,35 @@ def test_split_backward_matches_reference(opts, monkeypatch, split_dt):
         assert_close(f"split d{k} vs one pass", got[k], one[k], rtol=5e-5)
 
 
+@pytest.mark.filterwarnings("ignore:overflow encountered in multiply:RuntimeWarning")
+def test_split_backward_fp16_fast_decays(monkeypatch):
+    """fp16 training through the split with heads decaying by ~8 to ~900 per 16-token chunk: every
+    gradient finite and within fp16 rounding of fp64 autograd through the reference. The split's
+    backward asks for factored decays, whose fp16 operand overflowed (dx NaN) until fp16 inputs
+    stopped taking them (session 37, ``bwd._factor_range``)."""
+    L = int(3.4 * SEG)
+    kw = make(2, L, 4, 16, 16, dtype=torch.float16, D="head", dt_bias=True, init=True, requires_grad=True)
+    with torch.no_grad():
+        # dt ~ softplus(0.5 + N(0, 0.5)) ~ 1: chunk decays ~8, ~30, ~60 (factored: within the bound
+        # 80, the last two past fp16's exp(11)) and ~900 (the [Q, Q] exp launch)
+        kw["A"].copy_(torch.tensor([-0.5, -2.0, -4.0, -60.0], device=kw["A"].device))
+        kw["dt_bias"].fill_(0.5)
+    dout = torch.randn(2, L, 4, 16, dtype=torch.float64, device=kw["x"].device)
+    dfin = torch.randn(2, 4, 16, 16, dtype=torch.float64, device=kw["x"].device)
+    k64 = {k: (v.detach().double().requires_grad_(True) if isinstance(v, torch.Tensor) and v.is_floating_point()
+               else v) for k, v in kw.items()}
+    ref = _grads(ssd_chunk_scan_ref, k64, dout, dfin)
+    _split_on(monkeypatch)
+    import samkern.ops.ssd.bwd as bwd_mod
+
+    # one head per chunk program, so that the slow heads' blocks are within the factoring bound
+    monkeypatch.setitem(bwd_mod.BWD_TUNING, "heads_per_program", 1)
+    got = _grads(ssd_chunk_scan, kw, dout, dfin, backend="triton")
+    for k in ref:
+        assert bool(torch.isfinite(got[k]).all()), f"split d{k} not finite"
+        assert_close(f"split d{k} vs ref", got[k].double(), ref[k], rtol=5e-3)  # fp16 dot operands
+
+
 @pytest.mark.parametrize("G", [1, 2])
 def test_segment_sums_match_torch(G):
     """The first pass's weighted sums (``segment_sums``) against a torch oracle written from their
@@ -264,7 +293,10 @@ def test_split_gpu_fp16_backward_fast_decays(monkeypatch):
         ssd_chunk_scan(**kw, chunk_size=64, backend="triton").backward(dout)
         return [kw[n].grad.clone() for n in names]
 
-    split = grads()  # B1 x 16 heads x 1 P-block < the SM count: the split is on by itself
+    import samkern.ops.ssd.split as split_mod
+
+    assert split_mod.pick_split_len(1, 8192, H, 64, 128, 64, kw["x"].device) > 0  # on by itself
+    split = grads()
     _split_on(monkeypatch, 0)
     one = grads()
     for n, g, r in zip(names, split, one):

@@ -120,14 +120,13 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # the dB/dC kernel keeps its P-block loop even when P fits one block; cs_tile: True = the walk hands
 # the chunk kernel the C S_inᵀ tile even without a gate (``cs_vector``); tile_dot: the chunk kernel's
 # state tiles through an identity dot (True) or plain loads (False); None = ``tile_dot``'s rule;
-# state_fold: True = dx's state term as a dot chained onto its Mᵀ dy dot (``_chunk_head``); u_vec:
-# True = the dS walk forms the chunk kernel's u = Σ_p x ∘ B dSᵀ (no gate only).
+# scan_maxnreg: a register cap for the dS walk (Triton's launch option; None = none).
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
                     "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None,
-                    "dbdc_one_pb": None, "cs_tile": None, "tile_dot": None, "state_fold": None,
-                    "u_vec": None}
+                    "dbdc_one_pb": None, "cs_tile": None, "tile_dot": None,
+                    "scan_maxnreg": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -324,12 +323,11 @@ def _may_be_nonzero(start, end, cstart, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.c
 @triton.jit
 def _walk_chunk(
     ci, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
-    dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr, x_ptr, u_ptr,
-    T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_x_t, s_x_h,
+    dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+    T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr,
     PREC: tl.constexpr, BLOCK_Q: tl.constexpr,
     DS_ZERO: tl.constexpr, SIN_ZERO: tl.constexpr, UPDATE: tl.constexpr, CS_VEC: tl.constexpr,
-    U_VEC: tl.constexpr,
 ):
     """Step ``ci`` of the reverse dS walk (chunk ``c = n_chunks - 1 - ci`` of the sequence): with
     ``WRITE_DS`` stores dS leaving the chunk, ``B dSᵀ``, ``C S_inᵀ`` and ``Σ dS ∘ S_in``; returns dS
@@ -377,10 +375,6 @@ def _walk_chunk(
         mpq = mp[:, None] & mq[None, :]
         if not DS_ZERO:
             tl.store(bds_ptr + tile, bds_t.to(bds_ptr.dtype.element_ty), mask=mpq & ((ci > 0) | HAS_DFINAL))
-            if U_VEC:  # u_s = Σ_p x_sp (B dSᵀ)_sp of this P-block, for the chunk kernel's dt terms
-                xt = tl.load(x_ptr + tok[None, :] * s_x_t + pid_h * s_x_h + offs_p[:, None], mask=mpq, other=0.0)
-                tl.store(u_ptr + (pid_p.to(tl.int64) * T + tok) * H + pid_h,
-                         tl.sum(xt.to(tl.float32) * bds_t, axis=0), mask=mq & ((ci > 0) | HAS_DFINAL))
         if not SIN_ZERO and not CS_VEC:
             tl.store(csin_ptr + tile, cs_t.to(csin_ptr.dtype.element_ty), mask=mpq & ((c > 0) | HAS_INIT))
     if UPDATE:
@@ -403,13 +397,12 @@ def _walk_chunk(
 @triton.jit
 def _ssd_bwd_dstate_kernel(
     dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cu_ptr, init_ptr, dfin_ptr, cs_ptr,
-    ds_ptr, dinit_ptr, bds_ptr, csin_ptr, sds_ptr, x_ptr, u_ptr,
+    ds_ptr, dinit_ptr, bds_ptr, csin_ptr, sds_ptr,
     T, HT, H, P, N, HPG, HPN, NPBW,
-    s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_x_t, s_x_h,
+    s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, WRITE_DS: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, CS_VEC: tl.constexpr,
-    U_VEC: tl.constexpr,
 ):
     """The reverse dS walk of one (sequence, head, P-block). With ``WRITE_DS`` it also stores, per
     chunk, everything the chunk kernel needs from the states (so that kernel reads two [Q, P]
@@ -447,9 +440,9 @@ def _ssd_bwd_dstate_kernel(
     if PEEL_FIRST:
         dS = _walk_chunk(
             0, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
-            dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr, x_ptr, u_ptr,
-            T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_x_t, s_x_h,
-            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, True, False, True, CS_VEC, U_VEC)
+            dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+            T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, True, False, True, CS_VEC)
         ci0 = 1
     ci_end = n_chunks
     if PEEL_LAST:
@@ -457,17 +450,16 @@ def _ssd_bwd_dstate_kernel(
     for ci in range(ci0, ci_end):
         dS = _walk_chunk(
             ci, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g, pid_h, pid_p,
-            dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr, x_ptr, u_ptr,
-            T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_x_t, s_x_h,
-            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, False, True, CS_VEC, U_VEC)
+            dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
+            T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+            HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, False, True, CS_VEC)
     if PEEL_LAST:
         if ci_end < n_chunks:  # the sequence's first chunk is still to walk (not the peeled first one)
             dS = _walk_chunk(
                 n_chunks - 1, n_chunks, dS, start, end, row0, state_off, mpn, offs_q, offs_p, mp, offs_n, mn, g,
                 pid_h, pid_p, dout_ptr, z_ptr, dtc_ptr, B_ptr, C_ptr, cs_ptr, ds_ptr, bds_ptr, csin_ptr, sds_ptr,
-                x_ptr, u_ptr,
-                T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_x_t, s_x_h,
-                HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, True, False, CS_VEC, U_VEC)
+                T, HT, H, P, HPN, NPBW, s_dout_t, s_dout_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g,
+                HAS_Z, HAS_INIT, HAS_DFINAL, WRITE_DS, PREC, BLOCK_Q, False, True, False, CS_VEC)
 
     if HAS_INIT:
         idx = tl.load(init_ptr + pid_s)
@@ -545,14 +537,13 @@ _DT_CACHE = fast_launch(_ssd_dt_cache_kernel)  # cheaper eager launches (samkern
 @triton.jit
 def _chunk_head(
     dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, red_ptr, u_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, red_ptr,
     h, row, red_row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last, need_ds, need_sin,
     CB, CBT, dCB_sum, eye,
     T, HT, H, P, NPB, NPBW, RED_D, RED_W,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, FACTORED: tl.constexpr,
-    PREC: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr, STATE_FOLD: tl.constexpr,
-    U_VEC: tl.constexpr,
+    PREC: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
 ):
     """One head of the chunk kernel's loop: every gradient of head ``h`` in this chunk except
     dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``row`` is the chunk's
@@ -573,14 +564,12 @@ def _chunk_head(
     # dyCS_t = Σ_p dy_tp CS_tp per walk P-block, the one use of CS here, summed once per head (by
     # P-block 0: da is linear in them and the P-blocks' ddt partials are summed afterwards)
     tile = tok[:, None] * (H * P) + h * P + offs_p[None, :]
-    bds_lp = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0)
+    BdS = tl.load(bds_ptr + tile, mask=mqp & need_ds, other=0.0)
     # TILE_DOT: I·tile, exact (one nonzero product per output, fp32 accumulation), makes the tile
     # a dot operand, which is what Triton 3.6's pipeliner prefetches (cp.async over the head loop's
     # stages); a plain load was waited on inside every head, by its layout conversion right after
     # it (README "The state tiles as dot operands")
-    # STATE_FOLD: the tile is instead the B operand of a dot chained onto dx's (below), so the
-    # fp32 copy here only feeds u
-    BdS = tl.dot(eye, bds_lp) if TILE_DOT and not STATE_FOLD else bds_lp.to(tl.float32)
+    BdS = tl.dot(eye, BdS) if TILE_DOT else BdS.to(tl.float32)
     if not CS_VEC:
         CS = tl.load(csin_ptr + tile, mask=mqp & need_sin, other=0.0)
         CS = tl.dot(eye, CS) if TILE_DOT else CS.to(tl.float32)
@@ -619,29 +608,12 @@ def _chunk_head(
         # [a_last, 0], so both factors stay within exp(±|a_last| / 2) (the caller checks
         # |a_last| ≤ FACTOR_RANGE); Mᵀ dy = (exp(c − a) dt) ∘ ((C Bᵀ ∘ causal)ᵀ (exp(a − c) ∘ dy)),
         # where the masked (C Bᵀ)ᵀ is the caller's, shared by all heads: no [Q, Q] exp here
-        if STATE_FOLD:
-            # c = a_last + m·ln 2 within ln 2 of a_last / 2, so that w / (exp(c − a) dt) =
-            # exp(a_last − c) = 2^-m is exact in the tile dtype: dx = exp(c − a) dt ∘
-            # (masked (C Bᵀ)ᵀ udy + 2^-m B dSᵀ), one dot chain, no fp32 [Q, P] state pass
-            m = tl.floor(a_last * (-0.5 / 0.6931471805599453))
-            c_mid = a_last + m * 0.6931471805599453
-            udy = (tl.exp(a - c_mid)[:, None] * dy).to(in_ty)
-            kI = (eye * tl.exp2(-m)).to(bds_lp.dtype)
-            dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(kI, bds_lp, acc=tl.dot(CBT, udy, input_precision=PREC),
-                                                              input_precision=PREC)
-        else:
-            c_mid = 0.5 * a_last
-            udy = (tl.exp(a - c_mid)[:, None] * dy).to(in_ty)
-            dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(CBT, udy, input_precision=PREC) + w[:, None] * BdS
+        c_mid = 0.5 * a_last
+        udy = (tl.exp(a - c_mid)[:, None] * dy).to(in_ty)
+        dx = (tl.exp(c_mid - a) * dtv)[:, None] * tl.dot(CBT, udy, input_precision=PREC) + w[:, None] * BdS
     else:
         MT = _times_causal_decay(CBT * dtv[:, None], a, a_last, causal_t, True)  # [s, t]
-        if STATE_FOLD:
-            # diag(w) B dSᵀ as a dot chained onto Mᵀ dy: w rounded to the tile dtype, as Mᵀ's
-            # entries are
-            dx = tl.dot((eye * w[:, None]).to(bds_lp.dtype), bds_lp,
-                        acc=tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC), input_precision=PREC)
-        else:
-            dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
+        dx = tl.dot(MT.to(in_ty), dy_lp, input_precision=PREC) + w[:, None] * BdS
     if HAS_D:
         dx += Dv * dy
         if D_PER_CHANNEL:
@@ -669,13 +641,7 @@ def _chunk_head(
     # 118 -> 100 us at 130m B32 L192, 308 -> 266 at B8 L640 (H100, dev-runs/s22-call4)
     xf = x.to(tl.float32)
     if CS_VEC:
-        if U_VEC:  # the walk's row sums per walk P-block (like dyCS below): P-block 0 adds them all
-            m_u = mq & need_ds & (pid_p == 0)
-            u = tl.load(u_ptr + tok * H + h, mask=m_u, other=0.0)
-            for k in range(1, NPBW):
-                u += tl.load(u_ptr + (k * T + tok) * H + h, mask=m_u, other=0.0)
-        else:
-            u = tl.sum(xf * BdS, axis=1)  # (STATE_FOLD: the tile from shared memory, the dot's operand)
+        u = tl.sum(xf * BdS, axis=1)
         m_vec = mq & need_sin & (pid_p == 0)
         dyCS = tl.load(csin_ptr + tok * H + h, mask=m_vec, other=0.0)
         for k in range(1, NPBW):
@@ -729,14 +695,14 @@ def _chunk_head(
 @triton.jit
 def _chunk_heads(
     dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
-    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr, u_ptr,
+    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
     row, red_row, g, j_lo, j_hi, slot, pid_p, start, end, cstart,
     T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, FACTORED: tl.constexpr,
-    CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr, STATE_FOLD: tl.constexpr, U_VEC: tl.constexpr,
+    CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
 ):
     """Heads ``j_lo .. j_hi - 1`` of group ``g`` in the chunk of row ``row`` (tokens ``cstart ..``
     of the sequence ``start .. end``): ``C Bᵀ`` once, then ``_chunk_head`` per head; their summed
@@ -773,12 +739,12 @@ def _chunk_heads(
     for j in range(j_lo, j_hi):
         dCB_sum = _chunk_head(
             dout_ptr, x_ptr, dtc_ptr, A_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
-            dx_ptr, dz_ptr, ddt_ptr, red_ptr, u_ptr,
+            dx_ptr, dz_ptr, ddt_ptr, red_ptr,
             g * HPG + j, row, red_row, pid_p, tok, mq, last, offs_p, mp, mqp, causal, causal_t, is_last,
             need_ds, need_sin, CB, CBT, dCB_sum, eye,
             T, HT, H, P, NPB, NPBW, RED_D, RED_W,
             s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
-            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC, TILE_DOT, STATE_FOLD, U_VEC)
+            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC, TILE_DOT)
     qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
     tl.store(dcb_ptr + slot.to(tl.int64) * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
 
@@ -794,8 +760,8 @@ def _item_owner(x, W, NP):
 def _ssd_bwd_chunk_kernel(
     # inputs
     dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, cu_ptr, bds_ptr, csin_ptr, sds_ptr,
-    # outputs (u_ptr: the walk's u row sums, an input, read with U_VEC)
-    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr, u_ptr,
+    # outputs
+    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
     # sizes
     T, HT, H, P, N, G, HPG, HB, NHB, NPB, NPBW, RED_D, RED_W, NSEQ, n_search,
     # the balanced grid (BALANCED): W work items over NP programs, sequences of SEQ_L tokens
@@ -810,7 +776,6 @@ def _ssd_bwd_chunk_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
     HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
     BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
-    STATE_FOLD: tl.constexpr, U_VEC: tl.constexpr,
 ):
     pid_p = tl.program_id(2)
     if BALANCED:
@@ -839,13 +804,13 @@ def _ssd_bwd_chunk_kernel(
                 seg = pid - _item_owner(rg.to(tl.int64) * HPG, W, NP).to(tl.int32)
                 _chunk_heads(
                     dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
-                    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr, u_ptr,
+                    dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
                     (start // BLOCK_Q + seq + k).to(tl.int32), b, g, j_lo, j_hi, (rg * NSEG + seg) * NPB + pid_p,
                     pid_p, start, start + SEQ_L, start + k * BLOCK_Q,
                     T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
                     HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
-                    CS_VEC, TILE_DOT, STATE_FOLD, U_VEC)
+                    CS_VEC, TILE_DOT)
     else:
         row = tl.program_id(0)
         pid_gh = tl.program_id(1)
@@ -865,13 +830,13 @@ def _ssd_bwd_chunk_kernel(
             # this program's (head-block, P-block) slot of the per-(row, group) dCB sums
             _chunk_heads(
                 dout_ptr, x_ptr, dtc_ptr, A_ptr, B_ptr, C_ptr, D_ptr, z_ptr, bds_ptr, csin_ptr, sds_ptr,
-                dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr, u_ptr,
+                dx_ptr, dz_ptr, ddt_ptr, dcb_ptr, red_ptr,
                 row, row, g, hb * HB, tl.minimum(HPG, hb * HB + HB), (row.to(tl.int64) * G + g) * (NHB * NPB)
                 + hb * NPB + pid_p, pid_p, start, end, cstart,
                 T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                 s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
                 HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
-                CS_VEC, TILE_DOT, STATE_FOLD, U_VEC)
+                CS_VEC, TILE_DOT)
         else:
             if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
                 # partials: these programs write their zeros, which saves the buffer a zero fill
@@ -1168,7 +1133,7 @@ def dstate_walk(
     init_idx: torch.Tensor, n_init: int, dfinal_states: Optional[torch.Tensor], dstates: Optional[torch.Tensor], *,
     P: int, block_q: int, block_p: int, zero_fill: bool = True, B: Optional[torch.Tensor] = None,
     chunk_states: Optional[torch.Tensor] = None, tiles: Optional[Tuple[torch.Tensor, ...]] = None,
-    cs_vec: bool = False, x: Optional[torch.Tensor] = None, u_vec: Optional[torch.Tensor] = None,
+    cs_vec: bool = False,
 ) -> Optional[torch.Tensor]:
     """Launch the reverse dS walk (``_ssd_bwd_dstate_kernel``) on flat, last-dim-contiguous inputs.
 
@@ -1183,9 +1148,6 @@ def dstate_walk(
     ((T, H, P)) and ``Σ dS ∘ S_in`` per walk P-block into ``sds`` ((rows, H, walk P-blocks) fp32;
     :func:`walk_p_blocks`). ``cs_vec`` (no gate: z None): ``cs`` takes the row sums
     ``Σ_p dy_tp (C S_inᵀ)_tp`` per walk P-block instead, ((walk P-blocks, T, H) fp32; :func:`cs_vector`).
-    ``u_vec`` (with ``x``, (T, H, P)): the walk also stores ``u_t = Σ_p x_tp (B dSᵀ)_tp`` per walk P-block
-    there ((walk P-blocks, T, H) fp32), which the chunk kernel then reads instead of forming it
-    (``BWD_TUNING["u_vec"]``).
     """
     H, T = dtc.shape[1], dtc.shape[2]
     G, N = C.shape[1], C.shape[2]
@@ -1205,19 +1167,15 @@ def dstate_walk(
     scan_bp = _tuned_block("scan_block_p", block_p, block_p)
     n_pb = cdiv(P, scan_bp)  # = walk_p_blocks(P, block_p)
     Bt = B if B is not None else C
-    if u_vec is not None and (x is None or dstates is None):
-        raise ValueError("dstate_walk: u_vec needs x and dstates")
-    xs = x if x is not None else dout
     _DSTATE[(nseq, H, n_pb)](
         dout, z if z is not None else dout, dtc, Bt, C,
         cu_seqlens, init_idx, dfinal_states if dfinal_states is not None else dummy,
         chunk_states if chunk_states is not None else dummy,
         dstates if dstates is not None else dummy, dinit if dinit is not None else dummy, bds, cs_tile, sds,
-        xs, u_vec if u_vec is not None else dummy,
         T, H * T, H, P, N, H // G, H * P * N, n_pb,
         dout.stride(0), dout.stride(1), z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0,
-        Bt.stride(0), Bt.stride(1), C.stride(0), C.stride(1), xs.stride(0), xs.stride(1),
-        HAS_Z=z is not None, U_VEC=u_vec is not None,
+        Bt.stride(0), Bt.stride(1), C.stride(0), C.stride(1),
+        HAS_Z=z is not None,
         HAS_INIT=dinit is not None, HAS_DFINAL=dfinal_states is not None, WRITE_DS=dstates is not None,
         PREC="ieee" if C.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=scan_bp, BLOCK_N=BLOCK_N, CS_VEC=cs_vec,
@@ -1225,6 +1183,7 @@ def dstate_walk(
         # B8 L640 203 -> 178, B1 L16384 807 -> 689 (H100, dev-runs/s12-call2)
         num_warps=BWD_TUNING.get("scan_warps") or 4,
         num_stages=BWD_TUNING.get("scan_stages") or 2,
+        **({"maxnreg": BWD_TUNING["scan_maxnreg"]} if BWD_TUNING.get("scan_maxnreg") else {}),
     )
     return dinit
 
@@ -1387,12 +1346,10 @@ def ssd_bwd(
              torch.empty((npbw, T, H) if cs_vec else (T, H, P), device=dev,
                          dtype=torch.float32 if cs_vec else tile_dtype),
              torch.empty((n_rows, H, npbw), device=dev, dtype=torch.float32))  # Σ dS ∘ S_in partials
-    # (u_vec: the walk also forms the chunk kernel's u row sums, BWD_TUNING["u_vec"]; no gate only)
-    u_vec = torch.empty((npbw, T, H), device=dev, dtype=torch.float32) if cs_vec and BWD_TUNING.get("u_vec") else None
     dinit = dstate_walk(dout, z, dtc, C, cu_seqlens, init_idx,
                         initial_states.shape[0] if initial_states is not None else 0, dfinal_states, dstates,
                         P=P, block_q=block_q, block_p=BLOCK_P, zero_fill=not init_rows_all_seeded, B=B,
-                        chunk_states=chunk_states, tiles=tiles, cs_vec=cs_vec, x=x, u_vec=u_vec)
+                        chunk_states=chunk_states, tiles=tiles, cs_vec=cs_vec)
 
     # 2. every chunk's gradients except dB/dC, in parallel
     dx = torch.empty((T, H, P), device=dev, dtype=x.dtype)
@@ -1434,7 +1391,7 @@ def ssd_bwd(
         _CHUNK[grid](
             dout, x, dtc, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
             cu_seqlens, *tiles,
-            dx, dz, ddt_part, dcb, red, u_vec if u_vec is not None else dummy,
+            dx, dz, ddt_part, dcb, red,
             T, H * T, H, P, N, G, HPG, HB, NHB, NPB, npbw, red_d, red_w, nseq, n_search,
             W, NP, seq_len, CPS, n_seg,
             dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
@@ -1445,8 +1402,7 @@ def ssd_bwd(
             BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
             HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
             BALANCED=bal is not None, MAX_SEGS=max_segs, CS_VEC=cs_vec,
-            TILE_DOT=tile_dot(tile_dtype, z is not None, bal is not None),
-            STATE_FOLD=BWD_TUNING.get("state_fold") is True, U_VEC=u_vec is not None, num_warps=num_warps, num_stages=num_stages,
+            TILE_DOT=tile_dot(tile_dtype, z is not None, bal is not None), num_warps=num_warps, num_stages=num_stages,
         )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers

@@ -67,10 +67,11 @@ __all__ = ["ssd_fwd", "default_block_q", "chunk_state_dtype", "TRAIN_BLOCK_Q", "
 # "split_pass1": the split's first passes, "sum" (``split._segment_sum_kernel``) or "walk" (this
 # kernel's ``states_only`` mode and the dS walk from a zero seed, as until session 31); None = "sum".
 # "split_pass1_warps" / "split_pass1_stages": the sum kernel's launch (None: 4 warps, 3 stages at a
-# 64-token chunk, 2 above).
+# 64-token chunk, 2 above). "maxnreg": a register cap for the forward kernel (Triton's launch
+# option; None = none).
 FWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "split_len": None,
                     "chunk_states": None, "block_q": None, "split_dt": None, "dt_prep": None,
-                    "split_pass1": None, "split_pass1_warps": None, "split_pass1_stages": None}
+                    "split_pass1": None, "split_pass1_warps": None, "split_pass1_stages": None, "maxnreg": None}
 FWD_TUNING.update(tuning_from_env("SAMKERN_SSD_FWD_TUNING", FWD_TUNING))  # env override: JSON
 
 
@@ -518,5 +519,6 @@ def ssd_fwd(
         WRITE_DT=dt_cache_out is not None, WRITE_DECAY=decay_out is not None, DOT_PREC="ieee" if x.dtype == torch.float32 else "tf32",
         BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, SKIP_UNREAD=bool(skip_unread_rows),
         READ_DT=dt_cache_in is not None, num_warps=nw, num_stages=ns,
+        **({"maxnreg": FWD_TUNING["maxnreg"]} if FWD_TUNING.get("maxnreg") else {}),
     )
     return out, final, cstates, block_q
