@@ -585,6 +585,42 @@ def test_bwd_finish_fused_or_not(D, fuse, kernel_device, monkeypatch):
     assert len(finish) == (0 if fuse else 1)
 
 
+@pytest.mark.parametrize("tok", [None, False], ids=["token_terms", "row_sums"])
+@pytest.mark.parametrize("fuse", [True, False], ids=["fused", "finishing_kernel"])
+@pytest.mark.parametrize("grid", ["row-blocked", "balanced"])
+@pytest.mark.parametrize("D", ["head", None])
+def test_bwd_small_grads_token_terms(D, grid, fuse, tok, kernel_device, monkeypatch):
+    """``bwd.tok_red``: the chunk kernel hands dA / ddt_bias / a per-head dD to the finishing sums as
+    per-token terms ((P-blocks, 3, H, T)) or as per-row sums (``tok_red=False``), summed in the
+    dB/dC launch's head rows or in the finishing kernel: every gradient against the reference, three
+    P-blocks (P 40 in blocks of 16, the last ragged), no gate (the row sums joined with u where the
+    P-block is the chunk: P 16 below), both chunk grids, buffers poisoned (an unwritten token's
+    terms would be NaN), and the launches carry the flag claimed. A per-channel dD keeps the row
+    sums (``test_tok_red_rule``)."""
+    balanced = grid == "balanced"
+    lens = [37, 37] if balanced else [37, 20]
+    chunk = spy_launches(monkeypatch, "_CHUNK")
+    for P, block_p in ((40, 16), (16, 16)):
+        case = make_case(lens, H=3, G=1, P=P, N=16, D=D, dt_bias=True, softplus=True,
+                         n_init=1, init_idx=[0, -1], dfinal=True)
+        ref, cs = reference_grads(case, block_q=16)
+        chunk.clear()
+        with bwd_tuning(tok_red=tok, fuse_finish=fuse, dbdc_split=1), poisoned_empty():
+            got = run_kernel(case, 16, cs, kernel_device, block_p=block_p, seq_len=lens[0] if balanced else None)
+        check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
+        assert chunk and all(kw["TOK_RED"] is (tok is None) and kw["BALANCED"] is balanced for _, kw in chunk)
+
+
+def test_tok_red_rule():
+    """Per-token terms for a per-head D or none; a per-channel D keeps the row sums (its partials
+    are P-vectors per row already); ``BWD_TUNING["tok_red"] = False`` keeps them everywhere."""
+    assert bwd_mod.tok_red(None)
+    assert bwd_mod.tok_red(torch.zeros(4))
+    assert not bwd_mod.tok_red(torch.zeros(4, 16))
+    with bwd_tuning(tok_red=False):
+        assert not bwd_mod.tok_red(torch.zeros(4))
+
+
 @pytest.mark.parametrize("P, block_p, one_pb_setting, want_one_pb", [
     (32, None, None, True),  # P in one block: the head loop without the P-block loop (pipelined)
     (24, 16, None, False),  # two P-blocks: the loop

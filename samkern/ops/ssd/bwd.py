@@ -120,13 +120,14 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # the dB/dC kernel keeps its P-block loop even when P fits one block; cs_tile: True = the walk hands
 # the chunk kernel the C S_inᵀ tile even without a gate (``cs_vector``); tile_dot: the chunk kernel's
 # state tiles through an identity dot (True) or plain loads (False); None = ``tile_dot``'s rule;
-# scan_maxnreg: a register cap for the dS walk (Triton's launch option; None = none).
+# scan_maxnreg: a register cap for the dS walk (Triton's launch option; None = none); tok_red: False =
+# the small gradients as per-row sums even where ``tok_red`` takes per-token terms.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
                     "factor_range": None, "balanced": None, "chunk_programs": None, "fuse_finish": None,
                     "dbdc_one_pb": None, "cs_tile": None, "tile_dot": None,
-                    "scan_maxnreg": None}
+                    "scan_maxnreg": None, "tok_red": None}
 BWD_TUNING.update(tuning_from_env("SAMKERN_SSD_BWD_TUNING", BWD_TUNING))  # env override: JSON
 
 
@@ -543,12 +544,14 @@ def _chunk_head(
     T, HT, H, P, NPB, NPBW, RED_D, RED_W,
     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, FACTORED: tl.constexpr,
-    PREC: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
+    PREC: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr, BLOCK_PQ: tl.constexpr,
+    TOK_RED: tl.constexpr,
 ):
     """One head of the chunk kernel's loop: every gradient of head ``h`` in this chunk except
     dB/dC; returns ``dCB_sum`` with this head's ``dM ∘ L ∘ dt_s`` added. ``row`` is the chunk's
     row (of the walk's Σ dS ∘ S_in partials), ``red_row`` its row of the partials buffer ``red``.
-    ``FACTORED``: ``CBT`` is
+    ``BLOCK_PQ``: the P-block equals the chunk (same-shape [Q, P] and [Q, Q] tiles). ``TOK_RED``:
+    ``red`` takes per-token vectors, not per-row sums (``tok_red``). ``FACTORED``: ``CBT`` is
     ``(C Bᵀ)ᵀ`` already masked to s ≤ t and in the input dtype, and the transposed set uses the
     factored decay (below); otherwise ``CBT`` is the fp32 ``(C Bᵀ)ᵀ``."""
     in_ty = x_ptr.dtype.element_ty
@@ -639,9 +642,16 @@ def _chunk_head(
     # joins the last reduction below. This replaced a cross-warp column sum of dy ∘ x per head:
     # offline 1797 -> 1678 SASS instructions per head, spills 232 -> 132 bytes; chunk kernel
     # 118 -> 100 us at 130m B32 L192, 308 -> 266 at B8 L640 (H100, dev-runs/s22-call4)
+    # Without the gate, where the [Q, P] tile has the [Q, Q] tiles' shape (P-block = Q), u joins
+    # the [Q, Q] row sums below in one tl.reduce: its own reduction gave the vectors a second
+    # layout, which Triton rematerialised (the dt-cache rows loaded again, spills): offline SASS per
+    # head 1705 -> 1437 instructions, 24 -> 14 global loads, 37 -> 32 barriers, no spills; chunk
+    # kernel 253 -> 220 us at B8 L640 (H100, dev-runs/s37-call4)
     xf = x.to(tl.float32)
+    U_JOINS: tl.constexpr = CS_VEC and BLOCK_PQ
     if CS_VEC:
-        u = tl.sum(xf * BdS, axis=1)
+        if not U_JOINS:
+            u = tl.sum(xf * BdS, axis=1)
         m_vec = mq & need_sin & (pid_p == 0)
         dyCS = tl.load(csin_ptr + tok * H + h, mask=m_vec, other=0.0)
         for k in range(1, NPBW):
@@ -649,11 +659,21 @@ def _chunk_head(
     else:
         u, dyCS = tl.reduce((xf * BdS, dy * CS), 1, _add2)
     if HAS_D and not D_PER_CHANNEL and not HAS_Z and dout_ptr.dtype.element_ty == in_ty:
-        da_row, dD_rows = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0)), 1, _add2)
+        if U_JOINS:
+            da_row, dD_rows, u = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0), xf * BdS),
+                                           1, _add3)
+        else:
+            da_row, dD_rows = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0)), 1, _add2)
+    elif HAS_D and not D_PER_CHANNEL:
+        if U_JOINS:
+            da_row, dD_rows, u = tl.reduce((GL * dtv[None, :], dy * xf, xf * BdS), 1, _add3)
+        else:  # (as before the join: the gated kernel compiles as it did)
+            da_row = tl.sum(GL * dtv[None, :], axis=1)
+            dD_rows = tl.sum(dy * xf, axis=1)
+    elif U_JOINS:
+        da_row, u = tl.reduce((GL * dtv[None, :], xf * BdS), 1, _add2)
     else:
         da_row = tl.sum(GL * dtv[None, :], axis=1)
-        if HAS_D and not D_PER_CHANNEL:
-            dD_rows = tl.sum(dy * xf, axis=1)
     da = da_row - ddt_dir * dtv + decay * dyCS
     dCB_sum += dML * dtv[None, :]
 
@@ -676,19 +696,29 @@ def _chunk_head(
     ddt_pre = (ddt_dir + A_h * rc) * chain
     tl.store(ddt_ptr + pid_p.to(tl.int64) * T * H + tok * H + h, ddt_pre, mask=mq)
 
-    # small per-(row, head) partials: [dD (RED_D: P per channel, NPB per head, 0 without D) |
-    # dA (NPB) | ddt_bias (NPB)]
-    red_base = (red_row.to(tl.int64) * H + h) * RED_W
-    if HAS_D and not D_PER_CHANNEL:
-        dA_part, dbias_part, dD_part = tl.reduce((dtv * rc, ddt_pre, dD_rows), 0, _add3)
-        tl.store(red_ptr + red_base + pid_p, dD_part)
-    else:
-        dA_part, dbias_part = tl.reduce((dtv * rc, ddt_pre), 0, _add2)
+    if TOK_RED:
+        # the small gradients' per-token terms, head-major (NPB, 3, H, T) = [dA | ddt_bias | dD]
+        # (dD only with D): three contiguous vector stores instead of a cross-warp reduction of
+        # them per head, which cost 7 of the loop's barriers; ``_finish_head`` sums them over P-blocks
+        # and tokens (H100: chunk kernel -4 to -7 us at B8 L640, -45 at B1 L16384, dev-runs/s37-call4)
+        vec = red_ptr + (pid_p.to(tl.int64) * 3 * H + h) * T + tok
+        tl.store(vec, dtv * rc, mask=mq)
+        tl.store(vec + HT, ddt_pre, mask=mq)
         if HAS_D:
-            tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
-    tl.store(red_ptr + red_base + RED_D + pid_p, dA_part)
-    tl.store(red_ptr + red_base + RED_D + NPB + pid_p, dbias_part)
-
+            tl.store(vec + HT + HT, dD_rows, mask=mq)  # (HT + HT: no int32 2·HT)
+    else:
+        # small per-(row, head) partials: [dD (RED_D: P per channel, NPB per head, 0 without D) |
+        # dA (NPB) | ddt_bias (NPB)]
+        red_base = (red_row.to(tl.int64) * H + h) * RED_W
+        if HAS_D and not D_PER_CHANNEL:
+            dA_part, dbias_part, dD_part = tl.reduce((dtv * rc, ddt_pre, dD_rows), 0, _add3)
+            tl.store(red_ptr + red_base + pid_p, dD_part)
+        else:
+            dA_part, dbias_part = tl.reduce((dtv * rc, ddt_pre), 0, _add2)
+            if HAS_D:
+                tl.store(red_ptr + red_base + offs_p, dD, mask=mp)
+        tl.store(red_ptr + red_base + RED_D + pid_p, dA_part)
+        tl.store(red_ptr + red_base + RED_D + NPB + pid_p, dbias_part)
     return dCB_sum
 
 
@@ -702,7 +732,7 @@ def _chunk_heads(
     HAS_D: tl.constexpr, D_PER_CHANNEL: tl.constexpr, HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr,
     HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, FACTORED: tl.constexpr,
-    CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
+    CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr, TOK_RED: tl.constexpr,
 ):
     """Heads ``j_lo .. j_hi - 1`` of group ``g`` in the chunk of row ``row`` (tokens ``cstart ..``
     of the sequence ``start .. end``): ``C Bᵀ`` once, then ``_chunk_head`` per head; their summed
@@ -744,7 +774,7 @@ def _chunk_heads(
             need_ds, need_sin, CB, CBT, dCB_sum, eye,
             T, HT, H, P, NPB, NPBW, RED_D, RED_W,
             s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_D_h,
-            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC, TILE_DOT)
+            HAS_D, D_PER_CHANNEL, HAS_Z, FACTORED, PREC, CS_VEC, TILE_DOT, BLOCK_P == BLOCK_Q, TOK_RED)
     qq = offs_q[:, None] * BLOCK_Q + offs_q[None, :]
     tl.store(dcb_ptr + slot.to(tl.int64) * (BLOCK_Q * BLOCK_Q) + qq, dCB_sum)
 
@@ -776,6 +806,7 @@ def _ssd_bwd_chunk_kernel(
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_N: tl.constexpr, RED_WP: tl.constexpr,
     HB_P2: tl.constexpr, FACTOR_RANGE: tl.constexpr, FACTORED: tl.constexpr, WRITE_EMPTY: tl.constexpr,
     BALANCED: tl.constexpr, MAX_SEGS: tl.constexpr, CS_VEC: tl.constexpr, TILE_DOT: tl.constexpr,
+    TOK_RED: tl.constexpr,
 ):
     pid_p = tl.program_id(2)
     if BALANCED:
@@ -810,7 +841,7 @@ def _ssd_bwd_chunk_kernel(
                     T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                     s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
                     HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
-                    CS_VEC, TILE_DOT)
+                    CS_VEC, TILE_DOT, TOK_RED)
     else:
         row = tl.program_id(0)
         pid_gh = tl.program_id(1)
@@ -836,10 +867,11 @@ def _ssd_bwd_chunk_kernel(
                 T, HT, H, P, N, HPG, NPB, NPBW, RED_D, RED_W,
                 s_dout_t, s_dout_h, s_x_t, s_x_h, s_z_t, s_z_h, s_B_t, s_B_g, s_C_t, s_C_g, s_D_h,
                 HAS_D, D_PER_CHANNEL, HAS_Z, HAS_INIT, HAS_DFINAL, PREC, BLOCK_Q, BLOCK_P, BLOCK_N, FACTORED,
-                CS_VEC, TILE_DOT)
+                CS_VEC, TILE_DOT, TOK_RED)
         else:
-            if WRITE_EMPTY:  # (one of the launches) the reduction over rows reads every row's
-                # partials: these programs write their zeros, which saves the buffer a zero fill
+            if WRITE_EMPTY and not TOK_RED:  # (one of the launches) the reduction over rows reads every
+                # row's partials: these programs write their zeros, which saves the buffer a zero fill
+                # (TOK_RED: every token's terms are written by its own row's programs)
                 if FACTOR_RANGE > 0:  # a program skipped for its decays belongs to the other launch
                     write_zeros = (cstart >= end) & (pid_p == 0)
                 else:
@@ -888,7 +920,7 @@ def _ssd_bwd_dbdc_kernel(
     HAS_Z: tl.constexpr, HAS_INIT: tl.constexpr, HAS_DFINAL: tl.constexpr, PREC: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_P: tl.constexpr, BLOCK_NB: tl.constexpr, BALANCED: tl.constexpr,
     FUSE_HEADS: tl.constexpr, D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr,
-    ONE_PB: tl.constexpr,
+    ONE_PB: tl.constexpr, TOK_RED: tl.constexpr,
 ):
     """dB, dC of one chunk, one group, one N-block, summed over the group's heads in registers:
     ``dB = (Σ_h dCB_h)ᵀ C + Σ_h (w_h ∘ x_h) dS_h``, ``dC = (Σ_h dCB_h) B + Σ_h (exp(a_h) ∘ dy_h) S_in,h``
@@ -912,7 +944,7 @@ def _ssd_bwd_dbdc_kernel(
     if head_row:
         if (tl.program_id(1) == 0) & (tl.program_id(2) == 0):
             _finish_head(red_ptr, small_ptr, row - n_rows, red_rows, H, P, RED_D, RED_W, NPB,
-                         D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R)
+                         D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R, TOK_RED=TOK_RED)
     else:
         g = tl.program_id(1) // NSPLIT
         split = tl.program_id(1) % NSPLIT
@@ -983,28 +1015,48 @@ _DBDC = fast_launch(_ssd_bwd_dbdc_kernel)  # cheaper eager launches (samkern/lau
 
 @triton.jit
 def _finish_head(red_ptr, small_ptr, h, n_rows, H, P, RED_D, RED_W, NPB,
-                 D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr):
+                 D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr, TOK_RED: tl.constexpr):
     """Head ``h``'s small gradients from the chunk kernel's per-(row, head) partials ``red`` (rows,
     H, RED_W) = [dD (RED_D) | dA (NPB) | ddt_bias (NPB)], summed over rows in a fixed order into
     ``small`` (fp32, flat): ``[dA (H) | ddt_bias (H) | dD (H·P per channel, H per head; only with
-    RED_D > 0)]``."""
-    offs_w = tl.arange(0, RED_WP)
-    mw = offs_w < RED_W
-    acc = tl.zeros([RED_WP], dtype=tl.float32)
-    for r0 in range(0, n_rows, BLOCK_R):
-        rows = r0 + tl.arange(0, BLOCK_R)
-        tile = tl.load(red_ptr + (rows.to(tl.int64)[:, None] * H + h) * RED_W + offs_w[None, :],
-                       mask=(rows < n_rows)[:, None] & mw[None, :], other=0.0)
-        acc += tl.sum(tile, axis=0)
-    in_a = (offs_w >= RED_D) & (offs_w < RED_D + NPB)
-    in_b = (offs_w >= RED_D + NPB) & mw
-    tl.store(small_ptr + h, tl.sum(tl.where(in_a, acc, 0.0), axis=0))
-    tl.store(small_ptr + H + h, tl.sum(tl.where(in_b, acc, 0.0), axis=0))
-    if RED_D > 0:
-        if D_PER_CHANNEL:
-            tl.store(small_ptr + 2 * H + h * P + offs_w, acc, mask=offs_w < P)
-        else:
-            tl.store(small_ptr + 2 * H + h, tl.sum(tl.where(offs_w < RED_D, acc, 0.0), axis=0))
+    RED_D > 0)]``. ``TOK_RED``: ``red`` is the chunk kernel's per-token terms (NPB, 3, H, T) instead,
+    ``n_rows`` = T, summed over P-blocks and tokens in BLOCK_R pieces (per head, not per channel)."""
+    if TOK_RED:
+        offs_t = tl.arange(0, BLOCK_R)
+        acc_a = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc_b = tl.zeros([BLOCK_R], dtype=tl.float32)
+        acc_d = tl.zeros([BLOCK_R], dtype=tl.float32)
+        HT = tl.full([], H, tl.int64) * n_rows  # (H may be a specialised constexpr)
+        for pb in range(0, NPB):
+            vec = red_ptr + (pb * 3 * H + h).to(tl.int64) * n_rows
+            for t0 in range(0, n_rows, BLOCK_R):
+                m = t0 + offs_t < n_rows
+                acc_a += tl.load(vec + t0 + offs_t, mask=m, other=0.0)
+                acc_b += tl.load(vec + HT + t0 + offs_t, mask=m, other=0.0)
+                if RED_D > 0:
+                    acc_d += tl.load(vec + 2 * HT + t0 + offs_t, mask=m, other=0.0)
+        tl.store(small_ptr + h, tl.sum(acc_a, axis=0))
+        tl.store(small_ptr + H + h, tl.sum(acc_b, axis=0))
+        if RED_D > 0:
+            tl.store(small_ptr + 2 * H + h, tl.sum(acc_d, axis=0))
+    else:
+        offs_w = tl.arange(0, RED_WP)
+        mw = offs_w < RED_W
+        acc = tl.zeros([RED_WP], dtype=tl.float32)
+        for r0 in range(0, n_rows, BLOCK_R):
+            rows = r0 + tl.arange(0, BLOCK_R)
+            tile = tl.load(red_ptr + (rows.to(tl.int64)[:, None] * H + h) * RED_W + offs_w[None, :],
+                           mask=(rows < n_rows)[:, None] & mw[None, :], other=0.0)
+            acc += tl.sum(tile, axis=0)
+        in_a = (offs_w >= RED_D) & (offs_w < RED_D + NPB)
+        in_b = (offs_w >= RED_D + NPB) & mw
+        tl.store(small_ptr + h, tl.sum(tl.where(in_a, acc, 0.0), axis=0))
+        tl.store(small_ptr + H + h, tl.sum(tl.where(in_b, acc, 0.0), axis=0))
+        if RED_D > 0:
+            if D_PER_CHANNEL:
+                tl.store(small_ptr + 2 * H + h * P + offs_w, acc, mask=offs_w < P)
+            else:
+                tl.store(small_ptr + 2 * H + h, tl.sum(tl.where(offs_w < RED_D, acc, 0.0), axis=0))
 
 
 @triton.jit
@@ -1012,6 +1064,7 @@ def _ssd_bwd_finish_kernel(
     red_ptr, small_ptr, part_ptr, dbc_ptr,
     n_rows, H, P, RED_D, RED_W, NPB, NSPLIT, E,
     D_PER_CHANNEL: tl.constexpr, RED_WP: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
+    TOK_RED: tl.constexpr,
 ):
     """The backward's last reductions in one launch (they were two to four torch kernels, ~10 us
     under graphs at SAM's shapes). Programs ``0 .. H-1``: head ``h``'s small gradients from the
@@ -1023,7 +1076,7 @@ def _ssd_bwd_finish_kernel(
     pid = tl.program_id(0)
     if pid < H:
         _finish_head(red_ptr, small_ptr, pid, n_rows, H, P, RED_D, RED_W, NPB,
-                     D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R)
+                     D_PER_CHANNEL=D_PER_CHANNEL, RED_WP=RED_WP, BLOCK_R=BLOCK_R, TOK_RED=TOK_RED)
     else:
         offs_e = (pid - H).to(tl.int64) * BLOCK_E + tl.arange(0, BLOCK_E)
         me = offs_e < E
@@ -1211,6 +1264,17 @@ def tile_dot(tile_dtype: torch.dtype, gated: bool, balanced: bool) -> bool:
     return bool(v) if v is not None else not (gated or balanced)
 
 
+def tok_red(D: Optional[torch.Tensor]) -> bool:
+    """Whether the chunk kernel hands the small gradients (dA, ddt_bias, a per-head dD) to the
+    finishing sums as per-token terms ((P-blocks, 3, H, T) fp32, three vector stores per head)
+    instead of per-(row, head) sums: the sums were a cross-warp reduction with 7 of the head loop's
+    37 barriers (offline SASS). Measured on the H100 (graph fwd+bwd, ``dev-runs/s37-call4``, with
+    the row sums joined): B1 L16384 chunk kernel 683-687 -> 636-643 us, B8 L640 220-223 -> 213-217,
+    the short shapes -2 to -3 us. A per-channel dD keeps the row sums (its partials are vectors
+    already). ``BWD_TUNING["tok_red"] = False``: the row sums always."""
+    return (D is None or D.dim() == 1) and BWD_TUNING.get("tok_red") is not False
+
+
 def walk_p_blocks(P: int, block_p: int) -> int:
     """P-blocks of the dS walk (the last dimension of its ``Σ dS ∘ S_in`` partials)."""
     return cdiv(P, _tuned_block("scan_block_p", block_p, block_p))
@@ -1370,7 +1434,10 @@ def ssd_bwd(
         red_rows = nseq * CPS
         dcb = torch.empty((red_rows * G, n_seg, NPB, block_q, block_q), device=dev, dtype=torch.float32)
         grid = (NP, 1, NPB)
-    red = torch.empty((red_rows, H, red_w), device=dev, dtype=torch.float32)  # every element written
+    # the small gradients' terms (``tok_red``): per token (NPB, 3, H, T), or per row (rows, H, RED_W);
+    # every element that is read is written
+    use_tok_red = tok_red(D)
+    red = torch.empty((NPB, 3, H, T) if use_tok_red else (red_rows, H, red_w), device=dev, dtype=torch.float32)
     n_search = _n_search(nseq)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
     # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
@@ -1402,7 +1469,8 @@ def ssd_bwd(
             BLOCK_Q=block_q, BLOCK_P=BLOCK_P, BLOCK_N=BLOCK_N, RED_WP=next_pow2(red_w),
             HB_P2=next_pow2(HB), FACTOR_RANGE=factor_range, FACTORED=factored, WRITE_EMPTY=write_empty,
             BALANCED=bal is not None, MAX_SEGS=max_segs, CS_VEC=cs_vec,
-            TILE_DOT=tile_dot(tile_dtype, z is not None, bal is not None), num_warps=num_warps, num_stages=num_stages,
+            TILE_DOT=tile_dot(tile_dtype, z is not None, bal is not None), TOK_RED=use_tok_red,
+            num_warps=num_warps, num_stages=num_stages,
         )
 
     # 3. dB, dC: per (row, group, N-block), summed over the group's heads in registers
@@ -1443,7 +1511,7 @@ def ssd_bwd(
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(-3), dB.stride(-2), dC.stride(-3),
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
-        red, small, n_rows, red_rows, H, red_d, red_w,
+        red, small, n_rows, T if use_tok_red else red_rows, H, red_d, red_w,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb, BALANCED=bal is not None,
         # the fused head sums load [BLOCK_R, RED_WP] tiles of 64 values per thread (the dB/dC
@@ -1451,7 +1519,8 @@ def ssd_bwd(
         # fixed BLOCK_R (not sized to the rows) and fixed values when not fused: each distinct
         # constexpr would compile this kernel again
         FUSE_HEADS=fuse_heads, D_PER_CHANNEL=d_chan and fuse_heads, RED_WP=red_wp if fuse_heads else 1,
-        BLOCK_R=max(1, 2048 * dbdc_warps // red_wp) if fuse_heads else 1,
+        BLOCK_R=(1024 if use_tok_red else max(1, 2048 * dbdc_warps // red_wp)) if fuse_heads else 1,
+        TOK_RED=use_tok_red and fuse_heads,
         # P in one block (``ONE_PB``): the head loop is the innermost loop and the pipeliner prefetches
         # the next head's tiles (H100, graph, dB/dC kernel us, P-block loop / one block at 2 / 3
         # stages: 130m B32 L192 63.8 / 57.1 / 45.7, 2.7b B16 L192 110.0 / 94.2 / 75.2, B8 L640
@@ -1473,11 +1542,12 @@ def ssd_bwd(
             dB, dC = dbc[0], dbc[1]
         _FINISH[(H + (cdiv(n_e, block_e) if nsplit > 1 else 0),)](
             red, small, part if nsplit > 1 else red, dbc if nsplit > 1 else small,
-            red_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
+            T if use_tok_red else red_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
             # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
             # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
-            D_PER_CHANNEL=d_chan, RED_WP=red_wp, BLOCK_R=max(16, min(next_pow2(red_rows), 32768 // red_wp)),
-            BLOCK_E=block_e, num_warps=8, num_stages=1,
+            D_PER_CHANNEL=d_chan, RED_WP=red_wp,
+            BLOCK_R=2048 if use_tok_red else max(16, min(next_pow2(red_rows), 32768 // red_wp)),
+            BLOCK_E=block_e, TOK_RED=use_tok_red, num_warps=8, num_stages=1,
         )
     ddt = ddt_part[0] if NPB == 1 else ddt_part.sum(0)
     # views of one buffer; casts only where the parameter is not fp32 (each torch call is host
