@@ -585,13 +585,13 @@ def test_bwd_finish_fused_or_not(D, fuse, kernel_device, monkeypatch):
     assert len(finish) == (0 if fuse else 1)
 
 
-@pytest.mark.parametrize("tok", [None, False], ids=["token_terms", "row_sums"])
+@pytest.mark.parametrize("tok", [True, False], ids=["token_terms", "row_sums"])
 @pytest.mark.parametrize("fuse", [True, False], ids=["fused", "finishing_kernel"])
 @pytest.mark.parametrize("grid", ["row-blocked", "balanced"])
 @pytest.mark.parametrize("D", ["head", None])
 def test_bwd_small_grads_token_terms(D, grid, fuse, tok, kernel_device, monkeypatch):
     """``bwd.tok_red``: the chunk kernel hands dA / ddt_bias / a per-head dD to the finishing sums as
-    per-token terms ((P-blocks, 3, H, T)) or as per-row sums (``tok_red=False``), summed in the
+    per-token terms ((P-blocks, 3, H, T), ``tok_red=True``) or as per-row sums (False), summed in the
     dB/dC launch's head rows or in the finishing kernel: every gradient against the reference, three
     P-blocks (P 40 in blocks of 16, the last ragged), no gate (the row sums joined with u where the
     P-block is the chunk: P 16 below), both chunk grids, buffers poisoned (an unwritten token's
@@ -608,17 +608,31 @@ def test_bwd_small_grads_token_terms(D, grid, fuse, tok, kernel_device, monkeypa
         with bwd_tuning(tok_red=tok, fuse_finish=fuse, dbdc_split=1), poisoned_empty():
             got = run_kernel(case, 16, cs, kernel_device, block_p=block_p, seq_len=lens[0] if balanced else None)
         check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
-        assert chunk and all(kw["TOK_RED"] is (tok is None) and kw["BALANCED"] is balanced for _, kw in chunk)
+        assert chunk and all(kw["TOK_RED"] is tok and kw["BALANCED"] is balanced for _, kw in chunk)
 
 
-def test_tok_red_rule():
-    """Per-token terms for a per-head D or none; a per-channel D keeps the row sums (its partials
-    are P-vectors per row already); ``BWD_TUNING["tok_red"] = False`` keeps them everywhere."""
-    assert bwd_mod.tok_red(None)
-    assert bwd_mod.tok_red(torch.zeros(4))
-    assert not bwd_mod.tok_red(torch.zeros(4, 16))
+def test_tok_red_rule(monkeypatch):
+    """Per-token terms by default on the balanced grid (measured: ``bwd.tok_red``) for a per-head D
+    or none; a per-channel D keeps the row sums (its partials are P-vectors per row already);
+    ``BWD_TUNING["tok_red"]`` forces either form. The launch follows the rule."""
+    assert bwd_mod.tok_red(None, balanced=True)
+    assert bwd_mod.tok_red(torch.zeros(4), balanced=True)
+    assert not bwd_mod.tok_red(torch.zeros(4), balanced=False)
+    assert not bwd_mod.tok_red(torch.zeros(4, 16), balanced=True)
     with bwd_tuning(tok_red=False):
-        assert not bwd_mod.tok_red(torch.zeros(4))
+        assert not bwd_mod.tok_red(torch.zeros(4), balanced=True)
+    with bwd_tuning(tok_red=True):
+        assert bwd_mod.tok_red(None, balanced=False)
+        assert not bwd_mod.tok_red(torch.zeros(4, 16), balanced=False)
+    chunk = spy_launches(monkeypatch, "_CHUNK")
+    for balanced in (True, False):
+        chunk.clear()
+        case = make_case([37, 37], H=2, G=1, P=16, N=16, D="head", dt_bias=True, softplus=True)
+        ref, cs = reference_grads(case, block_q=16)
+        got = run_kernel(case, 16, cs, "cuda" if torch.cuda.is_available() else "cpu",
+                         seq_len=37 if balanced else None)
+        check_grads(got, ref, case, rtol=2e-5 if not torch.cuda.is_available() else 1e-4)
+        assert chunk and all(kw["TOK_RED"] is balanced and kw["BALANCED"] is balanced for _, kw in chunk)
 
 
 @pytest.mark.parametrize("P, block_p, one_pb_setting, want_one_pb", [

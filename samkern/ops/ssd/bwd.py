@@ -120,8 +120,8 @@ __all__ = ["ssd_bwd", "dstate_walk", "walk_p_blocks", "dt_cache", "BWD_TUNING"]
 # the dB/dC kernel keeps its P-block loop even when P fits one block; cs_tile: True = the walk hands
 # the chunk kernel the C S_inᵀ tile even without a gate (``cs_vector``); tile_dot: the chunk kernel's
 # state tiles through an identity dot (True) or plain loads (False); None = ``tile_dot``'s rule;
-# scan_maxnreg: a register cap for the dS walk (Triton's launch option; None = none); tok_red: False =
-# the small gradients as per-row sums even where ``tok_red`` takes per-token terms.
+# scan_maxnreg: a register cap for the dS walk (Triton's launch option; None = none); tok_red: the
+# small gradients as per-token terms (True) or per-row sums (False); None = ``tok_red``'s rule.
 BWD_TUNING: dict = {"block_p": None, "num_warps": None, "num_stages": None, "heads_per_program": None,
                     "state_tiles_fp32": None, "scan_block_p": None, "scan_warps": None, "scan_stages": None,
                     "block_nb": None, "dbdc_warps": None, "dbdc_stages": None, "dbdc_split": None,
@@ -1264,15 +1264,22 @@ def tile_dot(tile_dtype: torch.dtype, gated: bool, balanced: bool) -> bool:
     return bool(v) if v is not None else not (gated or balanced)
 
 
-def tok_red(D: Optional[torch.Tensor]) -> bool:
+def tok_red(D: Optional[torch.Tensor], balanced: bool) -> bool:
     """Whether the chunk kernel hands the small gradients (dA, ddt_bias, a per-head dD) to the
     finishing sums as per-token terms ((P-blocks, 3, H, T) fp32, three vector stores per head)
     instead of per-(row, head) sums: the sums were a cross-warp reduction with 7 of the head loop's
-    37 barriers (offline SASS). Measured on the H100 (graph fwd+bwd, ``dev-runs/s37-call4``, with
-    the row sums joined): B1 L16384 chunk kernel 683-687 -> 636-643 us, B8 L640 220-223 -> 213-217,
-    the short shapes -2 to -3 us. A per-channel dD keeps the row sums (its partials are vectors
-    already). ``BWD_TUNING["tok_red"] = False``: the row sums always."""
-    return (D is None or D.dim() == 1) and BWD_TUNING.get("tok_red") is not False
+    37 barriers (offline SASS). Measured on the H100 (graph fwd+bwd us, on / off in one process,
+    two rounds, ``dev-runs/s37-call5-sweep``): the balanced grid (equal-length batches) 130m B32
+    L192 242.0, 238.8 / 248.0, 243.2; 2.7b B16 L192 385.1, 386.0 / 386.7, 392.0; B8 L640 677.9,
+    679.1 / 690.0, 691.3 (chunk kernel 206-212 / 219-225); but B1 L16384 (the row-blocked grid of
+    the sequence split) 2360.1, 2382.3 / 2348.3, 2368.8: its chunk kernel did not gain (686-688 /
+    679-688) and the finishing sums of 16384-token vectors took 14 us instead of 2. So by default
+    only on the balanced grid. A per-channel dD keeps the row sums (its partials are vectors
+    already). ``BWD_TUNING["tok_red"]``: True = wherever D allows, False = never."""
+    if D is not None and D.dim() != 1:
+        return False
+    v = BWD_TUNING.get("tok_red")
+    return bool(v) if v is not None else balanced
 
 
 def walk_p_blocks(P: int, block_p: int) -> int:
@@ -1436,7 +1443,7 @@ def ssd_bwd(
         grid = (NP, 1, NPB)
     # the small gradients' terms (``tok_red``): per token (NPB, 3, H, T), or per row (rows, H, RED_W);
     # every element that is read is written
-    use_tok_red = tok_red(D)
+    use_tok_red = tok_red(D, bal is not None)
     red = torch.empty((NPB, 3, H, T) if use_tok_red else (red_rows, H, red_w), device=dev, dtype=torch.float32)
     n_search = _n_search(nseq)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
