@@ -700,7 +700,7 @@ def _chunk_head(
         # the small gradients' per-token terms, head-major (NPB, 3, H, T) = [dA | ddt_bias | dD]
         # (dD only with D): three contiguous vector stores instead of a cross-warp reduction of
         # them per head, which cost 7 of the loop's barriers; ``_finish_head`` sums them over P-blocks
-        # and tokens (H100: chunk kernel -4 to -7 us at B8 L640, -45 at B1 L16384, dev-runs/s37-call4)
+        # and tokens (``tok_red``: H100 chunk kernel 219-225 -> 206-212 us at B8 L640, s37-call5)
         vec = red_ptr + (pid_p.to(tl.int64) * 3 * H + h) * T + tok
         tl.store(vec, dtv * rc, mask=mq)
         tl.store(vec + HT, ddt_pre, mask=mq)
