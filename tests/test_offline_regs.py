@@ -83,6 +83,27 @@ def test_ssd_sass_loops_finds_the_pipelined_chunk_loop():
     assert n_bar > 0 and sum(int(line.split()[-1]) for line in by_line) == n_bar, out.stdout
 
 
+@pytest.mark.skipif(not _ptxas_available(), reason="needs ptxas (CUDA toolkit or Triton's bundled one)")
+def test_chunk_kernel_head_loop_keeps_its_vectors_in_few_layouts():
+    """The backward chunk kernel's head loop at the 2.7b B8 L640 shape (no gate, the balanced
+    grid): session 37 cut it from 1705 SASS instructions, 37 barriers and spill loads to 1360, 29
+    and none by joining u into the row reduction and storing per-token terms (op README, "Fewer
+    cross-warp reductions per head"; 33 µs of fwd+bwd on the H100). A separate reduction of one
+    [Q] vector brings a second layout back (rematerialised loads, conversions, spills): this fails
+    then, before any device time."""
+    out = _run_script("ssd_sass_loops.py", "_ssd_bwd_chunk_kernel", "--shape", "2.7b-B8-L640", timeout=900)
+    assert out.returncode == 0, out.stderr[-2000:]
+    loops = [line for line in out.stdout.splitlines() if line.strip().startswith("loop")]
+    assert loops, out.stdout
+
+    def n(line, op):
+        return int(line.split(f"'{op}': ")[1].split(",")[0].rstrip("}"))
+
+    big = max(loops, key=lambda line: n(line, "instrs"))
+    assert n(big, "HGMMA") > 0 and n(big, "LDGSTS") > 0, big  # the pipelined head loop
+    assert n(big, "BAR") <= 30 and n(big, "LDL") == 0 and n(big, "instrs") <= 1450, big
+
+
 def test_conv_ptx_fingerprint_ignores_line_info_only():
     """scripts/conv_ptx_fingerprint.py's normalisation: source-line moves (``.loc`` lines, the debug
     sections) do not change a fingerprint, an instruction does. In a fresh interpreter: importing
