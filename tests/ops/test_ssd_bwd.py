@@ -611,7 +611,7 @@ def test_bwd_small_grads_token_terms(D, grid, fuse, tok, kernel_device, monkeypa
         assert chunk and all(kw["TOK_RED"] is tok and kw["BALANCED"] is balanced for _, kw in chunk)
 
 
-def test_tok_red_rule(monkeypatch):
+def test_tok_red_rule(kernel_device, monkeypatch):
     """Per-token terms by default on the balanced grid (measured: ``bwd.tok_red``) for a per-head D
     or none; a per-channel D keeps the row sums (its partials are P-vectors per row already);
     ``BWD_TUNING["tok_red"]`` forces either form. The launch follows the rule."""
@@ -629,9 +629,8 @@ def test_tok_red_rule(monkeypatch):
         chunk.clear()
         case = make_case([37, 37], H=2, G=1, P=16, N=16, D="head", dt_bias=True, softplus=True)
         ref, cs = reference_grads(case, block_q=16)
-        got = run_kernel(case, 16, cs, "cuda" if torch.cuda.is_available() else "cpu",
-                         seq_len=37 if balanced else None)
-        check_grads(got, ref, case, rtol=2e-5 if not torch.cuda.is_available() else 1e-4)
+        got = run_kernel(case, 16, cs, kernel_device, seq_len=37 if balanced else None)
+        check_grads(got, ref, case, rtol=2e-5 if kernel_device == "cpu" else 1e-4)
         assert chunk and all(kw["TOK_RED"] is balanced and kw["BALANCED"] is balanced for _, kw in chunk)
 
 

@@ -658,22 +658,21 @@ def _chunk_head(
             dyCS += tl.load(csin_ptr + (k * T + tok) * H + h, mask=m_vec, other=0.0)
     else:
         u, dyCS = tl.reduce((xf * BdS, dy * CS), 1, _add2)
-    if HAS_D and not D_PER_CHANNEL and not HAS_Z and dout_ptr.dtype.element_ty == in_ty:
-        if U_JOINS:
-            da_row, dD_rows, u = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0), xf * BdS),
-                                           1, _add3)
-        else:
-            da_row, dD_rows = tl.reduce((GL * dtv[None, :], tl.where(causal & causal_t, dM, 0.0)), 1, _add2)
-    elif HAS_D and not D_PER_CHANNEL:
-        if U_JOINS:
-            da_row, dD_rows, u = tl.reduce((GL * dtv[None, :], dy * xf, xf * BdS), 1, _add3)
-        else:  # (as before the join: the gated kernel compiles as it did)
-            da_row = tl.sum(GL * dtv[None, :], axis=1)
-            dD_rows = tl.sum(dy * xf, axis=1)
+    D_ROWS: tl.constexpr = HAS_D and not D_PER_CHANNEL
+    DIAG_D: tl.constexpr = D_ROWS and not HAS_Z and dout_ptr.dtype.element_ty == in_ty
+    gl_dt = GL * dtv[None, :]
+    if D_ROWS:  # the rows of Σ_{t,p} dy_tp x_tp: dM's diagonal where dy is its input-dtype copy
+        d_src = tl.where(causal & causal_t, dM, 0.0) if DIAG_D else dy * xf
+    if D_ROWS and U_JOINS:
+        da_row, dD_rows, u = tl.reduce((gl_dt, d_src, xf * BdS), 1, _add3)
+    elif DIAG_D:
+        da_row, dD_rows = tl.reduce((gl_dt, d_src), 1, _add2)
     elif U_JOINS:
-        da_row, u = tl.reduce((GL * dtv[None, :], xf * BdS), 1, _add2)
-    else:
-        da_row = tl.sum(GL * dtv[None, :], axis=1)
+        da_row, u = tl.reduce((gl_dt, xf * BdS), 1, _add2)
+    else:  # (two sums with a gate, as before the joins: the gated kernel compiles as it did)
+        da_row = tl.sum(gl_dt, axis=1)
+        if D_ROWS:
+            dD_rows = tl.sum(d_src, axis=1)
     da = da_row - ddt_dir * dtv + decay * dyCS
     dCB_sum += dML * dtv[None, :]
 
@@ -1445,6 +1444,7 @@ def ssd_bwd(
     # every element that is read is written
     use_tok_red = tok_red(D, bal is not None)
     red = torch.empty((NPB, 3, H, T) if use_tok_red else (red_rows, H, red_w), device=dev, dtype=torch.float32)
+    red_n = T if use_tok_red else red_rows  # what ``_finish_head`` sums over: tokens or rows
     n_search = _n_search(nseq)
     # 8 warps at every tile: at 4 warps (what P-blocks of 32 got before) Triton 3.6 miscompiles this
     # kernel for 16-bit inputs on the H100 (compute-sanitizer: invalid __shared__ read; P 32: wrong
@@ -1518,7 +1518,7 @@ def ssd_bwd(
         dout.stride(0), dout.stride(1), x.stride(0), x.stride(1), *z_strides,
         B.stride(0), B.stride(1), C.stride(0), C.stride(1), dB.stride(-3), dB.stride(-2), dC.stride(-3),
         dC.stride(-2), dB.stride(0) if nsplit > 1 else 0,
-        red, small, n_rows, T if use_tok_red else red_rows, H, red_d, red_w,
+        red, small, n_rows, red_n, H, red_d, red_w,
         HAS_Z=z is not None, HAS_INIT=initial_states is not None, HAS_DFINAL=dfinal_states is not None, PREC=PREC,
         BLOCK_Q=block_q, BLOCK_P=min(BLOCK_P, 64), BLOCK_NB=block_nb, BALANCED=bal is not None,
         # the fused head sums load [BLOCK_R, RED_WP] tiles of 64 values per thread (the dB/dC
@@ -1549,7 +1549,7 @@ def ssd_bwd(
             dB, dC = dbc[0], dbc[1]
         _FINISH[(H + (cdiv(n_e, block_e) if nsplit > 1 else 0),)](
             red, small, part if nsplit > 1 else red, dbc if nsplit > 1 else small,
-            T if use_tok_red else red_rows, H, P, red_d, red_w, NPB, nsplit, n_e,
+            red_n, H, P, red_d, red_w, NPB, nsplit, n_e,
             # all rows in one [BLOCK_R, RED_WP] load where they fit 128 values per thread (every
             # iteration is a full memory round trip: ~2 us each at 64 rows, dev-runs/s15-call1)
             D_PER_CHANNEL=d_chan, RED_WP=red_wp,
